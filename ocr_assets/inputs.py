@@ -1,0 +1,37 @@
+"""External inputs (DESIGN §3), shown in the lineage; read only."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+INPUTS_GROUP = "inputs"
+
+burn_probability = dg.AssetSpec(
+    "burn_probability",
+    group_name=INPUTS_GROUP,
+    description="Riley et al. (2025) burn probability ~2011 and ~2047: 270 m EPSG:5070 grids "
+    "and a 30 m EPSG:4326 reference copy.",
+)
+conditional_risk = dg.AssetSpec(
+    "conditional_risk",
+    group_name=INPUTS_GROUP,
+    description="Scott et al. (2024) CRPS and RPS on the 30 m grid; its chunks define the regions.",
+)
+wind_direction_distribution = dg.AssetSpec(
+    "wind_direction_distribution",
+    group_name=INPUTS_GROUP,
+    description="CONUS404 fraction of fire-weather hours with wind from each of 8 directions.",
+)
+buildings = dg.AssetSpec(
+    "buildings",
+    group_name=INPUTS_GROUP,
+    description="Building footprints (GeoParquet, EPSG:4326) with census block GEOIDs.",
+)
+census_boundaries = dg.AssetSpec(
+    "census_boundaries",
+    group_name=INPUTS_GROUP,
+    description="Census nation, states, counties, tracts and blocks (GeoParquet, EPSG:4326).",
+)
+
+INPUT_SPECS = [burn_probability, conditional_risk, wind_direction_distribution, buildings,
+               census_boundaries]

@@ -1,0 +1,185 @@
+"""Region grid: region id ↔ chunk slices ↔ pixel-edge bounds, and region selection.
+
+Everything is derived from the conditional-risk input's coordinates and chunk shape, so the
+embedded sample (small chunks) and the real CONUS grid (6000 × 4500) run through one code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+REGION_ID_PATTERN = re.compile(r"^y(\d+)_x(\d+)$")
+_SELECTION_PATTERN = re.compile(r"^y(\d+)(?:-y(\d+))?_x(\d+)(?:-x(\d+))?$")
+# Halo around a region for neighbourhood operations (DESIGN §4): 0.15° ≈ 16.7 km ≈ 540 px.
+HALO_DEG = 0.15
+
+
+class RegionIdError(ValueError):
+    """A region id or selection that is malformed or names regions without data."""
+
+
+def validate_region_id(region_id: str) -> tuple[int, int]:
+    """(iy, ix) of a well-formed id; raises before the id can reach a path."""
+    match = REGION_ID_PATTERN.match(region_id) if isinstance(region_id, str) else None
+    if match is None:
+        raise RegionIdError(
+            f"region id {region_id!r} is malformed; expected 'y<row>_x<column>', e.g. 'y2_x3'"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def region_id(iy: int, ix: int) -> str:
+    return f"y{iy}_x{ix}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One chunk of the grid: index slices and pixel-edge bounds (degrees)."""
+
+    region_id: str
+    lat_slice: slice
+    lon_slice: slice
+    lat0: float
+    lat1: float
+    lon0: float
+    lon1: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.lat_slice.stop - self.lat_slice.start, self.lon_slice.stop - self.lon_slice.start)
+
+    def contains(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Half-open test on pixel edges: each point belongs to exactly one region."""
+        return (self.lon0 <= lon) & (lon < self.lon1) & (self.lat0 <= lat) & (lat < self.lat1)
+
+
+@dataclass(frozen=True)
+class RegionGrid:
+    """The 1 arc-second grid of the conditional-risk input and its chunking into regions."""
+
+    latitude: np.ndarray
+    longitude: np.ndarray
+    chunk_lat: int
+    chunk_lon: int
+
+    def __post_init__(self) -> None:
+        for name, c in (("latitude", self.latitude), ("longitude", self.longitude)):
+            if c.ndim != 1 or c.size < 2 or not np.all(np.diff(c) > 0):
+                raise ValueError(f"{name} coordinate must be 1-D and strictly ascending")
+
+    @property
+    def dlat(self) -> float:
+        return float(self.latitude[1] - self.latitude[0])
+
+    @property
+    def dlon(self) -> float:
+        return float(self.longitude[1] - self.longitude[0])
+
+    @property
+    def n_chunks(self) -> tuple[int, int]:
+        return (-(-self.latitude.size // self.chunk_lat), -(-self.longitude.size // self.chunk_lon))
+
+    def lat_edge(self, index: int) -> float:
+        """Southern edge of pixel row ``index`` (one formula, so neighbours share edges)."""
+        return float(self.latitude[0]) + (index - 0.5) * self.dlat
+
+    def lon_edge(self, index: int) -> float:
+        return float(self.longitude[0]) + (index - 0.5) * self.dlon
+
+    def region(self, rid: str) -> Region:
+        iy, ix = validate_region_id(rid)
+        ny, nx = self.n_chunks
+        if iy >= ny or ix >= nx:
+            raise RegionIdError(f"region id {rid!r} is outside the grid of {ny} × {nx} chunks")
+        i0, j0 = iy * self.chunk_lat, ix * self.chunk_lon
+        i1 = min(i0 + self.chunk_lat, self.latitude.size)
+        j1 = min(j0 + self.chunk_lon, self.longitude.size)
+        return Region(
+            rid, slice(i0, i1), slice(j0, j1),
+            self.lat_edge(i0), self.lat_edge(i1), self.lon_edge(j0), self.lon_edge(j1),
+        )
+
+    def all_region_ids(self) -> list[str]:
+        ny, nx = self.n_chunks
+        return [region_id(iy, ix) for iy in range(ny) for ix in range(nx)]
+
+    def window(self, region: Region, halo_deg: float = HALO_DEG) -> tuple[slice, slice]:
+        """Index slices of the pixels whose centres fall inside the region's edges ± halo,
+        cut off at the grid's edge."""
+        lat = slice(
+            int(np.searchsorted(self.latitude, region.lat0 - halo_deg, "left")),
+            int(np.searchsorted(self.latitude, region.lat1 + halo_deg, "right")),
+        )
+        lon = slice(
+            int(np.searchsorted(self.longitude, region.lon0 - halo_deg, "left")),
+            int(np.searchsorted(self.longitude, region.lon1 + halo_deg, "right")),
+        )
+        return lat, lon
+
+
+def valid_region_ids_from_mask(has_data: np.ndarray) -> list[str]:
+    """Ids of the chunks flagged in a (n_chunks_lat, n_chunks_lon) boolean array."""
+    return [region_id(int(iy), int(ix)) for iy, ix in np.argwhere(has_data)]
+
+
+def sort_region_ids(ids: Iterable[str]) -> list[str]:
+    return sorted(set(ids), key=validate_region_id)
+
+
+@dataclass(frozen=True)
+class RegionSelection:
+    """What a user asked for and what of it can run."""
+
+    provided: list[str]
+    valid: list[str]
+    invalid: list[str]
+
+    def report(self) -> str:
+        return (
+            f"provided: {len(self.provided)}  valid: {len(self.valid)}  "
+            f"invalid: {len(self.invalid)}"
+            + (f" ({', '.join(self.invalid)})" if self.invalid else "")
+        )
+
+    def raise_for_invalid(self) -> None:
+        if self.invalid:
+            raise RegionIdError(
+                f"{len(self.invalid)} region id(s) have no data in this input catalog: "
+                f"{', '.join(self.invalid)}"
+            )
+
+
+def expand_region_spec(spec: str) -> list[str]:
+    """Ids named by one spec: ``y2_x3``, ``y12_x3-x7``, ``y5-y9_x2`` or ``y5-y9_x2-x4``."""
+    match = _SELECTION_PATTERN.match(spec.strip())
+    if match is None:
+        raise RegionIdError(
+            f"region selection {spec!r} is malformed; expected an id like 'y2_x3', "
+            "a range like 'y2_x3-x5' or 'y1-y3_x2', or 'all'"
+        )
+    y0, y1, x0, x1 = (int(g) if g is not None else None for g in match.groups())
+    y1 = y0 if y1 is None else y1
+    x1 = x0 if x1 is None else x1
+    if y1 < y0 or x1 < x0:
+        raise RegionIdError(f"region range {spec!r} runs backwards; write the smaller index first")
+    return [region_id(iy, ix) for iy in range(y0, y1 + 1) for ix in range(x0, x1 + 1)]
+
+
+def select_regions(specs: Sequence[str], valid_ids: Sequence[str]) -> RegionSelection:
+    """Parse ids, ranges and ``all`` against the valid-id list of the input catalog."""
+    if not specs:
+        raise RegionIdError("the region selection is empty; give region ids, ranges or 'all'")
+    valid_set = set(valid_ids)
+    provided: list[str] = []
+    for spec in specs:
+        provided += list(valid_ids) if spec.strip() == "all" else expand_region_spec(spec)
+    provided = sort_region_ids(provided)
+    return RegionSelection(
+        provided=provided,
+        valid=[r for r in provided if r in valid_set],
+        invalid=[r for r in provided if r not in valid_set],
+    )

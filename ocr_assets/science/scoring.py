@@ -1,0 +1,23 @@
+"""Risk score: the one binning function used for building scores and histograms alike."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Lower-inclusive bin edges of RPS (%) for scores 1–10; RPS == 0 is score 0.
+SCORE_EDGES = np.array([0.01, 0.02, 0.035, 0.06, 0.1, 0.2, 0.5, 1, 3], dtype=np.float64)
+N_SCORES = SCORE_EDGES.size + 2  # 0 … 10
+
+
+def risk_score(rps: np.ndarray) -> np.ndarray:
+    """Score 0–10 per value: 0 if RPS == 0, then [0, 0.01) → 1, [0.01, 0.02) → 2 … [3, 100] → 10."""
+    values = np.asarray(rps, dtype=np.float64)
+    if np.isnan(values).any() or (values < 0).any():
+        raise ValueError("risk score needs RPS values that are finite and >= 0")
+    score = 1 + np.searchsorted(SCORE_EDGES, values, side="right")
+    return np.where(values == 0, 0, score).astype(np.int8)
+
+
+def score_histogram(rps: np.ndarray) -> np.ndarray:
+    """Counts of scores 0–10 (index = score); sums to the number of values."""
+    return np.bincount(risk_score(rps).astype(np.int64).ravel(), minlength=N_SCORES)

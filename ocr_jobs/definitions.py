@@ -1,0 +1,40 @@
+"""The code location: everything assembled in one place, from one settings object."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ocr_assets.inputs import INPUT_SPECS
+from ocr_assets.regions import build_region_assets
+from ocr_jobs.jobs import build_jobs
+from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.settings import OcrSettings, load_settings
+from ocr_resources.storage import OcrStorage
+
+
+def region_partitions(settings: OcrSettings) -> dg.StaticPartitionsDefinition:
+    """One partition per valid region id of the environment's input catalog."""
+    return dg.StaticPartitionsDefinition(load_valid_region_ids(settings.region_catalog))
+
+
+def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "storage": OcrStorage(
+            root=settings.storage_root, environment=settings.environment, version=settings.version
+        )
+    }
+
+
+def build_definitions(settings: OcrSettings) -> dg.Definitions:
+    partitions = region_partitions(settings)
+    return dg.Definitions(
+        assets=[*INPUT_SPECS, build_region_assets(partitions, settings.process_retries)],
+        jobs=build_jobs(partitions),
+        resources=build_resources(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded by ``dagster dev`` / ``dagster definitions validate`` (env file: $OCR_ENV_FILE)."""
+    return build_definitions(load_settings())

@@ -1,0 +1,85 @@
+"""Run region partitions as real Dagster runs in the environment's own instance."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocr_resources.settings import PROJECT_ROOT, OcrSettings
+
+INSTANCE_TEMPLATE = PROJECT_ROOT / "dagster.yaml"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    partition: str
+    success: bool
+    run_id: str
+    error: str = ""
+
+
+def instance_home(settings: OcrSettings) -> Path:
+    """``.dagster/<env>``: each environment keeps its own run history and asset status."""
+    home = PROJECT_ROOT / ".dagster" / settings.environment
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if not target.exists() or target.read_bytes() != INSTANCE_TEMPLATE.read_bytes():
+        shutil.copyfile(INSTANCE_TEMPLATE, target)
+    return home
+
+
+def use_environment(settings: OcrSettings) -> Path:
+    """Point this process (and the runs it starts) at the environment's env file and instance."""
+    home = instance_home(settings)
+    os.environ["DAGSTER_HOME"] = str(home)
+    if settings.env_file:
+        os.environ["OCR_ENV_FILE"] = settings.env_file
+    return home
+
+
+def _run_partition(job_name: str, partition: str) -> RunOutcome:
+    """One partition, one run (executed in a worker process)."""
+    import dagster as dg
+
+    from ocr_jobs import jobs
+
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(
+            dg.reconstructable(getattr(jobs, job_name)),
+            instance=instance,
+            tags={"dagster/partition": partition},
+            raise_on_error=False,
+        )
+        error = ""
+        if not result.success:
+            failures = [
+                e.step_failure_data.error.message.strip()
+                for e in result.all_events
+                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
+            ]
+            error = failures[-1] if failures else "run failed"
+        return RunOutcome(partition, result.success, result.run_id, error)
+
+
+def run_partitions(
+    job_name: str,
+    partitions: list[str],
+    max_parallel: int,
+    on_done: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """Run each partition as its own Dagster run, at most ``max_parallel`` at a time."""
+    outcomes: list[RunOutcome] = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, max_parallel), mp_context=context) as pool:
+        futures = [pool.submit(_run_partition, job_name, p) for p in partitions]
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+    return sorted(outcomes, key=lambda o: partitions.index(o.partition))

@@ -1,0 +1,113 @@
+"""Every path of DESIGN §3, built in one place from (root, environment, version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ocr_assets.science.regions import validate_region_id
+
+YEARS = (2011, 2047)
+CENSUS_LEVELS: tuple[str, ...] = ("nation", "states", "counties", "tracts", "blocks")
+PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
+
+_INPUT = "input/fire-risk"
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    root: str
+    environment: str
+    version: str | None = None
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _scoped(self, base: str) -> str:
+        """``base/<env>[/v<version>]``: the prefix a deployment owns."""
+        return self._join(base, self.environment, *([f"v{self.version}"] if self.version else []))
+
+    # inputs -------------------------------------------------------------------------
+    def bp_270m(self, year: int) -> str:
+        return self._join(_INPUT, f"tensor/riley-2025/bp_{year}_270m_5070.zarr")
+
+    def bp_30m(self, year: int) -> str:
+        return self._join(_INPUT, f"tensor/riley-2025/bp_{year}_30m_4326.zarr")
+
+    @property
+    def crps_rps(self) -> str:
+        return self._join(_INPUT, "tensor/scott-2024/crps_rps_30m_4326.zarr")
+
+    @property
+    def wind(self) -> str:
+        return self._join(_INPUT, "tensor/conus404/wind_direction_distribution_30m_4326.zarr")
+
+    @property
+    def buildings(self) -> str:
+        return self._join(_INPUT, "vector/buildings/buildings.parquet")
+
+    def census(self, level: str) -> str:
+        if level not in CENSUS_LEVELS:
+            raise ValueError(f"census level {level!r} is not one of {CENSUS_LEVELS}")
+        return self._join(_INPUT, f"vector/census/{level}.parquet")
+
+    def input_paths(self) -> list[str]:
+        return [
+            *(self.bp_270m(y) for y in YEARS), *(self.bp_30m(y) for y in YEARS),
+            self.crps_rps, self.wind, self.buildings, *(self.census(lv) for lv in CENSUS_LEVELS),
+        ]
+
+    # outputs (environment-scoped) ----------------------------------------------------
+    @property
+    def raster_prefix(self) -> str:
+        return self._scoped("output/fire-risk/tensor")
+
+    @property
+    def intermediate_prefix(self) -> str:
+        return self._scoped("intermediate/fire-risk/vector")
+
+    @property
+    def vector_prefix(self) -> str:
+        return self._scoped("output/fire-risk/vector")
+
+    @property
+    def pyramid_prefix(self) -> str:
+        return self._scoped("output/fire-risk/pyramid")
+
+    def environment_prefixes(self) -> list[str]:
+        """Exactly what a wipe of this environment may delete."""
+        return [self.raster_prefix, self.intermediate_prefix, self.vector_prefix, self.pyramid_prefix]
+
+    @property
+    def raster_store(self) -> str:
+        return f"{self.raster_prefix}/risk.zarr"
+
+    @property
+    def region_buildings_dir(self) -> str:
+        return f"{self.intermediate_prefix}/geoparquet-regions"
+
+    def region_buildings(self, region_id: str) -> str:
+        validate_region_id(region_id)
+        return f"{self.region_buildings_dir}/{region_id}.parquet"
+
+    def region_summary_stats(self, level: str) -> str:
+        return f"{self.intermediate_prefix}/region-summary-stats/{level}_summary_stats.parquet"
+
+    @property
+    def consolidated_buildings(self) -> str:
+        return f"{self.vector_prefix}/geoparquet/consolidated-buildings.parquet"
+
+    @property
+    def partitioned_buildings(self) -> str:
+        return f"{self.vector_prefix}/geoparquet/buildings.parquet"
+
+    def region_analysis(self, level: str, ext: str) -> str:
+        return f"{self.vector_prefix}/region-analysis/{level}/stats.{ext}"
+
+    def pmtiles(self, name: str) -> str:
+        if name not in PMTILES_NAMES:
+            raise ValueError(f"pmtiles name {name!r} is not one of {PMTILES_NAMES}")
+        return f"{self.vector_prefix}/pmtiles/{name}.pmtiles"
+
+    @property
+    def pyramid(self) -> str:
+        return f"{self.pyramid_prefix}/pyramid.zarr"

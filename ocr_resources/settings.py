@@ -1,0 +1,79 @@
+"""Typed configuration read from the environment and one env file per environment.
+
+Building a settings object reads the env file and nothing else: no dataset, bucket or network
+is touched until an asset asks the storage resource for data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["local", "qa", "staging", "production"]
+RegionCatalog = Literal["sample", "conus"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV_DIR = PROJECT_ROOT / "envs"
+DEFAULT_ENV_FILE = ENV_DIR / "local.env"
+# Semantic version (semver.org), with an optional leading "v" as in release tags.
+SEMVER = re.compile(
+    r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+
+
+class OcrSettings(BaseSettings):
+    """One environment's configuration (``OCR_*`` variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="OCR_", extra="ignore", frozen=True)
+
+    environment: Environment = "local"
+    storage_root: str = Field(description="local folder or s3://bucket/prefix")
+    version: str | None = Field(default=None, description="production only: semantic version")
+    process_retries: int = Field(default=2, ge=0, le=10)
+    region_catalog: RegionCatalog = "sample"
+    sample_seed: int = 20250
+    env_file: str | None = None
+
+    @model_validator(mode="after")
+    def _check_version(self) -> OcrSettings:
+        if self.environment == "production":
+            if not self.version:
+                raise ValueError("OCR_VERSION is required for production (e.g. 1.2.0)")
+            if not SEMVER.match(self.version):
+                raise ValueError(
+                    f"OCR_VERSION {self.version!r} is not a semantic version; "
+                    "expected MAJOR.MINOR.PATCH such as 1.2.0"
+                )
+            object.__setattr__(self, "version", self.version.removeprefix("v"))
+        elif self.version:
+            raise ValueError(
+                f"OCR_VERSION is set to {self.version!r} for environment "
+                f"{self.environment!r}; versions apply to production only, unset it"
+            )
+        return self
+
+
+def resolve_env_file(env_file: str | Path | None = None) -> Path:
+    """The env file to use: the argument, else ``$OCR_ENV_FILE``, else ``envs/local.env``."""
+    chosen = Path(env_file or os.environ.get("OCR_ENV_FILE") or DEFAULT_ENV_FILE)
+    if not chosen.is_file():
+        raise FileNotFoundError(f"env file {str(chosen)!r} does not exist")
+    return chosen.resolve()
+
+
+def load_settings(env_file: str | Path | None = None) -> OcrSettings:
+    """Settings from the env file (process environment wins); a relative local storage root
+    is taken relative to the env file's folder."""
+    path = resolve_env_file(env_file)
+    settings = OcrSettings(_env_file=path, env_file=str(path))
+    root = settings.storage_root
+    if "://" not in root and not Path(root).is_absolute():
+        root = str((path.parent / root).resolve())
+        settings = settings.model_copy(update={"storage_root": root})
+    return settings

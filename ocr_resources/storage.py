@@ -1,0 +1,258 @@
+"""The storage resource: all reads and writes of the pipeline, atomic, under one root."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask.array
+import fsspec
+import geopandas as gpd
+import numpy as np
+import xarray as xr
+import zarr
+from dagster import ConfigurableResource
+from fsspec.implementations.local import LocalFileSystem
+
+from ocr_assets.science.fire_model import YEARS, RegionInputs
+from ocr_assets.science.kernels import DIRECTIONS
+from ocr_assets.science.regions import Region, RegionGrid, valid_region_ids_from_mask
+from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.layout import StorageLayout
+
+# Region windows are written as whole shards (one object per region and variable), so two
+# regions never write the same object and each object appears atomically.
+INNER_CHUNKS_PER_SHARD_SIDE = 4
+GEOPARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd", "write_covering_bbox": True, "schema_version": "1.1.0", "index": False,
+}
+
+
+class InputDataError(ValueError):
+    """An input dataset that is missing or not in the documented format (DESIGN §3)."""
+
+
+class OcrStorage(ConfigurableResource):
+    """Storage root, environment and version; resolves paths and owns every read and write."""
+
+    root: str
+    environment: str = "local"
+    version: str | None = None
+
+    @property
+    def layout(self) -> StorageLayout:
+        return StorageLayout(self.root, self.environment, self.version)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return fsspec.core.url_to_fs(self.root)[0]
+
+    # generic atomic writes ---------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    @contextmanager
+    def atomic_path(self, path: str) -> Iterator[str]:
+        """A temporary sibling to write to; moved onto ``path`` only if the block succeeds."""
+        parent, name = posixpath.split(path)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        try:
+            yield tmp
+            if isinstance(self.fs, LocalFileSystem) and self.fs.isdir(tmp):
+                self._replace_local_dir(tmp, path)
+            else:
+                self.fs.mv(tmp, path, recursive=self.fs.isdir(tmp))
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+
+    def _replace_local_dir(self, tmp: str, path: str) -> None:
+        """Swap a finished directory into place; the old one is removed only afterwards."""
+        old = f"{tmp}.old"
+        if self.fs.exists(path):
+            self.fs.mv(path, old, recursive=True)
+        self.fs.mv(tmp, path, recursive=True)
+        if self.fs.exists(old):
+            self.fs.rm(old, recursive=True)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.atomic_path(path) as tmp:
+            self.fs.pipe_file(tmp, data)
+
+    def write_geoparquet(self, gdf: gpd.GeoDataFrame, path: str) -> int:
+        """GeoParquet 1.1 (zstd, covering bbox); returns the byte size written."""
+        with self.atomic_path(path) as tmp:
+            gdf.to_parquet(tmp, filesystem=self.fs, **GEOPARQUET_OPTIONS)
+            size = self.fs.size(tmp)
+        return int(size)
+
+    def write_zarr(self, ds: xr.Dataset, path: str, encoding: dict | None = None) -> None:
+        """A whole Zarr v3 store, swapped into place when complete."""
+        with self.atomic_path(path) as tmp:
+            ds.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3, encoding=encoding)
+
+    # inputs ------------------------------------------------------------------------------
+    def open_input(self, path: str, variables: tuple[str, ...]) -> xr.Dataset:
+        """A Zarr input opened lazily (chunked as stored) with its variables checked."""
+        if not self.exists(path):
+            raise InputDataError(f"input dataset {path} does not exist; run `ocr sample-data` "
+                                 "or ingest the real data to that path")
+        ds = xr.open_zarr(path, consolidated=False, chunks={}, decode_coords="all")
+        missing = [v for v in variables if v not in ds.data_vars]
+        if missing:
+            raise InputDataError(
+                f"input dataset {path} lacks variable(s) {missing}; found {list(ds.data_vars)}"
+            )
+        return ds
+
+    def region_grid(self) -> RegionGrid:
+        """The region grid of the conditional-risk input: its coordinates and chunk shape."""
+        crps = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
+        if crps.dims != ("latitude", "longitude"):
+            raise InputDataError(
+                f"CRPS in {self.layout.crps_rps} has dims {crps.dims}; expected (latitude, longitude)"
+            )
+        chunks = crps.encoding.get("shards") or crps.encoding.get("chunks")
+        return RegionGrid(
+            crps["latitude"].values, crps["longitude"].values, int(chunks[0]), int(chunks[1])
+        )
+
+    def valid_region_ids(self) -> list[str]:
+        """Chunks of the conditional-risk input that hold any non-missing value."""
+        grid = self.region_grid()
+        crps = self.open_input(self.layout.crps_rps, ("CRPS",))["CRPS"].data
+        crps = crps.rechunk((grid.chunk_lat, grid.chunk_lon))
+        has_data = dask.array.map_blocks(
+            lambda b: np.isfinite(b).any(keepdims=True), crps, dtype=bool, chunks=(1, 1)
+        ).compute()
+        return valid_region_ids_from_mask(has_data)
+
+    def read_region_inputs(self, grid: RegionGrid, region: Region) -> RegionInputs:
+        """Cut every raster input to the region's window (30 m) or region (reference vars)."""
+        lat_w, lon_w = grid.window(region)
+        window = {"latitude": lat_w, "longitude": lon_w}
+        inner = {"latitude": region.lat_slice, "longitude": region.lon_slice}
+        scott = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))
+        wind = self.open_input(self.layout.wind, ("wind_direction_distribution",))
+        wind_da = wind["wind_direction_distribution"]
+        labels = [str(v) for v in wind_da["wind_direction"].values]
+        if labels != list(DIRECTIONS):
+            raise InputDataError(
+                f"wind_direction labels in {self.layout.wind} are {labels}; expected {list(DIRECTIONS)}"
+            )
+        self._check_same_grid(grid, wind_da, self.layout.wind)
+        bp_270m = {}
+        bp_riley = {}
+        for year in YEARS:
+            bp_270m[year] = self.open_input(self.layout.bp_270m(year), ("BP",))["BP"]
+            ref = self.open_input(self.layout.bp_30m(year), ("BP",))["BP"]
+            self._check_same_grid(grid, ref, self.layout.bp_30m(year))
+            bp_riley[year] = np.asarray(ref.isel(inner).values)
+        return RegionInputs(
+            latitude=grid.latitude[lat_w],
+            longitude=grid.longitude[lon_w],
+            rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
+            cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
+            bp_270m=bp_270m,
+            wind=np.asarray(
+                wind_da.isel(window).transpose("wind_direction", "latitude", "longitude").values
+            ),
+            crps=np.asarray(scott["CRPS"].isel(inner).values),
+            rps_scott=np.asarray(scott["RPS"].isel(inner).values),
+            bp_riley=bp_riley,
+        )
+
+    @staticmethod
+    def _check_same_grid(grid: RegionGrid, da: xr.DataArray, path: str) -> None:
+        if not (
+            np.array_equal(da["latitude"].values, grid.latitude)
+            and np.array_equal(da["longitude"].values, grid.longitude)
+        ):
+            raise InputDataError(
+                f"{path} is not on the conditional-risk grid; all 30 m inputs must share "
+                "bit-identical latitude/longitude coordinates"
+            )
+
+    def read_buildings(self, region: Region) -> gpd.GeoDataFrame:
+        """Buildings whose bounding box meets the region (GeoParquet covering-bbox filter)."""
+        path = self.layout.buildings
+        if not self.exists(path):
+            raise InputDataError(f"input dataset {path} does not exist")
+        gdf = gpd.read_parquet(
+            path, bbox=(region.lon0, region.lat0, region.lon1, region.lat1), filesystem=self.fs
+        )
+        missing = {"GEOID", "state", "county"} - set(gdf.columns)
+        if missing:
+            raise InputDataError(f"buildings in {path} lack column(s) {sorted(missing)}")
+        return gdf
+
+    # raster store ------------------------------------------------------------------------
+    def ensure_raster_store(self, grid: RegionGrid, crs_wkt: str) -> None:
+        """Write the CONUS template (metadata and coordinates) if any part is missing.
+
+        The template's bytes are deterministic, so concurrent writers write identical objects;
+        nothing that exists is ever deleted, so no region's data can be lost here.
+        """
+        path = self.layout.raster_store
+        if all(self.exists(f"{path}/{key}/zarr.json") for key in ("", *RISK_VARIABLES)):
+            return
+        memory = zarr.storage.MemoryStore()
+        shape = (grid.latitude.size, grid.longitude.size)
+        shard = (grid.chunk_lat, grid.chunk_lon)
+        inner = tuple(
+            s // INNER_CHUNKS_PER_SHARD_SIDE if s % INNER_CHUNKS_PER_SHARD_SIDE == 0 else s
+            for s in shard
+        )
+        template = xr.Dataset(
+            {
+                name: (
+                    ("latitude", "longitude"),
+                    dask.array.full(shape, np.nan, dtype=np.float32, chunks=shard),
+                    {"grid_mapping": "spatial_ref"},
+                )
+                for name in RISK_VARIABLES
+            },
+            coords={
+                "latitude": grid.latitude,
+                "longitude": grid.longitude,
+                "spatial_ref": ((), 0, {"crs_wkt": crs_wkt}),
+            },
+            attrs={"title": "Open Climate Risk: wind-adjusted wildfire risk", "license": "CC-BY-4.0"},
+        )
+        encoding = {
+            name: {"chunks": inner, "shards": shard, "fill_value": np.nan}
+            for name in RISK_VARIABLES
+        }
+        template.to_zarr(memory, compute=False, consolidated=False, zarr_format=3, encoding=encoding)
+        items = dict(memory._store_dict)  # noqa: SLF001 - the in-memory template's objects
+        # root metadata last: a reader that sees it sees the whole template
+        for key in sorted(items, key=lambda k: (k == "zarr.json", k)):
+            self.write_bytes(f"{path}/{key}", items[key].to_bytes())
+
+    def write_region_window(self, region: Region, rasters: dict[str, np.ndarray]) -> None:
+        """Write one region's window of every variable into the raster store (whole shards)."""
+        ds = xr.Dataset({name: (("latitude", "longitude"), rasters[name]) for name in RISK_VARIABLES})
+        ds.to_zarr(
+            self.layout.raster_store,
+            region={"latitude": region.lat_slice, "longitude": region.lon_slice},
+            mode="r+",
+            consolidated=False,
+            zarr_format=3,
+        )
+
+    def open_raster_store(self) -> xr.Dataset:
+        return xr.open_zarr(self.layout.raster_store, consolidated=False, decode_coords="all")
+
+    # metadata sidecars -------------------------------------------------------------------
+    def write_json(self, path: str, payload: Any) -> None:
+        self.write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+    def crs_wkt_4326(self) -> str:
+        """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""
+        ds = self.open_input(self.layout.crps_rps, ("CRPS",))
+        return str(ds["spatial_ref"].attrs["crs_wkt"])
