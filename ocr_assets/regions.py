@@ -6,7 +6,6 @@
 | `region_buildings`   | region_id  | `region_risk_raster`, bldgs | geoparquet-regions/<region_id>.parquet |
 """
 
-from __future__ import annotations
 
 import time
 

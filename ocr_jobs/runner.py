@@ -73,6 +73,11 @@ def run_partitions(
     on_done: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Run each partition as its own Dagster run, at most ``max_parallel`` at a time."""
+    import dagster as dg
+
+    # create the instance's storage once, before workers race to create its tables
+    with dg.DagsterInstance.get():
+        pass
     outcomes: list[RunOutcome] = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, max_parallel), mp_context=context) as pool:

@@ -24,6 +24,8 @@ from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
 BP_RESOLUTION_M = 270.0
+# 270 m stores are chunked (and so warped) in tiles of this many pixels, a few per window
+BP_STORE_CHUNK = 64
 CRS_4326 = CRS.from_epsg(4326)
 CRS_5070 = CRS.from_epsg(5070)
 
@@ -209,7 +211,7 @@ def write_sample_data(storage: OcrStorage, spec: SampleSpec | None = None) -> li
             {"BP": (("y", "x"), bp270[year], {"grid_mapping": "spatial_ref"})},
             coords={"y": y, "x": x, "spatial_ref": _spatial_ref(CRS_5070)},
         )
-        storage.write_zarr(ds, layout.bp_270m(year), {"BP": {"chunks": (32, 32)}})
+        storage.write_zarr(ds, layout.bp_270m(year), {"BP": {"chunks": (BP_STORE_CHUNK, BP_STORE_CHUNK)}})
         ref = _nearest_270m_on_grid(spec, x, y, bp270[year])
         ds30 = _grid_dataset(spec, {"BP": (("latitude", "longitude"), ref)})
         storage.write_zarr(ds30, layout.bp_30m(year), _grid_encoding(spec, ds30))

@@ -41,10 +41,12 @@ def wind_adjusted_bp(
     latitude: np.ndarray,
     longitude: np.ndarray,
     timer: StageTimer | None = None,
+    kernels: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Steps 5–9 on a window: kernels, spreading, composite, combine, blur."""
+    """Steps 5–9 on a window: kernels (sized at the window's centre unless given), spreading,
+    composite, combine, blur."""
     timer = timer or StageTimer()
-    kernels = direction_kernels(*pixel_size_m(latitude, longitude))
+    kernels = kernels or direction_kernels(*pixel_size_m(latitude, longitude))
     with timer.stage("spread"):
         spread_fields = np.stack([spread(bp30, kernels[d]) for d in DIRECTIONS])
     with timer.stage("composite"):

@@ -1,0 +1,138 @@
+"""Phase 01 through Dagster: partitions, outputs, metadata, retries."""
+
+import json
+
+import geopandas as gpd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import numpy as np
+import pytest
+import xarray as xr
+
+import dagster as dg
+from ocr_assets import regions as region_module
+from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.jobs import REGION_JOB
+
+RASTER = dg.AssetKey("region_risk_raster")
+BUILDINGS = dg.AssetKey("region_buildings")
+
+
+def _run(settings, partition, instance):
+    job = build_definitions(settings).resolve_job_def(REGION_JOB)
+    return job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
+
+
+def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage, sample_grid):
+    with dg.instance_for_test() as instance:
+        for partition in ("y1_x1", "y1_x2"):
+            assert _run(local_settings, partition, instance).success
+        assert instance.get_materialized_partitions(RASTER) == {"y1_x1", "y1_x2"}
+        assert instance.get_materialized_partitions(BUILDINGS) == {"y1_x1", "y1_x2"}
+        event = instance.get_latest_materialization_event(BUILDINGS)
+        meta = event.asset_materialization.metadata
+        assert meta["buildings_written"].value >= 0
+        raster_meta = instance.get_latest_materialization_event(RASTER).asset_materialization.metadata
+        assert raster_meta["pixels"].value == 120 * 90
+        assert set(raster_meta["seconds_per_stage"].value) >= {"read", "spread", "blur", "write_raster"}
+
+    from ocr_jobs.definitions import build_resources
+
+    storage = build_resources(local_settings)["storage"]
+    store = xr.open_zarr(storage.layout.raster_store, consolidated=False)
+    assert set(RISK_VARIABLES) <= set(store.data_vars)
+    assert "spatial_ref" in store.coords
+    np.testing.assert_array_equal(store["latitude"].values, sample_grid.latitude)
+    r1, r_other = sample_grid.region("y1_x1"), sample_grid.region("y3_x0")
+    window = store["crps_scott"].values[r1.lat_slice, r1.lon_slice]
+    crps = sample_storage.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"].values
+    np.testing.assert_array_equal(window, crps[r1.lat_slice, r1.lon_slice])
+    assert np.isnan(store["rps_2011"].values[r_other.lat_slice, r_other.lon_slice]).all()
+
+    # second reader: each building's values equal the raster store at the nearest pixel
+    for partition in ("y1_x1", "y1_x2"):
+        region = sample_grid.region(partition)
+        gdf = gpd.read_parquet(storage.layout.region_buildings(partition))
+        assert list(gdf.columns) == [*RISK_VARIABLES, "GEOID", "state", "county", "geometry"]
+        schema = pq.read_schema(storage.layout.region_buildings(partition))
+        geo = json.loads(schema.metadata[b"geo"])
+        assert geo["version"] == "1.1.0" and "bbox" in geo["columns"]["geometry"]["covering"]
+        assert "bbox" in schema.names and schema.field("rps_2011").type == pa.float32()
+        assert len(gdf) > 0
+        lon, lat = centroids_deg(gdf.geometry.values)
+        assert region.contains(lon, lat).all()
+        sampled = store[list(RISK_VARIABLES)].sel(
+            latitude=xr.DataArray(lat, dims="b"), longitude=xr.DataArray(lon, dims="b"), method="nearest"
+        )
+        for name in RISK_VARIABLES:
+            np.testing.assert_array_equal(gdf[name].to_numpy(), sampled[name].values, err_msg=name)
+            assert gdf[name].notna().all()
+        assert (gdf["GEOID"].str.len() == 15).all()
+
+
+def test_retry_recovers_within_the_same_run(local_settings, monkeypatch):
+    real = region_module.compute_region_rasters
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("transient read error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(region_module, "compute_region_rasters", flaky)
+    with dg.instance_for_test() as instance:
+        result = _run(local_settings, "y0_x1", instance)
+        assert result.success
+        events = [e.event_type for e in result.all_events]
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY in events
+        assert dg.DagsterEventType.STEP_RESTARTED in events
+        assert instance.get_materialized_partitions(RASTER) == {"y0_x1"}
+    assert len(calls) == 2
+
+
+def test_region_that_always_fails_fails_the_run_naming_it(local_settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("corrupt chunk")
+
+    monkeypatch.setattr(region_module, "compute_region_rasters", broken)
+    settings = local_settings.model_copy(update={"process_retries": 1})
+    with dg.instance_for_test() as instance:
+        result = _run(settings, "y2_x0", instance)
+        assert not result.success
+        retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert len(retries) == 1
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+        message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
+        text = failure.step_failure_data.error.message + message
+        assert "region y2_x0 failed on attempt 2" in text and "corrupt chunk" in text
+        assert instance.get_materialized_partitions(RASTER) == set()
+
+
+def test_retry_policy_is_5_s_times_attempt(local_settings):
+    defs = build_definitions(local_settings)
+    node = defs.resolve_job_def(REGION_JOB).graph.node_dict["region_risk"]
+    policy = node.definition.retry_policy
+    assert (policy.max_retries, policy.delay, policy.backoff) == (2, 5, dg.Backoff.LINEAR)
+
+
+def test_lineage_groups_and_partitions(local_settings):
+    defs = build_definitions(local_settings)
+    graph = defs.resolve_asset_graph()
+    inputs = {"burn_probability", "conditional_risk", "wind_direction_distribution", "buildings",
+              "census_boundaries"}
+    for key in inputs:
+        assert graph.get(dg.AssetKey(key)).group_name == "inputs"
+    raster = graph.get(RASTER)
+    assert raster.group_name == "phase01_regions"
+    assert {k.to_user_string() for k in raster.parent_keys} == {
+        "burn_probability", "conditional_risk", "wind_direction_distribution"}
+    assert {k.to_user_string() for k in graph.get(BUILDINGS).parent_keys} == {"region_risk_raster", "buildings"}
+    assert graph.get(RASTER).partitions_def.get_partition_keys()[:2] == ["y0_x0", "y0_x1"]
+
+
+@pytest.mark.parametrize("bad", ["../y1_x1", "y99_x99"])
+def test_unknown_partition_is_refused(local_settings, bad):
+    with dg.instance_for_test() as instance, pytest.raises(dg.DagsterUnknownPartitionError):
+        _run(local_settings, bad, instance)
