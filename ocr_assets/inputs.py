@@ -33,5 +33,10 @@ census_boundaries = dg.AssetSpec(
     description="Census nation, states, counties, tracts and blocks (GeoParquet, EPSG:4326).",
 )
 
-INPUT_SPECS = [burn_probability, conditional_risk, wind_direction_distribution, buildings,
-               census_boundaries]
+INPUT_SPECS = [
+    burn_probability,
+    conditional_risk,
+    wind_direction_distribution,
+    buildings,
+    census_boundaries,
+]

@@ -1,18 +1,21 @@
 """Phase 01 — region processing: one op per region writes both region assets (DESIGN §2).
 
-| asset                | partitions | upstream                    | output                              |
-|----------------------|------------|-----------------------------|-------------------------------------|
-| `region_risk_raster` | region_id  | inputs                      | region window in the raster store   |
-| `region_buildings`   | region_id  | `region_risk_raster`, bldgs | geoparquet-regions/<region_id>.parquet |
+- `region_risk_raster` (region_id): inputs → the region's window in the CONUS raster store
+- `region_buildings` (region_id): `region_risk_raster`, `buildings` →
+  `geoparquet-regions/<region_id>.parquet`
 """
-
 
 import time
 
 import dagster as dg
 import numpy as np
 
-from ocr_assets.inputs import buildings, burn_probability, conditional_risk, wind_direction_distribution
+from ocr_assets.inputs import (
+    buildings,
+    burn_probability,
+    conditional_risk,
+    wind_direction_distribution,
+)
 from ocr_assets.science.fire_model import compute_region_rasters
 from ocr_assets.science.sampling import region_buildings_table
 from ocr_assets.science.timing import StageTimer
@@ -87,7 +90,9 @@ def build_region_assets(
                 f"region {region_id} failed on attempt {context.retry_number + 1}: {exc}"
             ) from exc
         seconds = timer.rounded()
-        context.log.info(f"region {region_id}: {seconds} (total {time.perf_counter() - start:.1f} s)")
+        context.log.info(
+            f"region {region_id}: {seconds} (total {time.perf_counter() - start:.1f} s)"
+        )
         yield dg.MaterializeResult(
             asset_key="region_risk_raster",
             metadata={

@@ -34,7 +34,9 @@ def _storage(settings):
 @app.command("sample-data")
 def sample_data(
     env_file: EnvFile = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: OCR_SAMPLE_SEED).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (default: OCR_SAMPLE_SEED).")
+    ] = None,
 ) -> None:
     """Write the embedded sample inputs under the environment's storage root."""
     from ocr_resources.sample_data import SampleSpec, write_sample_data
@@ -96,7 +98,9 @@ def regions_select(
 @app.command("materialize")
 def materialize(
     env_file: EnvFile = None,
-    region_id: Annotated[list[str] | None, typer.Option("--region-id", help="Id or range; repeatable.")] = None,
+    region_id: Annotated[
+        list[str] | None, typer.Option("--region-id", help="Id or range; repeatable.")
+    ] = None,
     all_region_ids: Annotated[bool, typer.Option("--all-region-ids")] = False,
     max_parallel: Annotated[int, typer.Option(help="Region runs at a time.")] = 2,
 ) -> None:

@@ -16,6 +16,8 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
             selection=dg.AssetSelection.groups(PHASE01_GROUP),
             partitions_def=partitions,
             description="Phase 01: one region partition per run (retries 5 s × attempt).",
+            # one step per run: a step subprocess would only add start-up time
+            executor_def=dg.in_process_executor,
         ),
     ]
 

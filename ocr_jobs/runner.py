@@ -53,6 +53,7 @@ def _run_partition(job_name: str, partition: str) -> RunOutcome:
             dg.reconstructable(getattr(jobs, job_name)),
             instance=instance,
             tags={"dagster/partition": partition},
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             raise_on_error=False,
         )
         error = ""

@@ -52,8 +52,12 @@ class StorageLayout:
 
     def input_paths(self) -> list[str]:
         return [
-            *(self.bp_270m(y) for y in YEARS), *(self.bp_30m(y) for y in YEARS),
-            self.crps_rps, self.wind, self.buildings, *(self.census(lv) for lv in CENSUS_LEVELS),
+            *(self.bp_270m(y) for y in YEARS),
+            *(self.bp_30m(y) for y in YEARS),
+            self.crps_rps,
+            self.wind,
+            self.buildings,
+            *(self.census(lv) for lv in CENSUS_LEVELS),
         ]
 
     # outputs (environment-scoped) ----------------------------------------------------
@@ -75,7 +79,12 @@ class StorageLayout:
 
     def environment_prefixes(self) -> list[str]:
         """Exactly what a wipe of this environment may delete."""
-        return [self.raster_prefix, self.intermediate_prefix, self.vector_prefix, self.pyramid_prefix]
+        return [
+            self.raster_prefix,
+            self.intermediate_prefix,
+            self.vector_prefix,
+            self.pyramid_prefix,
+        ]
 
     @property
     def raster_store(self) -> str:

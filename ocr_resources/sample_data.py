@@ -75,8 +75,11 @@ def _spatial_ref(crs: CRS) -> xr.DataArray:
     return xr.DataArray(0, attrs={"crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt()})
 
 
-def _grid_dataset(spec: SampleSpec, variables: dict[str, tuple[tuple[str, ...], np.ndarray]],
-                  extra_coords: dict | None = None) -> xr.Dataset:
+def _grid_dataset(
+    spec: SampleSpec,
+    variables: dict[str, tuple[tuple[str, ...], np.ndarray]],
+    extra_coords: dict | None = None,
+) -> xr.Dataset:
     ds = xr.Dataset(
         {k: (dims, v, {"grid_mapping": "spatial_ref"}) for k, (dims, v) in variables.items()},
         coords={"latitude": spec.latitude, "longitude": spec.longitude, **(extra_coords or {})},
@@ -119,7 +122,9 @@ def _bp_270m(spec: SampleSpec, rng: np.random.Generator) -> tuple[np.ndarray, np
     return x, y, out
 
 
-def _nearest_270m_on_grid(spec: SampleSpec, x: np.ndarray, y: np.ndarray, bp: np.ndarray) -> np.ndarray:
+def _nearest_270m_on_grid(
+    spec: SampleSpec, x: np.ndarray, y: np.ndarray, bp: np.ndarray
+) -> np.ndarray:
     """The 30 m reference copy: exact nearest 270 m pixel for each 30 m pixel centre."""
     lon, lat = np.meshgrid(spec.longitude, spec.latitude)
     px, py = Transformer.from_crs(CRS_4326, CRS_5070, always_xy=True).transform(lon, lat)
@@ -133,50 +138,84 @@ def _census(spec: SampleSpec) -> dict[str, gpd.GeoDataFrame]:
     west, south, east, north = spec.bounds
     pad = 0.01
     west, south, east, north = west - pad, south - pad, east + pad, north + pad
-    states = [("06", "California", "CA", ("Alpine", "Amador")), ("32", "Nevada", "NV", ("Douglas", "Lyon"))]
+    states = [
+        ("06", "California", "CA", ("Alpine", "Amador")),
+        ("32", "Nevada", "NV", ("Douglas", "Lyon")),
+    ]
     rows: dict[str, list[dict]] = {lv: [] for lv in ("states", "counties", "tracts", "blocks")}
     xs = np.linspace(west, east, 3)
     for si, (sfips, sname, susps, counties) in enumerate(states):
         sx0, sx1 = xs[si], xs[si + 1]
-        rows["states"].append({"GEOID": sfips, "NAME": sname, "STUSPS": susps,
-                               "geometry": shapely.box(sx0, south, sx1, north)})
+        rows["states"].append(
+            {
+                "GEOID": sfips,
+                "NAME": sname,
+                "STUSPS": susps,
+                "geometry": shapely.box(sx0, south, sx1, north),
+            }
+        )
         ys = np.linspace(south, north, 3)
         for ci, cname in enumerate(counties):
             cgeoid = f"{sfips}{2 * ci + 3:03d}"
             cy0, cy1 = ys[ci], ys[ci + 1]
-            rows["counties"].append({"GEOID": cgeoid, "NAME": cname,
-                                     "geometry": shapely.box(sx0, cy0, sx1, cy1)})
+            rows["counties"].append(
+                {"GEOID": cgeoid, "NAME": cname, "geometry": shapely.box(sx0, cy0, sx1, cy1)}
+            )
             txs = np.linspace(sx0, sx1, 4)
             for ti in range(3):
                 tgeoid = f"{cgeoid}{(ti + 1) * 100:06d}"
                 tx0, tx1 = txs[ti], txs[ti + 1]
-                rows["tracts"].append({"GEOID": tgeoid, "NAME": f"Census Tract {ti + 1}",
-                                       "geometry": shapely.box(tx0, cy0, tx1, cy1)})
+                rows["tracts"].append(
+                    {
+                        "GEOID": tgeoid,
+                        "NAME": f"Census Tract {ti + 1}",
+                        "geometry": shapely.box(tx0, cy0, tx1, cy1),
+                    }
+                )
                 bxs, bys = np.linspace(tx0, tx1, 3), np.linspace(cy0, cy1, 3)
                 for bi in range(4):
                     bx, by = bi % 2, bi // 2
-                    rows["blocks"].append({
-                        "GEOID": f"{tgeoid}{1000 + bi + 1:04d}", "NAME": f"Block {1000 + bi + 1}",
-                        "geometry": shapely.box(bxs[bx], bys[by], bxs[bx + 1], bys[by + 1]),
-                    })
+                    rows["blocks"].append(
+                        {
+                            "GEOID": f"{tgeoid}{1000 + bi + 1:04d}",
+                            "NAME": f"Block {1000 + bi + 1}",
+                            "geometry": shapely.box(bxs[bx], bys[by], bxs[bx + 1], bys[by + 1]),
+                        }
+                    )
     out = {lv: gpd.GeoDataFrame(r, crs=CRS_4326) for lv, r in rows.items()}
     out["nation"] = gpd.GeoDataFrame(
-        [{"GEOID": "US", "NAME": "United States", "geometry": shapely.box(west, south, east, north)}],
+        [
+            {
+                "GEOID": "US",
+                "NAME": "United States",
+                "geometry": shapely.box(west, south, east, north),
+            }
+        ],
         crs=CRS_4326,
     )
     return out
 
 
-def _buildings(spec: SampleSpec, rng: np.random.Generator, blocks: gpd.GeoDataFrame,
-               counties: gpd.GeoDataFrame, states: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def _buildings(
+    spec: SampleSpec,
+    rng: np.random.Generator,
+    blocks: gpd.GeoDataFrame,
+    counties: gpd.GeoDataFrame,
+    states: gpd.GeoDataFrame,
+) -> gpd.GeoDataFrame:
     """Small rectangles scattered over the sample, clustered like settlements."""
     west, south, east, north = spec.bounds
     n_clusters = 40
-    centres = np.column_stack([rng.uniform(west, east, n_clusters), rng.uniform(south, north, n_clusters)])
+    centres = np.column_stack(
+        [rng.uniform(west, east, n_clusters), rng.uniform(south, north, n_clusters)]
+    )
     which = rng.integers(0, n_clusters, spec.n_buildings)
     spread_deg = rng.uniform(0.002, 0.01, n_clusters)[which]
-    cx = np.clip(centres[which, 0] + rng.normal(0, 1, spec.n_buildings) * spread_deg, west, east - 1e-6)
-    cy = np.clip(centres[which, 1] + rng.normal(0, 1, spec.n_buildings) * spread_deg, south, north - 1e-6)
+    margin = 0.0005  # ~50 m: every building lies inside the grid (wrapped, not piled at edges)
+    cx = centres[which, 0] + rng.normal(0, 1, spec.n_buildings) * spread_deg
+    cy = centres[which, 1] + rng.normal(0, 1, spec.n_buildings) * spread_deg
+    cx = west + margin + np.mod(cx - west - margin, east - west - 2 * margin)
+    cy = south + margin + np.mod(cy - south - margin, north - south - 2 * margin)
     half_w = rng.uniform(5, 15, spec.n_buildings) / (111_000 * np.cos(np.radians(cy)))
     half_h = rng.uniform(5, 15, spec.n_buildings) / 111_000
     geometry = shapely.box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
@@ -211,7 +250,9 @@ def write_sample_data(storage: OcrStorage, spec: SampleSpec | None = None) -> li
             {"BP": (("y", "x"), bp270[year], {"grid_mapping": "spatial_ref"})},
             coords={"y": y, "x": x, "spatial_ref": _spatial_ref(CRS_5070)},
         )
-        storage.write_zarr(ds, layout.bp_270m(year), {"BP": {"chunks": (BP_STORE_CHUNK, BP_STORE_CHUNK)}})
+        storage.write_zarr(
+            ds, layout.bp_270m(year), {"BP": {"chunks": (BP_STORE_CHUNK, BP_STORE_CHUNK)}}
+        )
         ref = _nearest_270m_on_grid(spec, x, y, bp270[year])
         ds30 = _grid_dataset(spec, {"BP": (("latitude", "longitude"), ref)})
         storage.write_zarr(ds30, layout.bp_30m(year), _grid_encoding(spec, ds30))
@@ -221,8 +262,9 @@ def write_sample_data(storage: OcrStorage, spec: SampleSpec | None = None) -> li
     crps = np.where(ocean | (_smooth(rng, shape, 10) > 0.85), np.nan, crps).astype(np.float32)
     ref2011 = _nearest_270m_on_grid(spec, x, y, bp270[2011])
     rps = (ref2011 * crps).astype(np.float32)
-    scott = _grid_dataset(spec, {"CRPS": (("latitude", "longitude"), crps),
-                                 "RPS": (("latitude", "longitude"), rps)})
+    scott = _grid_dataset(
+        spec, {"CRPS": (("latitude", "longitude"), crps), "RPS": (("latitude", "longitude"), rps)}
+    )
     storage.write_zarr(scott, layout.crps_rps, _grid_encoding(spec, scott))
 
     wind = np.stack([_smooth(rng, shape, 30) ** 2 for _ in DIRECTIONS], axis=-1)
@@ -231,9 +273,14 @@ def write_sample_data(storage: OcrStorage, spec: SampleSpec | None = None) -> li
     wind[calm] = 0.0
     wind[ocean] = np.nan
     wind_ds = _grid_dataset(
-        spec, {"wind_direction_distribution": (("latitude", "longitude", "wind_direction"),
-                                               wind.astype(np.float32))},
-        extra_coords={"wind_direction": np.array(DIRECTIONS)},
+        spec,
+        {
+            "wind_direction_distribution": (
+                ("latitude", "longitude", "wind_direction"),
+                wind.astype(np.float32),
+            )
+        },
+        extra_coords={"wind_direction": np.array(DIRECTIONS, dtype=object)},
     )
     storage.write_zarr(wind_ds, layout.wind, _grid_encoding(spec, wind_ds))
 

@@ -28,7 +28,10 @@ from ocr_resources.layout import StorageLayout
 # regions never write the same object and each object appears atomically.
 INNER_CHUNKS_PER_SHARD_SIDE = 4
 GEOPARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd", "write_covering_bbox": True, "schema_version": "1.1.0", "index": False,
+    "compression": "zstd",
+    "write_covering_bbox": True,
+    "schema_version": "1.1.0",
+    "index": False,
 }
 
 
@@ -100,8 +103,10 @@ class OcrStorage(ConfigurableResource):
     def open_input(self, path: str, variables: tuple[str, ...]) -> xr.Dataset:
         """A Zarr input opened lazily (chunked as stored) with its variables checked."""
         if not self.exists(path):
-            raise InputDataError(f"input dataset {path} does not exist; run `ocr sample-data` "
-                                 "or ingest the real data to that path")
+            raise InputDataError(
+                f"input dataset {path} does not exist; run `ocr sample-data` "
+                "or ingest the real data to that path"
+            )
         ds = xr.open_zarr(path, consolidated=False, chunks={}, decode_coords="all")
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
@@ -115,7 +120,8 @@ class OcrStorage(ConfigurableResource):
         crps = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
         if crps.dims != ("latitude", "longitude"):
             raise InputDataError(
-                f"CRPS in {self.layout.crps_rps} has dims {crps.dims}; expected (latitude, longitude)"
+                f"CRPS in {self.layout.crps_rps} has dims {crps.dims}; "
+                "expected (latitude, longitude)"
             )
         chunks = crps.encoding.get("shards") or crps.encoding.get("chunks")
         return RegionGrid(
@@ -143,7 +149,8 @@ class OcrStorage(ConfigurableResource):
         labels = [str(v) for v in wind_da["wind_direction"].values]
         if labels != list(DIRECTIONS):
             raise InputDataError(
-                f"wind_direction labels in {self.layout.wind} are {labels}; expected {list(DIRECTIONS)}"
+                f"wind_direction labels in {self.layout.wind} are {labels}; "
+                f"expected {list(DIRECTIONS)}"
             )
         self._check_same_grid(grid, wind_da, self.layout.wind)
         bp_270m = {}
@@ -222,21 +229,28 @@ class OcrStorage(ConfigurableResource):
                 "longitude": grid.longitude,
                 "spatial_ref": ((), 0, {"crs_wkt": crs_wkt}),
             },
-            attrs={"title": "Open Climate Risk: wind-adjusted wildfire risk", "license": "CC-BY-4.0"},
+            attrs={
+                "title": "Open Climate Risk: wind-adjusted wildfire risk",
+                "license": "CC-BY-4.0",
+            },
         )
         encoding = {
             name: {"chunks": inner, "shards": shard, "fill_value": np.nan}
             for name in RISK_VARIABLES
         }
-        template.to_zarr(memory, compute=False, consolidated=False, zarr_format=3, encoding=encoding)
-        items = dict(memory._store_dict)  # noqa: SLF001 - the in-memory template's objects
+        template.to_zarr(
+            memory, compute=False, consolidated=False, zarr_format=3, encoding=encoding
+        )
+        items = dict(memory._store_dict)
         # root metadata last: a reader that sees it sees the whole template
         for key in sorted(items, key=lambda k: (k == "zarr.json", k)):
             self.write_bytes(f"{path}/{key}", items[key].to_bytes())
 
     def write_region_window(self, region: Region, rasters: dict[str, np.ndarray]) -> None:
         """Write one region's window of every variable into the raster store (whole shards)."""
-        ds = xr.Dataset({name: (("latitude", "longitude"), rasters[name]) for name in RISK_VARIABLES})
+        ds = xr.Dataset(
+            {name: (("latitude", "longitude"), rasters[name]) for name in RISK_VARIABLES}
+        )
         ds.to_zarr(
             self.layout.raster_store,
             region={"latitude": region.lat_slice, "longitude": region.lon_slice},

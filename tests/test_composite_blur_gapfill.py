@@ -46,7 +46,9 @@ def test_combine_keeps_burnable_and_nan():
     bp30 = np.array([[0.0, 0.3, np.nan]], np.float32)
     wind = np.array([[0.1, 0.9, 0.5]], np.float32)
     out = combine(bp30, wind)
-    assert out[0, 0] == pytest.approx(0.1) and out[0, 1] == pytest.approx(0.3) and np.isnan(out[0, 2])
+    assert (
+        out[0, 0] == pytest.approx(0.1) and out[0, 1] == pytest.approx(0.3) and np.isnan(out[0, 2])
+    )
 
 
 def test_blur_size_and_sigma_at_one_arc_second():

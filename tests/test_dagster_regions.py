@@ -2,14 +2,14 @@
 
 import json
 
+import dagster as dg
 import geopandas as gpd
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import numpy as np
 import pytest
 import xarray as xr
 
-import dagster as dg
 from ocr_assets import regions as region_module
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
 from ocr_jobs.definitions import build_definitions
@@ -33,9 +33,16 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
         event = instance.get_latest_materialization_event(BUILDINGS)
         meta = event.asset_materialization.metadata
         assert meta["buildings_written"].value >= 0
-        raster_meta = instance.get_latest_materialization_event(RASTER).asset_materialization.metadata
+        raster_meta = instance.get_latest_materialization_event(
+            RASTER
+        ).asset_materialization.metadata
         assert raster_meta["pixels"].value == 120 * 90
-        assert set(raster_meta["seconds_per_stage"].value) >= {"read", "spread", "blur", "write_raster"}
+        assert set(raster_meta["seconds_per_stage"].value) >= {
+            "read",
+            "spread",
+            "blur",
+            "write_raster",
+        }
 
     from ocr_jobs.definitions import build_resources
 
@@ -63,7 +70,9 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
         lon, lat = centroids_deg(gdf.geometry.values)
         assert region.contains(lon, lat).all()
         sampled = store[list(RISK_VARIABLES)].sel(
-            latitude=xr.DataArray(lat, dims="b"), longitude=xr.DataArray(lon, dims="b"), method="nearest"
+            latitude=xr.DataArray(lat, dims="b"),
+            longitude=xr.DataArray(lon, dims="b"),
+            method="nearest",
         )
         for name in RISK_VARIABLES:
             np.testing.assert_array_equal(gdf[name].to_numpy(), sampled[name].values, err_msg=name)
@@ -101,10 +110,18 @@ def test_region_that_always_fails_fails_the_run_naming_it(local_settings, monkey
     with dg.instance_for_test() as instance:
         result = _run(settings, "y2_x0", instance)
         assert not result.success
-        retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        retries = [
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+        ]
         assert len(retries) == 1
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
-        message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
+        failure = next(
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        )
+        message = (
+            failure.step_failure_data.error.cause.message
+            if failure.step_failure_data.error.cause
+            else ""
+        )
         text = failure.step_failure_data.error.message + message
         assert "region y2_x0 failed on attempt 2" in text and "corrupt chunk" in text
         assert instance.get_materialized_partitions(RASTER) == set()
@@ -120,15 +137,26 @@ def test_retry_policy_is_5_s_times_attempt(local_settings):
 def test_lineage_groups_and_partitions(local_settings):
     defs = build_definitions(local_settings)
     graph = defs.resolve_asset_graph()
-    inputs = {"burn_probability", "conditional_risk", "wind_direction_distribution", "buildings",
-              "census_boundaries"}
+    inputs = {
+        "burn_probability",
+        "conditional_risk",
+        "wind_direction_distribution",
+        "buildings",
+        "census_boundaries",
+    }
     for key in inputs:
         assert graph.get(dg.AssetKey(key)).group_name == "inputs"
     raster = graph.get(RASTER)
     assert raster.group_name == "phase01_regions"
     assert {k.to_user_string() for k in raster.parent_keys} == {
-        "burn_probability", "conditional_risk", "wind_direction_distribution"}
-    assert {k.to_user_string() for k in graph.get(BUILDINGS).parent_keys} == {"region_risk_raster", "buildings"}
+        "burn_probability",
+        "conditional_risk",
+        "wind_direction_distribution",
+    }
+    assert {k.to_user_string() for k in graph.get(BUILDINGS).parent_keys} == {
+        "region_risk_raster",
+        "buildings",
+    }
     assert graph.get(RASTER).partitions_def.get_partition_keys()[:2] == ["y0_x0", "y0_x1"]
 
 

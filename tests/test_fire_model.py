@@ -45,8 +45,14 @@ def test_region_rasters_on_the_sample(sample_storage, sample_grid):
     inputs = sample_storage.read_region_inputs(sample_grid, region)
     out = compute_region_rasters(inputs)
     assert set(out) == {
-        "rps_2011", "rps_2047", "bp_2011", "bp_2047",
-        "crps_scott", "rps_scott", "bp_2011_riley", "bp_2047_riley",
+        "rps_2011",
+        "rps_2047",
+        "bp_2011",
+        "bp_2047",
+        "crps_scott",
+        "rps_scott",
+        "bp_2011_riley",
+        "bp_2047_riley",
     }
     for name, arr in out.items():
         assert arr.shape == region.shape and arr.dtype == np.float32, name
@@ -60,7 +66,9 @@ def test_region_rasters_on_the_sample(sample_storage, sample_grid):
     assert np.nanmean(out["bp_2047"]) > np.nanmean(out["bp_2011"])
     # reference variables are copied from the inputs unchanged
     crps = sample_storage.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"]
-    np.testing.assert_array_equal(out["crps_scott"], crps.values[region.lat_slice, region.lon_slice])
+    np.testing.assert_array_equal(
+        out["crps_scott"], crps.values[region.lat_slice, region.lon_slice]
+    )
 
 
 def test_science_modules_do_not_import_dagster():

@@ -111,7 +111,11 @@ def test_pixel_size_is_taken_at_the_window_centre_pixel():
     assert dx == pytest.approx(haversine_m(lat_c, longitude[25], lat_c, longitude[26]))
     assert dy == pytest.approx(haversine_m(lat_c, longitude[25], latitude[51], longitude[25]))
     # by hand: one arc-second of longitude at lat_c on a 6 371 km sphere
-    expected = 2 * 6_371_000 * math.asin(math.cos(math.radians(lat_c)) * math.sin(math.radians(ARC_SECOND) / 2))
+    expected = (
+        2
+        * 6_371_000
+        * math.asin(math.cos(math.radians(lat_c)) * math.sin(math.radians(ARC_SECOND) / 2))
+    )
     assert dx == pytest.approx(expected, rel=1e-9)
     # changing the first row (not the centre) does not change the size
     shifted = latitude.copy()

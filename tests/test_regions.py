@@ -26,8 +26,12 @@ def test_region_slices_and_edges_tile_the_grid(sample_grid):
         r = sample_grid.region(rid)
         seen[r.lat_slice, r.lon_slice] += 1
         # edges are half a pixel outside the first / last pixel centres
-        assert r.lat0 == pytest.approx(sample_grid.latitude[r.lat_slice.start] - sample_grid.dlat / 2)
-        assert r.lon1 == pytest.approx(sample_grid.longitude[r.lon_slice.stop - 1] + sample_grid.dlon / 2)
+        assert r.lat0 == pytest.approx(
+            sample_grid.latitude[r.lat_slice.start] - sample_grid.dlat / 2
+        )
+        assert r.lon1 == pytest.approx(
+            sample_grid.longitude[r.lon_slice.stop - 1] + sample_grid.dlon / 2
+        )
     assert (seen == 1).all()
     # neighbours share the exact same edge value (no gap, no overlap)
     assert sample_grid.region("y1_x1").lon1 == sample_grid.region("y1_x2").lon0
@@ -48,7 +52,7 @@ def test_window_adds_halo_and_is_cut_at_grid_edge():
     assert (ow.start, ow.stop) == (900 - 540, 1350 + 540)
     corner = grid.window(grid.region("y0_x0"))
     assert corner[0].start == 0 and corner[1].start == 0
-    assert HALO_DEG * 3600 == pytest.approx(540)
+    assert pytest.approx(540) == HALO_DEG * 3600
 
 
 def test_valid_ids_are_a_strict_subset_and_match_the_shipped_list(sample_storage, sample_grid):

@@ -37,8 +37,13 @@ def test_rasters_follow_the_input_conventions(sample_storage):
     bp = xr.open_zarr(layout.bp_270m(2011), consolidated=False)
     for ds in (scott, wind, ref, bp):
         assert "spatial_ref" in ds.coords and "crs_wkt" in ds["spatial_ref"].attrs
-    assert "5070" in bp["spatial_ref"].attrs["crs_wkt"] or "Albers" in bp["spatial_ref"].attrs["crs_wkt"]
-    assert np.allclose(np.abs(np.diff(bp["x"].values)), 270) and np.allclose(np.abs(np.diff(bp["y"].values)), 270)
+    assert (
+        "5070" in bp["spatial_ref"].attrs["crs_wkt"]
+        or "Albers" in bp["spatial_ref"].attrs["crs_wkt"]
+    )
+    assert np.allclose(np.abs(np.diff(bp["x"].values)), 270) and np.allclose(
+        np.abs(np.diff(bp["y"].values)), 270
+    )
     for ds in (wind, ref):
         assert np.array_equal(ds["latitude"].values, scott["latitude"].values)
         assert np.array_equal(ds["longitude"].values, scott["longitude"].values)
@@ -57,7 +62,10 @@ def test_rasters_follow_the_input_conventions(sample_storage):
 
 def test_census_nests_and_buildings_have_block_geoids(sample_storage):
     layout = sample_storage.layout
-    levels = {lv: gpd.read_parquet(layout.census(lv)) for lv in ("nation", "states", "counties", "tracts", "blocks")}
+    levels = {
+        lv: gpd.read_parquet(layout.census(lv))
+        for lv in ("nation", "states", "counties", "tracts", "blocks")
+    }
     assert levels["nation"]["GEOID"].tolist() == ["US"]
     lengths = {"states": 2, "counties": 5, "tracts": 11, "blocks": 15}
     for level, n in lengths.items():

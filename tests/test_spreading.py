@@ -34,7 +34,9 @@ def test_correlate_matches_scipy_mirror_and_not_reflect():
     ours = correlate(arr, kernel)
     reference = scipy_correlate(arr.astype(np.float64), kernel.astype(np.float64), mode="mirror")
     assert np.allclose(ours, reference, rtol=1e-5, atol=1e-7)
-    edge_repeated = scipy_correlate(arr.astype(np.float64), kernel.astype(np.float64), mode="reflect")
+    edge_repeated = scipy_correlate(
+        arr.astype(np.float64), kernel.astype(np.float64), mode="reflect"
+    )
     assert not np.allclose(ours[:5], edge_repeated[:5], rtol=1e-5, atol=1e-7)
 
 

@@ -12,9 +12,7 @@ def normalise_wind_weights(distribution: np.ndarray) -> tuple[np.ndarray, np.nda
     divided by their sum. A negative weight anywhere means a broken input, not a pixel to skip.
     """
     if distribution.ndim != 3 or distribution.shape[0] != 8:
-        raise ValueError(
-            f"wind distribution must have shape (8, H, W); got {distribution.shape}"
-        )
+        raise ValueError(f"wind distribution must have shape (8, H, W); got {distribution.shape}")
     if np.any(distribution < 0):
         raise ValueError(
             f"wind distribution has {int(np.sum(distribution < 0))} negative weight(s); "

@@ -14,9 +14,7 @@ def gap_fill(bp: np.ndarray) -> np.ndarray:
     """
     valid = bp > 0  # NaN compares False: not valid
     surrounded = np.zeros(bp.shape, dtype=bool)
-    surrounded[1:-1, 1:-1] = (
-        valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
-    )
+    surrounded[1:-1, 1:-1] = valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2] & valid[1:-1, 2:]
     target = surrounded & ~valid
     if not target.any():
         return bp.copy()

@@ -50,7 +50,10 @@ class Region:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.lat_slice.stop - self.lat_slice.start, self.lon_slice.stop - self.lon_slice.start)
+        return (
+            self.lat_slice.stop - self.lat_slice.start,
+            self.lon_slice.stop - self.lon_slice.start,
+        )
 
     def contains(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Half-open test on pixel edges: each point belongs to exactly one region."""
@@ -99,8 +102,13 @@ class RegionGrid:
         i1 = min(i0 + self.chunk_lat, self.latitude.size)
         j1 = min(j0 + self.chunk_lon, self.longitude.size)
         return Region(
-            rid, slice(i0, i1), slice(j0, j1),
-            self.lat_edge(i0), self.lat_edge(i1), self.lon_edge(j0), self.lon_edge(j1),
+            rid,
+            slice(i0, i1),
+            slice(j0, j1),
+            self.lat_edge(i0),
+            self.lat_edge(i1),
+            self.lon_edge(j0),
+            self.lon_edge(j1),
         )
 
     def all_region_ids(self) -> list[str]:

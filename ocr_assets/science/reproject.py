@@ -1,12 +1,15 @@
-"""Burn probability from its 270 m EPSG:5070 grid onto a window's 30 m grid (DESIGN §5 steps 2–4)."""
+"""Burn probability from its 270 m EPSG:5070 grid onto a window's 30 m grid (DESIGN §5, 2–4)."""
 
 from __future__ import annotations
+
+import warnings
 
 import dask.array
 import numpy as np
 import xarray as xr
 from odc.geo.xr import assign_crs, xr_reproject
 from pyproj import CRS, Transformer
+from rasterio.errors import NotGeoreferencedWarning
 
 from ocr_assets.science.gapfill import gap_fill
 
@@ -15,8 +18,10 @@ def window_edges(latitude: np.ndarray, longitude: np.ndarray) -> tuple[float, fl
     """(west, south, east, north) pixel edges of a regular ascending lat/lon window."""
     dlat, dlon = latitude[1] - latitude[0], longitude[1] - longitude[0]
     return (
-        float(longitude[0] - dlon / 2), float(latitude[0] - dlat / 2),
-        float(longitude[-1] + dlon / 2), float(latitude[-1] + dlat / 2),
+        float(longitude[0] - dlon / 2),
+        float(latitude[0] - dlat / 2),
+        float(longitude[-1] + dlon / 2),
+        float(latitude[-1] + dlat / 2),
     )
 
 
@@ -40,7 +45,9 @@ def subset_projected(bp: xr.DataArray, latitude: np.ndarray, longitude: np.ndarr
     cols = np.flatnonzero((x >= min(xs)) & (x <= max(xs)))
     rows = np.flatnonzero((y >= min(ys)) & (y <= max(ys)))
     if cols.size == 0 or rows.size == 0:
-        raise ValueError(f"burn probability {bp.name!r} does not cover the window {west, south, east, north}")
+        raise ValueError(
+            f"burn probability {bp.name!r} does not cover the window {west, south, east, north}"
+        )
     return bp.isel(x=slice(cols[0], cols[-1] + 1), y=slice(rows[0], rows[-1] + 1))
 
 
@@ -70,4 +77,7 @@ def reproject_nearest(
     )
     source = assign_crs(subset.drop_vars("spatial_ref", errors="ignore"), raster_crs(subset))
     warped = xr_reproject(source, target.odc.geobox, resampling="nearest")
-    return np.asarray(warped.values, dtype=np.float32)
+    with warnings.catch_warnings():
+        # odc-geo hands rasterio bare arrays with explicit transforms; rasterio still warns
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return np.asarray(warped.values, dtype=np.float32)

@@ -8,8 +8,14 @@ import shapely
 from ocr_assets.science.regions import Region, RegionGrid
 
 RISK_VARIABLES: tuple[str, ...] = (
-    "rps_2011", "rps_2047", "bp_2011", "bp_2047",
-    "crps_scott", "rps_scott", "bp_2011_riley", "bp_2047_riley",
+    "rps_2011",
+    "rps_2047",
+    "bp_2011",
+    "bp_2047",
+    "crps_scott",
+    "rps_scott",
+    "bp_2011_riley",
+    "bp_2047_riley",
 )
 
 

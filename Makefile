@@ -1,0 +1,38 @@
+# Fresh machine: Python 3.11 and make. `make run` = main job on the sample; `make test` = tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint validate dev clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/ocr sample-data
+	$(BIN)/ocr regions refresh --check
+	$(BIN)/ocr materialize --all-region-ids
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+validate: setup
+	$(BIN)/dagster definitions validate -w workspace.yaml
+
+test: lint validate
+	$(BIN)/python -m pytest
+
+dev: setup
+	mkdir -p .dagster/local && cp dagster.yaml .dagster/local/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster/local $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf .ocr-data .dagster
