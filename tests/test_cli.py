@@ -1,0 +1,48 @@
+"""The `ocr` command line: selection reports and refusals."""
+
+from typer.testing import CliRunner
+
+from ocr_jobs.cli import app
+
+runner = CliRunner()
+
+
+def _env(tmp_path, root):
+    env = tmp_path / "test.env"
+    env.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={root}\n")
+    return str(env)
+
+
+def test_regions_select_reports_and_refuses_invalid(tmp_path, sample_root):
+    ok = runner.invoke(
+        app, ["regions", "select", "y0_x0-x2", "--env-file", _env(tmp_path, sample_root)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "provided: 3  valid: 3  invalid: 0" in ok.output
+    bad = runner.invoke(
+        app, ["regions", "select", "y4_x4-x5", "--env-file", _env(tmp_path, sample_root)]
+    )
+    assert bad.exit_code == 2
+    assert "y4_x4" in bad.output and "y4_x5" in bad.output
+    malformed = runner.invoke(
+        app, ["regions", "select", "../y1_x1", "--env-file", _env(tmp_path, sample_root)]
+    )
+    assert malformed.exit_code == 2 and "malformed" in malformed.output
+
+
+def test_materialize_needs_exactly_one_kind_of_selection(tmp_path, sample_root):
+    env = _env(tmp_path, sample_root)
+    both = runner.invoke(
+        app, ["materialize", "--env-file", env, "--all-region-ids", "--region-id", "y0_x0"]
+    )
+    assert both.exit_code == 2 and "either --region-id" in both.output
+    neither = runner.invoke(app, ["materialize", "--env-file", env])
+    assert neither.exit_code == 2
+
+
+def test_regions_refresh_check_passes_on_the_sample(tmp_path, sample_root):
+    result = runner.invoke(
+        app, ["regions", "refresh", "--check", "--env-file", _env(tmp_path, sample_root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "20 valid of 30 regions" in result.output
