@@ -18,7 +18,7 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/ocr sample-data
 	$(BIN)/ocr regions refresh --check
-	$(BIN)/ocr materialize --all-region-ids
+	$(BIN)/ocr materialize --all-region-ids --create-pyramid --write-regional-stats
 
 lint: setup
 	$(BIN)/ruff check .

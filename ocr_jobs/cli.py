@@ -102,12 +102,18 @@ def materialize(
         list[str] | None, typer.Option("--region-id", help="Id or range; repeatable.")
     ] = None,
     all_region_ids: Annotated[bool, typer.Option("--all-region-ids")] = False,
+    create_pyramid: Annotated[bool, typer.Option(help="Also build risk_pyramid.")] = False,
+    write_regional_stats: Annotated[
+        bool, typer.Option(help="Also write regional_analysis_files.")
+    ] = False,
+    downstream: Annotated[bool, typer.Option(help="Run phases 02/03 after the regions.")] = True,
     max_parallel: Annotated[int, typer.Option(help="Region runs at a time.")] = 2,
 ) -> None:
-    """Materialize region partitions, one Dagster run each, in the environment's instance."""
+    """Materialize region partitions (one Dagster run each), then phases 02/03, in the
+    environment's instance."""
     from ocr_assets.science.regions import RegionIdError, select_regions
-    from ocr_jobs.jobs import REGION_JOB
-    from ocr_jobs.runner import run_partitions, use_environment
+    from ocr_jobs.jobs import REGION_JOB, downstream_run
+    from ocr_jobs.runner import execute, run_partitions, use_environment
     from ocr_resources.region_catalog import load_valid_region_ids
 
     settings = _settings(env_file)
@@ -135,10 +141,38 @@ def materialize(
     if failed:
         console.print(f"[red]{len(failed)} region(s) failed:[/] {', '.join(failed)}")
         raise typer.Exit(1)
-    storage = _storage(settings)
     console.print(f"[green]{len(outcomes)} region(s) materialized[/]")
-    console.print(f"  raster store: {storage.layout.raster_store}")
-    console.print(f"  region buildings: {storage.layout.region_buildings_dir}")
+    if downstream:
+        optional = {"risk_pyramid"} if create_pyramid else set()
+        optional |= {"regional_analysis_files"} if write_regional_stats else set()
+        job, keys = downstream_run(optional)
+        outcome = execute(job, asset_keys=keys)
+        report(outcome)
+        if not outcome.success:
+            raise typer.Exit(1)
+    _print_outputs(settings, downstream, create_pyramid, write_regional_stats)
+
+
+def _print_outputs(settings, downstream: bool, pyramid: bool, analysis: bool) -> None:
+    from ocr_resources.layout import CENSUS_LEVELS, PMTILES_NAMES
+
+    lay = _storage(settings).layout
+    rows = [("raster store", lay.raster_store), ("region buildings", lay.region_buildings_dir)]
+    if downstream:
+        rows += [
+            ("consolidated buildings", lay.consolidated_buildings),
+            ("partitioned buildings", lay.partitioned_buildings),
+            ("summary statistics", lay.region_summary_stats("{" + ",".join(CENSUS_LEVELS) + "}")),
+            *((f"{name}.pmtiles", lay.pmtiles(name)) for name in PMTILES_NAMES),
+        ]
+        rows += (
+            [("analysis files", lay.region_analysis("<level>", "{geojson,csv}"))]
+            if analysis
+            else []
+        )
+        rows += [("pyramid", lay.pyramid)] if pyramid else []
+    for label, path in rows:
+        console.print(f"  {label}: {path}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ocr_assets import aggregation
 from ocr_assets.inputs import INPUT_SPECS
 from ocr_assets.regions import build_region_assets
+from ocr_assets.tiles import TILESET_ASSETS, TILESET_CHECKS
 from ocr_jobs.jobs import build_jobs
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings, load_settings
@@ -28,7 +30,13 @@ def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]
 def build_definitions(settings: OcrSettings) -> dg.Definitions:
     partitions = region_partitions(settings)
     return dg.Definitions(
-        assets=[*INPUT_SPECS, build_region_assets(partitions, settings.process_retries)],
+        assets=[
+            *INPUT_SPECS,
+            build_region_assets(partitions, settings.process_retries),
+            *dg.load_assets_from_modules([aggregation]),
+            *TILESET_ASSETS,
+        ],
+        asset_checks=[*dg.load_asset_checks_from_modules([aggregation]), *TILESET_CHECKS],
         jobs=build_jobs(partitions),
         resources=build_resources(settings),
     )

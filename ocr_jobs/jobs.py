@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ocr_assets.aggregation import OPTIONAL, PHASE02_GROUP
 from ocr_assets.regions import PHASE01_GROUP
+from ocr_assets.tiles import PHASE03_GROUP
 
 REGION_JOB = "region_job"
+DOWNSTREAM_JOB = "aggregate_and_tile"
+DOWNSTREAM_CORE_JOB = "aggregate_and_tile_core"
+
+DOWNSTREAM = dg.AssetSelection.groups(PHASE02_GROUP, PHASE03_GROUP)
+OPTIONAL_ASSETS = dg.AssetSelection.tag(*next(iter(OPTIONAL.items())))
 
 
 def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJobDefinition]:
@@ -19,12 +26,52 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
             # one step per run: a step subprocess would only add start-up time
             executor_def=dg.in_process_executor,
         ),
+        dg.define_asset_job(
+            DOWNSTREAM_JOB,
+            selection=DOWNSTREAM,
+            description="Phases 02 and 03 over whatever regions exist, optional assets included.",
+        ),
+        dg.define_asset_job(
+            DOWNSTREAM_CORE_JOB,
+            selection=DOWNSTREAM - OPTIONAL_ASSETS,
+            description="Phases 02 and 03 without the optional pyramid and analysis files.",
+        ),
     ]
 
 
-def region_job() -> dg.JobDefinition:
-    """The region job rebuilt from settings; module level so Dagster can reconstruct it."""
+OPTIONAL_ASSET_KEYS = ("risk_pyramid", "regional_analysis_files")
+
+
+def downstream_run(optional: set[str]) -> tuple[str, list[str] | None]:
+    """(job, asset subset) for phases 02/03 with the chosen optional assets: the core job when
+    none is chosen, the full job when all are, else the full job narrowed to a subset."""
+    unknown = optional - set(OPTIONAL_ASSET_KEYS)
+    if unknown:
+        raise ValueError(f"not optional assets: {sorted(unknown)}; expected {OPTIONAL_ASSET_KEYS}")
+    if not optional:
+        return DOWNSTREAM_CORE_JOB, None
+    if optional == set(OPTIONAL_ASSET_KEYS):
+        return DOWNSTREAM_JOB, None
     from ocr_jobs.definitions import build_definitions
     from ocr_resources.settings import load_settings
 
-    return build_definitions(load_settings()).resolve_job_def(REGION_JOB)
+    graph = build_definitions(load_settings()).resolve_asset_graph()
+    skipped = {dg.AssetKey(k) for k in OPTIONAL_ASSET_KEYS} - {dg.AssetKey(k) for k in optional}
+    keys = DOWNSTREAM.resolve(graph) - skipped
+    return DOWNSTREAM_JOB, sorted(k.to_user_string() for k in keys)
+
+
+def _job(name: str) -> dg.JobDefinition:
+    from ocr_jobs.definitions import build_definitions
+    from ocr_resources.settings import load_settings
+
+    return build_definitions(load_settings()).resolve_job_def(name)
+
+
+# Module-level job factories so Dagster can reconstruct each job in another process.
+def region_job() -> dg.JobDefinition:
+    return _job(REGION_JOB)
+
+
+def aggregate_and_tile() -> dg.JobDefinition:
+    return _job(DOWNSTREAM_JOB)

@@ -42,8 +42,11 @@ def use_environment(settings: OcrSettings) -> Path:
     return home
 
 
-def _run_partition(job_name: str, partition: str) -> RunOutcome:
-    """One partition, one run (executed in a worker process)."""
+def execute(
+    job_name: str, partition: str | None = None, asset_keys: list[str] | None = None
+) -> RunOutcome:
+    """One Dagster run of a job (one partition, or a subset of its assets) in this process's
+    instance ($DAGSTER_HOME)."""
     import dagster as dg
 
     from ocr_jobs import jobs
@@ -52,19 +55,30 @@ def _run_partition(job_name: str, partition: str) -> RunOutcome:
         result = dg.execute_job(
             dg.reconstructable(getattr(jobs, job_name)),
             instance=instance,
-            tags={"dagster/partition": partition},
+            tags={"dagster/partition": partition} if partition else None,
+            asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             raise_on_error=False,
         )
-        error = ""
-        if not result.success:
-            failures = [
-                e.step_failure_data.error.message.strip()
-                for e in result.all_events
-                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
-            ]
-            error = failures[-1] if failures else "run failed"
-        return RunOutcome(partition, result.success, result.run_id, error)
+        error = "" if result.success else "; ".join(_failures(result.all_events)) or "run failed"
+        return RunOutcome(partition or job_name, result.success, result.run_id, error)
+
+
+def _failures(events) -> list[str]:
+    """Failed steps with their error, and failed asset checks, by name."""
+    import dagster as dg
+
+    found = []
+    for e in events:
+        if e.is_step_failure and e.step_failure_data and e.step_failure_data.error:
+            error = e.step_failure_data.error
+            message = (error.cause or error).message.strip().splitlines()[0]
+            found.append(f"{e.step_key}: {message}")
+        elif e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = e.event_specific_data
+            if not check.passed:
+                found.append(f"check {check.asset_key.to_user_string()}.{check.check_name} failed")
+    return found
 
 
 def run_partitions(
@@ -82,7 +96,7 @@ def run_partitions(
     outcomes: list[RunOutcome] = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, max_parallel), mp_context=context) as pool:
-        futures = [pool.submit(_run_partition, job_name, p) for p in partitions]
+        futures = [pool.submit(execute, job_name, p) for p in partitions]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)

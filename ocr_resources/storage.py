@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import dask.array
 import fsspec
 import geopandas as gpd
 import numpy as np
+import pyarrow.dataset as ds
 import xarray as xr
 import zarr
 from dagster import ConfigurableResource
@@ -20,7 +22,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ocr_assets.science.fire_model import YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import Region, RegionGrid, valid_region_ids_from_mask
+from ocr_assets.science.regions import (
+    Region,
+    RegionGrid,
+    sort_region_ids,
+    valid_region_ids_from_mask,
+)
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.layout import StorageLayout
 
@@ -33,6 +40,9 @@ GEOPARQUET_OPTIONS: dict[str, Any] = {
     "schema_version": "1.1.0",
     "index": False,
 }
+
+
+REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
 
 
 class InputDataError(ValueError):
@@ -270,3 +280,39 @@ class OcrStorage(ConfigurableResource):
         """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""
         ds = self.open_input(self.layout.crps_rps, ("CRPS",))
         return str(ds["spatial_ref"].attrs["crs_wkt"])
+
+    # vector outputs ------------------------------------------------------------------------
+    def list_region_buildings(self) -> list[str]:
+        """Region ids with a buildings file in this environment (others' files are ignored)."""
+        folder = self.layout.region_buildings_dir
+        if not self.exists(folder):
+            return []
+        names = [posixpath.basename(p) for p in self.fs.ls(folder, detail=False)]
+        ids = [n.removesuffix(".parquet") for n in names if REGION_FILE.match(n)]
+        return sort_region_ids(ids)
+
+    def parquet_dataset(self, paths: str | list[str]) -> ds.Dataset:
+        return ds.dataset(paths, format="parquet", filesystem=self.fs)
+
+    def put_file(self, local_path: str, path: str) -> int:
+        """Copy a finished local file (e.g. from a scratch folder) into place atomically."""
+        with self.atomic_path(path) as tmp:
+            self.fs.put_file(local_path, tmp)
+            size = self.fs.size(tmp)
+        return int(size)
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode())
+
+    def read_census(self, level: str) -> gpd.GeoDataFrame:
+        path = self.layout.census(level)
+        if not self.exists(path):
+            raise InputDataError(f"input dataset {path} does not exist")
+        return gpd.read_parquet(path, filesystem=self.fs)
+
+    def write_datatree(self, tree: xr.DataTree, path: str) -> None:
+        with self.atomic_path(path) as tmp:
+            tree.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
+
+    def open_datatree(self, path: str) -> xr.DataTree:
+        return xr.open_datatree(path, engine="zarr", consolidated=False)

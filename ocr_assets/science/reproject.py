@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dask.array
 import numpy as np
@@ -77,7 +79,13 @@ def reproject_nearest(
     )
     source = assign_crs(subset.drop_vars("spatial_ref", errors="ignore"), raster_crs(subset))
     warped = xr_reproject(source, target.odc.geobox, resampling="nearest")
-    with warnings.catch_warnings():
-        # odc-geo hands rasterio bare arrays with explicit transforms; rasterio still warns
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with quiet_rasterio():
         return np.asarray(warped.values, dtype=np.float32)
+
+
+@contextmanager
+def quiet_rasterio() -> Iterator[None]:
+    """odc-geo hands rasterio bare arrays with explicit transforms; rasterio still warns."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield

@@ -72,3 +72,19 @@ def region_buildings_table(
     table = mine.assign(**{k: v.astype(np.float32) for k, v in values.items()})
     columns = [*RISK_VARIABLES, "GEOID", "state", "county", "geometry"]
     return table.loc[keep, columns].reset_index(drop=True), int((~keep).sum())
+
+
+# Documented value ranges (DESIGN §5): RPS and CRPS are percentages, BP is a fraction.
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    name: (0.0, 100.0) if name.startswith(("rps", "crps")) else (0.0, 1.0)
+    for name in RISK_VARIABLES
+}
+
+
+def out_of_range(minimum: dict[str, float], maximum: dict[str, float]) -> list[str]:
+    """Variables whose observed min/max fall outside their documented range."""
+    bad = []
+    for name, (lo, hi) in VALUE_RANGES.items():
+        if minimum.get(name) is not None and (minimum[name] < lo or maximum[name] > hi):
+            bad.append(f"{name} [{minimum[name]:.4g}, {maximum[name]:.4g}] not in [{lo}, {hi}]")
+    return bad

@@ -1,0 +1,110 @@
+"""PMTiles for the web map (DESIGN §2, §6), generated from one table (``TILESETS``).
+
+- `regional_pmtiles` (phase02): `region_risk_summary_stats` → `regions.pmtiles`, a layer per level
+- `building_centroid_pmtiles` (phase03): `buildings_geoparquet` → `building_centroids.pmtiles`
+- `building_pmtiles` (phase03): `buildings_geoparquet` → `buildings.pmtiles` (layer `risk`)
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+import geopandas as gpd
+
+from ocr_assets.aggregation import PHASE02_GROUP
+from ocr_assets.science.tiling import BUILDINGS_ZOOM, CENTROIDS_ZOOM, REGIONS_ZOOM
+from ocr_resources.layout import CENSUS_LEVELS
+from ocr_resources.pmtiles_reader import archive_summary
+from ocr_resources.publishing import build_pmtiles, building_layers, regional_layers
+from ocr_resources.storage import OcrStorage
+
+PHASE03_GROUP = "phase03_tiles"
+
+
+@dataclass(frozen=True)
+class Tileset:
+    key: str
+    archive: str
+    upstream: str
+    group: str
+    zoom: tuple[int, int]
+    layers: Callable[[OcrStorage], dict[str, gpd.GeoDataFrame]]
+    tippecanoe_options: tuple[str, ...]
+    description: str
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(CENSUS_LEVELS) if self.archive == "regions" else ["risk"]
+
+
+TILESETS: tuple[Tileset, ...] = (
+    Tileset(
+        "regional_pmtiles",
+        "regions",
+        "region_risk_summary_stats",
+        PHASE02_GROUP,
+        REGIONS_ZOOM,
+        regional_layers,
+        ("--detect-shared-borders", "--no-tile-size-limit"),
+        "Census-unit statistics, one layer per level (nation … blocks).",
+    ),
+    Tileset(
+        "building_centroid_pmtiles",
+        "building_centroids",
+        "buildings_geoparquet",
+        PHASE03_GROUP,
+        CENTROIDS_ZOOM,
+        lambda s: building_layers(s, centroids=True),
+        ("-r1", "--drop-densest-as-needed"),
+        "Building centroids where both RPS > 0, values rounded to 3 decimals (layer risk).",
+    ),
+    Tileset(
+        "building_pmtiles",
+        "buildings",
+        "buildings_geoparquet",
+        PHASE03_GROUP,
+        BUILDINGS_ZOOM,
+        lambda s: building_layers(s, centroids=False),
+        ("--drop-densest-as-needed",),
+        "Building polygons with RPS, BP and CRPS values (layer risk), zoom 6 to street level.",
+    ),
+)
+
+
+def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.key, group_name=spec.group, deps=[spec.upstream], description=spec.description
+    )
+    def _build(storage: OcrStorage) -> dg.MaterializeResult:
+        start = time.perf_counter()
+        result = build_pmtiles(
+            storage, spec.archive, spec.layers(storage), spec.zoom, spec.tippecanoe_options
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)),
+                **result,
+                "min_zoom": spec.zoom[0],
+                "max_zoom": spec.zoom[1],
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+
+    return _build
+
+
+def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=spec.key, name=f"{spec.key}_header_and_layers")
+    def _check(storage: OcrStorage) -> dg.AssetCheckResult:
+        summary = archive_summary(storage, storage.layout.pmtiles(spec.archive))
+        ok = (summary["min_zoom"], summary["max_zoom"]) == spec.zoom and sorted(
+            summary["layers"]
+        ) == sorted(spec.layer_names)
+        return dg.AssetCheckResult(passed=ok, metadata=summary)
+
+    return _check
+
+
+TILESET_ASSETS = [_tileset_asset(spec) for spec in TILESETS]
+TILESET_CHECKS = [_tileset_check(spec) for spec in TILESETS]
