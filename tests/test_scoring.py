@@ -29,3 +29,9 @@ def test_bad_values_are_refused():
         risk_score(np.array([np.nan]))
     with pytest.raises(ValueError, match="finite and >= 0"):
         risk_score(np.array([-1.0]))
+
+
+def test_float32_values_on_an_edge_land_in_the_bin_that_starts_there():
+    edges32 = np.array(EDGES, dtype=np.float32)  # 0.01 → 0.0099999998 in float32
+    assert risk_score(edges32).tolist() == list(range(2, 11))
+    assert risk_score(np.nextafter(edges32, np.float32(0))).tolist() == list(range(1, 10))

@@ -10,11 +10,17 @@ N_SCORES = SCORE_EDGES.size + 2  # 0 … 10
 
 
 def risk_score(rps: np.ndarray) -> np.ndarray:
-    """Score 0–10 per value: 0 if RPS == 0, then [0, 0.01) → 1, [0.01, 0.02) → 2 … [3, 100] → 10."""
-    values = np.asarray(rps, dtype=np.float64)
+    """Score 0–10 per value: 0 if RPS == 0, then [0, 0.01) → 1, [0.01, 0.02) → 2 … [3, 100] → 10.
+
+    Edges are compared in the values' own precision: RPS is stored as float32, where 0.01
+    reads back as 0.0099999998, and must still land in the bin that starts at 0.01.
+    """
+    values = np.asarray(rps)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
     if np.isnan(values).any() or (values < 0).any():
         raise ValueError("risk score needs RPS values that are finite and >= 0")
-    score = 1 + np.searchsorted(SCORE_EDGES, values, side="right")
+    score = 1 + np.searchsorted(SCORE_EDGES.astype(values.dtype), values, side="right")
     return np.where(values == 0, 0, score).astype(np.int8)
 
 

@@ -41,7 +41,8 @@ def _score_udf(values: pa.Array) -> pa.Array:
 
 def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.create_function("risk_score", _score_udf, ["DOUBLE"], "TINYINT", type="arrow")
+    # FLOAT: the stored float32 precision, so bin edges match the values' own rounding
+    con.create_function("risk_score", _score_udf, ["FLOAT"], "TINYINT", type="arrow")
     return con
 
 
