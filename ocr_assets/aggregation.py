@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from ocr_assets.inputs import census_boundaries
 from ocr_assets.science.pyramid import level_resolution, max_zoom_for
 from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
+from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.publishing import (
     consolidate_buildings,
@@ -42,8 +43,12 @@ def _version(storage: OcrStorage) -> str:
     deps=[dg.AssetDep("region_buildings", partition_mapping=dg.AllPartitionMapping())],
     description="Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
     "state_fips / county_fips, with a _common_metadata sidecar.",
+    op_tags=profile_tags("buildings_geoparquet"),
+    pool=CLUSTER_POOL,
 )
-def buildings_geoparquet(context: dg.AssetExecutionContext, storage: OcrStorage):
+def buildings_geoparquet(
+    context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+):
     start = time.perf_counter()
     regions = storage.list_region_buildings()
     if not regions:
@@ -51,7 +56,9 @@ def buildings_geoparquet(context: dg.AssetExecutionContext, storage: OcrStorage)
             f"no region buildings files in {storage.layout.region_buildings_dir}; "
             "materialize region partitions first"
         )
-    result = consolidate_buildings(storage, regions, _version(storage))
+    result, compute_metadata = compute.run(
+        context, consolidate_buildings, storage, regions, _version(storage)
+    )
     context.log.info(f"consolidated {result['rows']} buildings from {len(regions)} regions")
     return dg.MaterializeResult(
         metadata={
@@ -62,6 +69,7 @@ def buildings_geoparquet(context: dg.AssetExecutionContext, storage: OcrStorage)
             "bytes": result["consolidated_bytes"],
             "partition_files": result["partition_files"],
             "seconds": round(time.perf_counter() - start, 3),
+            **compute_metadata,
         }
     )
 
@@ -113,15 +121,20 @@ def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
     deps=[buildings_geoparquet, census_boundaries],
     description="Per census level (nation, states, counties, tracts, blocks): building count, "
     "mean and median of seven variables, risk-score histograms and the unit's polygon.",
+    op_tags=profile_tags("region_risk_summary_stats"),
+    pool=CLUSTER_POOL,
 )
-def region_risk_summary_stats(storage: OcrStorage):
+def region_risk_summary_stats(
+    context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+):
     start = time.perf_counter()
-    rows = write_summary_statistics(storage)
+    rows, compute_metadata = compute.run(context, write_summary_statistics, storage)
     return dg.MaterializeResult(
         metadata={
             "paths": {lv: storage.layout.region_summary_stats(lv) for lv in CENSUS_LEVELS},
             "rows_per_level": rows,
             "seconds": round(time.perf_counter() - start, 3),
+            **compute_metadata,
         }
     )
 
@@ -155,10 +168,14 @@ def histograms_sum_to_counts(storage: OcrStorage) -> dg.AssetCheckResult:
     deps=[region_risk_summary_stats],
     tags=OPTIONAL,
     description="Optional: stats.geojson and stats.csv (with # key: value header) per level.",
+    op_tags=profile_tags("regional_analysis_files"),
+    pool=CLUSTER_POOL,
 )
-def regional_analysis_files(storage: OcrStorage):
+def regional_analysis_files(
+    context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+):
     start = time.perf_counter()
-    rows = write_analysis_files(storage, _version(storage))
+    rows, compute_metadata = compute.run(context, write_analysis_files, storage, _version(storage))
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(
@@ -166,6 +183,7 @@ def regional_analysis_files(storage: OcrStorage):
             ),
             "rows_per_level": rows,
             "seconds": round(time.perf_counter() - start, 3),
+            **compute_metadata,
         }
     )
 
@@ -191,12 +209,14 @@ def analysis_files_match_stats(storage: OcrStorage) -> dg.AssetCheckResult:
     tags=OPTIONAL,
     description="Optional: multiscale Web Mercator pyramid of rps_2011 / rps_2047 (Zarr v3), "
     "levels 0 up to the zoom matching 30 m pixels.",
+    op_tags=profile_tags("risk_pyramid"),
+    pool=CLUSTER_POOL,
 )
-def risk_pyramid(storage: OcrStorage):
+def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):
     start = time.perf_counter()
     lat = storage.open_raster_store()["latitude"].values
     max_zoom = max_zoom_for(PYRAMID_TARGET_RESOLUTION_M, float(lat[lat.size // 2]))
-    result = write_pyramid(storage, max_zoom)
+    result, compute_metadata = compute.run(context, write_pyramid, storage, max_zoom)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(storage.layout.pyramid),
@@ -204,6 +224,7 @@ def risk_pyramid(storage: OcrStorage):
             "finest_resolution_m": round(level_resolution(max_zoom), 2),
             **result,
             "seconds": round(time.perf_counter() - start, 3),
+            **compute_metadata,
         }
     )
 

@@ -16,13 +16,17 @@ from ocr_assets.inputs import (
     conditional_risk,
     wind_direction_distribution,
 )
-from ocr_assets.science.fire_model import compute_region_rasters
-from ocr_assets.science.sampling import region_buildings_table
+from ocr_assets.science.fire_model import YEARS, assemble_region_rasters
+from ocr_assets.science.sampling import out_of_range, region_buildings_table
 from ocr_assets.science.timing import StageTimer
+from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.storage import OcrStorage
+from ocr_resources.tasks import region_field
 
 PHASE01_GROUP = "phase01_regions"
 RETRY_DELAY_SECONDS = 5
+# Peak working memory of one BP field per window pixel (8 spread fields, float64 sums, …).
+BYTES_PER_WINDOW_PIXEL = 120
 
 
 class RegionProcessingError(RuntimeError):
@@ -61,20 +65,47 @@ def build_region_assets(
             ),
         ],
         partitions_def=partitions_def,
+        op_tags=profile_tags("region_risk_raster"),
+        pool=CLUSTER_POOL,
         retry_policy=dg.RetryPolicy(
             max_retries=max_retries, delay=RETRY_DELAY_SECONDS, backoff=dg.Backoff.LINEAR
         ),
     )
-    def region_risk(context: dg.AssetExecutionContext, storage: OcrStorage):
+    def region_risk(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):
         region_id = context.partition_key
         timer = StageTimer()
         start = time.perf_counter()
         try:
-            with timer.stage("read"):
-                grid = storage.region_grid()
-                region = grid.region(region_id)
-                inputs = storage.read_region_inputs(grid, region)
-            rasters = compute_region_rasters(inputs, timer)
+            grid = storage.region_grid()
+            region = grid.region(region_id)
+            lat_w, lon_w = grid.window(region)
+            window_pixels = (lat_w.stop - lat_w.start) * (lon_w.stop - lon_w.start)
+            # both BP fields in parallel on the step's cluster, each reading its own window
+            with compute.session(
+                context, tasks=len(YEARS), bytes_per_task=window_pixels * BYTES_PER_WINDOW_PIXEL
+            ) as session:
+                with timer.stage("fields"):
+                    fields = session.map(
+                        region_field, [storage.spec()] * len(YEARS), [region_id] * len(YEARS), YEARS
+                    )
+                compute_metadata = session.metadata()
+            with timer.stage("read_reference"):
+                inputs = storage.read_region_inputs(grid, region, fields=(), reference=True)
+            rasters = assemble_region_rasters(
+                inputs, {y: f[0] for y, f in zip(YEARS, fields, strict=True)}
+            )
+            problems = out_of_range(
+                {
+                    k: float(np.nanmin(v)) if np.isfinite(v).any() else None
+                    for k, v in rasters.items()
+                },
+                {
+                    k: float(np.nanmax(v)) if np.isfinite(v).any() else None
+                    for k, v in rasters.items()
+                },
+            )
+            if problems:
+                raise ValueError(f"values out of their documented range: {problems}")
             with timer.stage("write_raster"):
                 storage.ensure_raster_store(grid, storage.crs_wkt_4326())
                 storage.write_region_window(region, rasters)
@@ -90,8 +121,13 @@ def build_region_assets(
                 f"region {region_id} failed on attempt {context.retry_number + 1}: {exc}"
             ) from exc
         seconds = timer.rounded()
+        per_field = {
+            str(y): {k: round(v, 3) for k, v in f[1].items()}
+            for y, f in zip(YEARS, fields, strict=True)
+        }
         context.log.info(
-            f"region {region_id}: {seconds} (total {time.perf_counter() - start:.1f} s)"
+            f"region {region_id}: {seconds}, per field {per_field} "
+            f"(total {time.perf_counter() - start:.1f} s on {compute_metadata['vm_type']})"
         )
         yield dg.MaterializeResult(
             asset_key="region_risk_raster",
@@ -99,10 +135,12 @@ def build_region_assets(
                 "path": dg.MetadataValue.path(storage.layout.raster_store),
                 "region_id": region_id,
                 "pixels": int(np.prod(region.shape)),
-                "window_pixels": int(inputs.latitude.size * inputs.longitude.size),
+                "window_pixels": window_pixels,
                 "bounds": [region.lon0, region.lat0, region.lon1, region.lat1],
                 "value_ranges": _value_ranges(rasters),
                 "seconds_per_stage": seconds,
+                "seconds_per_field_stage": per_field,
+                **compute_metadata,
             },
         )
         yield dg.MaterializeResult(

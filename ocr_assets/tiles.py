@@ -8,15 +8,17 @@
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import dagster as dg
 import geopandas as gpd
 
 from ocr_assets.aggregation import PHASE02_GROUP
 from ocr_assets.science.tiling import BUILDINGS_ZOOM, CENTROIDS_ZOOM, REGIONS_ZOOM
+from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.pmtiles_reader import archive_summary
-from ocr_resources.publishing import build_pmtiles, building_layers, regional_layers
+from ocr_resources.publishing import build_tileset, building_layers, regional_layers
 from ocr_resources.storage import OcrStorage
 
 PHASE03_GROUP = "phase03_tiles"
@@ -55,7 +57,7 @@ TILESETS: tuple[Tileset, ...] = (
         "buildings_geoparquet",
         PHASE03_GROUP,
         CENTROIDS_ZOOM,
-        lambda s: building_layers(s, centroids=True),
+        partial(building_layers, centroids=True),
         ("-r1", "--drop-densest-as-needed"),
         "Building centroids where both RPS > 0, values rounded to 3 decimals (layer risk).",
     ),
@@ -65,7 +67,7 @@ TILESETS: tuple[Tileset, ...] = (
         "buildings_geoparquet",
         PHASE03_GROUP,
         BUILDINGS_ZOOM,
-        lambda s: building_layers(s, centroids=False),
+        building_layers,
         ("--drop-densest-as-needed",),
         "Building polygons with RPS, BP and CRPS values (layer risk), zoom 6 to street level.",
     ),
@@ -74,12 +76,25 @@ TILESETS: tuple[Tileset, ...] = (
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     @dg.asset(
-        name=spec.key, group_name=spec.group, deps=[spec.upstream], description=spec.description
+        name=spec.key,
+        group_name=spec.group,
+        deps=[spec.upstream],
+        description=spec.description,
+        op_tags=profile_tags(spec.key),
+        pool=CLUSTER_POOL,
     )
-    def _build(storage: OcrStorage) -> dg.MaterializeResult:
+    def _build(
+        context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+    ) -> dg.MaterializeResult:
         start = time.perf_counter()
-        result = build_pmtiles(
-            storage, spec.archive, spec.layers(storage), spec.zoom, spec.tippecanoe_options
+        result, compute_metadata = compute.run(
+            context,
+            build_tileset,
+            storage,
+            spec.archive,
+            spec.layers,
+            spec.zoom,
+            spec.tippecanoe_options,
         )
         return dg.MaterializeResult(
             metadata={
@@ -88,6 +103,7 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
                 "min_zoom": spec.zoom[0],
                 "max_zoom": spec.zoom[1],
                 "seconds": round(time.perf_counter() - start, 3),
+                **compute_metadata,
             }
         )
 

@@ -9,6 +9,7 @@ from ocr_assets.inputs import INPUT_SPECS
 from ocr_assets.regions import build_region_assets
 from ocr_assets.tiles import TILESET_ASSETS, TILESET_CHECKS
 from ocr_jobs.jobs import build_jobs
+from ocr_resources.compute import OcrCompute
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings, load_settings
 from ocr_resources.storage import OcrStorage
@@ -20,10 +21,20 @@ def region_partitions(settings: OcrSettings) -> dg.StaticPartitionsDefinition:
 
 
 def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]:
+    """Resources chosen per environment from one settings object."""
     return {
         "storage": OcrStorage(
             root=settings.storage_root, environment=settings.environment, version=settings.version
-        )
+        ),
+        "compute": OcrCompute(
+            backend=settings.compute_backend,
+            local_workers=settings.local_workers,
+            scheduler_address=settings.dask_scheduler_address,
+            dask_cluster=settings.dask_cluster,
+            coiled_region=settings.coiled_region,
+            coiled_workers=settings.coiled_workers,
+            overrides=settings.compute_overrides,
+        ),
     }
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -215,7 +216,18 @@ def build_pmtiles(
     }
 
 
-def building_layers(storage: OcrStorage, centroids: bool) -> dict[str, gpd.GeoDataFrame]:
+def build_tileset(
+    storage: OcrStorage,
+    name: str,
+    layers: Callable[[OcrStorage], dict[str, gpd.GeoDataFrame]],
+    zoom: tuple[int, int],
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """Read the layers and tile them (one call, so it can run on a remote worker)."""
+    return build_pmtiles(storage, name, layers(storage), zoom, extra)
+
+
+def building_layers(storage: OcrStorage, centroids: bool = False) -> dict[str, gpd.GeoDataFrame]:
     """The ``risk`` layer: polygons, or centroid points where both RPS > 0 (3 decimals)."""
     columns = [*RISK_VARIABLES, "GEOID", "geometry"]
     gdf = gpd.read_parquet(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +38,14 @@ class OcrSettings(BaseSettings):
     process_retries: int = Field(default=2, ge=0, le=10)
     region_catalog: RegionCatalog = "sample"
     sample_seed: int = 20250
+    # compute (DESIGN §8)
+    compute_backend: Literal["local", "coiled", "dask"] = "local"
+    local_workers: int = 0
+    dask_scheduler_address: str | None = None
+    dask_cluster: dict[str, dict[str, Any]] | None = None
+    coiled_region: str = "us-west-2"
+    coiled_workers: int = 1
+    compute_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     env_file: str | None = None
 
     @model_validator(mode="after")

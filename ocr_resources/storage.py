@@ -148,14 +148,45 @@ class OcrStorage(ConfigurableResource):
         ).compute()
         return valid_region_ids_from_mask(has_data)
 
-    def read_region_inputs(self, grid: RegionGrid, region: Region) -> RegionInputs:
-        """Cut every raster input to the region's window (30 m) or region (reference vars)."""
+    def read_region_inputs(
+        self,
+        grid: RegionGrid,
+        region: Region,
+        fields: tuple[int, ...] = YEARS,
+        reference: bool = True,
+    ) -> RegionInputs:
+        """Cut the inputs to the region's window (what the BP ``fields`` need: their 270 m
+        rasters, lazily, and the wind distribution) and to the region (``reference`` values:
+        CRPS, RPS and the 30 m BP copies)."""
         lat_w, lon_w = grid.window(region)
         window = {"latitude": lat_w, "longitude": lon_w}
         inner = {"latitude": region.lat_slice, "longitude": region.lon_slice}
-        scott = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))
-        wind = self.open_input(self.layout.wind, ("wind_direction_distribution",))
-        wind_da = wind["wind_direction_distribution"]
+        empty = np.empty((0, 0), np.float32)
+        inputs = RegionInputs(
+            latitude=grid.latitude[lat_w],
+            longitude=grid.longitude[lon_w],
+            rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
+            cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
+            bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
+            wind=self._read_wind(grid, window) if fields else empty,
+            crps=empty,
+            rps_scott=empty,
+        )
+        if reference:
+            scott = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))
+            inputs.crps = np.asarray(scott["CRPS"].isel(inner).values)
+            inputs.rps_scott = np.asarray(scott["RPS"].isel(inner).values)
+            for year in YEARS:
+                ref = self.open_input(self.layout.bp_30m(year), ("BP",))["BP"]
+                self._check_same_grid(grid, ref, self.layout.bp_30m(year))
+                inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
+        return inputs
+
+    def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> np.ndarray:
+        """The window's wind distribution as (8, H, W) in DIRECTIONS order."""
+        wind_da = self.open_input(self.layout.wind, ("wind_direction_distribution",))[
+            "wind_direction_distribution"
+        ]
         labels = [str(v) for v in wind_da["wind_direction"].values]
         if labels != list(DIRECTIONS):
             raise InputDataError(
@@ -163,26 +194,8 @@ class OcrStorage(ConfigurableResource):
                 f"expected {list(DIRECTIONS)}"
             )
         self._check_same_grid(grid, wind_da, self.layout.wind)
-        bp_270m = {}
-        bp_riley = {}
-        for year in YEARS:
-            bp_270m[year] = self.open_input(self.layout.bp_270m(year), ("BP",))["BP"]
-            ref = self.open_input(self.layout.bp_30m(year), ("BP",))["BP"]
-            self._check_same_grid(grid, ref, self.layout.bp_30m(year))
-            bp_riley[year] = np.asarray(ref.isel(inner).values)
-        return RegionInputs(
-            latitude=grid.latitude[lat_w],
-            longitude=grid.longitude[lon_w],
-            rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
-            cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
-            bp_270m=bp_270m,
-            wind=np.asarray(
-                wind_da.isel(window).transpose("wind_direction", "latitude", "longitude").values
-            ),
-            crps=np.asarray(scott["CRPS"].isel(inner).values),
-            rps_scott=np.asarray(scott["RPS"].isel(inner).values),
-            bp_riley=bp_riley,
-        )
+        ordered = wind_da.isel(window).transpose("wind_direction", "latitude", "longitude")
+        return np.asarray(ordered.values)
 
     @staticmethod
     def _check_same_grid(grid: RegionGrid, da: xr.DataArray, path: str) -> None:
@@ -275,6 +288,10 @@ class OcrStorage(ConfigurableResource):
     # metadata sidecars -------------------------------------------------------------------
     def write_json(self, path: str, payload: Any) -> None:
         self.write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+    def spec(self) -> dict[str, str | None]:
+        """Plain values to rebuild this resource in a Dask worker (resources do not pickle)."""
+        return {"root": self.root, "environment": self.environment, "version": self.version}
 
     def crs_wkt_4326(self) -> str:
         """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""

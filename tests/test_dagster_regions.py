@@ -37,12 +37,12 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
             RASTER
         ).asset_materialization.metadata
         assert raster_meta["pixels"].value == 120 * 90
-        assert set(raster_meta["seconds_per_stage"].value) >= {
-            "read",
-            "spread",
-            "blur",
-            "write_raster",
-        }
+        assert set(raster_meta["seconds_per_stage"].value) >= {"fields", "write_raster"}
+        per_field = raster_meta["seconds_per_field_stage"].value
+        assert set(per_field) == {"2011", "2047"}
+        assert set(per_field["2011"]) >= {"read", "reproject", "spread", "blur"}
+        assert raster_meta["compute_backend"].value == "local"
+        assert raster_meta["vm_type"].value.startswith("local (")
 
     from ocr_jobs.definitions import build_resources
 
@@ -81,7 +81,7 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
 
 
 def test_retry_recovers_within_the_same_run(local_settings, monkeypatch):
-    real = region_module.compute_region_rasters
+    real = region_module.assemble_region_rasters
     calls = []
 
     def flaky(*args, **kwargs):
@@ -90,7 +90,7 @@ def test_retry_recovers_within_the_same_run(local_settings, monkeypatch):
             raise OSError("transient read error")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(region_module, "compute_region_rasters", flaky)
+    monkeypatch.setattr(region_module, "assemble_region_rasters", flaky)
     with dg.instance_for_test() as instance:
         result = _run(local_settings, "y0_x1", instance)
         assert result.success
@@ -105,7 +105,7 @@ def test_region_that_always_fails_fails_the_run_naming_it(local_settings, monkey
     def broken(*args, **kwargs):
         raise ValueError("corrupt chunk")
 
-    monkeypatch.setattr(region_module, "compute_region_rasters", broken)
+    monkeypatch.setattr(region_module, "assemble_region_rasters", broken)
     settings = local_settings.model_copy(update={"process_retries": 1})
     with dg.instance_for_test() as instance:
         result = _run(settings, "y2_x0", instance)

@@ -56,22 +56,33 @@ def wind_adjusted_bp(
         return gaussian_blur(combined, ksize, blur_sigma(ksize))
 
 
-def compute_region_rasters(
-    inputs: RegionInputs, timer: StageTimer | None = None
-) -> dict[str, np.ndarray]:
-    """The eight raster variables of one region (float32, NaN = missing)."""
+def field_bp(inputs: RegionInputs, year: int, timer: StageTimer | None = None) -> np.ndarray:
+    """Steps 2–10 for one burn-probability field: the region's wind-adjusted BP."""
     timer = timer or StageTimer()
+    with timer.stage("reproject"):
+        subset = subset_projected(inputs.bp_270m[year], inputs.latitude, inputs.longitude)
+        bp30 = reproject_nearest(gap_filled_lazy(subset), inputs.latitude, inputs.longitude)
+    bp = wind_adjusted_bp(bp30, inputs.wind, inputs.latitude, inputs.longitude, timer)
+    return bp[inputs.rows, inputs.cols]
+
+
+def assemble_region_rasters(
+    inputs: RegionInputs, bp: dict[int, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The eight raster variables of one region from its BP fields and reference inputs."""
     out: dict[str, np.ndarray] = {}
     for year in YEARS:
-        with timer.stage("reproject"):
-            subset = subset_projected(inputs.bp_270m[year], inputs.latitude, inputs.longitude)
-            bp30 = reproject_nearest(gap_filled_lazy(subset), inputs.latitude, inputs.longitude)
-        bp = wind_adjusted_bp(bp30, inputs.wind, inputs.latitude, inputs.longitude, timer)
-        bp = bp[inputs.rows, inputs.cols]
-        out[f"bp_{year}"] = bp
-        out[f"rps_{year}"] = (bp * inputs.crps).astype(np.float32)
+        out[f"bp_{year}"] = bp[year].astype(np.float32)
+        out[f"rps_{year}"] = (bp[year] * inputs.crps).astype(np.float32)
     out["crps_scott"] = inputs.crps.astype(np.float32)
     out["rps_scott"] = inputs.rps_scott.astype(np.float32)
     for year in YEARS:
         out[f"bp_{year}_riley"] = inputs.bp_riley[year].astype(np.float32)
     return out
+
+
+def compute_region_rasters(
+    inputs: RegionInputs, timer: StageTimer | None = None
+) -> dict[str, np.ndarray]:
+    """The eight raster variables of one region (float32, NaN = missing), in process."""
+    return assemble_region_rasters(inputs, {year: field_bp(inputs, year, timer) for year in YEARS})

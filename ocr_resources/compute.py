@@ -1,0 +1,255 @@
+"""The compute resource: where each asset's heavy work runs.
+
+Backends: ``local`` (default; a ``LocalCluster`` sized to the machine, or in process for the
+single-function steps), ``coiled`` (a Coiled cluster on the asset's documented VM type) and
+``dask`` (an existing scheduler address, or any cluster dagster-dask can describe: SLURM, PBS,
+Kubernetes, …). The VM profile of each asset comes from one table, ``PROFILES``, carried by
+the asset as op tags; config can override it per asset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from importlib import import_module
+from typing import Any, Literal
+
+import psutil
+from dagster import ConfigurableResource
+from pydantic import Field
+
+TAG_PREFIX = "ocr/"
+COILED_SPOT_POLICY = "spot_with_fallback"
+COILED_TAGS = {"Project": "OCR"}
+SOFTWARE_ENV_VAR = "COILED_SOFTWARE_ENV_NAME"
+
+
+@dataclass(frozen=True)
+class ComputeProfile:
+    """A Coiled VM for the workers, one for the scheduler, and the worker disk (GB)."""
+
+    vm_type: str
+    scheduler_vm_type: str | None = None
+    disk_size_gb: int | None = None
+
+    def tags(self, name: str) -> dict[str, str]:
+        values = {"profile": name, **{k: v for k, v in asdict(self).items() if v is not None}}
+        return {f"{TAG_PREFIX}{k}": str(v) for k, v in values.items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> tuple[str, ComputeProfile]:
+        if f"{TAG_PREFIX}profile" not in tags:
+            raise KeyError("this step carries no compute profile (ocr/profile op tag)")
+        disk = tags.get(f"{TAG_PREFIX}disk_size_gb")
+        return tags[f"{TAG_PREFIX}profile"], cls(
+            vm_type=tags[f"{TAG_PREFIX}vm_type"],
+            scheduler_vm_type=tags.get(f"{TAG_PREFIX}scheduler_vm_type"),
+            disk_size_gb=int(disk) if disk else None,
+        )
+
+
+_PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
+# DESIGN §2, "compute profile" column: the one source of truth (the README table is rendered
+# from it and a test compares it with DESIGN.md).
+PROFILES: dict[str, ComputeProfile] = {
+    "region_risk_raster": ComputeProfile("m8g.2xlarge"),
+    "risk_pyramid": ComputeProfile("m8g.4xlarge", "m8g.4xlarge"),
+    "buildings_geoparquet": ComputeProfile("c8g.12xlarge", "c8g.12xlarge"),
+    "region_risk_summary_stats": ComputeProfile("m8g.16xlarge", "m8g.16xlarge"),
+    "regional_analysis_files": ComputeProfile("r8g.4xlarge", "r8g.4xlarge"),
+    "regional_pmtiles": _PMTILES,
+    "building_centroid_pmtiles": _PMTILES,
+    "building_pmtiles": _PMTILES,
+}
+# Cloud clusters count against this Dagster pool (limit set in dagster.yaml).
+CLUSTER_POOL = "ocr_clusters"
+
+
+def profile_tags(name: str) -> dict[str, str]:
+    """Op tags that carry an asset's profile from the table."""
+    return PROFILES[name].tags(name)
+
+
+def render_profile_table() -> str:
+    """Markdown of the profile table, for the README."""
+    rows = ["| asset | Coiled VM | scheduler VM | disk |", "|---|---|---|---|"]
+    for name, p in PROFILES.items():
+        disk = f"{p.disk_size_gb} GB" if p.disk_size_gb else "–"
+        rows.append(f"| `{name}` | {p.vm_type} | {p.scheduler_vm_type or '–'} | {disk} |")
+    return "\n".join(rows)
+
+
+@dataclass
+class ComputeSession:
+    """An open cluster (or none, in process) for one step."""
+
+    backend: str
+    profile_name: str
+    profile: ComputeProfile
+    client: Any = None
+    workers: int = 1
+    started: float = 0.0
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the cluster, or here when there is none; return its result."""
+        if self.client is None:
+            return fn(*args)
+        return self.client.submit(fn, *args, pure=False).result()
+
+    def map(self, fn: Callable, *iterables: Any) -> list[Any]:
+        """Run ``fn`` over the arguments in parallel on the cluster (in order here)."""
+        if self.client is None:
+            return [fn(*a) for a in zip(*iterables, strict=True)]
+        return self.client.gather(self.client.map(fn, *iterables, pure=False))
+
+    def metadata(self) -> dict[str, Any]:
+        vm = (
+            self.profile.vm_type
+            if self.backend == "coiled"
+            else f"{self.backend} ({self.workers} worker(s))"
+        )
+        return {
+            "compute_backend": self.backend,
+            "compute_profile": self.profile_name,
+            "vm_type": vm,
+            "scheduler_vm_type": self.profile.scheduler_vm_type
+            if self.backend == "coiled"
+            else None,
+            "compute_seconds": round(time.perf_counter() - self.started, 3),
+        }
+
+
+class OcrCompute(ConfigurableResource):
+    """Opens a cluster for a step from the step's profile, and always closes it."""
+
+    backend: Literal["local", "coiled", "dask"] = "local"
+    local_workers: int = Field(default=0, description="0: sized to the machine")
+    local_processes: bool = False
+    scheduler_address: str | None = None
+    dask_cluster: dict[str, dict[str, Any]] | None = Field(
+        default=None, description='dagster-dask cluster config, e.g. {"slurm": {...}}'
+    )
+    coiled_region: str = "us-west-2"
+    coiled_workers: int = 1
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-asset profile fields, e.g. {building_pmtiles: {vm_type: …}}",
+    )
+
+    def run(
+        self, context: Any, fn: Callable[..., Any], storage: Any, *args: Any
+    ) -> tuple[Any, dict]:
+        """``fn(storage, *args)`` on the step's compute; (result, compute metadata)."""
+        from ocr_resources.tasks import with_storage
+
+        with self.session(context) as session:
+            result = session.submit(with_storage, storage.spec(), fn, *args)
+            return result, session.metadata()
+
+    def profile_for(self, tags: dict[str, str]) -> tuple[str, ComputeProfile]:
+        name, profile = ComputeProfile.from_tags(tags)
+        return name, replace(profile, **self.overrides.get(name, {}))
+
+    @contextmanager
+    def session(
+        self, context: Any, tasks: int = 1, bytes_per_task: int = 0
+    ) -> Iterator[ComputeSession]:
+        """A cluster for this step: ``tasks`` parallel tasks of ``bytes_per_task`` each.
+
+        ``tasks == 1`` on the local backend runs in process (no cluster to start)."""
+        name, profile = self.profile_for(dict(context.op_execution_context.op_def.tags))
+        session = ComputeSession(self.backend, name, profile, started=time.perf_counter())
+        cluster = None
+        try:
+            if self.backend == "local":
+                if tasks > 1:
+                    cluster = self._local_cluster(tasks, bytes_per_task)
+                    session.workers = len(cluster.workers)
+            elif self.backend == "coiled":
+                cluster = self._coiled_cluster(context, name, profile)
+                session.workers = self.coiled_workers
+            else:
+                cluster = self._dask_cluster()
+            if cluster is not None:
+                session.client = cluster.get_client()
+            elif self.backend == "dask":
+                from dask.distributed import Client
+
+                session.client = Client(self.scheduler_address)
+            yield session
+        finally:
+            if session.client is not None:
+                session.client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _local_cluster(self, tasks: int, bytes_per_task: int):
+        """As many single-threaded workers as tasks, cores and memory allow."""
+        from dask.distributed import LocalCluster
+
+        available = psutil.virtual_memory().available
+        fit = max(1, int(available * 0.8 // bytes_per_task)) if bytes_per_task else tasks
+        workers = self.local_workers or max(1, min(tasks, os.cpu_count() or 1, fit))
+        # threads share this process (no start-up, no pickling); processes listen on loopback
+        network = {"host": "127.0.0.1"} if self.local_processes else {}
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=self.local_processes,
+            memory_limit=int(available * 0.8 / workers),
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+            **network,
+        )
+
+    def coiled_cluster_kwargs(
+        self, context: Any, name: str, profile: ComputeProfile
+    ) -> dict[str, Any]:
+        """Exactly what ``coiled.Cluster`` receives for a step."""
+        kwargs: dict[str, Any] = {
+            "name": f"ocr-{name.replace('_', '-')}-{context.run.run_id[:8]}",
+            "n_workers": self.coiled_workers,
+            "worker_vm_types": [profile.vm_type],
+            "region": self.coiled_region,
+            "spot_policy": COILED_SPOT_POLICY,
+            "tags": dict(COILED_TAGS),
+            "shutdown_on_close": True,
+        }
+        if profile.scheduler_vm_type:
+            kwargs["scheduler_vm_types"] = [profile.scheduler_vm_type]
+        if profile.disk_size_gb:
+            kwargs["worker_disk_size"] = profile.disk_size_gb
+        software = os.environ.get(SOFTWARE_ENV_VAR)
+        if software:
+            kwargs["software"] = software
+        else:
+            context.log.warning(f"{SOFTWARE_ENV_VAR} is not set; package sync will be used")
+        return kwargs
+
+    def _coiled_cluster(self, context: Any, name: str, profile: ComputeProfile):
+        import coiled
+
+        return coiled.Cluster(**self.coiled_cluster_kwargs(context, name, profile))
+
+    def _dask_cluster(self):
+        """A cluster described the dagster-dask way, or none when an address is given."""
+        if self.scheduler_address:
+            return None
+        if not self.dask_cluster or len(self.dask_cluster) != 1:
+            raise ValueError(
+                "the dask backend needs OCR_DASK_SCHEDULER_ADDRESS or one cluster type in "
+                'OCR_DASK_CLUSTER, e.g. {"slurm": {"cores": 8}}'
+            )
+        from dagster_dask.resources import DaskClusterTypes
+
+        kind, options = next(iter(self.dask_cluster.items()))
+        if kind not in DaskClusterTypes:
+            raise ValueError(
+                f"unknown dask cluster type {kind!r}; expected one of {sorted(DaskClusterTypes)}"
+            )
+        meta = DaskClusterTypes[kind]
+        return getattr(import_module(meta["module"]), meta["class"])(**options)

@@ -1,0 +1,249 @@
+"""The compute resource: local LocalCluster, Coiled (at its boundary), existing Dask clusters."""
+
+import logging
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import dagster as dg
+import numpy as np
+import pytest
+from dask.distributed import LocalCluster
+
+from ocr_assets.science.fire_model import YEARS, compute_region_rasters
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.jobs import DOWNSTREAM_JOB, REGION_JOB
+from ocr_resources.compute import PROFILES, ComputeProfile, OcrCompute, render_profile_table
+from ocr_resources.tasks import region_field
+
+REGION = "y1_x1"
+DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+
+
+class _Context:
+    """The slice of an asset context the compute resource reads."""
+
+    def __init__(self, profile: str):
+        self.op_execution_context = type(
+            "Op", (), {"op_def": type("D", (), {"tags": PROFILES[profile].tags(profile)})()}
+        )()
+        self.run = type("R", (), {"run_id": "0123456789abcdef"})()
+        self.log = logging.getLogger("test-compute")
+
+
+@pytest.fixture(scope="module")
+def in_process(sample_storage):
+    grid = sample_storage.region_grid()
+    return compute_region_rasters(sample_storage.read_region_inputs(grid, grid.region(REGION)))
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_local_cluster_equals_in_process(sample_storage, in_process, processes):
+    compute = OcrCompute(local_processes=processes)
+    with compute.session(_Context("region_risk_raster"), tasks=2) as session:
+        assert session.client is not None and session.workers == 2
+        fields = session.map(region_field, [sample_storage.spec()] * 2, [REGION] * 2, YEARS)
+        meta = session.metadata()
+    for year, (bp, seconds) in zip(YEARS, fields, strict=True):
+        np.testing.assert_array_equal(bp, in_process[f"bp_{year}"])
+        assert {"read", "spread", "blur"} <= set(seconds)
+    assert meta["compute_backend"] == "local" and meta["vm_type"] == "local (2 worker(s))"
+
+
+def test_dask_backend_against_a_scheduler_on_loopback(sample_storage, in_process):
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        compute = OcrCompute(backend="dask", scheduler_address=cluster.scheduler_address)
+        with compute.session(_Context("region_risk_raster"), tasks=2) as session:
+            fields = session.map(region_field, [sample_storage.spec()] * 2, [REGION] * 2, YEARS)
+            assert len(session.client.scheduler_info()["workers"]) == 2
+    for year, (bp, _) in zip(YEARS, fields, strict=True):
+        np.testing.assert_array_equal(bp, in_process[f"bp_{year}"])
+
+
+def test_dask_backend_builds_a_cluster_from_dagster_dask_config(sample_storage):
+    compute = OcrCompute(
+        backend="dask", dask_cluster={"local": {"n_workers": 1, "processes": False}}
+    )
+    with compute.session(_Context("buildings_geoparquet")) as session:
+        assert session.submit(len, "abc") == 3
+        assert len(session.client.scheduler_info()["workers"]) == 1
+    broken = OcrCompute(backend="dask", dask_cluster={"nope": {}})
+    with (
+        pytest.raises(ValueError, match="unknown dask cluster type"),
+        broken.session(_Context("risk_pyramid")),
+    ):
+        pass
+
+
+class FakeCoiledCluster:
+    """Stands in for coiled.Cluster: records its arguments, runs on a local cluster."""
+
+    created: ClassVar[list["FakeCoiledCluster"]] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.closed = False
+        self._local = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        FakeCoiledCluster.created.append(self)
+
+    @property
+    def scheduler_address(self):
+        return self._local.scheduler_address
+
+    def get_client(self):
+        return self._local.get_client()
+
+    def close(self):
+        self.closed = True
+        self._local.close()
+
+
+@pytest.fixture
+def fake_coiled(monkeypatch):
+    import coiled
+
+    FakeCoiledCluster.created = []
+    monkeypatch.setattr(coiled, "Cluster", FakeCoiledCluster)
+    return FakeCoiledCluster
+
+
+def _expected(name: str, software: str | None) -> dict:
+    p = PROFILES[name]
+    kwargs = {
+        "n_workers": 1,
+        "worker_vm_types": [p.vm_type],
+        "region": "us-west-2",
+        "spot_policy": "spot_with_fallback",
+        "tags": {"Project": "OCR"},
+        "shutdown_on_close": True,
+    }
+    if p.scheduler_vm_type:
+        kwargs["scheduler_vm_types"] = [p.scheduler_vm_type]
+    if p.disk_size_gb:
+        kwargs["worker_disk_size"] = p.disk_size_gb
+    if software:
+        kwargs["software"] = software
+    return kwargs
+
+
+def test_coiled_receives_each_assets_profile(fake_coiled, local_settings, monkeypatch):
+    monkeypatch.setenv("COILED_SOFTWARE_ENV_NAME", "ocr-pr-42")
+    settings = local_settings.model_copy(update={"compute_backend": "coiled"})
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        region = defs.resolve_job_def(REGION_JOB).execute_in_process(
+            partition_key="y1_x1", instance=instance
+        )
+        assert region.success
+        downstream = defs.resolve_job_def(DOWNSTREAM_JOB).execute_in_process(instance=instance)
+        assert downstream.success
+        meta = instance.get_latest_materialization_event(
+            dg.AssetKey("building_pmtiles")
+        ).asset_materialization.metadata
+        assert meta["compute_backend"].value == "coiled" and meta["vm_type"].value == "c8g.12xlarge"
+    by_profile = {}
+    for cluster in fake_coiled.created:
+        name = (
+            re.match(r"ocr-(.+)-[0-9a-f]{8}$", cluster.kwargs.pop("name"))
+            .group(1)
+            .replace("-", "_")
+        )
+        by_profile[name] = cluster.kwargs
+        assert cluster.closed
+    assert set(by_profile) == set(PROFILES)
+    for name, kwargs in by_profile.items():
+        assert kwargs == _expected(name, "ocr-pr-42"), name
+
+
+def test_missing_software_env_warns_and_carries_on(fake_coiled, monkeypatch, caplog):
+    monkeypatch.delenv("COILED_SOFTWARE_ENV_NAME", raising=False)
+    compute = OcrCompute(backend="coiled", coiled_region="eu-west-1")
+    with (
+        caplog.at_level(logging.WARNING, logger="test-compute"),
+        compute.session(_Context("building_pmtiles")) as session,
+    ):
+        assert session.submit(sum, [1, 2]) == 3
+    assert "COILED_SOFTWARE_ENV_NAME is not set; package sync will be used" in caplog.text
+    kwargs = fake_coiled.created[0].kwargs
+    assert "software" not in kwargs and kwargs["region"] == "eu-west-1"
+    assert kwargs["worker_disk_size"] == 250
+
+
+def test_cluster_is_closed_after_a_failure(fake_coiled):
+    compute = OcrCompute(backend="coiled")
+    with pytest.raises(ZeroDivisionError), compute.session(_Context("risk_pyramid")) as session:
+        session.submit(lambda: 1 / 0)
+    assert fake_coiled.created[0].closed
+
+
+def test_profile_overrides_by_config():
+    compute = OcrCompute(overrides={"building_pmtiles": {"vm_type": "c8g.16xlarge"}})
+    _, profile = compute.profile_for(PROFILES["building_pmtiles"].tags("building_pmtiles"))
+    assert profile == ComputeProfile("c8g.16xlarge", "c8g.12xlarge", 250)
+    assert (
+        compute.profile_for(PROFILES["risk_pyramid"].tags("risk_pyramid"))[1]
+        == PROFILES["risk_pyramid"]
+    )
+
+
+def test_every_asset_step_carries_its_profile(local_settings):
+    graph = build_definitions(local_settings).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if not node.is_executable:
+            continue
+        name, profile = ComputeProfile.from_tags(dict(node.assets_def.op.tags))
+        assert profile == PROFILES[name]
+        assert node.assets_def.op.pool == "ocr_clusters"
+
+
+def test_profile_table_matches_design_and_readme():
+    if not DESIGN.is_file():
+        pytest.skip("shared/DESIGN.md is not beside the checkout")
+    rows = {}
+    for line in DESIGN.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if (
+            len(cells) == 5
+            and cells[0].startswith("`")
+            and ("m8g" in cells[4] or "c8g" in cells[4] or "r8g" in cells[4])
+        ):
+            rows[cells[0].split("`")[1]] = cells[4]
+    assert set(rows) == set(PROFILES)
+    for name, cell in rows.items():
+        p = PROFILES[name]
+        text = p.vm_type + (f" / {p.scheduler_vm_type}" if p.scheduler_vm_type else "")
+        text += f", {p.disk_size_gb} GB" if p.disk_size_gb else ""
+        assert cell == text, name
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert render_profile_table() in readme
+
+
+def test_backends_are_selected_from_env_files(tmp_path, monkeypatch):
+    from ocr_jobs.definitions import build_resources
+    from ocr_resources.settings import load_settings
+
+    for var in ("OCR_ENVIRONMENT", "OCR_STORAGE_ROOT", "OCR_COMPUTE_BACKEND", "OCR_ENV_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    env = tmp_path / "hpc.env"
+    env.write_text(
+        "OCR_ENVIRONMENT=staging\nOCR_STORAGE_ROOT=/data\nOCR_COMPUTE_BACKEND=dask\n"
+        'OCR_DASK_CLUSTER={"slurm": {"cores": 8}}\n'
+        'OCR_COMPUTE_OVERRIDES={"risk_pyramid": {"disk_size_gb": 100}}\n'
+    )
+    compute = build_resources(load_settings(env))["compute"]
+    assert compute.backend == "dask" and compute.dask_cluster == {"slurm": {"cores": 8}}
+    assert compute.profile_for(PROFILES["risk_pyramid"].tags("risk_pyramid"))[1].disk_size_gb == 100
+    env.write_text("OCR_ENVIRONMENT=qa\nOCR_STORAGE_ROOT=/data\nOCR_COMPUTE_BACKEND=coiled\n")
+    assert build_resources(load_settings(env))["compute"].backend == "coiled"
+    assert (
+        build_resources(load_settings(Path(__file__).parents[1] / "envs" / "example.env"))[
+            "compute"
+        ].backend
+        == "local"
+    )
