@@ -18,7 +18,7 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/ocr sample-data
 	$(BIN)/ocr regions refresh --check
-	$(BIN)/ocr materialize --all-region-ids --create-pyramid --write-regional-stats
+	$(BIN)/ocr deploy --all-region-ids --create-pyramid --write-regional-stats --allow-all-processed
 
 lint: setup
 	$(BIN)/ruff check .
@@ -27,7 +27,10 @@ lint: setup
 validate: setup
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-test: lint validate
+tools/node_modules: tools/package.json
+	if command -v npm >/dev/null; then npm install --prefix tools --silent --no-audit --no-fund; fi
+
+test: lint validate tools/node_modules
 	$(BIN)/python -m pytest
 
 dev: setup

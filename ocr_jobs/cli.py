@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -95,62 +96,128 @@ def regions_select(
     console.print(" ".join(selection.valid))
 
 
-@app.command("materialize")
-def materialize(
+@app.command("deploy")
+def deploy(
     env_file: EnvFile = None,
     region_id: Annotated[
-        list[str] | None, typer.Option("--region-id", help="Id or range; repeatable.")
+        list[str] | None,
+        typer.Option("--region-id", help="Id or range (y1_x2-x4); repeatable."),
     ] = None,
     all_region_ids: Annotated[bool, typer.Option("--all-region-ids")] = False,
-    create_pyramid: Annotated[bool, typer.Option(help="Also build risk_pyramid.")] = False,
-    write_regional_stats: Annotated[
-        bool, typer.Option(help="Also write regional_analysis_files.")
+    risk_type: Annotated[str, typer.Option(help="Only 'fire' exists.")] = "fire",
+    create_pyramid: Annotated[bool, typer.Option("--create-pyramid")] = False,
+    write_regional_stats: Annotated[bool, typer.Option("--write-regional-stats")] = False,
+    wipe: Annotated[
+        bool, typer.Option("--wipe", help="Delete this environment's outputs first.")
     ] = False,
-    downstream: Annotated[bool, typer.Option(help="Run phases 02/03 after the regions.")] = True,
-    max_parallel: Annotated[int, typer.Option(help="Region runs at a time.")] = 2,
+    process_retries: Annotated[
+        int | None, typer.Option(help="Retries per region (default 2).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print the plan only.")
+    ] = False,
+    allow_all_processed: Annotated[
+        bool, typer.Option(help="With nothing left to process, still rebuild downstream.")
+    ] = False,
 ) -> None:
-    """Materialize region partitions (one Dagster run each), then phases 02/03, in the
-    environment's instance."""
-    from ocr_assets.science.regions import RegionIdError, select_regions
-    from ocr_jobs.jobs import REGION_JOB, downstream_run
-    from ocr_jobs.runner import execute, run_partitions, use_environment
-    from ocr_resources.region_catalog import load_valid_region_ids
+    """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ocr_assets.science.regions import RegionIdError
+    from ocr_jobs.deploy import DeployError, DeployOptions, check_options, run_deploy, select
+    from ocr_jobs.runner import use_environment
 
     settings = _settings(env_file)
-    if all_region_ids == bool(region_id):
-        console.print("[red]error:[/] give either --region-id (one or more) or --all-region-ids")
-        raise typer.Exit(2)
+    options = DeployOptions(
+        region_ids=region_id or [],
+        all_region_ids=all_region_ids,
+        risk_type=risk_type,
+        create_pyramid=create_pyramid,
+        write_regional_stats=write_regional_stats,
+        wipe=wipe,
+        process_retries=process_retries,
+        dry_run=dry_run,
+        allow_all_processed=allow_all_processed,
+    )
     try:
-        selection = select_regions(
-            ["all"] if all_region_ids else region_id, load_valid_region_ids(settings.region_catalog)
-        )
+        check_options(settings, options)
+        selection = select(settings, options)
         console.print(selection.report())
         selection.raise_for_invalid()
-    except RegionIdError as exc:
+    except (DeployError, RegionIdError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    storage = _storage(settings)
+    target = f"{settings.environment}" + (f" v{settings.version}" if settings.version else "")
+    if dry_run:
+        console.print(f"[bold]dry run[/] for {target} at {storage.layout.vector_prefix}")
+        console.print(f"  regions selected: {', '.join(selection.valid) or '-'}")
+        console.print(
+            f"  wipe: {', '.join(storage.layout.environment_prefixes()) if wipe else 'no'}"
+        )
+        optional = [
+            n
+            for n, on in (
+                ("risk_pyramid", create_pyramid),
+                ("regional_analysis_files", write_regional_stats),
+            )
+            if on
+        ]
+        console.print(f"  optional assets: {', '.join(optional) or 'none'}")
+        return
+    if process_retries is not None:
+        os.environ["OCR_PROCESS_RETRIES"] = str(process_retries)
     home = use_environment(settings)
-    console.print(f"environment [bold]{settings.environment}[/], Dagster instance {home}")
+    console.print(f"deploying [bold]{target}[/] (Dagster instance {home})")
+    progress = Progress(
+        TextColumn("regions"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    counts = {"done": 0, "failed": 0}
+    task = None
 
-    def report(outcome) -> None:
-        mark = "[green]ok[/]" if outcome.success else f"[red]failed[/] {outcome.error}"
-        console.print(f"  {outcome.partition}: {mark} (run {outcome.run_id[:8]})")
+    def start(total: int) -> None:
+        nonlocal task
+        progress.start()
+        task = progress.add_task("regions", total=total, status="")
 
-    outcomes = run_partitions(REGION_JOB, selection.valid, max_parallel, report)
-    failed = [o.partition for o in outcomes if not o.success]
-    if failed:
-        console.print(f"[red]{len(failed)} region(s) failed:[/] {', '.join(failed)}")
-        raise typer.Exit(1)
-    console.print(f"[green]{len(outcomes)} region(s) materialized[/]")
-    if downstream:
-        optional = {"risk_pyramid"} if create_pyramid else set()
-        optional |= {"regional_analysis_files"} if write_regional_stats else set()
-        job, keys = downstream_run(optional)
-        outcome = execute(job, asset_keys=keys)
-        report(outcome)
+    def on_region(outcome) -> None:
+        counts["done" if outcome.success else "failed"] += 1
         if not outcome.success:
-            raise typer.Exit(1)
-    _print_outputs(settings, downstream, create_pyramid, write_regional_stats)
+            progress.console.print(f"  [red]{outcome.partition} failed[/]: {outcome.error}")
+        remaining = progress.tasks[0].total - counts["done"] - counts["failed"]
+        progress.update(
+            task,
+            advance=1,
+            status=f"done {counts['done']}  failed {counts['failed']}  remaining {remaining}",
+        )
+
+    try:
+        result = run_deploy(settings, options, storage, console.print, on_region, start)
+    except (DeployError, PermissionError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        progress.stop()
+    if result.stopped:
+        console.print(f"[yellow]{result.stopped}[/]")
+        return
+    if result.region_failures:
+        console.print(f"[red]{len(result.region_failures)} region(s) failed:[/]")
+        for line in result.region_failures:
+            console.print(f"  {line}")
+        raise typer.Exit(1)
+    if result.downstream_error:
+        console.print(f"[red]downstream failed:[/] {result.downstream_error}")
+        raise typer.Exit(1)
+    if result.pointer:
+        console.print(f"published: current → v{result.pointer['version']}")
+    _print_outputs(settings, True, create_pyramid, write_regional_stats)
 
 
 def _print_outputs(settings, downstream: bool, pyramid: bool, analysis: bool) -> None:
@@ -159,20 +226,68 @@ def _print_outputs(settings, downstream: bool, pyramid: bool, analysis: bool) ->
     lay = _storage(settings).layout
     rows = [("raster store", lay.raster_store), ("region buildings", lay.region_buildings_dir)]
     if downstream:
+        levels = "{" + ",".join(CENSUS_LEVELS) + "}"
         rows += [
             ("consolidated buildings", lay.consolidated_buildings),
             ("partitioned buildings", lay.partitioned_buildings),
-            ("summary statistics", lay.region_summary_stats("{" + ",".join(CENSUS_LEVELS) + "}")),
+            ("summary statistics", lay.region_summary_stats(levels)),
             *((f"{name}.pmtiles", lay.pmtiles(name)) for name in PMTILES_NAMES),
         ]
-        rows += (
-            [("analysis files", lay.region_analysis("<level>", "{geojson,csv}"))]
-            if analysis
-            else []
-        )
+        if analysis:
+            rows += [("analysis files", lay.region_analysis("<level>", "{geojson,csv}"))]
         rows += [("pyramid", lay.pyramid)] if pyramid else []
     for label, path in rows:
         console.print(f"  {label}: {path}", soft_wrap=True)
+
+
+@app.command("rollback")
+def rollback(
+    to: Annotated[str, typer.Option("--to", help="The version to publish again, e.g. 1.0.0.")],
+    env_file: EnvFile = None,
+) -> None:
+    """Point production's "current" at an earlier version's outputs, without recomputing."""
+    from ocr_jobs.deploy import DeployError, publish_pointer
+
+    settings = _settings(env_file)
+    if settings.environment != "production":
+        console.print(
+            f"[red]error:[/] rollback is for production; this is {settings.environment!r}"
+        )
+        raise typer.Exit(2)
+    try:
+        earlier = settings.model_copy(update={"version": to.removeprefix("v")})
+        earlier = type(settings).model_validate(earlier.model_dump())
+        pointer = publish_pointer(_storage(earlier))
+    except (DeployError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"current → v{pointer['version']} ({pointer['vector']})")
+
+
+@app.command("lineage")
+def lineage(env_file: EnvFile = None) -> None:
+    """The asset graph: each asset's group, upstreams, partitioning and compute profile."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ocr_jobs.definitions import build_definitions
+    from ocr_resources.compute import ComputeProfile
+
+    graph = build_definitions(_settings(env_file)).resolve_asset_graph()
+    table = Table("asset", "group", "upstream", "partitions", "profile")
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        parts = node.partitions_def
+        partitions = f"{len(parts.get_partition_keys())} region_id" if parts else "–"
+        profile = "–"
+        if node.is_executable:
+            profile = ComputeProfile.from_tags(dict(node.assets_def.op.tags))[1].describe()
+        upstream = ", ".join(sorted(k.to_user_string() for k in node.parent_keys)) or "external"
+        optional = " (optional)" if node.tags.get("ocr/optional") == "true" else ""
+        table.add_row(
+            key.to_user_string() + optional, node.group_name, upstream, partitions, profile
+        )
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]
     """Resources chosen per environment from one settings object."""
     return {
         "storage": OcrStorage(
-            root=settings.storage_root, environment=settings.environment, version=settings.version
+            root=settings.storage_root,
+            environment=settings.environment,
+            version=settings.version,
+            endpoint_url=settings.s3_endpoint_url,
         ),
         "compute": OcrCompute(
             backend=settings.compute_backend,
@@ -48,7 +51,7 @@ def build_definitions(settings: OcrSettings) -> dg.Definitions:
             *TILESET_ASSETS,
         ],
         asset_checks=[*dg.load_asset_checks_from_modules([aggregation]), *TILESET_CHECKS],
-        jobs=build_jobs(partitions),
+        jobs=build_jobs(partitions, settings.dagster_executor),
         resources=build_resources(settings),
     )
 

@@ -16,7 +16,12 @@ DOWNSTREAM = dg.AssetSelection.groups(PHASE02_GROUP, PHASE03_GROUP)
 OPTIONAL_ASSETS = dg.AssetSelection.tag(*next(iter(OPTIONAL.items())))
 
 
-def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJobDefinition]:
+def build_jobs(
+    partitions: dg.PartitionsDefinition, executor: str = "multiprocess"
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    downstream_executor = (
+        dg.in_process_executor if executor == "in_process" else dg.multiprocess_executor
+    )
     return [
         dg.define_asset_job(
             REGION_JOB,
@@ -30,11 +35,13 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
             DOWNSTREAM_JOB,
             selection=DOWNSTREAM,
             description="Phases 02 and 03 over whatever regions exist, optional assets included.",
+            executor_def=downstream_executor,
         ),
         dg.define_asset_job(
             DOWNSTREAM_CORE_JOB,
             selection=DOWNSTREAM - OPTIONAL_ASSETS,
             description="Phases 02 and 03 without the optional pyramid and analysis files.",
+            executor_def=downstream_executor,
         ),
     ]
 
@@ -52,20 +59,26 @@ def downstream_run(optional: set[str]) -> tuple[str, list[str] | None]:
         return DOWNSTREAM_CORE_JOB, None
     if optional == set(OPTIONAL_ASSET_KEYS):
         return DOWNSTREAM_JOB, None
-    from ocr_jobs.definitions import build_definitions
-    from ocr_resources.settings import load_settings
-
-    graph = build_definitions(load_settings()).resolve_asset_graph()
+    graph = _definitions().resolve_asset_graph()
     skipped = {dg.AssetKey(k) for k in OPTIONAL_ASSET_KEYS} - {dg.AssetKey(k) for k in optional}
     keys = DOWNSTREAM.resolve(graph) - skipped
     return DOWNSTREAM_JOB, sorted(k.to_user_string() for k in keys)
 
 
-def _job(name: str) -> dg.JobDefinition:
+def _definitions() -> dg.Definitions:
     from ocr_jobs.definitions import build_definitions
     from ocr_resources.settings import load_settings
 
-    return build_definitions(load_settings()).resolve_job_def(name)
+    return build_definitions(load_settings())
+
+
+def _job(name: str) -> dg.JobDefinition:
+    return _definitions().resolve_job_def(name)
+
+
+def materializable_asset_keys() -> list[dg.AssetKey]:
+    graph = _definitions().resolve_asset_graph()
+    return sorted(k for k in graph.get_all_asset_keys() if graph.get(k).is_executable)
 
 
 # Module-level job factories so Dagster can reconstruct each job in another process.

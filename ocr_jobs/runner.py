@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,13 +22,34 @@ class RunOutcome:
     error: str = ""
 
 
+PG_URL_ENV = "OCR_DAGSTER_PG_URL"
+POSTGRES_STORAGE = f"""
+# shared environment: run history and asset status in PostgreSQL (URL from ${PG_URL_ENV})
+storage:
+  postgres:
+    postgres_url:
+      env: {PG_URL_ENV}
+"""
+
+
 def instance_home(settings: OcrSettings) -> Path:
-    """``.dagster/<env>``: each environment keeps its own run history and asset status."""
-    home = PROJECT_ROOT / ".dagster" / settings.environment
+    """``.dagster/<env>``: each environment keeps its own run history and asset status.
+
+    Its ``dagster.yaml`` is the repository's, plus PostgreSQL storage for shared environments
+    (the URL, a secret, stays in the environment and is never written here)."""
+    base = (
+        Path(settings.dagster_home_root)
+        if settings.dagster_home_root
+        else PROJECT_ROOT / ".dagster"
+    )
+    home = base / settings.environment
     home.mkdir(parents=True, exist_ok=True)
+    text = INSTANCE_TEMPLATE.read_text()
+    if settings.dagster_storage == "postgres":
+        text += POSTGRES_STORAGE
     target = home / "dagster.yaml"
-    if not target.exists() or target.read_bytes() != INSTANCE_TEMPLATE.read_bytes():
-        shutil.copyfile(INSTANCE_TEMPLATE, target)
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
     return home
 
 

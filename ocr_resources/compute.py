@@ -36,6 +36,11 @@ class ComputeProfile:
     scheduler_vm_type: str | None = None
     disk_size_gb: int | None = None
 
+    def describe(self) -> str:
+        """As DESIGN §2 writes it: ``vm / scheduler vm, N GB``."""
+        text = self.vm_type + (f" / {self.scheduler_vm_type}" if self.scheduler_vm_type else "")
+        return text + (f", {self.disk_size_gb} GB" if self.disk_size_gb else "")
+
     def tags(self, name: str) -> dict[str, str]:
         values = {"profile": name, **{k: v for k, v in asdict(self).items() if v is not None}}
         return {f"{TAG_PREFIX}{k}": str(v) for k, v in values.items()}

@@ -38,6 +38,15 @@ class OcrSettings(BaseSettings):
     process_retries: int = Field(default=2, ge=0, le=10)
     region_catalog: RegionCatalog = "sample"
     sample_seed: int = 20250
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
+    # Dagster instance storage: sqlite in the instance home, or postgres at $OCR_DAGSTER_PG_URL
+    dagster_storage: Literal["sqlite", "postgres"] = "sqlite"
+    deploy_parallel: int = Field(default=2, ge=1, le=64)
+    # where each environment's Dagster instance home lives (default: .dagster/ in the checkout)
+    dagster_home_root: str | None = None
+    # multiprocess: downstream steps in parallel processes; in_process: one process (small hosts)
+    dagster_executor: Literal["multiprocess", "in_process"] = "multiprocess"
+    lock_stale_seconds: int = Field(default=900, ge=30)
     # compute (DESIGN §8)
     compute_backend: Literal["local", "coiled", "dask"] = "local"
     local_workers: int = 0

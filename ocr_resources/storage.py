@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -55,14 +56,72 @@ class OcrStorage(ConfigurableResource):
     root: str
     environment: str = "local"
     version: str | None = None
+    endpoint_url: str | None = None  # an S3-compatible endpoint (e.g. a test server)
 
     @property
     def layout(self) -> StorageLayout:
         return StorageLayout(self.root, self.environment, self.version)
 
     @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for URLs under the root (credentials come from the environment)."""
+        return {"endpoint_url": self.endpoint_url} if self.is_s3 and self.endpoint_url else {}
+
+    @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return fsspec.core.url_to_fs(self.root)[0]
+        return fsspec.core.url_to_fs(self.root, **self.storage_options)[0]
+
+    def s3_client(self):
+        """boto3 S3 client through dagster-aws, for what fsspec cannot do (conditional puts)."""
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.endpoint_url).get_client()
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` only if it does not exist (atomically); False if it does."""
+        if self.is_s3:
+            bucket, _, key = path.removeprefix("s3://").partition("/")
+            try:
+                self.s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except Exception as exc:  # botocore ClientError: PreconditionFailed
+                if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                    return False
+                raise
+            return True
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "rb") as f:
+            return json.load(f)
+
+    def delete(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def wipe_environment(self) -> list[str]:
+        """Delete exactly this environment's output prefixes; returns those that existed."""
+        if self.environment == "production":
+            raise PermissionError("wipe is refused for production: versions are kept for rollback")
+        root = self.root.rstrip("/") + "/"
+        deleted = []
+        for prefix in self.layout.environment_prefixes():
+            if not prefix.startswith(root) or not prefix.endswith(f"/{self.environment}"):
+                raise PermissionError(f"refusing to wipe {prefix}: not this environment's prefix")
+            if self.fs.exists(prefix):
+                self.fs.rm(prefix, recursive=True)
+                deleted.append(prefix)
+        return deleted
 
     # generic atomic writes ---------------------------------------------------------------
     def exists(self, path: str) -> bool:
@@ -107,7 +166,14 @@ class OcrStorage(ConfigurableResource):
     def write_zarr(self, ds: xr.Dataset, path: str, encoding: dict | None = None) -> None:
         """A whole Zarr v3 store, swapped into place when complete."""
         with self.atomic_path(path) as tmp:
-            ds.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3, encoding=encoding)
+            ds.to_zarr(
+                tmp,
+                mode="w-",
+                consolidated=False,
+                zarr_format=3,
+                encoding=encoding,
+                storage_options=self.storage_options or None,
+            )
 
     # inputs ------------------------------------------------------------------------------
     def open_input(self, path: str, variables: tuple[str, ...]) -> xr.Dataset:
@@ -117,7 +183,13 @@ class OcrStorage(ConfigurableResource):
                 f"input dataset {path} does not exist; run `ocr sample-data` "
                 "or ingest the real data to that path"
             )
-        ds = xr.open_zarr(path, consolidated=False, chunks={}, decode_coords="all")
+        ds = xr.open_zarr(
+            path,
+            consolidated=False,
+            chunks={},
+            decode_coords="all",
+            storage_options=self.storage_options or None,
+        )
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
             raise InputDataError(
@@ -280,10 +352,16 @@ class OcrStorage(ConfigurableResource):
             mode="r+",
             consolidated=False,
             zarr_format=3,
+            storage_options=self.storage_options or None,
         )
 
     def open_raster_store(self) -> xr.Dataset:
-        return xr.open_zarr(self.layout.raster_store, consolidated=False, decode_coords="all")
+        return xr.open_zarr(
+            self.layout.raster_store,
+            consolidated=False,
+            decode_coords="all",
+            storage_options=self.storage_options or None,
+        )
 
     # metadata sidecars -------------------------------------------------------------------
     def write_json(self, path: str, payload: Any) -> None:
@@ -291,7 +369,12 @@ class OcrStorage(ConfigurableResource):
 
     def spec(self) -> dict[str, str | None]:
         """Plain values to rebuild this resource in a Dask worker (resources do not pickle)."""
-        return {"root": self.root, "environment": self.environment, "version": self.version}
+        return {
+            "root": self.root,
+            "environment": self.environment,
+            "version": self.version,
+            "endpoint_url": self.endpoint_url,
+        }
 
     def crs_wkt_4326(self) -> str:
         """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""
@@ -329,7 +412,15 @@ class OcrStorage(ConfigurableResource):
 
     def write_datatree(self, tree: xr.DataTree, path: str) -> None:
         with self.atomic_path(path) as tmp:
-            tree.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
+            tree.to_zarr(
+                tmp,
+                mode="w-",
+                consolidated=False,
+                zarr_format=3,
+                storage_options=self.storage_options or None,
+            )
 
     def open_datatree(self, path: str) -> xr.DataTree:
-        return xr.open_datatree(path, engine="zarr", consolidated=False)
+        return xr.open_datatree(
+            path, engine="zarr", consolidated=False, storage_options=self.storage_options or None
+        )

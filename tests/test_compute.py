@@ -216,10 +216,7 @@ def test_profile_table_matches_design_and_readme():
             rows[cells[0].split("`")[1]] = cells[4]
     assert set(rows) == set(PROFILES)
     for name, cell in rows.items():
-        p = PROFILES[name]
-        text = p.vm_type + (f" / {p.scheduler_vm_type}" if p.scheduler_vm_type else "")
-        text += f", {p.disk_size_gb} GB" if p.disk_size_gb else ""
-        assert cell == text, name
+        assert cell == PROFILES[name].describe(), name
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert render_profile_table() in readme
 
