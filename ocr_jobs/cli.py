@@ -21,9 +21,22 @@ EnvFile = Annotated[
 
 
 def _settings(env_file: Path | None):
+    """The environment's settings; a bad env file or variable is a clear error, exit 2."""
+    from pydantic import ValidationError
+
     from ocr_resources.settings import load_settings
 
-    return load_settings(env_file)
+    try:
+        return load_settings(env_file)
+    except (ValidationError, FileNotFoundError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else None
+        text = (
+            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errors)
+            if errors
+            else str(exc)
+        )
+        console.print(f"[red]error in the environment's settings:[/] {text}")
+        raise typer.Exit(2) from exc
 
 
 def _storage(settings):

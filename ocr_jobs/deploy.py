@@ -172,11 +172,28 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
 
 
 # the deployment ---------------------------------------------------------------------------------
-def materialized_regions() -> set[str]:
+def materialized_regions(storage: OcrStorage) -> set[str]:
+    """Regions whose latest ``region_buildings`` materialization in this environment's
+    instance wrote this storage's path (so another production version's runs don't count)."""
     import dagster as dg
 
+    latest: dict[str, str] = {}
     with dg.DagsterInstance.get() as instance:
-        return set(instance.get_materialized_partitions(dg.AssetKey("region_buildings")))
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(
+                dg.AssetKey("region_buildings"), limit=10_000, cursor=cursor, ascending=False
+            )
+            for record in page.records:
+                materialization = record.asset_materialization
+                if materialization.partition and materialization.partition not in latest:
+                    latest[materialization.partition] = str(materialization.metadata["path"].value)
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    return {
+        region for region, path in latest.items() if path == storage.layout.region_buildings(region)
+    }
 
 
 def wipe_records() -> None:
@@ -227,7 +244,7 @@ def run_deploy(
             wiped = storage.wipe_environment()
             wipe_records()
             say(f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records")
-        done = materialized_regions()
+        done = materialized_regions(storage)
         report = RegionReport(
             selection,
             materialized=[r for r in selection.valid if r in done],

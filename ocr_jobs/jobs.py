@@ -88,3 +88,7 @@ def region_job() -> dg.JobDefinition:
 
 def aggregate_and_tile() -> dg.JobDefinition:
     return _job(DOWNSTREAM_JOB)
+
+
+def aggregate_and_tile_core() -> dg.JobDefinition:
+    return _job(DOWNSTREAM_CORE_JOB)

@@ -21,7 +21,7 @@ import xarray as xr
 from odc.geo.xr import assign_crs, xr_reproject
 
 from ocr_assets.science.pyramid import level_geobox
-from ocr_assets.science.reproject import quiet_rasterio
+from ocr_assets.science.reproject import in_memory_rasterio
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_assets.science.statistics import SCORED, connect, level_statistics
 from ocr_assets.science.tiling import TileLayer, centroid_properties, tippecanoe_command
@@ -275,6 +275,6 @@ def write_pyramid(storage: OcrStorage, max_zoom: int) -> dict:
             "tile_size": 256,
         }
     ]
-    with quiet_rasterio():
+    with in_memory_rasterio():
         storage.write_datatree(tree, storage.layout.pyramid)
     return {"levels": max_zoom + 1, "finest_shape": list(levels[f"/{max_zoom}"]["rps_2011"].shape)}

@@ -135,10 +135,12 @@ class OcrStorage(ConfigurableResource):
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
         try:
             yield tmp
-            if isinstance(self.fs, LocalFileSystem) and self.fs.isdir(tmp):
+            if not self.fs.isdir(tmp):
+                self.fs.mv(tmp, path)  # a rename, or one object copy on S3
+            elif isinstance(self.fs, LocalFileSystem):
                 self._replace_local_dir(tmp, path)
             else:
-                self.fs.mv(tmp, path, recursive=self.fs.isdir(tmp))
+                self._replace_object_dir(tmp, path)
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp, recursive=True)
@@ -151,6 +153,19 @@ class OcrStorage(ConfigurableResource):
         self.fs.mv(tmp, path, recursive=True)
         if self.fs.exists(old):
             self.fs.rm(old, recursive=True)
+
+    def _replace_object_dir(self, tmp: str, path: str) -> None:
+        """Object stores have no directories to rename: copy each finished object into place,
+        then delete the old objects the new set does not have."""
+        fresh = {f[len(self.fs._strip_protocol(tmp)) :] for f in self.fs.find(tmp)}
+        base = self.fs._strip_protocol(tmp)
+        for rel in sorted(fresh):
+            self.fs.copy(base + rel, f"{self.fs._strip_protocol(path)}{rel}")
+        if self.fs.exists(path):
+            dest = self.fs._strip_protocol(path)
+            stale = [f for f in self.fs.find(path) if f[len(dest) :] not in fresh]
+            if stale:
+                self.fs.rm(stale)
 
     def write_bytes(self, path: str, data: bytes) -> None:
         with self.atomic_path(path) as tmp:
@@ -392,6 +407,10 @@ class OcrStorage(ConfigurableResource):
         return sort_region_ids(ids)
 
     def parquet_dataset(self, paths: str | list[str]) -> ds.Dataset:
+        """A pyarrow dataset over files or a folder (paths without their URL scheme, as
+        pyarrow's fsspec bridge expects)."""
+        strip = self.fs._strip_protocol
+        paths = strip(paths) if isinstance(paths, str) else [strip(p) for p in paths]
         return ds.dataset(paths, format="parquet", filesystem=self.fs)
 
     def put_file(self, local_path: str, path: str) -> int:

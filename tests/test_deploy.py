@@ -1,0 +1,238 @@
+"""`ocr deploy` end to end: S3 on a local moto server, failures and reruns, locks, production."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+
+from ocr_jobs.deploy import DeployError, DeploymentLock, lock_path
+from ocr_resources.storage import OcrStorage
+
+BUCKET = "ocr-test"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 API server (moto's server mode) on 127.0.0.1."""
+    port = _free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **FAKE_AWS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.environ.update(FAKE_AWS)
+    fs = fsspec.filesystem("s3", endpoint_url=endpoint)
+    fs.mkdir(BUCKET)
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
+
+
+def write_env(path: Path, **values) -> Path:
+    base = {
+        "OCR_REGION_CATALOG": "sample",
+        "OCR_DAGSTER_EXECUTOR": "in_process",
+        "OCR_DAGSTER_HOME_ROOT": str(path.parent / "dagster-homes"),
+        "OCR_LOCK_STALE_SECONDS": "60",
+    }
+    path.write_text(
+        "".join(
+            f"OCR_{k}={v}\n" if not k.startswith("OCR_") else f"{k}={v}\n"
+            for k, v in {**base, **values}.items()
+        )
+    )
+    return path
+
+
+def ocr(*args: str, env_file: Path, extra: dict | None = None, timeout: int = 600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
+    env.update(FAKE_AWS)
+    env.update(extra or {})
+    env["OCR_ENV_FILE"] = str(env_file)
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [sys.executable, "-m", "ocr_jobs.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
+    tmp_path, sample_root, s3_endpoint
+):
+    root = f"s3://{BUCKET}/deploy"
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    fs.put(f"{sample_root}/input", f"{BUCKET}/deploy/input", recursive=True)
+    other = f"{BUCKET}/deploy/output/fire-risk/vector/staging/keep.txt"
+    fs.pipe_file(other, b"staging's own file")
+    env = write_env(
+        tmp_path / "qa.env", ENVIRONMENT="qa", STORAGE_ROOT=root, S3_ENDPOINT_URL=s3_endpoint
+    )
+    regions = ["--region-id", "y0_x0", "--region-id", "y1_x1", "--region-id", "y2_x2"]
+
+    first = ocr("deploy", *regions, env_file=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "remaining: 3" in first.stdout
+    storage = OcrStorage(root=root, environment="qa", endpoint_url=s3_endpoint)
+    lay = storage.layout
+    rows = sum(
+        pq.ParquetFile(lay.region_buildings(r), filesystem=storage.fs).metadata.num_rows
+        for r in ("y0_x0", "y1_x1", "y2_x2")
+    )
+    consolidated = pq.ParquetFile(
+        lay.consolidated_buildings, filesystem=storage.fs
+    ).metadata.num_rows
+    assert rows == consolidated > 0
+    for name in ("buildings", "building_centroids", "regions"):
+        assert fs.exists(lay.pmtiles(name))
+    assert fs.exists(f"{lay.raster_store}/zarr.json")
+    assert not fs.exists(lock_path(storage))  # released
+    assert "testing-secret-key" not in first.stdout + first.stderr
+
+    second = ocr("deploy", *regions, env_file=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already materialized in this environment: 3" in second.stdout
+    assert "remaining: 0" in second.stdout and "nothing to do" in second.stdout
+
+    wiped = ocr("deploy", "--region-id", "y0_x0", "--wipe", env_file=env)
+    assert wiped.returncode == 0, wiped.stdout + wiped.stderr
+    assert "remaining: 1" in wiped.stdout
+    assert fs.cat(other) == b"staging's own file"  # another environment: untouched
+    assert fs.exists(lay.region_buildings("y0_x0"))
+    assert not fs.exists(lay.region_buildings("y1_x1"))  # wiped, not recomputed
+    assert (
+        pq.ParquetFile(lay.consolidated_buildings, filesystem=storage.fs).metadata.num_rows
+        == pq.ParquetFile(lay.region_buildings("y0_x0"), filesystem=storage.fs).metadata.num_rows
+    )
+
+
+def _local_env(tmp_path, sample_root, name="local", **values):
+    root = tmp_path / "data"
+    root.mkdir(exist_ok=True)
+    if not (root / "input").exists():
+        os.symlink(os.path.join(sample_root, "input"), root / "input")
+    return write_env(
+        tmp_path / f"{name}.env", ENVIRONMENT=name, STORAGE_ROOT=str(root), **values
+    ), root
+
+
+def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, sample_root):
+    env, root = _local_env(tmp_path, sample_root)
+    storage = OcrStorage(root=str(root), environment="local")
+    # a directory where region y1_x2's rps_2011 shard must go: every write attempt fails
+    blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
+    blocker.mkdir(parents=True)
+    run = ocr("deploy", "--region-id", "y1_x1-x2", "--process-retries", "1", env_file=env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 region(s) failed" in run.stdout and "y1_x2" in run.stdout
+    assert Path(storage.layout.region_buildings("y1_x1")).exists()
+    assert not Path(storage.layout.region_buildings("y1_x2")).exists()
+    blocker.rmdir()
+    rerun = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (
+        "already materialized in this environment: 1" in rerun.stdout
+        and "remaining: 1" in rerun.stdout
+    )
+    assert Path(storage.layout.region_buildings("y1_x2")).exists()
+
+
+def test_concurrent_deploys_one_environment_never_interleave_two_run_side_by_side(
+    tmp_path, sample_root
+):
+    env_a, _ = _local_env(tmp_path, sample_root, "qa")
+    env_b = write_env(
+        tmp_path / "qa-again.env", ENVIRONMENT="qa", STORAGE_ROOT=str(tmp_path / "data")
+    )
+    env_c, _ = _local_env(tmp_path, sample_root, "staging")
+
+    def start(env, region):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
+        e["OCR_ENV_FILE"] = str(env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ocr_jobs.cli", "deploy", "--region-id", region],
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    procs = [start(env_a, "y0_x0"), start(env_b, "y0_x1"), start(env_c, "y0_x2")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    same_env = sorted(codes[:2])
+    assert same_env == [0, 1], outs[:2]
+    refused = outs[codes[:2].index(1)]
+    assert "another deployment to 'qa' is running" in refused and "pid" in refused
+    assert codes[2] == 0, outs[2]  # staging ran side by side
+
+
+def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
+    storage = OcrStorage(root=str(tmp_path), environment="qa")
+    first = DeploymentLock(storage, stale_seconds=30, description="first")
+    first.acquire()
+    with pytest.raises(DeployError, match="another deployment to 'qa' is running: first"):
+        DeploymentLock(storage, stale_seconds=30, description="second").acquire()
+    first._stop.set()  # simulate a crash: no more heartbeats, lock left behind
+    payload = json.loads(Path(lock_path(storage)).read_text())
+    payload["heartbeat"] -= 3600
+    Path(lock_path(storage)).write_text(json.dumps(payload))
+    taker = DeploymentLock(storage, stale_seconds=30, description="after crash")
+    taker.acquire()
+    assert json.loads(Path(lock_path(storage)).read_text())["description"] == "after crash"
+    taker.release()
+    assert not Path(lock_path(storage)).exists()
+
+
+def test_production_versions_and_rollback(tmp_path, sample_root):
+    env, root = _local_env(tmp_path, sample_root, "production")
+    for bad in ("1.2", "v1.2.3.4", "latest"):
+        refused = ocr("deploy", "--region-id", "y0_x0", env_file=env, extra={"OCR_VERSION": bad})
+        assert refused.returncode == 2 and "not a semantic version" in refused.stdout
+    wipe = ocr(
+        "deploy", "--region-id", "y0_x0", "--wipe", env_file=env, extra={"OCR_VERSION": "1.0.0"}
+    )
+    assert wipe.returncode == 2 and "--wipe is refused for production" in wipe.stdout
+    for version in ("1.0.0", "v1.1.0"):
+        done = ocr("deploy", "--region-id", "y0_x0", env_file=env, extra={"OCR_VERSION": version})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "remaining: 1" in done.stdout  # a new version recomputes its own regions
+    pointer = root / "output" / "fire-risk" / "production-current.json"
+    assert json.loads(pointer.read_text())["version"] == "1.1.0"
+    back = ocr("rollback", "--to", "1.0.0", env_file=env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert json.loads(pointer.read_text())["version"] == "1.0.0"
+    for version in ("1.0.0", "1.1.0"):
+        lay = OcrStorage(root=str(root), environment="production", version=version).layout
+        assert Path(lay.consolidated_buildings).exists() and Path(lay.pmtiles("buildings")).exists()
+    missing = ocr("rollback", "--to", "0.9.0", env_file=env)
+    assert missing.returncode == 1 and "no complete outputs" in missing.stdout
