@@ -132,6 +132,9 @@ def deploy(
     allow_all_processed: Annotated[
         bool, typer.Option(help="With nothing left to process, still rebuild downstream.")
     ] = False,
+    regions_only: Annotated[
+        bool, typer.Option(help="Stop after the regions (batches before one downstream run).")
+    ] = False,
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -151,6 +154,7 @@ def deploy(
         process_retries=process_retries,
         dry_run=dry_run,
         allow_all_processed=allow_all_processed,
+        regions_only=regions_only,
     )
     try:
         check_options(settings, options)
@@ -261,17 +265,14 @@ def rollback(
     """Point production's "current" at an earlier version's outputs, without recomputing."""
     from ocr_jobs.deploy import DeployError, publish_pointer
 
+    os.environ["OCR_VERSION"] = to  # the version to publish; validated as a semantic version
     settings = _settings(env_file)
     if settings.environment != "production":
-        console.print(
-            f"[red]error:[/] rollback is for production; this is {settings.environment!r}"
-        )
+        console.print(f"[red]error:[/] rollback is for production, not {settings.environment!r}")
         raise typer.Exit(2)
     try:
-        earlier = settings.model_copy(update={"version": to.removeprefix("v")})
-        earlier = type(settings).model_validate(earlier.model_dump())
-        pointer = publish_pointer(_storage(earlier))
-    except (DeployError, ValueError) as exc:
+        pointer = publish_pointer(_storage(settings))
+    except DeployError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"current → v{pointer['version']} ({pointer['vector']})")

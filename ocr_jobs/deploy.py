@@ -37,6 +37,7 @@ class DeployOptions:
     process_retries: int | None = None
     dry_run: bool = False
     allow_all_processed: bool = False
+    regions_only: bool = False
 
 
 @dataclass
@@ -66,6 +67,8 @@ def check_options(settings: OcrSettings, options: DeployOptions) -> None:
         raise DeployError(
             "give either --region-id (one or more) or --all-region-ids, not both or neither"
         )
+    if options.regions_only and (options.create_pyramid or options.write_regional_stats):
+        raise DeployError("--regions-only runs no downstream asset; drop the optional-asset flags")
     if options.wipe and settings.environment == "production":
         raise DeployError(
             "--wipe is refused for production: earlier versions are kept for rollback"
@@ -263,7 +266,7 @@ def run_deploy(
             before_regions(len(report.remaining))
         outcomes = run_partitions(REGION_JOB, report.remaining, settings.deploy_parallel, on_region)
         result.region_failures = [f"{o.partition}: {o.error}" for o in outcomes if not o.success]
-        if result.region_failures:
+        if result.region_failures or options.regions_only:
             return result
         optional = {"risk_pyramid"} if options.create_pyramid else set()
         optional |= {"regional_analysis_files"} if options.write_regional_stats else set()

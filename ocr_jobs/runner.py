@@ -24,7 +24,8 @@ class RunOutcome:
 
 PG_URL_ENV = "OCR_DAGSTER_PG_URL"
 POSTGRES_STORAGE = f"""
-# shared environment: run history and asset status in PostgreSQL (URL from ${PG_URL_ENV})
+# shared environment: run history and asset status in PostgreSQL; ${PG_URL_ENV} holds
+# postgresql+psycopg2://user:password@host:5432/dagster (a secret: never written here)
 storage:
   postgres:
     postgres_url:

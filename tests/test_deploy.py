@@ -151,13 +151,21 @@ def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, samp
     # a directory where region y1_x2's rps_2011 shard must go: every write attempt fails
     blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
     blocker.mkdir(parents=True)
-    run = ocr("deploy", "--region-id", "y1_x1-x2", "--process-retries", "1", env_file=env)
+    run = ocr(
+        "deploy",
+        "--region-id",
+        "y1_x1-x2",
+        "--process-retries",
+        "1",
+        "--regions-only",
+        env_file=env,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 region(s) failed" in run.stdout and "y1_x2" in run.stdout
     assert Path(storage.layout.region_buildings("y1_x1")).exists()
     assert not Path(storage.layout.region_buildings("y1_x2")).exists()
     blocker.rmdir()
-    rerun = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
+    rerun = ocr("deploy", "--region-id", "y1_x1-x2", "--regions-only", env_file=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert (
         "already materialized in this environment: 1" in rerun.stdout
@@ -179,7 +187,15 @@ def test_concurrent_deploys_one_environment_never_interleave_two_run_side_by_sid
         e = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
         e["OCR_ENV_FILE"] = str(env)
         return subprocess.Popen(
-            [sys.executable, "-m", "ocr_jobs.cli", "deploy", "--region-id", region],
+            [
+                sys.executable,
+                "-m",
+                "ocr_jobs.cli",
+                "deploy",
+                "--region-id",
+                region,
+                "--regions-only",
+            ],
             env=e,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
