@@ -51,7 +51,11 @@ def build_definitions(settings: OcrSettings) -> dg.Definitions:
             *TILESET_ASSETS,
         ],
         asset_checks=[*dg.load_asset_checks_from_modules([aggregation]), *TILESET_CHECKS],
-        jobs=build_jobs(partitions, settings.dagster_executor),
+        jobs=build_jobs(partitions),
+        # every job but the single-step region job, incl. the UI's ad-hoc asset runs
+        executor=dg.in_process_executor
+        if settings.dagster_executor == "in_process"
+        else dg.multiprocess_executor,
         resources=build_resources(settings),
     )
 

@@ -16,12 +16,7 @@ DOWNSTREAM = dg.AssetSelection.groups(PHASE02_GROUP, PHASE03_GROUP)
 OPTIONAL_ASSETS = dg.AssetSelection.tag(*next(iter(OPTIONAL.items())))
 
 
-def build_jobs(
-    partitions: dg.PartitionsDefinition, executor: str = "multiprocess"
-) -> list[dg.UnresolvedAssetJobDefinition]:
-    downstream_executor = (
-        dg.in_process_executor if executor == "in_process" else dg.multiprocess_executor
-    )
+def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJobDefinition]:
     return [
         dg.define_asset_job(
             REGION_JOB,
@@ -35,13 +30,11 @@ def build_jobs(
             DOWNSTREAM_JOB,
             selection=DOWNSTREAM,
             description="Phases 02 and 03 over whatever regions exist, optional assets included.",
-            executor_def=downstream_executor,
         ),
         dg.define_asset_job(
             DOWNSTREAM_CORE_JOB,
             selection=DOWNSTREAM - OPTIONAL_ASSETS,
             description="Phases 02 and 03 without the optional pyramid and analysis files.",
-            executor_def=downstream_executor,
         ),
     ]
 

@@ -30,14 +30,20 @@ def test_regions_select_reports_and_refuses_invalid(tmp_path, sample_root):
     assert malformed.exit_code == 2 and "malformed" in malformed.output
 
 
-def test_materialize_needs_exactly_one_kind_of_selection(tmp_path, sample_root):
+def test_deploy_needs_exactly_one_kind_of_selection(tmp_path, sample_root):
     env = _env(tmp_path, sample_root)
     both = runner.invoke(
-        app, ["materialize", "--env-file", env, "--all-region-ids", "--region-id", "y0_x0"]
+        app, ["deploy", "--env-file", env, "--all-region-ids", "--region-id", "y0_x0"]
     )
     assert both.exit_code == 2 and "either --region-id" in both.output
-    neither = runner.invoke(app, ["materialize", "--env-file", env])
+    neither = runner.invoke(app, ["deploy", "--env-file", env])
     assert neither.exit_code == 2
+    other_risk = runner.invoke(
+        app, ["deploy", "--env-file", env, "--all-region-ids", "--risk-type", "flood"]
+    )
+    assert other_risk.exit_code == 2 and "not supported" in other_risk.output
+    empty = runner.invoke(app, ["deploy", "--env-file", env, "--region-id", "y9_x9", "--dry-run"])
+    assert empty.exit_code == 2 and "y9_x9" in empty.output
 
 
 def test_regions_refresh_check_passes_on_the_sample(tmp_path, sample_root):

@@ -1,0 +1,137 @@
+"""A partial backfill launched the way the UI launches it, run by the daemon, then re-executed
+from failure."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster_graphql.test.utils import execute_dagster_graphql
+
+from ocr_jobs.runner import instance_home
+from ocr_resources.settings import load_settings
+from ocr_resources.storage import OcrStorage
+from tests.test_deploy import _local_env
+
+ROOT = Path(__file__).resolve().parents[1]
+REGIONS = ["y0_x0", "y1_x1", "y1_x2"]
+DOWNSTREAM = [
+    "buildings_geoparquet",
+    "region_risk_summary_stats",
+    "regional_pmtiles",
+    "building_centroid_pmtiles",
+    "building_pmtiles",
+]
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+REEXECUTE = """
+mutation($params: ReexecutionParams!) {
+  reexecutePartitionBackfill(reexecutionParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+DONE = {
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.CANCELED,
+}
+
+
+def _wait(instance, backfill_id: str, timeout: float = 420) -> BulkActionStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = instance.get_backfill(backfill_id).status
+        if status in DONE:
+            return status
+        time.sleep(2)
+    raise TimeoutError(f"backfill {backfill_id} still {status} after {timeout} s")
+
+
+def _runs(instance, backfill_id: str) -> list:
+    return instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+
+
+def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
+    tmp_path, sample_root, monkeypatch
+):
+    env, root = _local_env(tmp_path, sample_root, "qa", PROCESS_RETRIES="0")
+    for var in [k for k in os.environ if k.startswith("OCR_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OCR_ENV_FILE", str(env))
+    settings = load_settings(env)
+    home = instance_home(settings)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    storage = OcrStorage(root=str(root), environment="qa")
+    blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
+    blocker.mkdir(parents=True)  # region y1_x2 cannot write its shard
+    daemon = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-daemon"),
+            "run",
+            "-w",
+            str(ROOT / "workspace.yaml"),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with (
+            dg.DagsterInstance.get() as instance,
+            WorkspaceProcessContext(
+                instance, WorkspaceFileTarget([str(ROOT / "workspace.yaml")])
+            ) as workspace,
+        ):
+            context = workspace.create_request_context()
+            keys = [{"path": [k]} for k in ("region_risk_raster", "region_buildings", *DOWNSTREAM)]
+            launched = execute_dagster_graphql(
+                context, LAUNCH, {"params": {"partitionNames": REGIONS, "assetSelection": keys}}
+            ).data["launchPartitionBackfill"]
+            assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            first = launched["backfillId"]
+            assert _wait(instance, first) != BulkActionStatus.COMPLETED_SUCCESS
+            raster = dg.AssetKey("region_risk_raster")
+            assert instance.get_materialized_partitions(raster) == {"y0_x0", "y1_x1"}
+            assert (
+                instance.get_latest_materialization_event(dg.AssetKey("buildings_geoparquet"))
+                is None
+            )
+
+            blocker.rmdir()
+            again = execute_dagster_graphql(
+                context, REEXECUTE, {"params": {"parentRunId": first, "strategy": "FROM_FAILURE"}}
+            ).data["reexecutePartitionBackfill"]
+            assert again["__typename"] == "LaunchBackfillSuccess", again
+            second = again["backfillId"]
+            assert _wait(instance, second) in {
+                BulkActionStatus.COMPLETED_SUCCESS,
+                BulkActionStatus.COMPLETED,
+            }
+            runs = _runs(instance, second)
+            partitions = {r.tags.get("dagster/partition") for r in runs}
+            assert partitions == {"y1_x2", None}  # only the failed region, then the downstream run
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+            assert instance.get_materialized_partitions(raster) == set(REGIONS)
+            assert (
+                instance.get_latest_materialization_event(dg.AssetKey("building_pmtiles"))
+                is not None
+            )
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
