@@ -206,7 +206,7 @@ class OcrCompute(ConfigurableResource):
             threads_per_worker=1,
             processes=self.local_processes,
             memory_limit=int(available * 0.8 / workers),
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # loopback, any free port: no clashes
             silence_logs=logging.WARNING,
             **network,
         )

@@ -52,7 +52,7 @@ def test_local_cluster_equals_in_process(sample_storage, in_process, processes):
 
 def test_dask_backend_against_a_scheduler_on_loopback(sample_storage, in_process):
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         compute = OcrCompute(backend="dask", scheduler_address=cluster.scheduler_address)
@@ -87,7 +87,7 @@ class FakeCoiledCluster:
         self.kwargs = kwargs
         self.closed = False
         self._local = LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
         )
         FakeCoiledCluster.created.append(self)
 
