@@ -31,7 +31,7 @@ tools/node_modules: tools/package.json
 	if command -v npm >/dev/null; then npm install --prefix tools --silent --no-audit --no-fund; fi
 
 test: lint validate tools/node_modules
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 dev: setup
 	mkdir -p .dagster/local && cp dagster.yaml .dagster/local/dagster.yaml

@@ -159,7 +159,6 @@ def deploy(
     try:
         check_options(settings, options)
         selection = select(settings, options)
-        console.print(selection.report())
         selection.raise_for_invalid()
     except (DeployError, RegionIdError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -168,6 +167,7 @@ def deploy(
     target = f"{settings.environment}" + (f" v{settings.version}" if settings.version else "")
     if dry_run:
         console.print(f"[bold]dry run[/] for {target} at {storage.layout.vector_prefix}")
+        console.print(f"  {selection.report()}")
         console.print(f"  regions selected: {', '.join(selection.valid) or '-'}")
         console.print(
             f"  wipe: {', '.join(storage.layout.environment_prefixes()) if wipe else 'no'}"

@@ -96,7 +96,7 @@ class ComputeSession:
     profile_name: str
     profile: ComputeProfile
     client: Any = None
-    workers: int = 1
+    workers: int = 0  # 0: no cluster, the work runs in this process
     started: float = 0.0
 
     def submit(self, fn: Callable, *args: Any) -> Any:
@@ -112,11 +112,12 @@ class ComputeSession:
         return self.client.gather(self.client.map(fn, *iterables, pure=False))
 
     def metadata(self) -> dict[str, Any]:
-        vm = (
-            self.profile.vm_type
-            if self.backend == "coiled"
-            else f"{self.backend} ({self.workers} worker(s))"
-        )
+        if self.backend == "coiled":
+            vm = self.profile.vm_type
+        elif self.workers:
+            vm = f"{self.backend} ({self.workers} worker(s))"
+        else:
+            vm = f"{self.backend} (in process)"
         return {
             "compute_backend": self.backend,
             "compute_profile": self.profile_name,
@@ -185,6 +186,8 @@ class OcrCompute(ConfigurableResource):
                 from dask.distributed import Client
 
                 session.client = Client(self.scheduler_address)
+            if self.backend == "dask":
+                session.workers = len(session.client.scheduler_info()["workers"])
             yield session
         finally:
             if session.client is not None:

@@ -59,6 +59,7 @@ def test_dask_backend_against_a_scheduler_on_loopback(sample_storage, in_process
         with compute.session(_Context("region_risk_raster"), tasks=2) as session:
             fields = session.map(region_field, [sample_storage.spec()] * 2, [REGION] * 2, YEARS)
             assert len(session.client.scheduler_info()["workers"]) == 2
+            assert session.metadata()["vm_type"] == "dask (2 worker(s))"
     for year, (bp, _) in zip(YEARS, fields, strict=True):
         np.testing.assert_array_equal(bp, in_process[f"bp_{year}"])
 
@@ -67,6 +68,8 @@ def test_dask_backend_builds_a_cluster_from_dagster_dask_config(sample_storage):
     compute = OcrCompute(
         backend="dask", dask_cluster={"local": {"n_workers": 1, "processes": False}}
     )
+    with OcrCompute().session(_Context("buildings_geoparquet")) as session:
+        assert session.client is None and session.metadata()["vm_type"] == "local (in process)"
     with compute.session(_Context("buildings_geoparquet")) as session:
         assert session.submit(len, "abc") == 3
         assert len(session.client.scheduler_info()["workers"]) == 1
