@@ -30,7 +30,8 @@ from ocr_resources.publishing import (
 from ocr_resources.storage import OcrStorage
 
 PHASE02_GROUP = "phase02_aggregation"
-OPTIONAL = {"ocr/optional": "true"}
+OPTIONAL_TAG = ("ocr/optional", "true")  # optional assets are left out by selection on it
+OPTIONAL = dict([OPTIONAL_TAG])
 PYRAMID_TARGET_RESOLUTION_M = 30.0
 
 

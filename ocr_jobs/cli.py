@@ -284,6 +284,7 @@ def lineage(env_file: EnvFile = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ocr_assets.aggregation import OPTIONAL_TAG
     from ocr_jobs.definitions import build_definitions
     from ocr_resources.compute import ComputeProfile
 
@@ -297,7 +298,8 @@ def lineage(env_file: EnvFile = None) -> None:
         if node.is_executable:
             profile = ComputeProfile.from_tags(dict(node.assets_def.op.tags))[1].describe()
         upstream = ", ".join(sorted(k.to_user_string() for k in node.parent_keys)) or "external"
-        optional = " (optional)" if node.tags.get("ocr/optional") == "true" else ""
+        key_tag, value = OPTIONAL_TAG
+        optional = " (optional)" if node.tags.get(key_tag) == value else ""
         table.add_row(
             key.to_user_string() + optional, node.group_name, upstream, partitions, profile
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ocr_assets.aggregation import OPTIONAL, PHASE02_GROUP
+from ocr_assets.aggregation import OPTIONAL_TAG, PHASE02_GROUP
 from ocr_assets.regions import PHASE01_GROUP
 from ocr_assets.tiles import PHASE03_GROUP
 
@@ -13,7 +13,7 @@ DOWNSTREAM_JOB = "aggregate_and_tile"
 DOWNSTREAM_CORE_JOB = "aggregate_and_tile_core"
 
 DOWNSTREAM = dg.AssetSelection.groups(PHASE02_GROUP, PHASE03_GROUP)
-OPTIONAL_ASSETS = dg.AssetSelection.tag(*next(iter(OPTIONAL.items())))
+OPTIONAL_ASSETS = dg.AssetSelection.tag(*OPTIONAL_TAG)
 
 
 def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJobDefinition]:
