@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur, gaussian_weights
-from ocr_assets.science.composite import combine, composite, normalise_wind_weights
+from ocr_assets.science.composite import WindComposite, combine, composite
 from ocr_assets.science.gapfill import gap_fill
 
 
@@ -31,7 +31,7 @@ def test_composite_invalid_pixels_and_negative_weights():
     with pytest.raises(ValueError, match="negative weight"):
         composite(spread, dist)
     with pytest.raises(ValueError, match=r"shape \(8, H, W\)"):
-        normalise_wind_weights(np.ones((7, 2, 2)))
+        WindComposite(np.ones((7, 2, 2)))
 
 
 def test_composite_skips_nan_terms():

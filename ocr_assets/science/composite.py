@@ -1,44 +1,93 @@
-"""Weighted composite of the eight spread fields and the combine step (DESIGN §5 steps 7–8)."""
+"""Weighted composite of the eight spread fields and the combine step (DESIGN §5 steps 7–8).
+
+The composite is accumulated one direction at a time, so the fire model never holds the
+eight spread fields together (1.3 GB each at full size): ``Σ_d spread_d · w_d`` with the raw
+weights, divided by ``Σ_d w_d`` at the end, equals the sum with normalised weights.
+"""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+DIRECTION_COUNT = 8
 
-def normalise_wind_weights(distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, valid) from a (8, H, W) wind distribution.
 
-    A pixel is valid when its weights sum to more than 0 and none is NaN; valid weights are
-    divided by their sum. A negative weight anywhere means a broken input, not a pixel to skip.
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _accumulate(
+    total: np.ndarray, pixels: np.ndarray, spread_field: np.ndarray, weight: np.ndarray
+) -> None:
+    """``total[k] += spread[p] · weight[p]`` for ``p = pixels[k]`` in float64, skipping NaN
+    spread terms."""
+    s, w = spread_field.ravel(), weight.ravel()
+    for k in range(pixels.size):
+        p = pixels[k]
+        if not np.isnan(s[p]):
+            total[k] += np.float64(s[p]) * np.float64(w[p])
+
+
+class WindComposite:
+    """``Σ_d spread_d · w_d`` over the directions, fed one spread field at a time, on the
+    pixels ``where`` says (all by default; the fire model needs only the non-burnable ones,
+    a third of a window, so it keeps a third of the memory and work).
+
+    A pixel is valid when its weights sum to more than 0 and none is NaN; a negative weight
+    anywhere means a broken input, not a pixel to skip.
     """
-    if distribution.ndim != 3 or distribution.shape[0] != 8:
-        raise ValueError(f"wind distribution must have shape (8, H, W); got {distribution.shape}")
-    if np.any(distribution < 0):
-        raise ValueError(
-            f"wind distribution has {int(np.sum(distribution < 0))} negative weight(s); "
-            "expected fractions of hours >= 0"
-        )
-    total = distribution.sum(axis=0, dtype=np.float64)
-    valid = ~np.isnan(distribution).any(axis=0) & (total > 0)
-    weights = np.zeros(distribution.shape, dtype=np.float64)
-    np.divide(distribution, total, out=weights, where=valid)
-    return weights, valid
+
+    def __init__(self, distribution: np.ndarray, where: np.ndarray | None = None) -> None:
+        if distribution.ndim != 3 or distribution.shape[0] != DIRECTION_COUNT:
+            raise ValueError(
+                f"wind distribution must have shape (8, H, W); got {distribution.shape}"
+            )
+        self.shape = distribution.shape[1:]
+        self.distribution = distribution
+        self.pixels = np.arange(np.prod(self.shape)) if where is None else np.flatnonzero(where)
+        negative = 0
+        # NaN in any direction makes the sum NaN, so `> 0` in result() is the validity test
+        self.weight_sum = np.zeros(self.pixels.size)
+        for weights in distribution:
+            negative += int(np.count_nonzero(weights < 0))
+            self.weight_sum += weights.ravel()[self.pixels]
+        if negative:
+            raise ValueError(
+                f"wind distribution has {negative} negative weight(s); "
+                "expected fractions of hours >= 0"
+            )
+        self.total = np.zeros(self.pixels.size)
+
+    def add(self, direction: int, spread_field: np.ndarray) -> None:
+        """Add one direction's spread field (same shape as the distribution's last two axes)."""
+        if spread_field.shape != self.shape:
+            raise ValueError(
+                f"spread field {spread_field.shape} and wind distribution "
+                f"{self.distribution.shape} must cover the same pixels"
+            )
+        _accumulate(self.total, self.pixels, spread_field, self.distribution[direction])
+
+    def result(self) -> np.ndarray:
+        """The composite as float32; NaN where the pixel's wind is not valid (and outside
+        ``where``)."""
+        values = np.full(self.pixels.size, np.nan)
+        np.divide(self.total, self.weight_sum, out=values, where=self.weight_sum > 0)
+        out = np.full(self.shape, np.nan, dtype=np.float32)
+        out.ravel()[self.pixels] = values
+        return out
 
 
 def composite(spread_fields: np.ndarray, distribution: np.ndarray) -> np.ndarray:
-    """``Σ_d spread_d · w_d`` over the eight directions, skipping NaN terms; invalid → NaN."""
+    """``Σ_d spread_d · w_d`` over eight stacked spread fields, skipping NaN terms."""
     if spread_fields.shape != distribution.shape:
         raise ValueError(
             f"spread fields {spread_fields.shape} and wind distribution "
             f"{distribution.shape} must have the same shape"
         )
-    weights, valid = normalise_wind_weights(distribution)
-    terms = spread_fields.astype(np.float64) * weights
-    out = np.nansum(terms, axis=0).astype(np.float32)
-    out[~valid] = np.nan
-    return out
+    acc = WindComposite(distribution)
+    for direction, field in enumerate(spread_fields):
+        acc.add(direction, field)
+    return acc.result()
 
 
 def combine(bp30: np.ndarray, bp_wind: np.ndarray) -> np.ndarray:
     """Wind-spread values fill the non-burnable (exactly 0) pixels; the rest keep ``bp30``."""
-    return np.where(bp30 == 0, bp_wind, bp30).astype(np.float32)
+    return np.where(bp30 == 0, bp_wind, bp30).astype(np.float32, copy=False)

@@ -8,10 +8,10 @@ import numpy as np
 import xarray as xr
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import combine, composite
+from ocr_assets.science.composite import WindComposite, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
 from ocr_assets.science.reproject import gap_filled_lazy, reproject_nearest, subset_projected
-from ocr_assets.science.spreading import spread
+from ocr_assets.science.spreading import Spreader
 from ocr_assets.science.timing import StageTimer
 
 YEARS: tuple[int, ...] = (2011, 2047)
@@ -43,14 +43,18 @@ def wind_adjusted_bp(
     timer: StageTimer | None = None,
     kernels: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Steps 5–9 on a window: kernels (sized at the window's centre unless given), spreading,
-    composite, combine, blur."""
+    """Steps 5–9 on a window: kernels (sized at the window's centre unless given), spreading
+    and composite one direction at a time, combine, blur."""
     timer = timer or StageTimer()
     kernels = kernels or direction_kernels(*pixel_size_m(latitude, longitude))
     with timer.stage("spread"):
-        spread_fields = np.stack([spread(bp30, kernels[d]) for d in DIRECTIONS])
+        # the composite only matters where combine() takes it: the non-burnable pixels
+        wind_bp = WindComposite(wind, where=bp30 == 0)
+        with Spreader(bp30) as spreader:
+            for index, direction in enumerate(DIRECTIONS):
+                wind_bp.add(index, spreader.spread(kernels[direction]))
     with timer.stage("composite"):
-        combined = combine(bp30, composite(spread_fields, wind))
+        combined = combine(bp30, wind_bp.result())
     with timer.stage("blur"):
         ksize = blur_kernel_size(float(latitude[1] - latitude[0]))
         return gaussian_blur(combined, ksize, blur_sigma(ksize))
