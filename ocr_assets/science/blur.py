@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy.ndimage import correlate1d
+
+from ocr_assets.science.parallel import blocks, worker_threads
 
 BLUR_RADIUS_M = 300.0
 METRES_PER_DEGREE = 111_000.0
@@ -26,8 +30,28 @@ def gaussian_weights(ksize: int, sigma: float) -> np.ndarray:
     return (g / g.sum()).astype(np.float32)
 
 
-def gaussian_blur(arr: np.ndarray, ksize: int, sigma: float) -> np.ndarray:
-    """Separable float32 blur with reflect-101 borders; a NaN in the window makes NaN."""
+def gaussian_blur(
+    arr: np.ndarray, ksize: int, sigma: float, work: np.ndarray | None = None
+) -> np.ndarray:
+    """Separable float32 blur with reflect-101 borders; a NaN in the window makes NaN.
+
+    Each pass is cut into strips along the other axis, which are independent, and SciPy
+    releases the GIL, so the strips run on threads. ``work``: a float32 array of the same
+    shape to hold the first pass instead of a new one.
+    """
     g = gaussian_weights(ksize, sigma)
-    out = correlate1d(arr.astype(np.float32), g, axis=0, mode="mirror")
-    return correlate1d(out, g, axis=1, mode="mirror")
+    src = arr.astype(np.float32, copy=False)
+    columns = np.empty_like(src) if work is None else work
+    out = np.empty_like(src)
+    strips = worker_threads()
+    with ThreadPoolExecutor(strips) as pool:
+        for axis, source, target in ((0, src, columns), (1, columns, out)):
+            other = src.shape[1 - axis]
+            cuts = blocks(other, -(-other // strips))
+            index = [(slice(None), s) if axis == 0 else (s, slice(None)) for s in cuts]
+            jobs = [
+                pool.submit(correlate1d, source[i], g, axis, target[i], "mirror") for i in index
+            ]
+            for job in jobs:
+                job.result()
+    return out

@@ -26,6 +26,19 @@ def _accumulate(
             total[k] += np.float64(s[p]) * np.float64(w[p])
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _gather_weights(weight_sum: np.ndarray, pixels: np.ndarray, weight: np.ndarray) -> int:
+    """``weight_sum[k] += weight[pixels[k]]``; returns the number of negative weights."""
+    w = weight.ravel()
+    negative = 0
+    for p in range(w.size):
+        if w[p] < 0:
+            negative += 1
+    for k in range(pixels.size):
+        weight_sum[k] += w[pixels[k]]
+    return negative
+
+
 class WindComposite:
     """``Σ_d spread_d · w_d`` over the directions, fed one spread field at a time, on the
     pixels ``where`` says (all by default; the fire model needs only the non-burnable ones,
@@ -43,12 +56,9 @@ class WindComposite:
         self.shape = distribution.shape[1:]
         self.distribution = distribution
         self.pixels = np.arange(np.prod(self.shape)) if where is None else np.flatnonzero(where)
-        negative = 0
         # NaN in any direction makes the sum NaN, so `> 0` in result() is the validity test
         self.weight_sum = np.zeros(self.pixels.size)
-        for weights in distribution:
-            negative += int(np.count_nonzero(weights < 0))
-            self.weight_sum += weights.ravel()[self.pixels]
+        negative = sum(_gather_weights(self.weight_sum, self.pixels, w) for w in distribution)
         if negative:
             raise ValueError(
                 f"wind distribution has {negative} negative weight(s); "
@@ -65,12 +75,13 @@ class WindComposite:
             )
         _accumulate(self.total, self.pixels, spread_field, self.distribution[direction])
 
-    def result(self) -> np.ndarray:
+    def result(self, out: np.ndarray | None = None) -> np.ndarray:
         """The composite as float32; NaN where the pixel's wind is not valid (and outside
-        ``where``)."""
+        ``where``). ``out``: a float32 array to fill instead of a new one."""
         values = np.full(self.pixels.size, np.nan)
         np.divide(self.total, self.weight_sum, out=values, where=self.weight_sum > 0)
-        out = np.full(self.shape, np.nan, dtype=np.float32)
+        out = np.empty(self.shape, dtype=np.float32) if out is None else out
+        out.fill(np.nan)
         out.ravel()[self.pixels] = values
         return out
 
@@ -88,6 +99,11 @@ def composite(spread_fields: np.ndarray, distribution: np.ndarray) -> np.ndarray
     return acc.result()
 
 
-def combine(bp30: np.ndarray, bp_wind: np.ndarray) -> np.ndarray:
-    """Wind-spread values fill the non-burnable (exactly 0) pixels; the rest keep ``bp30``."""
-    return np.where(bp30 == 0, bp_wind, bp30).astype(np.float32, copy=False)
+def combine(bp30: np.ndarray, bp_wind: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Wind-spread values fill the non-burnable (exactly 0) pixels; the rest keep ``bp30``.
+    ``out``: a float32 array to fill instead of a new one (a fresh full-size array costs
+    more in page faults than this whole step)."""
+    out = np.empty(bp30.shape, dtype=np.float32) if out is None else out
+    np.copyto(out, bp30)
+    np.copyto(out, bp_wind, where=bp30 == 0)
+    return out

@@ -47,17 +47,19 @@ def wind_adjusted_bp(
     and composite one direction at a time, combine, blur."""
     timer = timer or StageTimer()
     kernels = kernels or direction_kernels(*pixel_size_m(latitude, longitude))
-    with timer.stage("spread"):
-        # the composite only matters where combine() takes it: the non-burnable pixels
-        wind_bp = WindComposite(wind, where=bp30 == 0)
-        with Spreader(bp30) as spreader:
+    ksize = blur_kernel_size(float(latitude[1] - latitude[0]))
+    with Spreader(bp30) as spreader:
+        with timer.stage("spread"):
+            # the composite only matters where combine() takes it: the non-burnable pixels
+            wind_bp = WindComposite(wind, where=bp30 == 0)
             for index, direction in enumerate(DIRECTIONS):
                 wind_bp.add(index, spreader.spread(kernels[direction]))
-    with timer.stage("composite"):
-        combined = combine(bp30, wind_bp.result())
-    with timer.stage("blur"):
-        ksize = blur_kernel_size(float(latitude[1] - latitude[0]))
-        return gaussian_blur(combined, ksize, blur_sigma(ksize))
+        # the spreader's buffers are free now: reuse them rather than fault in new pages
+        spare, combined = spreader.buffers
+        with timer.stage("composite"):
+            combined = combine(bp30, wind_bp.result(out=spare), out=combined)
+        with timer.stage("blur"):
+            return gaussian_blur(combined, ksize, blur_sigma(ksize), work=spare)
 
 
 def field_bp(inputs: RegionInputs, year: int, timer: StageTimer | None = None) -> np.ndarray:

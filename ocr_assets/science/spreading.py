@@ -13,12 +13,13 @@ beyond the input and output is a few running-sum rows per block.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+from ocr_assets.science.parallel import blocks, worker_threads
 
 # Published: values below this after a convolution are numerical noise and become 0.
 NOISE_FLOOR = 1e-11
@@ -160,11 +161,6 @@ def _normalised_rows(
             orow[j] = c32 / m32 if m32 >= floor and m32 > 0 else zero
 
 
-def _threads() -> int:
-    """Worker threads: the CPUs this process may use, capped by ``OCR_THREADS`` when set."""
-    return max(1, min(len(os.sched_getaffinity(0)), int(os.environ.get("OCR_THREADS", "64"))))
-
-
 class Spreader:
     """Spreads one field along any number of kernels, reusing its thread pool and two work
     buffers (a full-size field is 160 MB; the rounds ping-pong between the buffers)."""
@@ -174,7 +170,7 @@ class Spreader:
         # NaN (no data) counts as 0 while spreading
         self.start = np.where(self.missing, np.float32(0), bp30).astype(np.float32, copy=False)
         self.buffers = (np.empty_like(self.start), np.empty_like(self.start))
-        self.pool = ThreadPoolExecutor(threads or _threads(), thread_name_prefix="ocr-spread")
+        self.pool = ThreadPoolExecutor(threads or worker_threads(), thread_name_prefix="ocr-spread")
 
     def __enter__(self) -> Spreader:
         return self
@@ -196,20 +192,12 @@ class Spreader:
 
     def _round(self, arr: np.ndarray, out: np.ndarray, runs: RunKernel) -> None:
         """One normalised-convolution round over the whole array, blocks of rows in parallel."""
-        h = arr.shape[0]
         args = (runs.along_x, runs.ylo, runs.yhi, runs.xlo, runs.xhi, runs.plus, runs.minus)
         futures = [
             self.pool.submit(
-                _normalised_rows,
-                arr,
-                out,
-                i0,
-                min(i0 + BLOCK_ROWS, h),
-                *args,
-                runs.weight,
-                NOISE_FLOOR,
+                _normalised_rows, arr, out, rows.start, rows.stop, *args, runs.weight, NOISE_FLOOR
             )
-            for i0 in range(0, h, BLOCK_ROWS)
+            for rows in blocks(arr.shape[0], BLOCK_ROWS)
         ]
         for future in futures:
             future.result()
