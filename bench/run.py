@@ -1,6 +1,7 @@
 """Benchmark of the hot path on full-size synthetic regions (issue: performance).
 
-    .venv/bin/python -m bench.run            # per field at 1/4, 1/2, full; whole region; check
+    .venv/bin/python -m bench.run            # per field at 1/4, 1/2, full + check; 2 regions;
+                                             # tile steps vs tippecanoe alone (~8 minutes)
     .venv/bin/python -m bench.run --quick    # 1/4 size only (a minute)
 
 Each measurement runs in a fresh process so its peak RSS is its own. Prints wall, CPU and
@@ -22,19 +23,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import psutil
 from pyproj import CRS
 
 from bench.synthetic import FULL_REGION, synthetic_region, window_field
-from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import combine
 from ocr_assets.science.fire_model import YEARS, assemble_region_rasters, field_bp, wind_adjusted_bp
-from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
-from ocr_assets.science.reference import reference_composite, reference_spread
-from ocr_assets.science.sampling import region_buildings_table
+from ocr_assets.science.kernels import direction_kernels, pixel_size_m
+from ocr_assets.science.reference import reference_field
+from ocr_assets.science.sampling import RISK_VARIABLES, region_buildings_table
+from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.science.timing import StageTimer
+from ocr_assets.tiles import TILESETS
+from ocr_resources.publishing import build_tileset, tippecanoe_binary
+from ocr_resources.storage import OcrStorage
 
 FULL_WINDOW = (7080, 5580)
 SIZES = {"1/4": (3540, 2790), "1/2": (3540, 5580), "full": FULL_WINDOW}
@@ -51,7 +55,8 @@ class Meter:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        peak = [self._proc.memory_info().rss]
+        before = self._proc.memory_info().rss
+        peak = [before]
         done = threading.Event()
 
         def sample() -> None:
@@ -69,16 +74,14 @@ class Meter:
             self.stages[name] = {
                 "wall_s": round(time.perf_counter() - wall, 2),
                 "cpu_s": round(time.process_time() - cpu, 2),
+                "rss_before_gib": round(before / GIB, 2),
                 "peak_rss_gib": round(max(peak[0], self._proc.memory_info().rss) / GIB, 2),
             }
 
 
-def reference_field(bp30, wind, latitude, longitude, kernels) -> np.ndarray:
-    """Steps 6–9 with the float64 SciPy reference for spreading and composite."""
-    spread_fields = np.stack([reference_spread(bp30, kernels[d]) for d in DIRECTIONS])
-    combined = combine(bp30, reference_composite(spread_fields, wind))
-    k = blur_kernel_size(float(latitude[1] - latitude[0]))
-    return gaussian_blur(combined, k, blur_sigma(k))
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -116,7 +119,6 @@ def check_crops(inputs: dict, ours: np.ndarray, kernels: dict) -> dict[str, floa
             inputs["bp30"][r0:r1, c0:c1],
             inputs["wind"][:, r0:r1, c0:c1],
             inputs["latitude"][r0:r1],
-            inputs["longitude"][c0:c1],
             kernels,
         )
         inner = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
@@ -158,41 +160,83 @@ def bench_field(size: str, check: bool) -> dict:
     return result
 
 
-def bench_region() -> dict:
-    """A whole full-size region as the region asset runs it: both fields (reprojection
-    included), assembly, raster write, building sampling, GeoParquet write."""
-    from ocr_resources.storage import OcrStorage
-
+def bench_region(count: int) -> dict:
+    """``count`` whole full-size regions one after the other, as the region asset runs each:
+    both fields (reprojection included), assembly, raster write, building sampling,
+    GeoParquet write. Regions are independent, so cost should be ``count`` × one region."""
     meter = Meter()
-    with meter.stage("inputs"):
-        grid, region, inputs, buildings = synthetic_region(FULL_REGION)
-    field_bp(inputs, YEARS[0], StageTimer())  # compile on a first call, then time both
-    timer = StageTimer()
+    field_stages: list[dict[str, float]] = []
+    walls: list[float] = []
     with tempfile.TemporaryDirectory() as root:
         storage = OcrStorage(root=root, environment="bench")
-        with meter.stage("fields"):
-            fields = {year: field_bp(inputs, year, timer) for year in YEARS}
-        with meter.stage("assemble"):
-            rasters = assemble_region_rasters(inputs, fields)
-        with meter.stage("write_raster"):
-            storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
-            storage.write_region_window(region, rasters)
-        with meter.stage("sample_buildings"):
-            table, _ = region_buildings_table(grid, region, rasters, buildings)
-        with meter.stage("write_buildings"):
-            storage.write_geoparquet(table, storage.layout.region_buildings(region.region_id))
-    timed = ("fields", "assemble", "write_raster", "sample_buildings", "write_buildings")
+        for n in range(count):
+            with meter.stage(f"inputs_{n}"):
+                grid, region, inputs, buildings = synthetic_region(FULL_REGION, seed=n)
+            if n == 0:
+                field_bp(inputs, YEARS[0], StageTimer())  # compile once, outside the timing
+            timer = StageTimer()
+            start = time.perf_counter()
+            with meter.stage(f"fields_{n}"):
+                fields = {year: field_bp(inputs, year, timer) for year in YEARS}
+            with meter.stage(f"assemble_{n}"):
+                rasters = assemble_region_rasters(inputs, fields)
+            with meter.stage(f"write_raster_{n}"):
+                storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+                storage.write_region_window(region, rasters)
+            with meter.stage(f"sample_buildings_{n}"):
+                table, _ = region_buildings_table(grid, region, rasters, buildings)
+            with meter.stage(f"write_buildings_{n}"):
+                storage.write_geoparquet(table, storage.layout.region_buildings(f"r{n}"))
+            walls.append(round(time.perf_counter() - start, 2))
+            field_stages.append(timer.rounded())
+            del inputs, fields, rasters
     return {
-        "size": "region",
-        "window": [inputs.latitude.size, inputs.longitude.size],
-        "buildings": len(table),
+        "size": f"{count} region(s)",
+        "window": list(FULL_WINDOW),
+        "buildings_per_region": len(table),
         "stages": meter.stages,
-        "field_stages_s": timer.rounded(),
-        "region_wall_s": round(sum(meter.stages[s]["wall_s"] for s in timed), 2),
+        "field_stages_s": field_stages,
+        "region_wall_s": walls,
         "process_peak_rss_gib": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
         ),
     }
+
+
+def bench_tiles(n_buildings: int) -> dict:
+    """Each building tile step (read GeoParquet, write FlatGeobuf, tippecanoe, move into
+    place) against tippecanoe alone on the same FlatGeobuf with the same options."""
+    *_, buildings = synthetic_region((1200, 900), n_buildings=n_buildings)
+    rng = np.random.default_rng(1)
+    values = {v: rng.random(len(buildings)).astype(np.float32) for v in RISK_VARIABLES}
+    table = buildings.assign(**values)[[*RISK_VARIABLES, "GEOID", "state", "county", "geometry"]]
+    out: dict = {"buildings": len(table)}
+    with tempfile.TemporaryDirectory() as root:
+        storage = OcrStorage(root=root, environment="bench")
+        storage.write_geoparquet(table, storage.layout.consolidated_buildings)
+        for spec in (t for t in TILESETS if t.upstream == "buildings_geoparquet"):
+            start = time.perf_counter()
+            build_tileset(storage, spec.archive, spec.layers, spec.zoom, spec.tippecanoe_options)
+            step = time.perf_counter() - start
+            layers = spec.layers(storage)
+            fgb = Path(root) / f"{spec.archive}.fgb"
+            layers["risk"].to_file(fgb, driver="FlatGeobuf")
+            argv = tippecanoe_command(
+                tippecanoe_binary(),
+                Path(root) / "alone.pmtiles",
+                [TileLayer("risk", fgb)],
+                spec.zoom,
+                spec.tippecanoe_options,
+            )
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            alone = time.perf_counter() - start
+            out[spec.key] = {
+                "step_s": round(step, 2),
+                "tippecanoe_alone_s": round(alone, 2),
+                "overhead_pct": round(100 * (step - alone) / alone, 1),
+            }
+    return out
 
 
 def _in_subprocess(*args: str) -> dict:
@@ -212,7 +256,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         what = args.one[0]
-        result = bench_region() if what == "region" else bench_field(what, "check" in args.one)
+        if what == "region":
+            result = bench_region(int(args.one[1]))
+        elif what == "tiles":
+            result = bench_tiles(int(args.one[1]))
+        else:
+            result = bench_field(what, "check" in args.one)
         print(json.dumps(result))
         return
     print(f"cpus: {len(os.sched_getaffinity(0))}  numpy {np.__version__}", flush=True)

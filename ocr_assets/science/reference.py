@@ -1,4 +1,4 @@
-"""A straightforward float64 implementation of DESIGN §5 steps 6–7, to check the fast one.
+"""A straightforward float64 implementation of DESIGN §5 steps 6–9, to check the fast one.
 
 SciPy's ``correlate`` over the full kernel area (``mode="mirror"`` is OpenCV's
 BORDER_REFLECT_101) and an explicit weighted sum: slow and memory-hungry, but each line is a
@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import correlate
 
+from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
+from ocr_assets.science.composite import combine
+from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.spreading import ITERATIONS, NOISE_FLOOR
 
 
@@ -37,3 +40,16 @@ def reference_composite(spread_fields: np.ndarray, distribution: np.ndarray) -> 
     out = np.full(total.shape, np.nan)
     np.divide(terms.sum(axis=0), total, out=out, where=valid)
     return out
+
+
+def reference_field(
+    bp30: np.ndarray,
+    wind: np.ndarray,
+    latitude: np.ndarray,
+    kernels: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Steps 6–9 with the float64 references for spreading and composite."""
+    spread_fields = np.stack([reference_spread(bp30, kernels[d]) for d in DIRECTIONS])
+    combined = combine(bp30, reference_composite(spread_fields, wind))
+    k = blur_kernel_size(float(latitude[1] - latitude[0]))
+    return gaussian_blur(combined, k, blur_sigma(k))
