@@ -232,8 +232,8 @@ def run_deploy(
     before_regions: Callable[[int], None] | None = None,
 ) -> DeployResult:
     """Lock, (wipe), regions that remain, downstream, (pointer), unlock."""
-    from ocr_jobs.jobs import REGION_JOB, downstream_run
-    from ocr_jobs.runner import execute, run_partitions
+    from ocr_jobs.jobs import DOWNSTREAM_CORE_JOB, DOWNSTREAM_JOB, REGION_JOB, downstream_run
+    from ocr_jobs.runner import execute, failed_run_to_resume, run_partitions
 
     selection = select(settings, options)
     selection.raise_for_invalid()
@@ -256,7 +256,16 @@ def run_deploy(
         result = DeployResult(report, wiped=wiped)
         for line in report.lines():
             say(line)
-        if not report.remaining and not options.allow_all_processed:
+        optional = {"risk_pyramid"} if options.create_pyramid else set()
+        optional |= {"regional_analysis_files"} if options.write_regional_stats else set()
+        job, keys = downstream_run(optional)
+        # nothing new upstream and the last downstream run failed: redo only its failed steps
+        resume = (
+            failed_run_to_resume((DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
+            if not report.remaining and not options.regions_only
+            else None
+        )
+        if not report.remaining and not options.allow_all_processed and not resume:
             result.stopped = (
                 "every selected region is already materialized in this environment; nothing to "
                 "do (pass --allow-all-processed to rebuild the downstream assets anyway)"
@@ -268,10 +277,9 @@ def run_deploy(
         result.region_failures = [f"{o.partition}: {o.error}" for o in outcomes if not o.success]
         if result.region_failures or options.regions_only:
             return result
-        optional = {"risk_pyramid"} if options.create_pyramid else set()
-        optional |= {"regional_analysis_files"} if options.write_regional_stats else set()
-        job, keys = downstream_run(optional)
-        outcome = execute(job, asset_keys=keys)
+        if resume:
+            say(f"resuming the failed {job} run {resume} from its failed steps")
+        outcome = execute(job, asset_keys=keys, resume_run_id=resume)
         if not outcome.success:
             result.downstream_error = f"{job}: {outcome.error}"
             return result

@@ -5,9 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from ocr_resources.settings import PROJECT_ROOT, OcrSettings
 
@@ -64,10 +65,14 @@ def use_environment(settings: OcrSettings) -> Path:
 
 
 def execute(
-    job_name: str, partition: str | None = None, asset_keys: list[str] | None = None
+    job_name: str,
+    partition: str | None = None,
+    asset_keys: list[str] | None = None,
+    resume_run_id: str | None = None,
 ) -> RunOutcome:
     """One Dagster run of a job (one partition, or a subset of its assets) in this process's
-    instance ($DAGSTER_HOME)."""
+    instance ($DAGSTER_HOME); with ``resume_run_id``, a re-execution of that failed run's
+    failed and not-yet-run steps only."""
     import dagster as dg
 
     from ocr_jobs import jobs
@@ -79,10 +84,36 @@ def execute(
             tags={"dagster/partition": partition} if partition else None,
             asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            reexecution_options=(
+                dg.ReexecutionOptions.from_failure(resume_run_id, instance)
+                if resume_run_id
+                else None
+            ),
             raise_on_error=False,
         )
         error = "" if result.success else "; ".join(_failures(result.all_events)) or "run failed"
         return RunOutcome(partition or job_name, result.success, result.run_id, error)
+
+
+def failed_run_to_resume(
+    job_names: tuple[str, ...], job_name: str, asset_keys: list[str] | None
+) -> str | None:
+    """The latest run of any of ``job_names`` if it failed and ran ``job_name`` on the same
+    assets: resuming it redoes exactly the steps that did not succeed."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        records = [
+            record
+            for name in job_names
+            for record in instance.get_run_records(dg.RunsFilter(job_name=name), limit=1)
+        ]
+    if not records:
+        return None
+    latest = max(records, key=lambda r: r.create_timestamp).dagster_run
+    same_assets = set(latest.asset_selection or ()) == {dg.AssetKey(k) for k in asset_keys or ()}
+    failed = latest.status == dg.DagsterRunStatus.FAILURE
+    return latest.run_id if failed and latest.job_name == job_name and same_assets else None
 
 
 def _failures(events) -> list[str]:
@@ -102,24 +133,65 @@ def _failures(events) -> list[str]:
     return found
 
 
+def _execute_into(conn: Connection, job_name: str, partition: str) -> None:
+    """Child process body: one partition's run, its outcome sent back through ``conn``."""
+    conn.send(execute(job_name, partition))
+    conn.close()
+
+
+def mark_dead_runs_failed(job_name: str, partition: str, exitcode: int | None) -> str:
+    """A run whose process died (killed, out of memory) stays STARTED in the instance; record
+    it failed, as Dagster's run monitoring would, so the UI and the next deploy see it."""
+    import dagster as dg
+
+    message = f"the run's process exited with code {exitcode} before finishing"
+    status = dg.DagsterRunStatus
+    live = [status.NOT_STARTED, status.STARTING, status.STARTED]
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=job_name, statuses=live, tags={"dagster/partition": partition}
+            )
+        )
+        for run in runs:
+            instance.report_run_failed(run, message)
+    return message
+
+
 def run_partitions(
     job_name: str,
     partitions: list[str],
     max_parallel: int,
     on_done: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
-    """Run each partition as its own Dagster run, at most ``max_parallel`` at a time."""
+    """Run each partition as its own Dagster run in its own process, at most
+    ``max_parallel`` at a time. A process that dies fails only its own partition."""
     import dagster as dg
 
     # create the instance's storage once, before workers race to create its tables
     with dg.DagsterInstance.get():
         pass
-    outcomes: list[RunOutcome] = []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, max_parallel), mp_context=context) as pool:
-        futures = [pool.submit(execute, job_name, p) for p in partitions]
-        for future in as_completed(futures):
-            outcome = future.result()
+    waiting = list(reversed(partitions))
+    running: dict[Any, tuple[str, Any, Connection]] = {}
+    outcomes: list[RunOutcome] = []
+    while waiting or running:
+        while waiting and len(running) < max(1, max_parallel):
+            partition = waiting.pop()
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_execute_into, args=(send, job_name, partition), daemon=False
+            )
+            process.start()
+            send.close()
+            running[process.sentinel] = (partition, process, receive)
+        for sentinel in wait(list(running)):
+            partition, process, receive = running.pop(sentinel)
+            outcome = receive.recv() if receive.poll() else None
+            process.join()
+            if outcome is None:
+                error = mark_dead_runs_failed(job_name, partition, process.exitcode)
+                outcome = RunOutcome(partition, False, "", error)
             outcomes.append(outcome)
             if on_done:
                 on_done(outcome)
