@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint validate dev clean
+.PHONY: setup run test lint validate dev clean web serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -30,7 +30,29 @@ validate: setup
 tools/node_modules: tools/package.json
 	if command -v npm >/dev/null; then npm install --prefix tools --silent --no-audit --no-fund; fi
 
-test: lint validate tools/node_modules
+# The map page's libraries from npm, copied next to the page (served from disk, never a CDN).
+WEB_VENDOR := ocr_jobs/web/vendor
+WEB_FILES := maplibre-gl/dist/maplibre-gl.mjs maplibre-gl/dist/maplibre-gl-worker.mjs \
+	maplibre-gl/dist/maplibre-gl.css pmtiles/dist/pmtiles.js \
+	topojson-client/dist/topojson-client.min.js us-atlas/states-10m.json
+
+$(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
+	if command -v npm >/dev/null; then \
+	  npm ci --prefix web --silent --no-audit --no-fund && mkdir -p $(WEB_VENDOR) && \
+	  for f in $(WEB_FILES); do cp web/node_modules/$$f $(WEB_VENDOR)/; done && \
+	  cp web/node_modules/maplibre-gl/LICENSE.txt $(WEB_VENDOR)/LICENSE-maplibre-gl.txt && \
+	  cp web/node_modules/topojson-client/LICENSE $(WEB_VENDOR)/LICENSE-topojson-client.txt && \
+	  cp web/node_modules/us-atlas/LICENSE $(WEB_VENDOR)/LICENSE-us-atlas.txt && \
+	  touch $@; \
+	else echo "npm not found: the map page's libraries are not installed (make web needs npm)"; fi
+
+web: $(WEB_VENDOR)/.installed
+
+# The map of the local environment's outputs (after `make run`) on http://127.0.0.1:8765/
+serve: setup web
+	$(BIN)/ocr serve --env-file envs/local.env --open
+
+test: lint validate tools/node_modules web
 	$(BIN)/python -m pytest -n 2
 
 dev: setup

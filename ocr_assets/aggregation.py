@@ -20,6 +20,7 @@ from ocr_assets.science.pyramid import level_resolution, max_zoom_for
 from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
 from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.layout import CENSUS_LEVELS
+from ocr_resources.previews import choropleth_level, choropleth_preview, png_markdown
 from ocr_resources.publishing import (
     consolidate_buildings,
     read_summary_statistics,
@@ -130,10 +131,13 @@ def region_risk_summary_stats(
 ):
     start = time.perf_counter()
     rows, compute_metadata = compute.run(context, write_summary_statistics, storage)
+    level = choropleth_level(rows)
+    preview = choropleth_preview(read_summary_statistics(storage, level), level)
     return dg.MaterializeResult(
         metadata={
             "paths": {lv: storage.layout.region_summary_stats(lv) for lv in CENSUS_LEVELS},
             "rows_per_level": rows,
+            "preview": dg.MetadataValue.md(png_markdown(preview, f"{level} mean RPS")),
             "seconds": round(time.perf_counter() - start, 3),
             **compute_metadata,
         }

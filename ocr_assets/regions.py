@@ -6,6 +6,8 @@
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import numpy as np
@@ -20,6 +22,7 @@ from ocr_assets.science.fire_model import YEARS, assemble_region_rasters
 from ocr_assets.science.sampling import out_of_range, region_buildings_table
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
+from ocr_resources.previews import png_markdown, raster_preview
 from ocr_resources.storage import OcrStorage
 from ocr_resources.tasks import region_field
 
@@ -39,6 +42,16 @@ def _value_ranges(rasters: dict[str, np.ndarray]) -> dict[str, list[float | None
         finite = arr[np.isfinite(arr)]
         ranges[name] = [float(finite.min()), float(finite.max())] if finite.size else [None, None]
     return ranges
+
+
+@contextmanager
+def _logged_stage(
+    context: dg.AssetExecutionContext, timer: StageTimer, region_id: str, name: str
+) -> Iterator[None]:
+    """Time a stage and log it as soon as it ends, so a long region shows progress live."""
+    with timer.stage(name):
+        yield
+    context.log.info(f"region {region_id}: {name} took {timer.seconds[name]:.2f} s")
 
 
 def build_region_assets(
@@ -84,12 +97,12 @@ def build_region_assets(
             with compute.session(
                 context, tasks=len(YEARS), bytes_per_task=window_pixels * BYTES_PER_WINDOW_PIXEL
             ) as session:
-                with timer.stage("fields"):
+                with _logged_stage(context, timer, region_id, "fields"):
                     fields = session.map(
                         region_field, [storage.spec()] * len(YEARS), [region_id] * len(YEARS), YEARS
                     )
                 compute_metadata = session.metadata()
-            with timer.stage("read_reference"):
+            with _logged_stage(context, timer, region_id, "read_reference"):
                 inputs = storage.read_region_inputs(grid, region, fields=(), reference=True)
             rasters = assemble_region_rasters(
                 inputs, {y: f[0] for y, f in zip(YEARS, fields, strict=True)}
@@ -106,16 +119,22 @@ def build_region_assets(
             )
             if problems:
                 raise ValueError(f"values out of their documented range: {problems}")
-            with timer.stage("write_raster"):
+            with _logged_stage(context, timer, region_id, "write_raster"):
                 storage.ensure_raster_store(grid, storage.crs_wkt_4326())
                 storage.write_region_window(region, rasters)
-            with timer.stage("sample_buildings"):
+            with _logged_stage(context, timer, region_id, "sample_buildings"):
                 table, dropped = region_buildings_table(
                     grid, region, rasters, storage.read_buildings(region)
                 )
-            with timer.stage("write_buildings"):
+            with _logged_stage(context, timer, region_id, "write_buildings"):
                 path = storage.layout.region_buildings(region_id)
                 size = storage.write_geoparquet(table, path)
+            with _logged_stage(context, timer, region_id, "preview"):
+                preview = raster_preview(
+                    rasters["rps_2011"],
+                    f"{region_id} rps_2011",
+                    latitude=(region.lat0 + region.lat1) / 2,
+                )
         except Exception as exc:
             raise RegionProcessingError(
                 f"region {region_id} failed on attempt {context.retry_number + 1}: {exc}"
@@ -138,6 +157,7 @@ def build_region_assets(
                 "window_pixels": window_pixels,
                 "bounds": [region.lon0, region.lat0, region.lon1, region.lat1],
                 "value_ranges": _value_ranges(rasters),
+                "preview": dg.MetadataValue.md(png_markdown(preview, f"{region_id} rps_2011")),
                 "seconds_per_stage": seconds,
                 "seconds_per_field_stage": per_field,
                 **compute_metadata,

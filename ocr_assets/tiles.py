@@ -14,7 +14,12 @@ import dagster as dg
 import geopandas as gpd
 
 from ocr_assets.aggregation import PHASE02_GROUP
-from ocr_assets.science.tiling import BUILDINGS_ZOOM, CENTROIDS_ZOOM, REGIONS_ZOOM
+from ocr_assets.science.tiling import (
+    BUILDING_PROPERTIES,
+    BUILDINGS_ZOOM,
+    CENTROIDS_ZOOM,
+    REGIONS_ZOOM,
+)
 from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.pmtiles_reader import archive_summary
@@ -22,6 +27,10 @@ from ocr_resources.publishing import build_tileset, building_layers, regional_la
 from ocr_resources.storage import OcrStorage
 
 PHASE03_GROUP = "phase03_tiles"
+# tippecanoe's FlatGeobuf reader passes integer and float32 attributes on as strings, which a
+# map cannot colour by; typing them keeps them numbers in the tiles
+NUMBERS = tuple(f"--attribute-type={name}:float" for name in BUILDING_PROPERTIES)
+COUNTS = ("--attribute-type=building_count:int",)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ TILESETS: tuple[Tileset, ...] = (
         PHASE02_GROUP,
         REGIONS_ZOOM,
         regional_layers,
-        ("--detect-shared-borders", "--no-tile-size-limit"),
+        ("--detect-shared-borders", "--no-tile-size-limit", *COUNTS),
         "Census-unit statistics, one layer per level (nation … blocks).",
     ),
     Tileset(
@@ -58,7 +67,7 @@ TILESETS: tuple[Tileset, ...] = (
         PHASE03_GROUP,
         CENTROIDS_ZOOM,
         partial(building_layers, centroids=True),
-        ("-r1", "--drop-densest-as-needed"),
+        ("-r1", "--drop-densest-as-needed", *NUMBERS),
         "Building centroids where both RPS > 0, values rounded to 3 decimals (layer risk).",
     ),
     Tileset(
@@ -68,7 +77,7 @@ TILESETS: tuple[Tileset, ...] = (
         PHASE03_GROUP,
         BUILDINGS_ZOOM,
         building_layers,
-        ("--drop-densest-as-needed",),
+        ("--drop-densest-as-needed", *NUMBERS),
         "Building polygons with RPS, BP and CRPS values (layer risk), zoom 6 to street level.",
     ),
 )

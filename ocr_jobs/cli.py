@@ -278,6 +278,42 @@ def rollback(
     console.print(f"current → v{pointer['version']} ({pointer['vector']})")
 
 
+@app.command("serve")
+def serve(
+    env_file: EnvFile = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default browser.")
+    ] = False,
+) -> None:
+    """The map page of the environment's PMTiles on http://127.0.0.1 (Ctrl-C stops it)."""
+    import webbrowser
+
+    from ocr_jobs.serve import MapServer, ServeError, map_site
+
+    settings = _settings(env_file)
+    try:
+        site = map_site(_storage(settings))
+        server = MapServer(site, port, log=lambda line: console.print(f"[dim]{line}[/]"))
+    except ServeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port}: {exc.strerror}")
+        raise typer.Exit(1) from exc
+    for name in site.missing:
+        console.print(f"[yellow]{name}.pmtiles is not materialized yet[/]; the map omits it")
+    console.print(f"serving {', '.join(site.archives)} of {settings.environment} at {server.url}")
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
+
+
 @app.command("lineage")
 def lineage(env_file: EnvFile = None) -> None:
     """The asset graph: each asset's group, upstreams, partitioning and compute profile."""

@@ -1,0 +1,263 @@
+"""The map page in a real browser (Debian's chromium, headless) on outputs of the sample graph.
+
+The outputs come from `ocr deploy` on sample regions, the command a user runs, so the same run
+also shows the progress people follow: the deploy's progress bar, per-stage timings logged by
+each region, and a PNG preview in the materializations' metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import pytest
+
+from ocr_jobs.serve import map_site, missing_vendor_files, serve_in_thread
+from ocr_resources.storage import OcrStorage
+
+REGIONS = "y0-y1_x0-x3"  # 8 sample regions: every census level, a few hundred buildings
+N_REGIONS = 8
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = os.environ.get("OCR_CHROMIUM", "/usr/bin/chromium")
+# Headless without a GPU (WebGL on SwiftShader) and without anything that calls out to the
+# internet: background services, updates, sync, pings, safe-browsing, DNS (only loopback).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--disable-breakpad",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--no-pings",
+    "--metrics-recording-only",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,"
+    "CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+VIEWPORT = {"width": 1200, "height": 800}
+OCR = [sys.executable, "-m", "ocr_jobs.cli"]
+
+
+def _require(ok: bool, reason: str) -> None:
+    """Skip when a tool is missing, except in CI (`.ci/run` sets OCR_REQUIRE_BROWSER=1)."""
+    if not ok:
+        if os.environ.get("OCR_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, sample_root):
+    """`ocr deploy` of REGIONS and the downstream assets into a fresh local environment."""
+    base = tmp_path_factory.mktemp("map")
+    root = base / "data"
+    root.mkdir()
+    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    env_file = base / "local.env"
+    env_file.write_text(
+        "OCR_ENVIRONMENT=local\n"
+        f"OCR_STORAGE_ROOT={root}\n"
+        "OCR_REGION_CATALOG=sample\n"
+        "OCR_DAGSTER_EXECUTOR=in_process\n"
+        f"OCR_DAGSTER_HOME_ROOT={base / 'homes'}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [*OCR, "deploy", "--env-file", str(env_file), "--region-id", REGIONS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {
+        "storage": OcrStorage(root=str(root), environment="local"),
+        "stdout": done.stdout,
+        "stderr": done.stderr,
+        "home": base / "homes" / "local",
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def test_deploy_shows_progress_and_regions_log_stage_timings(deployed):
+    out, err = deployed["stdout"], deployed["stderr"]
+    # the progress bar's last state: regions done / failed / remaining
+    bar = re.search(r"regions .*? (\d+)/(\d+) done (\d+)\s+failed (\d+)\s+remaining (\d+)", out)
+    assert bar, out
+    assert bar.groups() == (str(N_REGIONS), str(N_REGIONS), str(N_REGIONS), "0", "0")
+    # each region logs each stage as it ends, then all its timings in one line
+    for stage in ("fields", "read_reference", "write_raster", "sample_buildings", "preview"):
+        assert re.search(rf"region y0_x1: {stage} took \d+\.\d+ s", err), stage
+    summary = re.search(r"region y1_x2: (\{'fields': [^}]+\})", err)
+    assert summary and "'write_buildings'" in summary.group(1)
+
+
+def _png_from_markdown(value: dg.MetadataValue) -> bytes:
+    assert isinstance(value, dg.MarkdownMetadataValue)
+    found = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", value.md_str)
+    assert found, value.md_str[:100]
+    return base64.b64decode(found.group(1))
+
+
+def test_materializations_carry_png_previews(deployed):
+    from PIL import Image
+
+    with dg.DagsterInstance.from_config(str(deployed["home"])) as instance:
+        regions = instance.fetch_materializations(dg.AssetKey("region_risk_raster"), limit=50)
+        stats = instance.fetch_materializations(dg.AssetKey("region_risk_summary_stats"), limit=1)
+    assert len(regions.records) == N_REGIONS
+    images = []
+    for record in [*regions.records, *stats.records]:
+        png = _png_from_markdown(record.asset_materialization.metadata["preview"])
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and 100 < image.width <= 600 and 100 < image.height <= 400
+        assert len(png) < 60_000  # small enough for the event log, once per materialization
+        images.append(image)
+    # the preview is a picture of the data, not a blank canvas: several risk colours
+    assert all(len(im.convert("RGB").getcolors(100_000)) > 5 for im in images)
+
+
+# --- the browser ------------------------------------------------------------------------------
+def _view(page, lon: float, lat: float, zoom: float) -> None:
+    page.evaluate(
+        "async ([lon, lat, zoom]) => { map.jumpTo({center: [lon, lat], zoom}); "
+        "await ocrMap.settle(); }",
+        [lon, lat, zoom],
+    )
+
+
+def _rendered(page, layer: str) -> list[dict]:
+    return page.evaluate(
+        "(layer) => map.queryRenderedFeatures({layers: [layer]}).map((f) => f.properties)", layer
+    )
+
+
+def _click(page, lon: float, lat: float) -> str:
+    """Click the map at a place; the popup's text."""
+    x, y = page.evaluate(
+        "([lon, lat]) => { const p = map.project([lon, lat]); return [p.x, p.y]; }", [lon, lat]
+    )
+    page.mouse.click(x, y)
+    popup = page.wait_for_selector(".maplibregl-popup-content", timeout=10_000)
+    return popup.inner_text()
+
+
+def test_map_page_in_chromium(deployed):
+    _require(Path(CHROMIUM).is_file(), f"no chromium at {CHROMIUM} (.ci/run installs it)")
+    _require(not missing_vendor_files(), "the map page's libraries are missing (make web)")
+    playwright = pytest.importorskip("playwright.sync_api")
+
+    storage = deployed["storage"]
+    buildings = gpd.read_parquet(storage.layout.consolidated_buildings)
+    west, south, east, north = buildings.total_bounds
+    centre = ((west + east) / 2, (south + north) / 2)
+    # a building with risk in both years: shown as a centroid and as a polygon
+    target = buildings[(buildings.rps_2011 > 0) & (buildings.rps_2047 > 0)].iloc[0]
+    point = target.geometry.representative_point()
+    ARTIFACTS.mkdir(exist_ok=True)
+    figures: dict[str, object] = {"deploy_seconds": round(deployed["seconds"], 1)}
+    errors: list[str] = []
+    outside: list[str] = []
+
+    started = time.perf_counter()
+    with (
+        serve_in_thread(map_site(storage)) as server,
+        playwright.sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+
+            def only_local(route) -> None:
+                if route.request.url.startswith(server.url):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_local)
+            page.goto(server.url)
+            page.wait_for_function("window.ocrMap !== undefined", timeout=30_000)
+            figures["first_idle_ms"] = round(page.evaluate("window.ocrMap.firstIdle"))
+            page.evaluate("ocrMap.settle()")
+            figures["page_ready_seconds"] = round(time.perf_counter() - started, 2)
+
+            # rendered features at each zoom: census choropleth, centroids, building polygons
+            counts = {}
+            for zoom, layer in (
+                (6.5, "counties-fill"),
+                (9.5, "tracts-fill"),
+                (12.5, "centroids"),
+                (15.5, "buildings"),
+            ):
+                at = (point.x, point.y) if zoom > 15 else centre
+                _view(page, *at, zoom)
+                features = _rendered(page, layer)
+                counts[f"z{zoom} {layer}"] = len(features)
+                assert features, f"nothing rendered in {layer} at zoom {zoom}"
+                if layer.endswith("-fill"):
+                    assert all(f["building_count"] > 0 and f["GEOID"] for f in features)
+                else:
+                    assert all(isinstance(f["rps_2011"], float) for f in features), features[:3]
+                    assert all(0 <= f["rps_2011"] <= 100 for f in features)
+            figures["rendered_features"] = counts
+
+            # the 2011 / 2047 toggle repaints buildings and areas from the other year
+            _view(page, *centre, 12.5)
+            before = page.evaluate("map.getPaintProperty('centroids', 'circle-color')")
+            before_pixels = page.locator("canvas").screenshot()
+            page.check("#year-2047")
+            page.evaluate("ocrMap.settle()")
+            after = page.evaluate("map.getPaintProperty('centroids', 'circle-color')")
+            tracts = page.evaluate("map.getPaintProperty('tracts-fill', 'fill-color')")
+            assert "rps_2011" in json.dumps(before) and "rps_2047" in json.dumps(after)
+            assert "mean_rps_2047" in json.dumps(tracts)
+            assert page.evaluate("ocrMap.year()") == "2047"
+            assert page.locator("#legend-year").inner_text() == "2047"
+            assert page.locator("canvas").screenshot() != before_pixels  # colours changed
+            page.check("#year-2011")
+            page.evaluate("ocrMap.settle()")
+
+            # a click opens a popup with the unit's GEOID, values and histogram
+            _view(page, point.x, point.y, 9.5)
+            text = _click(page, point.x, point.y)
+            assert "GEOID" in text and target["GEOID"][:11] in text, text
+            assert page.locator(".maplibregl-popup svg.histogram rect").count() == 11
+            # on a building: its own values, then its tract
+            _view(page, point.x, point.y, 15.5)
+            text = _click(page, point.x, point.y)
+            assert "Building" in text and f"{target['rps_2011']:.3f}" in text, text
+            assert target["GEOID"][:11] in text
+
+            # the picture for the README: the whole sample with a tract's popup open
+            page.evaluate("document.querySelectorAll('.maplibregl-popup').forEach(p => p.remove())")
+            _view(page, *centre, 11.4)
+            _click(page, point.x, point.y)
+            page.evaluate("ocrMap.settle()")
+            page.screenshot(path=ARTIFACTS / "map-page.png")
+        finally:
+            browser.close()
+    figures["browser_seconds"] = round(time.perf_counter() - started, 1)
+    (ARTIFACTS / "map-page.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+    assert not outside, f"the page reached outside the server: {outside}"
+    assert not errors, f"errors in the browser console: {errors}"
