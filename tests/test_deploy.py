@@ -160,6 +160,7 @@ def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, samp
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 region(s) failed" in run.stdout and "y1_x2" in run.stdout
+    assert "2/2 done 1  failed 1  remaining 0" in run.stdout  # the progress bar's last state
     assert Path(storage.layout.region_buildings("y1_x1")).exists()
     assert not Path(storage.layout.region_buildings("y1_x2")).exists()
     blocker.rmdir()
