@@ -187,7 +187,10 @@ def run_partitions(
             running[process.sentinel] = (partition, process, receive)
         for sentinel in wait(list(running)):
             partition, process, receive = running.pop(sentinel)
-            outcome = receive.recv() if receive.poll() else None
+            try:
+                outcome = receive.recv()
+            except EOFError:  # the process died before sending its outcome
+                outcome = None
             process.join()
             if outcome is None:
                 error = mark_dead_runs_failed(job_name, partition, process.exitcode)

@@ -1,0 +1,161 @@
+"""Fault injection: processes killed (SIGKILL) in the middle of a write, and writes that
+fail (disk full, permission denied). Readers must see the previous complete output or none,
+Dagster must record the failure, and the next deploy must redo exactly what did not finish.
+
+The kills come from ``tests/faults/sitecustomize.py``, which every Python process started
+with it on PYTHONPATH loads: the deploy, its run processes and Dagster's step processes.
+"""
+
+import errno
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import numpy as np
+import pytest
+import xarray as xr
+
+from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.storage import OcrStorage
+from tests.test_deploy import _local_env, ocr
+
+FAULTS = str(Path(__file__).parent / "faults")
+
+
+def _with_fault(fault: str) -> dict[str, str]:
+    return {"PYTHONPATH": FAULTS, "OCR_TEST_FAULT": fault}
+
+
+def _instance(tmp_path: Path, environment: str = "local") -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(tmp_path / "dagster-homes" / environment))
+
+
+def _runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    return list(reversed(instance.get_runs(dg.RunsFilter(job_name=job_name))))
+
+
+def _visible_files(folder: Path) -> dict[str, str]:
+    """What a reader listing the folder sees: non-hidden files and their sha256."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def _region_window(storage: OcrStorage, region_id: str) -> dict[str, np.ndarray]:
+    store = xr.open_zarr(storage.layout.raster_store, consolidated=False)
+    region = storage.region_grid().region(region_id)
+    return {n: store[n].values[region.lat_slice, region.lon_slice] for n in RISK_VARIABLES}
+
+
+@pytest.mark.parametrize("fault", ["raster_write", "parquet_write"])
+def test_region_killed_mid_write_leaves_no_partial_output_and_is_redone(
+    tmp_path, sample_root, fault
+):
+    env, root = _local_env(tmp_path, sample_root)
+    storage = OcrStorage(root=str(root), environment="local")
+    args = ("deploy", "--region-id", "y1_x1", "--regions-only")
+    killed = ocr(*args, env_file=env, extra=_with_fault(fault))
+    assert killed.returncode == 1, killed.stdout + killed.stderr
+    assert "y1_x1" in killed.stdout and "exited with code -9" in killed.stdout
+    # nothing partial is visible: no region file, and each variable's window is either
+    # complete or absent (every shard object is replaced atomically)
+    assert not Path(storage.layout.region_buildings("y1_x1")).exists()
+    assert "y1_x1" not in storage.list_region_buildings()
+    if Path(storage.layout.raster_store).exists():
+        for name, window in _region_window(storage, "y1_x1").items():
+            assert np.isnan(window).all() or np.isfinite(window).any(), name
+    # Dagster records the run as failed (its process died; nobody else would)
+    [run] = _runs(_instance(tmp_path), "region_job")
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    # the next deploy redoes exactly that region, and its outputs equal a clean run's
+    rerun = ocr(*args, env_file=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "remaining: 1" in rerun.stdout
+    table = gpd.read_parquet(storage.layout.region_buildings("y1_x1"))
+    (tmp_path / "clean").mkdir()
+    clean_env, clean_root = _local_env(tmp_path / "clean", sample_root)
+    assert ocr(*args, env_file=clean_env).returncode == 0
+    clean = OcrStorage(root=str(clean_root), environment="local")
+    assert table.equals(gpd.read_parquet(clean.layout.region_buildings("y1_x1")))
+    for name, window in _region_window(storage, "y1_x1").items():
+        np.testing.assert_array_equal(window, _region_window(clean, "y1_x1")[name])
+
+
+def test_pmtiles_build_killed_keeps_the_previous_archive_and_resumes_only_that_step(
+    tmp_path, sample_root
+):
+    env, root = _local_env(tmp_path, sample_root, DAGSTER_EXECUTOR="multiprocess")
+    storage = OcrStorage(root=str(root), environment="local")
+    first = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    outputs = Path(root) / "output"
+    before = _visible_files(outputs)
+    assert storage.layout.pmtiles("buildings").split("/output/")[1] in before
+
+    killed = ocr(
+        "deploy",
+        "--region-id",
+        "y1_x1-x2",
+        "--allow-all-processed",
+        env_file=env,
+        extra=_with_fault("pmtiles_build"),
+    )
+    assert killed.returncode == 1, killed.stdout + killed.stderr
+    assert "building_pmtiles" in killed.stdout
+    # the archive readers see is the previous complete one; so is every other output that
+    # the killed run had not rewritten with identical content
+    after = _visible_files(outputs)
+    pmtiles = storage.layout.pmtiles("buildings").split("/output/")[1]
+    assert after[pmtiles] == before[pmtiles]
+    assert set(after) == set(before)
+    instance = _instance(tmp_path)
+    failed_run = _runs(instance, "aggregate_and_tile_core")[-1]
+    assert failed_run.status == dg.DagsterRunStatus.FAILURE
+    failed_steps = {
+        e.step_key
+        for e in instance.all_logs(failed_run.run_id)
+        if e.dagster_event and e.dagster_event.is_step_failure
+    }
+    assert failed_steps == {"building_pmtiles"}
+
+    resumed = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming the failed aggregate_and_tile_core run {failed_run.run_id}" in resumed.stdout
+    resume_run = _runs(instance, "aggregate_and_tile_core")[-1]
+    assert resume_run.status == dg.DagsterRunStatus.SUCCESS
+    executed = {
+        e.step_key
+        for e in instance.all_logs(resume_run.run_id)
+        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_START
+    }
+    assert executed == {"building_pmtiles"}
+    assert _visible_files(outputs)[pmtiles] == before[pmtiles]  # same features, same archive
+
+
+def _fail_after_partial_write(kind: int):
+    """A writer that puts half its bytes down, then fails as a full disk or a denied
+    permission would."""
+
+    def write(frame, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError(kind, f"{errno.errorcode[kind]} (injected)", str(path))
+
+    return write
+
+
+@pytest.mark.parametrize("kind", [errno.ENOSPC, errno.EACCES, errno.EDQUOT])
+def test_failed_write_leaves_the_previous_output_intact(env_root, monkeypatch, kind):
+    storage = OcrStorage(root=env_root)
+    path = storage.layout.region_buildings("y1_x1")
+    previous = gpd.GeoDataFrame({"a": [1, 2]}, geometry=gpd.points_from_xy([0, 1], [0, 1]))
+    storage.write_geoparquet(previous, path)
+    good = Path(path).read_bytes()
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_parquet", _fail_after_partial_write(kind))
+    with pytest.raises(OSError) as raised:
+        storage.write_geoparquet(previous.iloc[:1], path)
+    assert raised.value.errno == kind
+    assert Path(path).read_bytes() == good
+    assert [p.name for p in Path(path).parent.iterdir()] == ["y1_x1.parquet"]  # no temp left
