@@ -186,7 +186,7 @@ def bench_region(count: int) -> dict:
             with meter.stage(f"sample_buildings_{n}"):
                 table, _ = region_buildings_table(grid, region, rasters, buildings)
             with meter.stage(f"write_buildings_{n}"):
-                storage.write_geoparquet(table, storage.layout.region_buildings(f"r{n}"))
+                storage.write_geoparquet(table, storage.layout.region_buildings(region.region_id))
             walls.append(round(time.perf_counter() - start, 2))
             field_stages.append(timer.rounded())
             del inputs, fields, rasters
@@ -265,9 +265,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"cpus: {len(os.sched_getaffinity(0))}  numpy {np.__version__}", flush=True)
-    runs = (
-        [("1/4", "check")] if args.quick else [("1/4",), ("1/2",), ("full", "check"), ("region",)]
-    )
+    runs = [("1/4", "check")]
+    if not args.quick:
+        runs = [("1/4",), ("1/2",), ("full", "check"), ("region", "2"), ("tiles", "200000")]
     for run in runs:
         result = _in_subprocess(*run)
         print(json.dumps(result, indent=None), flush=True)
