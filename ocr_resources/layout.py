@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ocr_assets.science.regions import validate_region_id
+from ocr_resources.settings import SEMVER
 
 YEARS = (2011, 2047)
 CENSUS_LEVELS: tuple[str, ...] = ("nation", "states", "counties", "tracts", "blocks")
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 
 _INPUT = "input/fire-risk"
+# An environment name becomes a path segment: a plain lowercase word, never "..", "/" or "".
+ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,18 @@ class StorageLayout:
     root: str
     environment: str
     version: str | None = None
+
+    def __post_init__(self) -> None:
+        """Names and versions are checked here, before any of them can become a path."""
+        if not ENVIRONMENT_NAME.fullmatch(self.environment):
+            raise ValueError(
+                f"environment {self.environment!r} is not a plain name; expected lowercase "
+                "letters, digits, '-' or '_', e.g. 'qa'"
+            )
+        if self.version is not None and not (
+            SEMVER.fullmatch(self.version) and not self.version.startswith("v")
+        ):
+            raise ValueError(f"version {self.version!r} is not a semantic version like '1.2.3'")
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])

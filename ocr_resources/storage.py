@@ -50,6 +50,12 @@ class InputDataError(ValueError):
     """An input dataset that is missing or not in the documented format (DESIGN §3)."""
 
 
+def _normalised(path: str) -> str:
+    """``path`` with "..", "." and doubled "/" resolved (after the URL scheme, if any)."""
+    scheme, sep, rest = path.rpartition("://")
+    return f"{scheme}{sep}{posixpath.normpath(rest or '/')}"
+
+
 class OcrStorage(ConfigurableResource):
     """Storage root, environment and version; resolves paths and owns every read and write."""
 
@@ -113,10 +119,13 @@ class OcrStorage(ConfigurableResource):
         """Delete exactly this environment's output prefixes; returns those that existed."""
         if self.environment == "production":
             raise PermissionError("wipe is refused for production: versions are kept for rollback")
-        root = self.root.rstrip("/") + "/"
+        root = _normalised(self.root).rstrip("/") + "/"
         deleted = []
         for prefix in self.layout.environment_prefixes():
-            if not prefix.startswith(root) or not prefix.endswith(f"/{self.environment}"):
+            # compared normalised, so "..", "." or doubled "/" in a crafted root cannot widen
+            # the scope: a prefix must be exactly what it says, under the root, for this env
+            exact = _normalised(prefix) == prefix and prefix.startswith(root)
+            if not exact or not prefix.endswith(f"/{self.environment}"):
                 raise PermissionError(f"refusing to wipe {prefix}: not this environment's prefix")
             if self.fs.exists(prefix):
                 self.fs.rm(prefix, recursive=True)

@@ -86,6 +86,19 @@ def ocr(*args: str, env_file: Path, extra: dict | None = None, timeout: int = 60
     )
 
 
+def _files_containing(folder: Path, needles: list[str]) -> dict[str, list[str]]:
+    """Every file under ``folder`` (SQLite run and event storage, compute logs, outputs,
+    parquet and Zarr metadata) that contains one of ``needles``, with the needles found."""
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            hits = [n for n in needles if n.encode() in data]
+            if hits:
+                found[str(path.relative_to(folder))] = hits
+    return found
+
+
 def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     tmp_path, sample_root, s3_endpoint
 ):
@@ -116,7 +129,13 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
         assert fs.exists(lay.pmtiles(name))
     assert fs.exists(f"{lay.raster_store}/zarr.json")
     assert not fs.exists(lock_path(storage))  # released
+    # the credentials in use reach neither the output, the instance nor any object
     assert "testing-secret-key" not in first.stdout + first.stderr
+    assert _files_containing(tmp_path, [FAKE_AWS["AWS_SECRET_ACCESS_KEY"]]) == {}
+    # a separate client: find() fills s3fs's listing cache, which later checks must not see
+    reader = fsspec.filesystem("s3", endpoint_url=s3_endpoint, skip_instance_cache=True)
+    secret = FAKE_AWS["AWS_SECRET_ACCESS_KEY"].encode()
+    assert not [k for k in reader.find(BUCKET) if secret in reader.cat(k)]
 
     second = ocr("deploy", *regions, env_file=env)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -24,7 +24,7 @@ class RegionIdError(ValueError):
 
 def validate_region_id(region_id: str) -> tuple[int, int]:
     """(iy, ix) of a well-formed id; raises before the id can reach a path."""
-    match = REGION_ID_PATTERN.match(region_id) if isinstance(region_id, str) else None
+    match = REGION_ID_PATTERN.fullmatch(region_id) if isinstance(region_id, str) else None
     if match is None:
         raise RegionIdError(
             f"region id {region_id!r} is malformed; expected 'y<row>_x<column>', e.g. 'y2_x3'"
