@@ -28,8 +28,10 @@ from ocr_resources.tasks import region_field
 
 PHASE01_GROUP = "phase01_regions"
 RETRY_DELAY_SECONDS = 5
-# Peak working memory of one BP field per window pixel (8 spread fields, float64 sums, …).
-BYTES_PER_WINDOW_PIXEL = 120
+# Peak memory of one BP field task per window pixel: its wind distribution (32 B, plus as
+# much again while it is read and transposed), BP and the spreader's buffers (~23 B measured
+# by bench/ at full size).
+BYTES_PER_WINDOW_PIXEL = 96
 
 
 class RegionProcessingError(RuntimeError):
