@@ -133,10 +133,11 @@ def _failures(events) -> list[str]:
     return found
 
 
-def _execute_into(conn: Connection, job_name: str, partition: str) -> None:
-    """Child process body: one partition's run, its outcome sent back through ``conn``."""
-    conn.send(execute(job_name, partition))
-    conn.close()
+def _serve_runs(conn: Connection, job_name: str) -> None:
+    """Worker process body: run the partitions it is sent, one at a time, sending back each
+    outcome; imports are paid once per worker, not once per partition."""
+    while (partition := conn.recv()) is not None:
+        conn.send(execute(job_name, partition))
 
 
 def mark_dead_runs_failed(job_name: str, partition: str, exitcode: int | None) -> str:
@@ -158,14 +159,22 @@ def mark_dead_runs_failed(job_name: str, partition: str, exitcode: int | None) -
     return message
 
 
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    partition: str | None = None
+
+
 def run_partitions(
     job_name: str,
     partitions: list[str],
     max_parallel: int,
     on_done: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
-    """Run each partition as its own Dagster run in its own process, at most
-    ``max_parallel`` at a time. A process that dies fails only its own partition."""
+    """Run each partition as its own Dagster run, at most ``max_parallel`` at a time, in
+    worker processes. A worker that dies (killed, out of memory) fails only the partition it
+    was running, which is recorded failed; a fresh worker takes its place."""
     import dagster as dg
 
     # create the instance's storage once, before workers race to create its tables
@@ -173,29 +182,48 @@ def run_partitions(
         pass
     context = multiprocessing.get_context("spawn")
     waiting = list(reversed(partitions))
-    running: dict[Any, tuple[str, Any, Connection]] = {}
+    workers: list[_Worker] = []
     outcomes: list[RunOutcome] = []
-    while waiting or running:
-        while waiting and len(running) < max(1, max_parallel):
-            partition = waiting.pop()
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_execute_into, args=(send, job_name, partition), daemon=False
-            )
-            process.start()
-            send.close()
-            running[process.sentinel] = (partition, process, receive)
-        for sentinel in wait(list(running)):
-            partition, process, receive = running.pop(sentinel)
-            try:
-                outcome = receive.recv()
-            except EOFError:  # the process died before sending its outcome
-                outcome = None
-            process.join()
-            if outcome is None:
-                error = mark_dead_runs_failed(job_name, partition, process.exitcode)
-                outcome = RunOutcome(partition, False, "", error)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
+
+    def start_worker() -> _Worker:
+        conn, child = context.Pipe()
+        process = context.Process(target=_serve_runs, args=(child, job_name))
+        process.start()
+        child.close()
+        return _Worker(process, conn)
+
+    def finish(worker: _Worker, outcome: RunOutcome) -> None:
+        worker.partition = None
+        outcomes.append(outcome)
+        if on_done:
+            on_done(outcome)
+
+    try:
+        while waiting or any(w.partition for w in workers):
+            while waiting and len(workers) < max(1, max_parallel):
+                workers.append(start_worker())
+            for worker in workers:
+                if worker.partition is None and waiting:
+                    worker.partition = waiting.pop()
+                    worker.conn.send(worker.partition)
+            busy = [w for w in workers if w.partition]
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                if worker.conn in ready and worker.conn.poll():
+                    try:
+                        finish(worker, worker.conn.recv())
+                        continue
+                    except EOFError:
+                        pass
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    worker.process.join()
+                    partition = worker.partition
+                    error = mark_dead_runs_failed(job_name, partition, worker.process.exitcode)
+                    finish(worker, RunOutcome(partition, False, "", error))
+                    workers.remove(worker)
+    finally:
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.conn.send(None)
+                worker.process.join()
     return sorted(outcomes, key=lambda o: partitions.index(o.partition))

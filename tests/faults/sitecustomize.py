@@ -3,8 +3,9 @@
 step processes) kills itself with SIGKILL in the middle of one kind of write, as a crash,
 an OOM kill or a lost VM would. Nothing here is imported when the variable is unset.
 
-- ``raster_write``: the third shard object of the raster store, half written
-- ``parquet_write``: a region's GeoParquet file, half written
+- ``raster_write``: the third shard object of region ``OCR_TEST_FAULT_REGION`` (default
+  y1_x1) in the raster store, half written
+- ``parquet_write``: that region's GeoParquet file, half written
 - ``pmtiles_build``: the buildings PMTiles archive, half written by "tippecanoe"
 """
 
@@ -12,6 +13,9 @@ import os
 import signal
 
 FAULT = os.environ.get("OCR_TEST_FAULT", "")
+# the region whose writes die (its raster shards are "c/<iy>/<ix>": one shard per region)
+REGION = os.environ.get("OCR_TEST_FAULT_REGION", "y1_x1")
+SHARD = "/c/" + REGION[1:].replace("_x", "/")
 
 
 def _die() -> None:
@@ -25,7 +29,7 @@ def _raster_write() -> None:
     written = [0]
 
     def put(path, value, exclusive=False):
-        if "risk.zarr" in str(path) and "/c/" in str(path):
+        if "risk.zarr" in str(path) and str(path).endswith(SHARD):
             written[0] += 1
             if written[0] == 3:
                 data = bytes(value.as_buffer_like())
@@ -46,7 +50,7 @@ def _parquet_write() -> None:
 
     def to_parquet(self, path, *args, **kwargs):
         original(self, path, *args, **kwargs)
-        if "geoparquet-regions" in str(path):
+        if "geoparquet-regions" in str(path) and str(path).endswith(f"{REGION}.parquet"):
             size = os.path.getsize(path)
             with open(path, "r+b") as f:
                 f.truncate(size // 2)
