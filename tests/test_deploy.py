@@ -162,21 +162,19 @@ def _local_env(tmp_path, sample_root, name="local", **values):
     ), root
 
 
-def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, sample_root):
+def deploy_with_blocked_region(tmp_path, sample_root, retries: int, extra: dict | None = None):
+    """Deploy regions y1_x1 and y1_x2 (regions only) where every write of y1_x2's rps_2011
+    shard fails: a directory stands where it must go. Returns (run, env, storage, blocker)."""
     env, root = _local_env(tmp_path, sample_root)
     storage = OcrStorage(root=str(root), environment="local")
-    # a directory where region y1_x2's rps_2011 shard must go: every write attempt fails
     blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
     blocker.mkdir(parents=True)
-    run = ocr(
-        "deploy",
-        "--region-id",
-        "y1_x1-x2",
-        "--process-retries",
-        "1",
-        "--regions-only",
-        env_file=env,
-    )
+    args = ("--region-id", "y1_x1-x2", "--process-retries", str(retries), "--regions-only")
+    return ocr("deploy", *args, env_file=env, extra=extra), env, storage, blocker
+
+
+def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, sample_root):
+    run, env, storage, blocker = deploy_with_blocked_region(tmp_path, sample_root, retries=1)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 region(s) failed" in run.stdout and "y1_x2" in run.stdout
     assert "2/2 done 1  failed 1  remaining 0" in run.stdout  # the progress bar's last state

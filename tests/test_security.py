@@ -2,8 +2,6 @@
 text; ids, versions and environment names are checked before they become paths; a wipe
 cannot leave its environment's prefix."""
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,7 +10,7 @@ from ocr_assets.science import statistics
 from ocr_assets.science.regions import RegionIdError
 from ocr_resources.layout import StorageLayout
 from ocr_resources.storage import OcrStorage
-from tests.test_deploy import _files_containing, _local_env, ocr
+from tests.test_deploy import _files_containing, deploy_with_blocked_region
 
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIASECRETCANARY0001",
@@ -27,20 +25,7 @@ def test_secrets_never_reach_logs_metadata_or_errors(tmp_path, sample_root):
     """A deploy with secrets in its environment, one region succeeding and one failing with
     an exception: no secret in the output, the run and event storage, the compute logs or
     the outputs. The failing region's id is found there (the search does read them)."""
-    env, root = _local_env(tmp_path, sample_root)
-    storage = OcrStorage(root=str(root), environment="local")
-    blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
-    blocker.mkdir(parents=True)
-    run = ocr(
-        "deploy",
-        "--region-id",
-        "y1_x1-x2",
-        "--process-retries",
-        "0",
-        "--regions-only",
-        env_file=env,
-        extra=SECRETS,
-    )
+    run, *_ = deploy_with_blocked_region(tmp_path, sample_root, retries=0, extra=SECRETS)
     assert run.returncode == 1, run.stdout + run.stderr
     for value in SECRETS.values():
         assert value not in run.stdout + run.stderr
