@@ -23,7 +23,7 @@ from ocr_assets.science.sampling import out_of_range, region_buildings_table
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.previews import png_markdown, raster_preview
-from ocr_resources.storage import OcrStorage
+from ocr_resources.storage import InputDataError, OcrStorage
 from ocr_resources.tasks import region_field
 
 PHASE01_GROUP = "phase01_regions"
@@ -32,6 +32,11 @@ RETRY_DELAY_SECONDS = 5
 # much again while it is read and transposed), BP and the spreader's buffers (~23 B measured
 # by bench/ at full size).
 BYTES_PER_WINDOW_PIXEL = 96
+# The inputs a region reads (its assets' upstreams): checked before it computes anything.
+REGION_INPUTS = tuple(
+    spec.key.to_user_string()
+    for spec in (burn_probability, conditional_risk, wind_direction_distribution, buildings)
+)
 
 
 class RegionProcessingError(RuntimeError):
@@ -91,6 +96,7 @@ def build_region_assets(
         timer = StageTimer()
         start = time.perf_counter()
         try:
+            storage.check_inputs(REGION_INPUTS)
             grid = storage.region_grid()
             region = grid.region(region_id)
             lat_w, lon_w = grid.window(region)
@@ -121,13 +127,15 @@ def build_region_assets(
             )
             if problems:
                 raise ValueError(f"values out of their documented range: {problems}")
+            # read (and so check) the buildings before the first write: a bad buildings
+            # input must not leave a new raster window beside an old buildings file
+            with _logged_stage(context, timer, region_id, "read_buildings"):
+                region_buildings = storage.read_buildings(region)
             with _logged_stage(context, timer, region_id, "write_raster"):
                 storage.ensure_raster_store(grid, storage.crs_wkt_4326())
                 storage.write_region_window(region, rasters)
             with _logged_stage(context, timer, region_id, "sample_buildings"):
-                table, dropped = region_buildings_table(
-                    grid, region, rasters, storage.read_buildings(region)
-                )
+                table, dropped = region_buildings_table(grid, region, rasters, region_buildings)
             with _logged_stage(context, timer, region_id, "write_buildings"):
                 path = storage.layout.region_buildings(region_id)
                 size = storage.write_geoparquet(table, path)
@@ -137,6 +145,11 @@ def build_region_assets(
                     f"{region_id} rps_2011",
                     latitude=(region.lat0 + region.lat1) / 2,
                 )
+        except InputDataError as exc:
+            # a broken input stays broken: fail now instead of retrying with backoff
+            raise dg.Failure(
+                description=f"region {region_id} failed: {exc}", allow_retries=False
+            ) from exc
         except Exception as exc:
             raise RegionProcessingError(
                 f"region {region_id} failed on attempt {context.retry_number + 1}: {exc}"
@@ -172,7 +185,12 @@ def build_region_assets(
                 "buildings_written": len(table),
                 "buildings_dropped_missing_values": dropped,
                 "bytes": size,
-                "seconds": round(seconds["sample_buildings"] + seconds["write_buildings"], 3),
+                "seconds": round(
+                    seconds["read_buildings"]
+                    + seconds["sample_buildings"]
+                    + seconds["write_buildings"],
+                    3,
+                ),
             },
         )
 

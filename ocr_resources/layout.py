@@ -13,8 +13,35 @@ CENSUS_LEVELS: tuple[str, ...] = ("nation", "states", "counties", "tracts", "blo
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 
 _INPUT = "input/fire-risk"
+# Census GEOID length per level (DESIGN §3); the nation row's GEOID is "US"
+GEOID_LENGTHS: dict[str, int] = {
+    "nation": 2,
+    "states": 2,
+    "counties": 5,
+    "tracts": 11,
+    "blocks": 15,
+}
+LATLON = ("latitude", "longitude")
 # An environment name becomes a path segment: a plain lowercase word, never "..", "/" or "".
 ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What DESIGN §3 says one input dataset is, so readers can refuse anything else by name
+    before a step computes or writes."""
+
+    asset: str  # the input's asset key (DESIGN §2), used to name it in errors
+    path: str
+    crs: str
+    variables: tuple[str, ...] = ()  # Zarr: data variables, each with ``dims``
+    dims: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()  # GeoParquet: columns besides the geometry
+    geoid_length: int | None = None
+
+    @property
+    def is_raster(self) -> bool:
+        return bool(self.variables)
 
 
 @dataclass(frozen=True)
@@ -66,15 +93,54 @@ class StorageLayout:
             raise ValueError(f"census level {level!r} is not one of {CENSUS_LEVELS}")
         return self._join(_INPUT, f"vector/census/{level}.parquet")
 
-    def input_paths(self) -> list[str]:
+    def input_specs(self) -> list[InputSpec]:
+        """Every input with its documented format (DESIGN §3)."""
+        wind_dims = (*LATLON, "wind_direction")
         return [
-            *(self.bp_270m(y) for y in YEARS),
-            *(self.bp_30m(y) for y in YEARS),
-            self.crps_rps,
-            self.wind,
-            self.buildings,
-            *(self.census(lv) for lv in CENSUS_LEVELS),
+            *(
+                InputSpec("burn_probability", self.bp_270m(y), "EPSG:5070", ("BP",), ("y", "x"))
+                for y in YEARS
+            ),
+            *(
+                InputSpec("burn_probability", self.bp_30m(y), "EPSG:4326", ("BP",), LATLON)
+                for y in YEARS
+            ),
+            InputSpec("conditional_risk", self.crps_rps, "EPSG:4326", ("CRPS", "RPS"), LATLON),
+            InputSpec(
+                "wind_direction_distribution",
+                self.wind,
+                "EPSG:4326",
+                ("wind_direction_distribution",),
+                wind_dims,
+            ),
+            InputSpec(
+                "buildings",
+                self.buildings,
+                "EPSG:4326",
+                columns=("GEOID", "state", "county"),
+                geoid_length=15,
+            ),
+            *(
+                InputSpec(
+                    "census_boundaries",
+                    self.census(lv),
+                    "EPSG:4326",
+                    columns=("GEOID", "NAME", *(("STUSPS",) if lv == "states" else ())),
+                    geoid_length=GEOID_LENGTHS[lv],
+                )
+                for lv in CENSUS_LEVELS
+            ),
         ]
+
+    def input_spec(self, path: str) -> InputSpec:
+        """The spec of the input at ``path`` (one of :meth:`input_specs`)."""
+        for spec in self.input_specs():
+            if spec.path == path:
+                return spec
+        raise ValueError(f"{path} is not an input path of DESIGN §3")
+
+    def input_paths(self) -> list[str]:
+        return [spec.path for spec in self.input_specs()]
 
     # outputs (environment-scoped) ----------------------------------------------------
     @property

@@ -6,20 +6,26 @@ import json
 import os
 import posixpath
 import re
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import dask.array
 import fsspec
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 from dagster import ConfigurableResource
 from fsspec.implementations.local import LocalFileSystem
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 from ocr_assets.science.fire_model import YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
@@ -30,7 +36,7 @@ from ocr_assets.science.regions import (
     valid_region_ids_from_mask,
 )
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.layout import StorageLayout
+from ocr_resources.layout import InputSpec, StorageLayout
 
 # Region windows are written as whole shards (one object per region and variable), so two
 # regions never write the same object and each object appears atomically.
@@ -47,7 +53,31 @@ REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
 
 
 class InputDataError(ValueError):
-    """An input dataset that is missing or not in the documented format (DESIGN §3)."""
+    """An input dataset that is missing or not in the documented format (DESIGN §3).
+
+    The message names the input (asset key and path) and says what was expected and what was
+    found. Retrying cannot fix it, so steps fail at once rather than retry.
+    """
+
+    def __init__(self, asset: str, path: str, problem: str) -> None:
+        super().__init__(asset, path, problem)  # all in args, so it pickles across workers
+        self.asset, self.path, self.problem = asset, path, problem
+
+    def __str__(self) -> str:
+        return f"input {self.asset!r} at {self.path}: {self.problem}"
+
+
+class StorageRootError(RuntimeError):
+    """The storage root is missing or not writable (checked when a deploy starts, never when
+    settings are built, so configuration stays free of I/O)."""
+
+
+def _names(names: Collection[Any]) -> str:
+    return ", ".join(repr(str(n)) for n in names) or "none"
+
+
+def _crs_name(crs: CRS) -> str:
+    return crs.to_string() if crs.to_epsg() else crs.name
 
 
 def _normalised(path: str) -> str:
@@ -199,36 +229,181 @@ class OcrStorage(ConfigurableResource):
                 storage_options=self.storage_options or None,
             )
 
+    # root --------------------------------------------------------------------------------
+    def check_root(self) -> None:
+        """The root exists and can be written: a local folder gets a probe file (created and
+        removed); an S3 root needs its bucket (the deploy's lock is its first write)."""
+        if self.is_s3:
+            bucket = self.root.removeprefix("s3://").split("/", 1)[0]
+            if not self.fs.exists(bucket):
+                raise StorageRootError(
+                    f"storage root {self.root} does not exist: expected an existing bucket "
+                    f"{bucket!r} (fix OCR_STORAGE_ROOT or create the bucket)"
+                )
+            return
+        if not os.path.exists(self.root):
+            raise StorageRootError(
+                f"storage root {self.root} does not exist: expected an existing folder "
+                "(create it, or fix OCR_STORAGE_ROOT)"
+            )
+        if not os.path.isdir(self.root):
+            raise StorageRootError(f"storage root {self.root} is not a folder: expected a folder")
+        try:
+            tempfile.TemporaryFile(dir=self.root, prefix=".ocr-write-check-").close()
+        except OSError as exc:
+            raise StorageRootError(
+                f"storage root {self.root} is not writable ({exc.strerror}): expected a folder "
+                "this user can create files in"
+            ) from exc
+
     # inputs ------------------------------------------------------------------------------
-    def open_input(self, path: str, variables: tuple[str, ...]) -> xr.Dataset:
-        """A Zarr input opened lazily (chunked as stored) with its variables checked."""
-        if not self.exists(path):
+    def check_inputs(self, assets: Collection[str] | None = None) -> None:
+        """Every input (or those of the given asset keys) against its documented format.
+
+        Metadata only (Zarr metadata and coordinates, Parquet footers), so it is cheap enough
+        to run before a deploy or a region starts; values are checked where they are read.
+        """
+        for spec in self.layout.input_specs():
+            if assets is None or spec.asset in assets:
+                if spec.is_raster:
+                    self.open_input(spec.path)
+                else:
+                    self._geoparquet_schema(spec)
+
+    def _require_exists(self, spec: InputSpec, kind: str) -> None:
+        if not self.exists(spec.path):
             raise InputDataError(
-                f"input dataset {path} does not exist; run `ocr sample-data` "
-                "or ingest the real data to that path"
+                spec.asset,
+                spec.path,
+                f"does not exist; expected {kind} (write the sample with `ocr sample-data` "
+                "or ingest the real data to this path)",
             )
-        ds = xr.open_zarr(
-            path,
-            consolidated=False,
-            chunks={},
-            decode_coords="all",
-            storage_options=self.storage_options or None,
-        )
-        missing = [v for v in variables if v not in ds.data_vars]
-        if missing:
+
+    def open_input(self, path: str, variables: tuple[str, ...] = ()) -> xr.Dataset:
+        """A Zarr input opened lazily (chunked as stored) and checked against its spec
+        (variables, dims, dtype, CRS), so a broken input fails here, by name, before any step
+        computes or writes."""
+        spec = self.layout.input_spec(path)
+        self._require_exists(spec, "a Zarr store")
+        try:
+            ds = xr.open_zarr(
+                path,
+                consolidated=False,
+                chunks={},
+                decode_coords="all",
+                storage_options=self.storage_options or None,
+            )
+        except (ValueError, KeyError, TypeError) as exc:  # not Zarr, or unreadable metadata
             raise InputDataError(
-                f"input dataset {path} lacks variable(s) {missing}; found {list(ds.data_vars)}"
-            )
+                spec.asset, path, f"expected a Zarr store, got one that cannot be opened ({exc})"
+            ) from exc
+        self._check_raster(spec, ds, variables)
         return ds
+
+    @staticmethod
+    def _check_raster(spec: InputSpec, ds: xr.Dataset, requested: tuple[str, ...]) -> None:
+        """Variables, their dims and dtype, the CRS and the wind labels of one Zarr input."""
+
+        def refuse(problem: str) -> NoReturn:
+            raise InputDataError(spec.asset, spec.path, problem)
+
+        wanted = tuple(dict.fromkeys((*spec.variables, *requested)))
+        missing = [v for v in wanted if v not in ds.data_vars]
+        if missing:
+            refuse(
+                f"expected data variable(s) {_names(missing)}, got {_names(sorted(ds.data_vars))}"
+            )
+        for name in wanted:
+            da = ds[name]
+            if da.dims != spec.dims:
+                refuse(
+                    f"expected variable {name!r} with dims ({', '.join(spec.dims)}), "
+                    f"got ({', '.join(map(str, da.dims))})"
+                )
+            if not np.issubdtype(da.dtype, np.floating):
+                refuse(
+                    f"expected variable {name!r} as floating point (NaN = missing), got {da.dtype}"
+                )
+        ref = ds.variables.get("spatial_ref")
+        wkt = ref.attrs.get("crs_wkt") if ref is not None else None
+        if not wkt:
+            refuse(
+                f"expected CRS {spec.crs} in the crs_wkt of a 'spatial_ref' coordinate, got none"
+            )
+        try:
+            crs = CRS.from_wkt(wkt)
+        except CRSError:
+            refuse(f"expected CRS {spec.crs}, got a crs_wkt that is not a CRS: {wkt[:80]!r}")
+        if not crs.equals(CRS.from_user_input(spec.crs), ignore_axis_order=True):
+            refuse(f"expected CRS {spec.crs}, got {_crs_name(crs)}")
+        if "wind_direction" in spec.dims:
+            labels = [str(v) for v in ds["wind_direction"].values]
+            if labels != list(DIRECTIONS):
+                refuse(f"expected wind_direction labels {_names(DIRECTIONS)}, got {_names(labels)}")
+
+    def _geoparquet_schema(self, spec: InputSpec) -> pa.Schema:
+        """The Parquet schema of a vector input, checked: GeoParquet metadata, CRS, columns."""
+
+        def refuse(problem: str) -> NoReturn:
+            raise InputDataError(spec.asset, spec.path, problem)
+
+        self._require_exists(spec, "a GeoParquet file")
+        try:
+            with self.fs.open(spec.path, "rb") as f:
+                schema = pq.read_schema(f)
+        except pa.ArrowInvalid as exc:
+            refuse(f"expected a Parquet file, got one that cannot be read ({exc})")
+        raw = (schema.metadata or {}).get(b"geo")
+        if not raw:
+            refuse(
+                "expected GeoParquet ('geo' metadata naming the geometry column), "
+                "got a Parquet file without it"
+            )
+        try:
+            geo = json.loads(raw)
+            column = geo["columns"][geo["primary_column"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            refuse(
+                f"expected GeoParquet 'geo' metadata, got metadata that cannot be read ({exc!r})"
+            )
+        # GeoParquet: no "crs" key means OGC:CRS84 (lon/lat WGS 84); null means unknown
+        crs_json = column.get("crs", "OGC:CRS84")
+        if crs_json is None:
+            refuse(f"expected CRS {spec.crs}, got an undefined CRS (crs: null)")
+        crs = CRS.from_user_input(crs_json)
+        if not crs.equals(CRS.from_user_input(spec.crs), ignore_axis_order=True):
+            refuse(f"expected CRS {spec.crs}, got {_crs_name(crs)}")
+        missing = [c for c in spec.columns if c not in schema.names]
+        if missing:
+            refuse(f"expected column(s) {_names(missing)}, got {_names(schema.names)}")
+        geoid = schema.field("GEOID").type
+        if not (pa.types.is_string(geoid) or pa.types.is_large_string(geoid)):
+            refuse(f"expected column 'GEOID' as text, got {geoid}")
+        return schema
+
+    def _read_geoparquet(self, spec: InputSpec, **kwargs: Any) -> gpd.GeoDataFrame:
+        """A checked vector input, read; GEOIDs of the documented length only."""
+        self._geoparquet_schema(spec)
+        try:
+            gdf = gpd.read_parquet(spec.path, filesystem=self.fs, **kwargs)
+        except pa.ArrowInvalid as exc:
+            raise InputDataError(
+                spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
+            ) from exc
+        lengths = gdf["GEOID"].astype("string").str.len().fillna(-1)
+        wrong = gdf["GEOID"][lengths != spec.geoid_length]
+        if len(wrong):
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected {spec.geoid_length}-character GEOIDs, got {len(wrong)} of another "
+                f"length, e.g. {_names(pd.unique(wrong)[:3])}",
+            )
+        return gdf
 
     def region_grid(self) -> RegionGrid:
         """The region grid of the conditional-risk input: its coordinates and chunk shape."""
         crps = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
-        if crps.dims != ("latitude", "longitude"):
-            raise InputDataError(
-                f"CRPS in {self.layout.crps_rps} has dims {crps.dims}; "
-                "expected (latitude, longitude)"
-            )
         chunks = crps.encoding.get("shards") or crps.encoding.get("chunks")
         return RegionGrid(
             crps["latitude"].values, crps["longitude"].values, int(chunks[0]), int(chunks[1])
@@ -264,7 +439,7 @@ class OcrStorage(ConfigurableResource):
             rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
             bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
-            wind=self._read_wind(grid, window) if fields else empty,
+            wind=self._read_wind(grid, region, window) if fields else empty,
             crps=empty,
             rps_scott=empty,
         )
@@ -278,44 +453,41 @@ class OcrStorage(ConfigurableResource):
                 inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
         return inputs
 
-    def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> np.ndarray:
-        """The window's wind distribution as (8, H, W) in DIRECTIONS order."""
-        wind_da = self.open_input(self.layout.wind, ("wind_direction_distribution",))[
-            "wind_direction_distribution"
-        ]
-        labels = [str(v) for v in wind_da["wind_direction"].values]
-        if labels != list(DIRECTIONS):
-            raise InputDataError(
-                f"wind_direction labels in {self.layout.wind} are {labels}; "
-                f"expected {list(DIRECTIONS)}"
-            )
-        self._check_same_grid(grid, wind_da, self.layout.wind)
+    def _read_wind(self, grid: RegionGrid, region: Region, window: dict[str, slice]) -> np.ndarray:
+        """The window's wind distribution as (8, H, W) in DIRECTIONS order; a negative
+        fraction is refused here, naming the input, before the model uses it."""
+        path = self.layout.wind
+        wind_da = self.open_input(path)["wind_direction_distribution"]
+        self._check_same_grid(grid, wind_da, path)
         ordered = wind_da.isel(window).transpose("wind_direction", "latitude", "longitude")
-        return np.asarray(ordered.values)
+        values = np.asarray(ordered.values)
+        if np.fmin.reduce(values, axis=None) < 0:  # NaN-skipping minimum, no temporary array
+            raise InputDataError(
+                "wind_direction_distribution",
+                path,
+                f"expected fractions of hours >= 0, got {np.count_nonzero(values < 0)} "
+                f"negative value(s) in the window of region {region.region_id}",
+            )
+        return values
 
-    @staticmethod
-    def _check_same_grid(grid: RegionGrid, da: xr.DataArray, path: str) -> None:
+    def _check_same_grid(self, grid: RegionGrid, da: xr.DataArray, path: str) -> None:
         if not (
             np.array_equal(da["latitude"].values, grid.latitude)
             and np.array_equal(da["longitude"].values, grid.longitude)
         ):
             raise InputDataError(
-                f"{path} is not on the conditional-risk grid; all 30 m inputs must share "
-                "bit-identical latitude/longitude coordinates"
+                self.layout.input_spec(path).asset,
+                path,
+                "expected the conditional-risk grid (bit-identical latitude/longitude "
+                "coordinates, as all 30 m inputs share), got other coordinates",
             )
 
     def read_buildings(self, region: Region) -> gpd.GeoDataFrame:
         """Buildings whose bounding box meets the region (GeoParquet covering-bbox filter)."""
-        path = self.layout.buildings
-        if not self.exists(path):
-            raise InputDataError(f"input dataset {path} does not exist")
-        gdf = gpd.read_parquet(
-            path, bbox=(region.lon0, region.lat0, region.lon1, region.lat1), filesystem=self.fs
+        spec = self.layout.input_spec(self.layout.buildings)
+        return self._read_geoparquet(
+            spec, bbox=(region.lon0, region.lat0, region.lon1, region.lat1)
         )
-        missing = {"GEOID", "state", "county"} - set(gdf.columns)
-        if missing:
-            raise InputDataError(f"buildings in {path} lack column(s) {sorted(missing)}")
-        return gdf
 
     # raster store ------------------------------------------------------------------------
     def ensure_raster_store(self, grid: RegionGrid, crs_wkt: str) -> None:
@@ -433,10 +605,7 @@ class OcrStorage(ConfigurableResource):
         self.write_bytes(path, text.encode())
 
     def read_census(self, level: str) -> gpd.GeoDataFrame:
-        path = self.layout.census(level)
-        if not self.exists(path):
-            raise InputDataError(f"input dataset {path} does not exist")
-        return gpd.read_parquet(path, filesystem=self.fs)
+        return self._read_geoparquet(self.layout.input_spec(self.layout.census(level)))
 
     def write_datatree(self, tree: xr.DataTree, path: str) -> None:
         with self.atomic_path(path) as tmp:
