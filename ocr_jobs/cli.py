@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="Open Climate Risk on Dagster.", no_args_is_help=True, add_completion=False)
 regions_app = typer.Typer(help="Region grid and selection.", no_args_is_help=True)
@@ -21,22 +22,32 @@ EnvFile = Annotated[
 
 
 def _settings(env_file: Path | None):
-    """The environment's settings; a bad env file or variable is a clear error, exit 2."""
+    """The environment's settings; a bad env file or variable is a clear error naming the
+    file and the variable, exit 2."""
     from pydantic import ValidationError
 
-    from ocr_resources.settings import load_settings
+    from ocr_resources.settings import load_settings, resolve_env_file
 
     try:
-        return load_settings(env_file)
-    except (ValidationError, FileNotFoundError) as exc:
-        errors = exc.errors() if isinstance(exc, ValidationError) else None
-        text = (
-            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errors)
-            if errors
-            else str(exc)
-        )
-        console.print(f"[red]error in the environment's settings:[/] {text}")
+        path = resolve_env_file(env_file)
+        return load_settings(path)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error in the environment's settings:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
+    except ValidationError as exc:
+        text = "; ".join(_setting_error(e) for e in exc.errors())
+        console.print(f"[red]error in the environment's settings[/] ({path}): {escape(text)}")
+        raise typer.Exit(2) from exc
+
+
+def _setting_error(error: Any) -> str:
+    """One validation error as ``OCR_<NAME>='value': why``, the way a user sets it."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    value = error.get("input")
+    shown = f"={value!r}" if isinstance(value, str | int) and error["type"] != "missing" else ""
+    return f"OCR_{str(error['loc'][0]).upper()}{shown}: {message}"
 
 
 def _storage(settings):
@@ -140,8 +151,19 @@ def deploy(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ocr_assets.science.regions import RegionIdError
-    from ocr_jobs.deploy import DeployError, DeployOptions, check_options, run_deploy, select
+    from ocr_jobs.deploy import (
+        DeployError,
+        DeployOptions,
+        check_options,
+        check_storage,
+        run_deploy,
+        select,
+    )
     from ocr_jobs.runner import use_environment
+    from ocr_resources.publishing import ToolMissingError
+    from ocr_resources.storage import InputDataError, StorageRootError
+
+    refusals = (DeployError, InputDataError, StorageRootError, ToolMissingError)
 
     settings = _settings(env_file)
     options = DeployOptions(
@@ -161,7 +183,7 @@ def deploy(
         selection = select(settings, options)
         selection.raise_for_invalid()
     except (DeployError, RegionIdError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     storage = _storage(settings)
     target = f"{settings.environment}" + (f" v{settings.version}" if settings.version else "")
@@ -182,6 +204,11 @@ def deploy(
         ]
         console.print(f"  optional assets: {', '.join(optional) or 'none'}")
         return
+    try:
+        check_storage(settings, options, storage)  # before the instance, lock or any write
+    except refusals as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     if process_retries is not None:
         os.environ["OCR_PROCESS_RETRIES"] = str(process_retries)
     home = use_environment(settings)
@@ -216,8 +243,8 @@ def deploy(
 
     try:
         result = run_deploy(settings, options, storage, console.print, on_region, start)
-    except (DeployError, PermissionError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (*refusals, PermissionError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     finally:
         progress.stop()

@@ -75,6 +75,19 @@ def check_options(settings: OcrSettings, options: DeployOptions) -> None:
         )
 
 
+def check_storage(settings: OcrSettings, options: DeployOptions, storage: OcrStorage) -> None:
+    """Refusals that need I/O, made before the lock, a wipe or any run (and not by --dry-run,
+    which stays offline): the root exists and is writable, the inputs the deploy reads match
+    DESIGN §3, and tippecanoe is installed when tiles are built on this machine."""
+    from ocr_assets.regions import REGION_INPUTS
+    from ocr_resources.publishing import tippecanoe_binary
+
+    storage.check_root()
+    storage.check_inputs(REGION_INPUTS if options.regions_only else None)
+    if not options.regions_only and settings.compute_backend == "local":
+        tippecanoe_binary()
+
+
 def select(settings: OcrSettings, options: DeployOptions) -> RegionSelection:
     specs = ["all"] if options.all_region_ids else options.region_ids
     return select_regions(specs, load_valid_region_ids(settings.region_catalog))
@@ -237,6 +250,7 @@ def run_deploy(
 
     selection = select(settings, options)
     selection.raise_for_invalid()
+    check_storage(settings, options, storage)
     lock = DeploymentLock(
         storage, settings.lock_stale_seconds, f"ocr deploy ({settings.environment})"
     )

@@ -157,7 +157,8 @@ class RegionSelection:
         if self.invalid:
             raise RegionIdError(
                 f"{len(self.invalid)} region id(s) have no data in this input catalog: "
-                f"{', '.join(self.invalid)}"
+                f"{', '.join(self.invalid)}; expected ids of regions with data "
+                "(`ocr regions select all` lists them)"
             )
 
 
