@@ -21,16 +21,16 @@ EnvFile = Annotated[
 ]
 
 
-def _settings(env_file: Path | None):
-    """The environment's settings; a bad env file or variable is a clear error naming the
-    file and the variable, exit 2."""
+def _settings(env_file: Path | None, **overrides: Any):
+    """The environment's settings (``overrides`` win over the file and the environment); a
+    bad env file or variable is a clear error naming the file and the variable, exit 2."""
     from pydantic import ValidationError
 
     from ocr_resources.settings import load_settings, resolve_env_file
 
     try:
         path = resolve_env_file(env_file)
-        return load_settings(path)
+        return load_settings(path, **overrides)
     except FileNotFoundError as exc:
         console.print(f"[red]error in the environment's settings:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
@@ -292,8 +292,7 @@ def rollback(
     """Point production's "current" at an earlier version's outputs, without recomputing."""
     from ocr_jobs.deploy import DeployError, publish_pointer
 
-    os.environ["OCR_VERSION"] = to  # the version to publish; validated as a semantic version
-    settings = _settings(env_file)
+    settings = _settings(env_file, version=to)  # validated as a semantic version
     if settings.environment != "production":
         console.print(f"[red]error:[/] rollback is for production, not {settings.environment!r}")
         raise typer.Exit(2)

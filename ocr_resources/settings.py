@@ -84,11 +84,11 @@ def resolve_env_file(env_file: str | Path | None = None) -> Path:
     return chosen.resolve()
 
 
-def load_settings(env_file: str | Path | None = None) -> OcrSettings:
-    """Settings from the env file (process environment wins); a relative local storage root
-    is taken relative to the env file's folder."""
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSettings:
+    """Settings from the env file (process environment wins, ``overrides`` win over both);
+    a relative local storage root is taken relative to the env file's folder."""
     path = resolve_env_file(env_file)
-    settings = OcrSettings(_env_file=path, env_file=str(path))
+    settings = OcrSettings(_env_file=path, env_file=str(path), **overrides)
     root = settings.storage_root
     if "://" not in root and not Path(root).is_absolute():
         root = str((path.parent / root).resolve())
