@@ -48,8 +48,10 @@ $(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
 
 web: $(WEB_VENDOR)/.installed
 
-# The map of the local environment's outputs (after `make run`) on http://127.0.0.1:8765/
+# The map of the local environment's outputs on http://127.0.0.1:8765/ (runs `make run` first
+# when there are no tiles yet)
 serve: setup web
+	$(BIN)/ocr serve --env-file envs/local.env --check >/dev/null || $(MAKE) run
 	$(BIN)/ocr serve --env-file envs/local.env --open
 
 test: lint validate tools/node_modules web

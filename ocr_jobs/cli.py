@@ -311,6 +311,9 @@ def serve(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the page in the default browser.")
     ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the page and archives exist (exit 1).")
+    ] = False,
 ) -> None:
     """The map page of the environment's PMTiles on http://127.0.0.1 (Ctrl-C stops it)."""
     import webbrowser
@@ -320,6 +323,9 @@ def serve(
     settings = _settings(env_file)
     try:
         site = map_site(_storage(settings))
+        if check:
+            console.print(f"ready: {', '.join(site.archives)} of {settings.environment}")
+            return
         server = MapServer(site, port, log=lambda line: console.print(f"[dim]{line}[/]"))
     except ServeError as exc:
         console.print(f"[red]error:[/] {exc}")

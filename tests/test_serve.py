@@ -293,3 +293,21 @@ def test_ocr_serve_command_serves_the_environment(tmp_path, storage):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_ocr_serve_check_says_whether_the_map_can_be_served(tmp_path, storage):
+    """`make serve` runs `make run` first exactly when this check fails."""
+    from typer.testing import CliRunner
+
+    from ocr_jobs.cli import app
+
+    if serve.missing_vendor_files():
+        pytest.skip("the map page's libraries are not installed (make web)")
+    ready, empty = tmp_path / "ready.env", tmp_path / "empty.env"
+    ready.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={storage.root}\n")
+    empty.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={tmp_path / 'nothing'}\n")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["serve", "--env-file", str(ready), "--check"])
+    assert ok.exit_code == 0 and "ready: buildings, building_centroids, regions" in ok.output
+    missing = runner.invoke(app, ["serve", "--env-file", str(empty), "--check"])
+    assert missing.exit_code == 1 and "make run" in missing.output
