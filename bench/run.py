@@ -27,9 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import xarray as xr
 from pyproj import CRS
 
-from bench.synthetic import FULL_REGION, synthetic_region, window_field
+from bench.synthetic import (
+    FULL_REGION,
+    open_wind_store,
+    synthetic_region,
+    window_coordinates,
+    window_field,
+    write_wind_store,
+)
 from ocr_assets.science.fire_model import YEARS, assemble_region_rasters, field_bp, wind_adjusted_bp
 from ocr_assets.science.kernels import direction_kernels, pixel_size_m
 from ocr_assets.science.reference import reference_field
@@ -107,7 +115,9 @@ def crops(shape: tuple[int, int]) -> dict[str, tuple[slice, slice]]:
     }
 
 
-def check_crops(inputs: dict, ours: np.ndarray, kernels: dict) -> dict[str, float]:
+def check_crops(
+    bp30: np.ndarray, wind: xr.DataArray, latitude: np.ndarray, ours: np.ndarray, kernels: dict
+) -> dict[str, float]:
     """Max relative error per crop, the reference run on the crop plus its margin (cut off at
     the field's own edges, where reflect-101 must then agree)."""
     h, w = ours.shape
@@ -116,9 +126,9 @@ def check_crops(inputs: dict, ours: np.ndarray, kernels: dict) -> dict[str, floa
         r0, r1 = max(0, rows.start - MARGIN), min(h, rows.stop + MARGIN)
         c0, c1 = max(0, cols.start - MARGIN), min(w, cols.stop + MARGIN)
         ref = reference_field(
-            inputs["bp30"][r0:r1, c0:c1],
-            inputs["wind"][:, r0:r1, c0:c1],
-            inputs["latitude"][r0:r1],
+            bp30[r0:r1, c0:c1],
+            np.moveaxis(wind[r0:r1, c0:c1].values, -1, 0),
+            latitude[r0:r1],
             kernels,
         )
         inner = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
@@ -126,37 +136,43 @@ def check_crops(inputs: dict, ours: np.ndarray, kernels: dict) -> dict[str, floa
     return errors
 
 
-def bench_field(size: str, check: bool) -> dict:
-    """The per-field function (steps 5–9) on a synthetic window of ``size``."""
+def prepare_field(size: str, directory: str) -> dict:
+    """Write the synthetic window's inputs to ``directory`` (in a process of its own, so that
+    generating them does not count in the measured process's peak): BP as ``.npy``, the wind
+    as a chunked Zarr store like the real input."""
+    inputs = window_field(SIZES[size])
+    np.save(Path(directory) / "bp30.npy", inputs["bp30"])
+    write_wind_store(inputs["wind"], Path(directory) / "wind.zarr")
+    return {"prepared": size}
+
+
+def bench_field(size: str, directory: str, check: bool) -> dict:
+    """The per-field function (steps 5–9) on a synthetic window of ``size``, reading the wind
+    from its store as the region task does."""
     meter = Meter()
     with meter.stage("inputs"):
-        inputs = window_field(SIZES[size])
+        bp30 = np.load(Path(directory) / "bp30.npy")
+        wind = open_wind_store(Path(directory) / "wind.zarr")
+        latitude, longitude = window_coordinates(SIZES[size])
     timer = StageTimer()
-    wind_adjusted_bp(
-        inputs["bp30"][:300, :300],
-        inputs["wind"][:, :300, :300],
-        inputs["latitude"][:300],
-        inputs["longitude"][:300],
-    )  # compile
+    wind_adjusted_bp(bp30[:300, :300], wind[:300, :300], latitude[:300], longitude[:300])  # jit
     with meter.stage("field"):
-        out = wind_adjusted_bp(
-            inputs["bp30"], inputs["wind"], inputs["latitude"], inputs["longitude"], timer
-        )
+        out = wind_adjusted_bp(bp30, wind, latitude, longitude, timer)
     result = {
         "size": size,
         "window": list(SIZES[size]),
         "pixels": int(np.prod(SIZES[size])),
+        "non_burnable_share": round(float(np.mean(bp30 == 0)), 3),
         "stages": meter.stages,
         "field_stages_s": timer.rounded(),
-        "process_peak_rss_gib": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-        ),
-        "inputs_gib": round((inputs["bp30"].nbytes + inputs["wind"].nbytes) / GIB, 2),
+        "process_peak_rss_gib": peak_rss_gib(),
+        "inputs_gib": round(bp30.nbytes / GIB, 2),
+        "wind_stored_gib": round(wind.size * wind.dtype.itemsize / GIB, 2),
     }
     if check:
-        kernels = direction_kernels(*pixel_size_m(inputs["latitude"], inputs["longitude"]))
+        kernels = direction_kernels(*pixel_size_m(latitude, longitude))
         with meter.stage("reference_check"):
-            result["max_relative_error"] = check_crops(inputs, out, kernels)
+            result["max_relative_error"] = check_crops(bp30, wind, latitude, out, kernels)
     return result
 
 
@@ -171,7 +187,8 @@ def bench_region(count: int) -> dict:
         storage = OcrStorage(root=root, environment="bench")
         for n in range(count):
             with meter.stage(f"inputs_{n}"):
-                grid, region, inputs, buildings = synthetic_region(FULL_REGION, seed=n)
+                wind_path = Path(root) / f"wind_{n}.zarr"
+                grid, region, inputs, buildings = synthetic_region(wind_path, FULL_REGION, seed=n)
             if n == 0:
                 field_bp(inputs, YEARS[0], StageTimer())  # compile once, outside the timing
             timer = StageTimer()
@@ -206,12 +223,16 @@ def bench_region(count: int) -> dict:
 def bench_tiles(n_buildings: int) -> dict:
     """Each building tile step (read GeoParquet, write FlatGeobuf, tippecanoe, move into
     place) against tippecanoe alone on the same FlatGeobuf with the same options."""
-    *_, buildings = synthetic_region((1200, 900), n_buildings=n_buildings)
-    rng = np.random.default_rng(1)
-    values = {v: rng.random(len(buildings)).astype(np.float32) for v in RISK_VARIABLES}
-    table = buildings.assign(**values)[[*RISK_VARIABLES, "GEOID", "state", "county", "geometry"]]
-    out: dict = {"buildings": len(table)}
+    out: dict = {}
     with tempfile.TemporaryDirectory() as root:
+        *_, buildings = synthetic_region(
+            Path(root) / "wind.zarr", (1200, 900), n_buildings=n_buildings
+        )
+        rng = np.random.default_rng(1)
+        values = {v: rng.random(len(buildings)).astype(np.float32) for v in RISK_VARIABLES}
+        columns = [*RISK_VARIABLES, "GEOID", "state", "county", "geometry"]
+        table = buildings.assign(**values)[columns]
+        out["buildings"] = len(table)
         storage = OcrStorage(root=root, environment="bench")
         storage.write_geoparquet(table, storage.layout.consolidated_buildings)
         for spec in (t for t in TILESETS if t.upstream == "buildings_geoparquet"):
@@ -260,17 +281,24 @@ def main() -> None:
             result = bench_region(int(args.one[1]))
         elif what == "tiles":
             result = bench_tiles(int(args.one[1]))
+        elif what == "prepare":
+            result = prepare_field(args.one[1], args.one[2])
         else:
-            result = bench_field(what, "check" in args.one)
+            result = bench_field(what, args.one[1], "check" in args.one)
         print(json.dumps(result))
         return
     print(f"cpus: {len(os.sched_getaffinity(0))}  numpy {np.__version__}", flush=True)
-    runs = [("1/4", "check")]
+    fields = [("1/4", "check")]
+    runs: list[tuple[str, ...]] = []
     if not args.quick:
-        runs = [("1/4",), ("1/2",), ("full", "check"), ("region", "2"), ("tiles", "200000")]
+        fields = [("1/4",), ("1/2",), ("full", "check")]
+        runs = [("region", "2"), ("tiles", "200000")]
+    for size, *check in fields:
+        with tempfile.TemporaryDirectory() as directory:
+            _in_subprocess("prepare", size, directory)
+            print(json.dumps(_in_subprocess(size, directory, *check)), flush=True)
     for run in runs:
-        result = _in_subprocess(*run)
-        print(json.dumps(result, indent=None), flush=True)
+        print(json.dumps(_in_subprocess(*run)), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ wind distribution, near 38°N.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.array
 import geopandas as gpd
 import numpy as np
@@ -17,7 +19,7 @@ import shapely
 import xarray as xr
 from pyproj import CRS, Transformer
 
-from ocr_assets.science.fire_model import YEARS, RegionInputs
+from ocr_assets.science.fire_model import WIND_DIMS, YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid
 from ocr_assets.science.reproject import window_edges
@@ -26,6 +28,8 @@ ARC_SECOND = 1 / 3600
 FULL_REGION = (6000, 4500)
 BP_RESOLUTION_M = 270.0
 BP_STORE_CHUNK = 512
+WIND_STORE_CHUNK = 1000  # × 1000 × 8 float32: 32 MB chunks, a common size for cloud stores
+WIND_VARIABLE = "wind_direction_distribution"
 SOUTH, WEST = 35.5, -121.0  # the centre region of a full-size grid spans 37.2–38.8°N
 
 
@@ -67,11 +71,32 @@ def wind_distribution(rng: np.random.Generator, shape: tuple[int, int]) -> np.nd
     return wind
 
 
+def write_wind_store(wind: np.ndarray, path: str | Path) -> None:
+    """An ``(8, H, W)`` distribution written as the wind input is stored (DESIGN §3: directions
+    last), in chunks of ``WIND_STORE_CHUNK`` pixels square."""
+    chunks = (WIND_STORE_CHUNK, WIND_STORE_CHUNK, len(DIRECTIONS))
+    da = xr.DataArray(np.moveaxis(wind, 0, -1), dims=WIND_DIMS, name=WIND_VARIABLE)
+    da.to_dataset().to_zarr(
+        path, mode="w", consolidated=False, encoding={WIND_VARIABLE: {"chunks": chunks}}
+    )
+
+
+def open_wind_store(path: str | Path) -> xr.DataArray:
+    """The stored distribution, lazily (as ``OcrStorage.read_region_inputs`` returns it)."""
+    return xr.open_zarr(path, chunks={}, consolidated=False)[WIND_VARIABLE]
+
+
+def window_coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre latitudes and longitudes of a synthetic window of ``shape``."""
+    latitude = SOUTH + (np.arange(shape[0]) + 0.5) * ARC_SECOND
+    longitude = WEST + (np.arange(shape[1]) + 0.5) * ARC_SECOND
+    return latitude, longitude
+
+
 def window_field(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the per-field function on a window of ``shape``: bp30, wind, lat, lon."""
     rng = np.random.default_rng(seed)
-    latitude = SOUTH + (np.arange(shape[0]) + 0.5) * ARC_SECOND
-    longitude = WEST + (np.arange(shape[1]) + 0.5) * ARC_SECOND
+    latitude, longitude = window_coordinates(shape)
     return {
         "bp30": burn_probability(rng, shape, 1),
         "wind": wind_distribution(rng, shape),
@@ -104,10 +129,14 @@ def _bp_270m(rng: np.random.Generator, latitude: np.ndarray, longitude: np.ndarr
 
 
 def synthetic_region(
-    region_shape: tuple[int, int] = FULL_REGION, n_buildings: int = 200_000, seed: int = 0
+    wind_path: str | Path,
+    region_shape: tuple[int, int] = FULL_REGION,
+    n_buildings: int = 200_000,
+    seed: int = 0,
 ) -> tuple[RegionGrid, Region, RegionInputs, gpd.GeoDataFrame]:
     """The centre region of a 3 × 3 grid of ``region_shape`` regions, with its window's
-    inputs (as ``OcrStorage.read_region_inputs`` returns them) and buildings."""
+    inputs (as ``OcrStorage.read_region_inputs`` returns them: the wind written to
+    ``wind_path`` and opened lazily) and buildings."""
     rng = np.random.default_rng(seed)
     grid = RegionGrid(
         latitude=SOUTH + (np.arange(3 * region_shape[0]) + 0.5) * ARC_SECOND,
@@ -126,12 +155,17 @@ def synthetic_region(
         rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
         cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
         bp_270m=_bp_270m(rng, latitude, longitude),
-        wind=wind_distribution(rng, window),
+        wind=_stored(wind_distribution(rng, window), wind_path),
         crps=crps,
         rps_scott=(crps * 0.02 * smooth_noise(rng, region_shape, 100)).astype(np.float32),
         bp_riley={y: burn_probability(rng, region_shape, 9) for y in YEARS},
     )
     return grid, region, inputs, _buildings(rng, region, n_buildings)
+
+
+def _stored(wind: np.ndarray, path: str | Path) -> xr.DataArray:
+    write_wind_store(wind, path)
+    return open_wind_store(path)
 
 
 def _buildings(rng: np.random.Generator, region: Region, n: int) -> gpd.GeoDataFrame:

@@ -28,10 +28,11 @@ from ocr_resources.tasks import region_field
 
 PHASE01_GROUP = "phase01_regions"
 RETRY_DELAY_SECONDS = 5
-# Peak memory of one BP field task per window pixel: its wind distribution (32 B, plus as
-# much again while it is read and transposed), BP and the spreader's buffers (~23 B measured
-# by bench/ at full size).
-BYTES_PER_WINDOW_PIXEL = 96
+# Peak memory of one BP field task per window pixel. bench/ measures 1.78 GB for a full-size
+# window (39.5 M pixels, interpreter included) with 30 % non-burnable pixels; the wind kept
+# for the composite (44 B per non-burnable pixel) grows with that share, to ~3 GB when every
+# pixel is non-burnable, which is what a task asks for.
+BYTES_PER_WINDOW_PIXEL = 80
 # The inputs a region reads (its assets' upstreams): checked before it computes anything.
 REGION_INPUTS = tuple(
     spec.key.to_user_string()

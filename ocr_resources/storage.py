@@ -27,7 +27,8 @@ from fsspec.implementations.local import LocalFileSystem
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from ocr_assets.science.fire_model import YEARS, RegionInputs
+from ocr_assets.science.composite import NegativeWindWeights
+from ocr_assets.science.fire_model import WIND_DIMS, YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import (
     Region,
@@ -433,13 +434,14 @@ class OcrStorage(ConfigurableResource):
         window = {"latitude": lat_w, "longitude": lon_w}
         inner = {"latitude": region.lat_slice, "longitude": region.lon_slice}
         empty = np.empty((0, 0), np.float32)
+        no_wind = xr.DataArray(np.empty((0, 0, 8), np.float32), dims=WIND_DIMS)
         inputs = RegionInputs(
             latitude=grid.latitude[lat_w],
             longitude=grid.longitude[lon_w],
             rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
             bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
-            wind=self._read_wind(grid, region, window) if fields else empty,
+            wind=self._read_wind(grid, region, window) if fields else no_wind,
             crps=empty,
             rps_scott=empty,
         )
@@ -453,22 +455,24 @@ class OcrStorage(ConfigurableResource):
                 inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
         return inputs
 
-    def _read_wind(self, grid: RegionGrid, region: Region, window: dict[str, slice]) -> np.ndarray:
-        """The window's wind distribution as (8, H, W) in DIRECTIONS order; a negative
-        fraction is refused here, naming the input, before the model uses it."""
+    def _read_wind(
+        self, grid: RegionGrid, region: Region, window: dict[str, slice]
+    ) -> xr.DataArray:
+        """The window's wind distribution in its stored layout, lazily: the fire model reads it
+        a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
         path = self.layout.wind
         wind_da = self.open_input(path)["wind_direction_distribution"]
         self._check_same_grid(grid, wind_da, path)
-        ordered = wind_da.isel(window).transpose("wind_direction", "latitude", "longitude")
-        values = np.asarray(ordered.values)
-        if np.fmin.reduce(values, axis=None) < 0:  # NaN-skipping minimum, no temporary array
-            raise InputDataError(
-                "wind_direction_distribution",
-                path,
-                f"expected fractions of hours >= 0, got {np.count_nonzero(values < 0)} "
-                f"negative value(s) in the window of region {region.region_id}",
-            )
-        return values
+        return wind_da.isel(window).transpose(*WIND_DIMS)
+
+    def negative_wind_error(self, region_id: str, exc: NegativeWindWeights) -> InputDataError:
+        """A negative fraction found while the model read the wind, as an input error."""
+        return InputDataError(
+            "wind_direction_distribution",
+            self.layout.wind,
+            f"expected fractions of hours >= 0, got {exc.count} negative value(s) "
+            f"in the window of region {region_id}",
+        )
 
     def _check_same_grid(self, grid: RegionGrid, da: xr.DataArray, path: str) -> None:
         if not (

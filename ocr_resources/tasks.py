@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ocr_assets.science.composite import NegativeWindWeights
 from ocr_assets.science.fire_model import field_bp
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.storage import OcrStorage
@@ -22,7 +23,10 @@ def region_field(spec: dict, region_id: str, year: int) -> tuple[np.ndarray, dic
         inputs = storage.read_region_inputs(
             grid, grid.region(region_id), fields=(year,), reference=False
         )
-    return field_bp(inputs, year, timer), timer.seconds
+    try:
+        return field_bp(inputs, year, timer), timer.seconds
+    except NegativeWindWeights as exc:  # found while the model reads the wind
+        raise storage.negative_wind_error(region_id, exc) from None
 
 
 def with_storage(spec: dict, fn: Callable[..., Any], *args: Any) -> Any:

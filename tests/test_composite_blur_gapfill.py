@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur, gaussian_weights
-from ocr_assets.science.composite import WindComposite, combine, composite
+from ocr_assets.science.composite import (
+    NegativeWindWeights,
+    WindComposite,
+    WindWeights,
+    combine,
+    composite,
+)
 from ocr_assets.science.gapfill import gap_fill
 
 
@@ -31,7 +37,48 @@ def test_composite_invalid_pixels_and_negative_weights():
     with pytest.raises(ValueError, match="negative weight"):
         composite(spread, dist)
     with pytest.raises(ValueError, match=r"shape \(8, H, W\)"):
-        WindComposite(np.ones((7, 2, 2)))
+        WindWeights.from_stack(np.ones((7, 2, 2)))
+
+
+def test_wind_gathered_in_blocks_keeps_only_the_chosen_pixels():
+    """Weights gathered row block by row block (the stored layout, directions last) on the
+    pixels ``where`` picks equal the full distribution indexed there and normalised, and the composite on
+    them equals the explicit sum on those pixels and NaN elsewhere."""
+    rng = np.random.default_rng(4)
+    dist = rng.random((8, 7, 5)).astype(np.float32)
+    spread = rng.random((8, 7, 5)).astype(np.float32)
+    where = rng.random((7, 5)) < 0.4
+    stored = np.moveaxis(dist, 0, -1)  # (H, W, 8)
+    blocks = [stored[0:3], stored[3:4], stored[4:7]]  # uneven, as chunk rows can be
+    wind = WindWeights.gather(blocks, where)
+    assert wind.shape == (7, 5) and wind.weights.shape == (8, where.sum())
+    np.testing.assert_array_equal(wind.pixels, np.flatnonzero(where))
+    kept = dist[:, where].astype(np.float64)
+    np.testing.assert_allclose(wind.weights, kept / kept.sum(axis=0), rtol=1e-7)
+    acc = WindComposite(wind)
+    for d in range(8):
+        acc.add(d, spread[d])
+    out = acc.result()
+    expected = (spread * dist).sum(axis=0) / dist.sum(axis=0)
+    np.testing.assert_allclose(out[where], expected[where], rtol=1e-6)
+    assert np.isnan(out[~where]).all()
+
+
+def test_wind_blocks_must_tile_the_field_and_be_non_negative():
+    where = np.ones((4, 3), bool)
+    stored = np.full((4, 3, 8), 0.125, np.float32)
+    with pytest.raises(ValueError, match=r"cover 3 of the field's 4 rows"):
+        WindWeights.gather([stored[:3]], where)
+    with pytest.raises(
+        ValueError, match=r"tile a \(4, 3\) field as \(rows, 3, 8\); got \(3, 3, 8\) at row 3"
+    ):
+        WindWeights.gather([stored[:3], stored[:3]], where)
+    with pytest.raises(ValueError, match=r"got \(4, 2, 8\) at row 0"):
+        WindWeights.gather([stored[:, :2]], where)
+    stored[1, 1, 2] = stored[3, 0, 7] = -0.1  # counted everywhere, also outside ``where``
+    with pytest.raises(NegativeWindWeights) as raised:
+        WindWeights.gather([stored[:2], stored[2:]], where & False)
+    assert raised.value.count == 2
 
 
 def test_composite_skips_nan_terms():

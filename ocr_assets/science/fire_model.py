@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import WindComposite, combine
+from ocr_assets.science.composite import WindComposite, WindWeights, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
+from ocr_assets.science.parallel import release_freed_memory
 from ocr_assets.science.reproject import gap_filled_lazy, reproject_nearest, subset_projected
 from ocr_assets.science.spreading import Spreader
 from ocr_assets.science.timing import StageTimer
 
 YEARS: tuple[int, ...] = (2011, 2047)
+WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
+WIND_BLOCK_ROWS = 512  # rows of an unchunked wind window read at a time
 
 
 @dataclass
@@ -29,15 +33,34 @@ class RegionInputs:
     rows: slice  # the region inside the window
     cols: slice
     bp_270m: dict[int, xr.DataArray]
-    wind: np.ndarray  # (8, H, W) in DIRECTIONS order, window
+    wind: xr.DataArray  # (latitude, longitude, wind_direction) window, lazy: see wind_weights
     crps: np.ndarray  # region
     rps_scott: np.ndarray  # region
     bp_riley: dict[int, np.ndarray] = field(default_factory=dict)  # region, 30 m reference
 
 
+def wind_weights(wind: np.ndarray | xr.DataArray, where: np.ndarray) -> WindWeights:
+    """The wind distribution on the pixels ``where`` says, from an in-memory ``(8, H, W)``
+    array or from the stored ``(latitude, longitude, wind_direction)`` window, which is read
+    one chunk row at a time (a fixed number of rows when not chunked): only the kept
+    pixels' weights and one block are ever in memory."""
+    if isinstance(wind, np.ndarray):
+        return WindWeights.from_stack(wind, where)
+    if wind.dims != WIND_DIMS:
+        raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
+    rows = len(wind)
+    edges = (
+        np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, WIND_BLOCK_ROWS), rows]
+    )
+    blocks = (np.asarray(wind[a:b].values) for a, b in itertools.pairwise(edges))
+    weights = WindWeights.gather(blocks, where)
+    release_freed_memory()  # the read's chunk buffers, before the spreading allocates
+    return weights
+
+
 def wind_adjusted_bp(
     bp30: np.ndarray,
-    wind: np.ndarray,
+    wind: np.ndarray | xr.DataArray,
     latitude: np.ndarray,
     longitude: np.ndarray,
     timer: StageTimer | None = None,
@@ -48,10 +71,11 @@ def wind_adjusted_bp(
     timer = timer or StageTimer()
     kernels = kernels or direction_kernels(*pixel_size_m(latitude, longitude))
     ksize = blur_kernel_size(float(latitude[1] - latitude[0]))
+    with timer.stage("read_wind"):
+        # the composite only matters where combine() takes it: the non-burnable pixels
+        wind_bp = WindComposite(wind_weights(wind, where=bp30 == 0))
     with Spreader(bp30) as spreader:
         with timer.stage("spread"):
-            # the composite only matters where combine() takes it: the non-burnable pixels
-            wind_bp = WindComposite(wind, where=bp30 == 0)
             for index, direction in enumerate(DIRECTIONS):
                 wind_bp.add(index, spreader.spread(kernels[direction]))
         # the spreader's buffers are free now: reuse them rather than fault in new pages
