@@ -28,7 +28,7 @@ from ocr_resources.tasks import region_field
 
 PHASE01_GROUP = "phase01_regions"
 RETRY_DELAY_SECONDS = 5
-# Peak memory of one BP field task per window pixel. bench/ measures 1.78 GB for a full-size
+# Peak memory of one BP field task per window pixel. bench/ measures 1.9 GB for a full-size
 # window (39.5 M pixels, interpreter included) with 30 % non-burnable pixels; the wind kept
 # for the composite (44 B per non-burnable pixel) grows with that share, to ~3 GB when every
 # pixel is non-burnable, which is what a task asks for.
