@@ -1,7 +1,7 @@
 """Benchmark of the hot path on full-size synthetic regions (issue: performance).
 
     .venv/bin/python -m bench.run            # per field at 1/4, 1/2, full + check; 2 regions;
-                                             # tile steps vs tippecanoe alone (~8 minutes)
+                                             # tile steps vs tippecanoe alone (~4 minutes)
     .venv/bin/python -m bench.run --quick    # 1/4 size only (a minute)
 
 Each measurement runs in a fresh process so its peak RSS is its own. Prints wall, CPU and
