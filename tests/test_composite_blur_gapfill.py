@@ -42,8 +42,8 @@ def test_composite_invalid_pixels_and_negative_weights():
 
 def test_wind_gathered_in_blocks_keeps_only_the_chosen_pixels():
     """Weights gathered row block by row block (the stored layout, directions last) on the
-    pixels ``where`` picks equal the full distribution indexed there and normalised, and the composite on
-    them equals the explicit sum on those pixels and NaN elsewhere."""
+    pixels ``where`` picks equal the full distribution there, normalised; the composite on
+    them equals the explicit sum on those pixels and is NaN elsewhere."""
     rng = np.random.default_rng(4)
     dist = rng.random((8, 7, 5)).astype(np.float32)
     spread = rng.random((8, 7, 5)).astype(np.float32)
