@@ -214,9 +214,7 @@ def bench_region(count: int) -> dict:
         "stages": meter.stages,
         "field_stages_s": field_stages,
         "region_wall_s": walls,
-        "process_peak_rss_gib": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-        ),
+        "process_peak_rss_gib": peak_rss_gib(),
     }
 
 

@@ -441,7 +441,7 @@ class OcrStorage(ConfigurableResource):
             rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
             bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
-            wind=self._read_wind(grid, region, window) if fields else no_wind,
+            wind=self._read_wind(grid, window) if fields else no_wind,
             crps=empty,
             rps_scott=empty,
         )
@@ -455,9 +455,7 @@ class OcrStorage(ConfigurableResource):
                 inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
         return inputs
 
-    def _read_wind(
-        self, grid: RegionGrid, region: Region, window: dict[str, slice]
-    ) -> xr.DataArray:
+    def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> xr.DataArray:
         """The window's wind distribution in its stored layout, lazily: the fire model reads it
         a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
         path = self.layout.wind

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 DIRECTION_COUNT = 8
-GATHER_ROWS = 256  # rows of an in-memory distribution gathered at a time
+GATHER_ROWS = 256  # rows of an in-memory (unchunked) distribution gathered at a time
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

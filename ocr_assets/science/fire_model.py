@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import WindComposite, WindWeights, combine
+from ocr_assets.science.composite import GATHER_ROWS, WindComposite, WindWeights, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
 from ocr_assets.science.parallel import release_freed_memory
 from ocr_assets.science.reproject import gap_filled_lazy, reproject_nearest, subset_projected
@@ -18,7 +18,6 @@ from ocr_assets.science.timing import StageTimer
 
 YEARS: tuple[int, ...] = (2011, 2047)
 WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
-WIND_BLOCK_ROWS = 512  # rows of an unchunked wind window read at a time
 
 
 @dataclass
@@ -49,9 +48,7 @@ def wind_weights(wind: np.ndarray | xr.DataArray, where: np.ndarray) -> WindWeig
     if wind.dims != WIND_DIMS:
         raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
     rows = len(wind)
-    edges = (
-        np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, WIND_BLOCK_ROWS), rows]
-    )
+    edges = np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, GATHER_ROWS), rows]
     blocks = (np.asarray(wind[a:b].values) for a, b in itertools.pairwise(edges))
     weights = WindWeights.gather(blocks, where)
     release_freed_memory()  # the read's chunk buffers, before the spreading allocates
