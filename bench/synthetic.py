@@ -21,7 +21,7 @@ from pyproj import CRS, Transformer
 
 from ocr_assets.science.fire_model import WIND_DIMS, YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import Region, RegionGrid
+from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid
 from ocr_assets.science.reproject import window_edges
 
 ARC_SECOND = 1 / 3600
@@ -154,6 +154,7 @@ def synthetic_region(
         longitude=longitude,
         rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
         cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
+        bounds=region.bounds(HALO_DEG),
         bp_270m=_bp_270m(rng, latitude, longitude),
         wind=_stored(wind_distribution(rng, window), wind_path),
         crps=crps,

@@ -72,6 +72,7 @@ def buildings_geoparquet(
             "partition_files": result["partition_files"],
             "seconds": round(time.perf_counter() - start, 3),
             **compute_metadata,
+            "model_variant": storage.model_variant,
         }
     )
 
@@ -140,6 +141,7 @@ def region_risk_summary_stats(
             "preview": dg.MetadataValue.md(png_markdown(preview, f"{level} mean RPS")),
             "seconds": round(time.perf_counter() - start, 3),
             **compute_metadata,
+            "model_variant": storage.model_variant,
         }
     )
 
@@ -189,6 +191,7 @@ def regional_analysis_files(
             "rows_per_level": rows,
             "seconds": round(time.perf_counter() - start, 3),
             **compute_metadata,
+            "model_variant": storage.model_variant,
         }
     )
 
@@ -230,6 +233,7 @@ def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute
             **result,
             "seconds": round(time.perf_counter() - start, 3),
             **compute_metadata,
+            "model_variant": storage.model_variant,
         }
     )
 

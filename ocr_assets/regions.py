@@ -177,6 +177,7 @@ def build_region_assets(
                 "seconds_per_stage": seconds,
                 "seconds_per_field_stage": per_field,
                 **compute_metadata,
+                "model_variant": storage.model_variant,
             },
         )
         yield dg.MaterializeResult(
@@ -186,6 +187,7 @@ def build_region_assets(
                 "buildings_written": len(table),
                 "buildings_dropped_missing_values": dropped,
                 "bytes": size,
+                "model_variant": storage.model_variant,
                 "seconds": round(
                     seconds["read_buildings"]
                     + seconds["sample_buildings"]

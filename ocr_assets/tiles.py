@@ -113,6 +113,7 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
                 "max_zoom": spec.zoom[1],
                 "seconds": round(time.perf_counter() - start, 3),
                 **compute_metadata,
+                "model_variant": storage.model_variant,
             }
         )
 

@@ -346,6 +346,80 @@ def serve(
         server.server_close()
 
 
+@app.command("compare-variants")
+def compare_variants(
+    specs: Annotated[
+        list[str] | None, typer.Argument(help="Region ids, ranges (y1_x2-x4) or 'all'.")
+    ] = None,
+    env_file: EnvFile = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
+    ] = None,
+) -> None:
+    """Compute the published and the corrected model on the same regions (in process,
+    nothing written) and report what the correction changes: pixels differing by more
+    than 1e-4 relative, the largest differences, buildings whose risk score changes."""
+    import json
+
+    from rich.table import Table
+
+    from ocr_assets.science.regions import RegionIdError, select_regions
+    from ocr_jobs.compare import compare_variants as run_comparison
+    from ocr_resources.region_catalog import load_valid_region_ids
+    from ocr_resources.storage import InputDataError
+
+    settings = _settings(env_file, model_variant="published")
+    try:
+        selection = select_regions(specs or ["all"], load_valid_region_ids(settings.region_catalog))
+        selection.raise_for_invalid()
+    except RegionIdError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    regions = selection.valid
+    with console.status(f"computing both variants on {len(regions)} region(s)") as status:
+        done: list[str] = []
+
+        def progress(region_id: str) -> None:
+            done.append(region_id)
+            status.update(f"computed {len(done)} of {len(regions)} region(s) ({region_id})")
+
+        try:
+            result = run_comparison(_storage(settings), regions, progress).as_dict()
+        except InputDataError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+    table = Table(
+        "variable",
+        "pixels",
+        "changed > 1e-4",
+        "share",
+        "NaN in one",
+        "max |Δ|",
+        "max rel Δ",
+        title=f"published vs corrected on {len(regions)} region(s)",
+    )
+    for name, d in result["variables"].items():
+        table.add_row(
+            name,
+            f"{d['pixels']:,}",
+            f"{d['changed']:,}",
+            f"{100 * d['changed_share']:.2f} %",
+            f"{d['missing_in_one']:,}",
+            f"{d['max_abs_difference']:.3g}",
+            f"{d['max_relative_difference']:.3g}",
+        )
+    console.print(table)
+    b = result["buildings"]
+    for year, changed in b["score_changed"].items():
+        console.print(
+            f"{year}: risk score changed for {changed:,} of {b['scored_in_both']:,} buildings "
+            f"scored by both ({b['missing_in_one'][year]:,} scored by one variant only)"
+        )
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+        console.print(f"wrote {json_path}")
+
+
 @app.command("lineage")
 def lineage(env_file: EnvFile = None) -> None:
     """The asset graph: each asset's group, upstreams, partitioning and compute profile."""

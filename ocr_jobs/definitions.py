@@ -28,6 +28,7 @@ def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]
             environment=settings.environment,
             version=settings.version,
             endpoint_url=settings.s3_endpoint_url,
+            model_variant=settings.model_variant,
         ),
         "compute": OcrCompute(
             backend=settings.compute_backend,

@@ -166,7 +166,9 @@ class DeploymentLock:
 
 # production pointer -----------------------------------------------------------------------------
 def pointer_path(storage: OcrStorage) -> str:
-    return f"{storage.root.rstrip('/')}/output/fire-risk/{storage.environment}-current.json"
+    variant = storage.layout.variant_segment
+    name = "-".join([storage.environment, *([variant] if variant else []), "current"])
+    return f"{storage.root.rstrip('/')}/output/fire-risk/{name}.json"
 
 
 def publish_pointer(storage: OcrStorage) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from ocr_resources.settings import PROJECT_ROOT, OcrSettings
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, PROJECT_ROOT, OcrSettings
 
 INSTANCE_TEMPLATE = PROJECT_ROOT / "dagster.yaml"
 
@@ -35,7 +35,8 @@ storage:
 
 
 def instance_home(settings: OcrSettings) -> Path:
-    """``.dagster/<env>``: each environment keeps its own run history and asset status.
+    """``.dagster/<env>[-<variant>]``: each environment (and each non-default model variant)
+    keeps its own run history and asset status.
 
     Its ``dagster.yaml`` is the repository's, plus PostgreSQL storage for shared environments
     (the URL, a secret, stays in the environment and is never written here)."""
@@ -44,7 +45,9 @@ def instance_home(settings: OcrSettings) -> Path:
         if settings.dagster_home_root
         else PROJECT_ROOT / ".dagster"
     )
-    home = base / settings.environment
+    # a non-default model variant keeps its own history: its outputs live under other paths
+    suffix = "" if settings.model_variant == DEFAULT_MODEL_VARIANT else f"-{settings.model_variant}"
+    home = base / f"{settings.environment}{suffix}"
     home.mkdir(parents=True, exist_ok=True)
     text = INSTANCE_TEMPLATE.read_text()
     if settings.dagster_storage == "postgres":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 
 from ocr_assets.science.regions import validate_region_id
-from ocr_resources.settings import SEMVER
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, SEMVER, ModelVariantName
 
 YEARS = (2011, 2047)
 CENSUS_LEVELS: tuple[str, ...] = ("nation", "states", "counties", "tracts", "blocks")
@@ -49,9 +50,15 @@ class StorageLayout:
     root: str
     environment: str
     version: str | None = None
+    model_variant: str = DEFAULT_MODEL_VARIANT
 
     def __post_init__(self) -> None:
         """Names and versions are checked here, before any of them can become a path."""
+        if self.model_variant not in get_args(ModelVariantName):
+            raise ValueError(
+                f"model variant {self.model_variant!r} is unknown; expected one of "
+                f"{', '.join(get_args(ModelVariantName))}"
+            )
         if not ENVIRONMENT_NAME.fullmatch(self.environment):
             raise ValueError(
                 f"environment {self.environment!r} is not a plain name; expected lowercase "
@@ -65,9 +72,18 @@ class StorageLayout:
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
+    @property
+    def variant_segment(self) -> str | None:
+        """The path segment of a non-default model variant: published and corrected numbers
+        never share a prefix, so they can never mix."""
+        return None if self.model_variant == DEFAULT_MODEL_VARIANT else self.model_variant
+
     def _scoped(self, base: str) -> str:
-        """``base/<env>[/v<version>]``: the prefix a deployment owns."""
-        return self._join(base, self.environment, *([f"v{self.version}"] if self.version else []))
+        """``base/<env>[/v<version>][/<variant>]``: the prefix a deployment owns."""
+        parts = [f"v{self.version}"] if self.version else []
+        if self.variant_segment:
+            parts.append(self.variant_segment)
+        return self._join(base, self.environment, *parts)
 
     # inputs -------------------------------------------------------------------------
     def bp_270m(self, year: int) -> str:

@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "qa", "staging", "production"]
 RegionCatalog = Literal["sample", "conus"]
+# The fire model's numerics (ocr_assets.science.variants.VARIANTS, in this order):
+# "published" reproduces the published OCR data; "corrected" is opt-in and written elsewhere.
+ModelVariantName = Literal["published", "corrected"]
+DEFAULT_MODEL_VARIANT: ModelVariantName = "published"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = PROJECT_ROOT / "envs"
@@ -37,6 +41,7 @@ class OcrSettings(BaseSettings):
     version: str | None = Field(default=None, description="production only: semantic version")
     process_retries: int = Field(default=2, ge=0, le=10)
     region_catalog: RegionCatalog = "sample"
+    model_variant: ModelVariantName = DEFAULT_MODEL_VARIANT
     sample_seed: int = 20250
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
     # Dagster instance storage: sqlite in the instance home, or postgres at $OCR_DAGSTER_PG_URL

@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import dask.array
 import fsspec
@@ -31,6 +31,7 @@ from ocr_assets.science.composite import NegativeWindWeights
 from ocr_assets.science.fire_model import WIND_DIMS, YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import (
+    HALO_DEG,
     Region,
     RegionGrid,
     sort_region_ids,
@@ -38,6 +39,7 @@ from ocr_assets.science.regions import (
 )
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.layout import InputSpec, StorageLayout
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
 
 # Region windows are written as whole shards (one object per region and variable), so two
 # regions never write the same object and each object appears atomically.
@@ -94,10 +96,12 @@ class OcrStorage(ConfigurableResource):
     environment: str = "local"
     version: str | None = None
     endpoint_url: str | None = None  # an S3-compatible endpoint (e.g. a test server)
+    # the fire model's numerics; a non-default variant's outputs live under their own prefix
+    model_variant: str = DEFAULT_MODEL_VARIANT
 
     @property
     def layout(self) -> StorageLayout:
-        return StorageLayout(self.root, self.environment, self.version)
+        return StorageLayout(self.root, self.environment, self.version, self.model_variant)
 
     @property
     def is_s3(self) -> bool:
@@ -151,16 +155,29 @@ class OcrStorage(ConfigurableResource):
         if self.environment == "production":
             raise PermissionError("wipe is refused for production: versions are kept for rollback")
         root = _normalised(self.root).rstrip("/") + "/"
+        scope = "/".join([self.environment, *filter(None, [self.layout.variant_segment])])
+        # the default variant's prefix holds the other variants' prefixes: they are kept
+        others = (
+            set()
+            if self.layout.variant_segment
+            else set(get_args(ModelVariantName)) - {DEFAULT_MODEL_VARIANT}
+        )
         deleted = []
         for prefix in self.layout.environment_prefixes():
             # compared normalised, so "..", "." or doubled "/" in a crafted root cannot widen
             # the scope: a prefix must be exactly what it says, under the root, for this env
             exact = _normalised(prefix) == prefix and prefix.startswith(root)
-            if not exact or not prefix.endswith(f"/{self.environment}"):
+            if not exact or not prefix.endswith(f"/{scope}"):
                 raise PermissionError(f"refusing to wipe {prefix}: not this environment's prefix")
-            if self.fs.exists(prefix):
+            if not self.fs.exists(prefix):
+                continue
+            children = self.fs.ls(prefix, detail=False)
+            doomed = [c for c in children if posixpath.basename(c.rstrip("/")) not in others]
+            if len(doomed) == len(children):
                 self.fs.rm(prefix, recursive=True)
-                deleted.append(prefix)
+            elif doomed:
+                self.fs.rm(doomed, recursive=True)
+            deleted.append(prefix)
         return deleted
 
     # generic atomic writes ---------------------------------------------------------------
@@ -426,11 +443,12 @@ class OcrStorage(ConfigurableResource):
         region: Region,
         fields: tuple[int, ...] = YEARS,
         reference: bool = True,
+        halo_deg: float = HALO_DEG,
     ) -> RegionInputs:
-        """Cut the inputs to the region's window (what the BP ``fields`` need: their 270 m
-        rasters, lazily, and the wind distribution) and to the region (``reference`` values:
-        CRPS, RPS and the 30 m BP copies)."""
-        lat_w, lon_w = grid.window(region)
+        """Cut the inputs to the region's window, the region widened by ``halo_deg`` (what
+        the BP ``fields`` need: their 270 m rasters, lazily, and the wind distribution) and to
+        the region (``reference`` values: CRPS, RPS and the 30 m BP copies)."""
+        lat_w, lon_w = grid.window(region, halo_deg)
         window = {"latitude": lat_w, "longitude": lon_w}
         inner = {"latitude": region.lat_slice, "longitude": region.lon_slice}
         empty = np.empty((0, 0), np.float32)
@@ -440,6 +458,7 @@ class OcrStorage(ConfigurableResource):
             longitude=grid.longitude[lon_w],
             rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
+            bounds=region.bounds(halo_deg),
             bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
             wind=self._read_wind(grid, window) if fields else no_wind,
             crps=empty,
@@ -525,6 +544,7 @@ class OcrStorage(ConfigurableResource):
             attrs={
                 "title": "Open Climate Risk: wind-adjusted wildfire risk",
                 "license": "CC-BY-4.0",
+                "model_variant": self.model_variant,
             },
         )
         encoding = {
@@ -572,6 +592,7 @@ class OcrStorage(ConfigurableResource):
             "environment": self.environment,
             "version": self.version,
             "endpoint_url": self.endpoint_url,
+            "model_variant": self.model_variant,
         }
 
     def crs_wkt_4326(self) -> str:

@@ -24,7 +24,7 @@ def region_field(spec: dict, region_id: str, year: int) -> tuple[np.ndarray, dic
             grid, grid.region(region_id), fields=(year,), reference=False
         )
     try:
-        return field_bp(inputs, year, timer), timer.seconds
+        return field_bp(inputs, year, timer, storage.model_variant), timer.seconds
     except NegativeWindWeights as exc:  # found while the model reads the wind
         raise storage.negative_wind_error(region_id, exc) from None
 

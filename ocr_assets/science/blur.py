@@ -55,3 +55,19 @@ def gaussian_blur(
             for job in jobs:
                 job.result()
     return out
+
+
+def gaussian_blur_ignoring_nan(
+    arr: np.ndarray, ksize: int, sigma: float, work: np.ndarray | None = None
+) -> np.ndarray:
+    """The same blur with NaN treated as missing (the corrected model): each pixel is the
+    weighted mean of the finite pixels of its window, weights renormalised to the finite
+    ones, so one missing pixel no longer blanks the 19 × 19 window around it. Missing pixels
+    stay NaN."""
+    finite = np.isfinite(arr)
+    values = gaussian_blur(np.where(finite, arr, np.float32(0)), ksize, sigma, work=work)
+    weights = gaussian_blur(finite.astype(np.float32), ksize, sigma, work=work)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(values, weights, out=values)
+    values[~finite] = np.nan
+    return values

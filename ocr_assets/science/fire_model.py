@@ -12,9 +12,10 @@ from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
 from ocr_assets.science.composite import GATHER_ROWS, WindComposite, WindWeights, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
 from ocr_assets.science.parallel import release_freed_memory
-from ocr_assets.science.reproject import gap_filled_lazy, reproject_nearest, subset_projected
+from ocr_assets.science.reproject import Bounds, subset_projected
 from ocr_assets.science.spreading import Spreader
 from ocr_assets.science.timing import StageTimer
+from ocr_assets.science.variants import DEFAULT_VARIANT, Blur, model_variant
 
 YEARS: tuple[int, ...] = (2011, 2047)
 WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
@@ -31,6 +32,7 @@ class RegionInputs:
     longitude: np.ndarray
     rows: slice  # the region inside the window
     cols: slice
+    bounds: Bounds  # the region's pixel edges ± halo, not cut at the grid's edge
     bp_270m: dict[int, xr.DataArray]
     wind: xr.DataArray  # (latitude, longitude, wind_direction) window, lazy: see wind_weights
     crps: np.ndarray  # region
@@ -62,9 +64,10 @@ def wind_adjusted_bp(
     longitude: np.ndarray,
     timer: StageTimer | None = None,
     kernels: dict[str, np.ndarray] | None = None,
+    blur: Blur = gaussian_blur,
 ) -> np.ndarray:
     """Steps 5–9 on a window: kernels (sized at the window's centre unless given), spreading
-    and composite one direction at a time, combine, blur."""
+    and composite one direction at a time, combine, ``blur``."""
     timer = timer or StageTimer()
     kernels = kernels or direction_kernels(*pixel_size_m(latitude, longitude))
     ksize = blur_kernel_size(float(latitude[1] - latitude[0]))
@@ -80,16 +83,28 @@ def wind_adjusted_bp(
         with timer.stage("composite"):
             combined = combine(bp30, wind_bp.result(out=spare), out=combined)
         with timer.stage("blur"):
-            return gaussian_blur(combined, ksize, blur_sigma(ksize), work=spare)
+            return blur(combined, ksize, blur_sigma(ksize), work=spare)
 
 
-def field_bp(inputs: RegionInputs, year: int, timer: StageTimer | None = None) -> np.ndarray:
-    """Steps 2–10 for one burn-probability field: the region's wind-adjusted BP."""
+def field_bp(
+    inputs: RegionInputs,
+    year: int,
+    timer: StageTimer | None = None,
+    variant: str = DEFAULT_VARIANT,
+) -> np.ndarray:
+    """Steps 2–10 for one burn-probability field: the region's wind-adjusted BP, with the
+    numerics of the named model ``variant``."""
     timer = timer or StageTimer()
+    model = model_variant(variant)
     with timer.stage("reproject"):
-        subset = subset_projected(inputs.bp_270m[year], inputs.latitude, inputs.longitude)
-        bp30 = reproject_nearest(gap_filled_lazy(subset), inputs.latitude, inputs.longitude)
-    bp = wind_adjusted_bp(bp30, inputs.wind, inputs.latitude, inputs.longitude, timer)
+        subset = subset_projected(inputs.bp_270m[year], inputs.bounds, model.subset_margin)
+        bp30 = model.warp(subset, inputs.latitude, inputs.longitude)
+    at = (inputs.rows, inputs.cols) if model.kernels_at_region_centre else (slice(None),) * 2
+    size = pixel_size_m(inputs.latitude[at[0]], inputs.longitude[at[1]])
+    kernels = direction_kernels(*size, centred=model.centred_kernels)
+    bp = wind_adjusted_bp(
+        bp30, inputs.wind, inputs.latitude, inputs.longitude, timer, kernels, model.blur
+    )
     return bp[inputs.rows, inputs.cols]
 
 
@@ -109,7 +124,8 @@ def assemble_region_rasters(
 
 
 def compute_region_rasters(
-    inputs: RegionInputs, timer: StageTimer | None = None
+    inputs: RegionInputs, timer: StageTimer | None = None, variant: str = DEFAULT_VARIANT
 ) -> dict[str, np.ndarray]:
     """The eight raster variables of one region (float32, NaN = missing), in process."""
-    return assemble_region_rasters(inputs, {year: field_bp(inputs, year, timer) for year in YEARS})
+    fields = {year: field_bp(inputs, year, timer, variant) for year in YEARS}
+    return assemble_region_rasters(inputs, fields)

@@ -82,16 +82,21 @@ def pixel_size_m(latitude: np.ndarray, longitude: np.ndarray) -> tuple[float, fl
     return dx, dy
 
 
-def sample_offsets() -> np.ndarray:
-    """Kernel sample offsets in pixels: ``linspace(-41, 40, 81)`` (spacing 81/80, as published)."""
-    return np.linspace(-41, 40, KERNEL_SIZE)
+def sample_offsets(centred: bool = False) -> np.ndarray:
+    """Kernel sample offsets in pixels: ``linspace(-41, 40, 81)`` as published (spacing 81/80,
+    which puts the ellipse half a pixel north-east of nominal and stretches it by 1.25 %), or
+    ``-40 … 40`` centred on the kernel's anchor cell (the corrected model)."""
+    half = KERNEL_SIZE // 2
+    if centred:
+        return np.arange(-half, half + 1, dtype=np.float64)
+    return np.linspace(-half - 1, half, KERNEL_SIZE)
 
 
-def direction_kernel(direction: str, dx_m: float, dy_m: float) -> np.ndarray:
+def direction_kernel(direction: str, dx_m: float, dy_m: float, centred: bool = False) -> np.ndarray:
     """81 × 81 float32 kernel for one wind direction; rows go north, columns go east."""
     if direction not in ELLIPSES:
         raise ValueError(f"wind direction {direction!r} is not one of {DIRECTIONS}")
-    offsets = sample_offsets()
+    offsets = sample_offsets(centred)
     y, x = np.meshgrid(offsets * dy_m, offsets * dx_m, indexing="ij")
     mask = ELLIPSES[direction].contains(x, y).astype(np.float32)
     cells = int(mask.sum())
@@ -103,6 +108,6 @@ def direction_kernel(direction: str, dx_m: float, dy_m: float) -> np.ndarray:
     return mask / mask.sum(dtype=np.float32)
 
 
-def direction_kernels(dx_m: float, dy_m: float) -> dict[str, np.ndarray]:
+def direction_kernels(dx_m: float, dy_m: float, centred: bool = False) -> dict[str, np.ndarray]:
     """All eight kernels for one window."""
-    return {d: direction_kernel(d, dx_m, dy_m) for d in DIRECTIONS}
+    return {d: direction_kernel(d, dx_m, dy_m, centred) for d in DIRECTIONS}

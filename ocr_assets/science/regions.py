@@ -55,6 +55,16 @@ class Region:
             self.lon_slice.stop - self.lon_slice.start,
         )
 
+    def bounds(self, halo_deg: float = 0.0) -> tuple[float, float, float, float]:
+        """(west, south, east, north) pixel edges, widened by ``halo_deg`` on every side and
+        not cut at the grid's edge (the published 270 m subset is taken from these)."""
+        return (
+            self.lon0 - halo_deg,
+            self.lat0 - halo_deg,
+            self.lon1 + halo_deg,
+            self.lat1 + halo_deg,
+        )
+
     def contains(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Half-open test on pixel edges: each point belongs to exactly one region."""
         return (self.lon0 <= lon) & (lon < self.lon1) & (self.lat0 <= lat) & (lat < self.lat1)
