@@ -80,25 +80,6 @@ def test_science_modules_do_not_import_dagster():
         assert "dagster" not in path.read_text(), path.name
 
 
-@pytest.mark.parametrize("year", YEARS)
-def test_reprojection_agrees_with_exact_nearest_for_most_pixels(sample_storage, sample_grid, year):
-    """GDAL's approximate nearest sends a few percent of pixels to a neighbouring 270 m cell
-    (the published quirk); the 30 m reference copy is the exact nearest."""
-    from ocr_assets.science.reproject import gap_filled_lazy, reproject_nearest, subset_projected
-
-    region = sample_grid.region("y2_x2")
-    inputs = sample_storage.read_region_inputs(sample_grid, region)
-    sub = subset_projected(inputs.bp_270m[year], inputs.latitude, inputs.longitude)
-    # without the gap-fill so both sides see the same 270 m values
-    warped = reproject_nearest(sub.copy(data=sub.data), inputs.latitude, inputs.longitude)
-    exact = inputs.bp_riley[year]
-    mine = warped[inputs.rows, inputs.cols]
-    same = (mine == exact) | (np.isnan(mine) & np.isnan(exact))
-    assert same.mean() > 0.9
-    filled = reproject_nearest(gap_filled_lazy(sub), inputs.latitude, inputs.longitude)
-    assert np.isnan(filled).sum() <= np.isnan(warped).sum()
-
-
 def test_field_equals_the_float64_reference_on_a_mid_size_window():
     """The issue's equivalence check for the whole per-field function (spreading, composite,
     combine, blur) on a synthetic 1000 × 900 window: within 1e-4 relative where the
