@@ -1,7 +1,8 @@
 """Benchmark of the hot path on full-size synthetic regions (issue: performance).
 
     .venv/bin/python -m bench.run            # per field at 1/4, 1/2, full + check; 2 regions;
-                                             # tile steps vs tippecanoe alone (~4 minutes)
+                                             # 1 region of the corrected model;
+                                             # tile steps vs tippecanoe alone (~5 minutes)
     .venv/bin/python -m bench.run --quick    # 1/4 size only (a minute)
 
 Each measurement runs in a fresh process so its peak RSS is its own. Prints wall, CPU and
@@ -176,10 +177,11 @@ def bench_field(size: str, directory: str, check: bool) -> dict:
     return result
 
 
-def bench_region(count: int) -> dict:
+def bench_region(count: int, variant: str = "published") -> dict:
     """``count`` whole full-size regions one after the other, as the region asset runs each:
-    both fields (reprojection included), assembly, raster write, building sampling,
-    GeoParquet write. Regions are independent, so cost should be ``count`` × one region."""
+    both fields (reprojection included) with the model ``variant``, assembly, raster write,
+    building sampling, GeoParquet write. Regions are independent, so cost should be
+    ``count`` × one region."""
     meter = Meter()
     field_stages: list[dict[str, float]] = []
     walls: list[float] = []
@@ -190,11 +192,11 @@ def bench_region(count: int) -> dict:
                 wind_path = Path(root) / f"wind_{n}.zarr"
                 grid, region, inputs, buildings = synthetic_region(wind_path, FULL_REGION, seed=n)
             if n == 0:
-                field_bp(inputs, YEARS[0], StageTimer())  # compile once, outside the timing
+                field_bp(inputs, YEARS[0], StageTimer(), variant)  # compile once, untimed
             timer = StageTimer()
             start = time.perf_counter()
             with meter.stage(f"fields_{n}"):
-                fields = {year: field_bp(inputs, year, timer) for year in YEARS}
+                fields = {year: field_bp(inputs, year, timer, variant) for year in YEARS}
             with meter.stage(f"assemble_{n}"):
                 rasters = assemble_region_rasters(inputs, fields)
             with meter.stage(f"write_raster_{n}"):
@@ -209,6 +211,7 @@ def bench_region(count: int) -> dict:
             del inputs, fields, rasters
     return {
         "size": f"{count} region(s)",
+        "model_variant": variant,
         "window": list(FULL_WINDOW),
         "buildings_per_region": len(table),
         "stages": meter.stages,
@@ -276,7 +279,7 @@ def main() -> None:
     if args.one:
         what = args.one[0]
         if what == "region":
-            result = bench_region(int(args.one[1]))
+            result = bench_region(int(args.one[1]), *args.one[2:])
         elif what == "tiles":
             result = bench_tiles(int(args.one[1]))
         elif what == "prepare":
@@ -290,7 +293,7 @@ def main() -> None:
     runs: list[tuple[str, ...]] = []
     if not args.quick:
         fields = [("1/4",), ("1/2",), ("full", "check")]
-        runs = [("region", "2"), ("tiles", "200000")]
+        runs = [("region", "2"), ("region", "1", "corrected"), ("tiles", "200000")]
     for size, *check in fields:
         with tempfile.TemporaryDirectory() as directory:
             _in_subprocess("prepare", size, directory)
