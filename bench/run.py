@@ -46,7 +46,7 @@ from ocr_assets.science.sampling import RISK_VARIABLES, region_buildings_table
 from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.science.timing import StageTimer
 from ocr_assets.tiles import TILESETS
-from ocr_resources.publishing import build_tileset, tippecanoe_binary
+from ocr_resources.publishing import build_tileset, tippecanoe_binary, write_flatgeobuf
 from ocr_resources.storage import OcrStorage
 
 FULL_WINDOW = (7080, 5580)
@@ -240,9 +240,8 @@ def bench_tiles(n_buildings: int) -> dict:
             start = time.perf_counter()
             build_tileset(storage, spec.archive, spec.layers, spec.zoom, spec.tippecanoe_options)
             step = time.perf_counter() - start
-            layers = spec.layers(storage)
             fgb = Path(root) / f"{spec.archive}.fgb"
-            layers["risk"].to_file(fgb, driver="FlatGeobuf")
+            write_flatgeobuf(spec.layers(storage)["risk"], fgb)
             argv = tippecanoe_command(
                 tippecanoe_binary(),
                 Path(root) / "alone.pmtiles",

@@ -6,14 +6,15 @@
 - `risk_pyramid` (optional): `region_risk_raster` → Web Mercator Zarr pyramid
 """
 
+import csv
 import json
 import time
 
 import dagster as dg
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
+import pyogrio
 
 from ocr_assets.inputs import census_boundaries
 from ocr_assets.science.pyramid import level_resolution, max_zoom_for
@@ -148,18 +149,22 @@ def region_risk_summary_stats(
 
 @dg.asset_check(asset=region_risk_summary_stats, blocking=True)
 def histograms_sum_to_counts(storage: OcrStorage) -> dg.AssetCheckResult:
-    """Every histogram sums to building_count; each level counts every building once."""
-    total = pq.ParquetFile(
-        storage.layout.consolidated_buildings, filesystem=storage.fs
-    ).metadata.num_rows
+    """Every histogram sums to building_count; each level counts every building once
+    (scanned by DuckDB, never loaded whole)."""
+    total = storage.parquet_rows(storage.layout.consolidated_buildings)
     problems, per_level = [], {}
+    con = duckdb.connect()
     for level in CENSUS_LEVELS:
-        stats = read_summary_statistics(storage, level)
-        for column in ("risk_score_2011_hist", "risk_score_2047_hist"):
-            sums = np.array([np.sum(h) for h in stats[column]])
-            if not np.array_equal(sums, stats["building_count"].to_numpy()):
-                problems.append(f"{level}.{column} does not sum to building_count")
-        per_level[level] = int(stats["building_count"].sum())
+        con.register("stats", storage.parquet_dataset(storage.layout.region_summary_stats(level)))
+        wrong, counted = con.execute(
+            "SELECT count(*) FILTER (WHERE list_sum(risk_score_2011_hist) != building_count "
+            "OR list_sum(risk_score_2047_hist) != building_count), "
+            "coalesce(sum(building_count), 0) FROM stats"
+        ).fetchall()[0]
+        con.unregister("stats")
+        if wrong:
+            problems.append(f"{level}: {wrong} histogram(s) do not sum to building_count")
+        per_level[level] = int(counted)
         if per_level[level] != total:
             problems.append(
                 f"{level} counts {per_level[level]} buildings, consolidated has {total}"
@@ -198,14 +203,15 @@ def regional_analysis_files(
 
 @dg.asset_check(asset=regional_analysis_files)
 def analysis_files_match_stats(storage: OcrStorage) -> dg.AssetCheckResult:
-    """Each level's GeoJSON and CSV hold exactly the statistics' rows."""
+    """Each level's GeoJSON and CSV hold exactly the statistics' rows (GDAL counts the
+    GeoJSON's features with its streaming parser; the CSV is read row by row)."""
     problems = []
     for level in CENSUS_LEVELS:
-        expected = len(read_summary_statistics(storage, level))
-        with storage.fs.open(storage.layout.region_analysis(level, "geojson")) as f:
-            features = len(json.load(f)["features"])
-        with storage.fs.open(storage.layout.region_analysis(level, "csv")) as f:
-            rows = len(pd.read_csv(f, comment="#"))
+        expected = storage.parquet_rows(storage.layout.region_summary_stats(level))
+        with storage.local_copy(storage.layout.region_analysis(level, "geojson")) as path:
+            features = pyogrio.read_info(path, force_feature_count=True)["features"]
+        with storage.fs.open(storage.layout.region_analysis(level, "csv"), "r") as f:
+            rows = sum(1 for _ in csv.reader(line for line in f if not line.startswith("#"))) - 1
         if not features == rows == expected:
             problems.append(f"{level}: geojson {features}, csv {rows}, stats {expected}")
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": problems or ["none"]})

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import dagster as dg
-import geopandas as gpd
 
 from ocr_assets.aggregation import PHASE02_GROUP
 from ocr_assets.science.tiling import (
@@ -23,7 +22,12 @@ from ocr_assets.science.tiling import (
 from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.pmtiles_reader import archive_summary
-from ocr_resources.publishing import build_tileset, building_layers, regional_layers
+from ocr_resources.publishing import (
+    LayerSource,
+    build_tileset,
+    building_layers,
+    regional_layers,
+)
 from ocr_resources.storage import OcrStorage
 
 PHASE03_GROUP = "phase03_tiles"
@@ -40,7 +44,7 @@ class Tileset:
     upstream: str
     group: str
     zoom: tuple[int, int]
-    layers: Callable[[OcrStorage], dict[str, gpd.GeoDataFrame]]
+    layers: Callable[[OcrStorage], dict[str, LayerSource]]
     tippecanoe_options: tuple[str, ...]
     description: str
 

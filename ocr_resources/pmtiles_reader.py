@@ -10,20 +10,22 @@ from ocr_resources.storage import OcrStorage
 
 
 def archive_summary(storage: OcrStorage, path: str) -> dict:
+    """Header and layer list, read by byte ranges (an archive of CONUS buildings is tens of
+    GB; only its header and metadata are read)."""
     with storage.fs.open(path, "rb") as f:
-        data = f.read()
 
-    def get_bytes(offset: int, length: int) -> bytes:
-        return data[offset : offset + length]
+        def get_bytes(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
 
-    reader = Reader(get_bytes)
-    header = reader.header()
-    metadata = reader.metadata()
+        reader = Reader(get_bytes)
+        header = reader.header()
+        metadata = reader.metadata()
     if isinstance(metadata, str | bytes):
         metadata = json.loads(metadata)
     return {
         "min_zoom": header["min_zoom"],
         "max_zoom": header["max_zoom"],
         "layers": [layer["id"] for layer in metadata.get("vector_layers", [])],
-        "bytes": len(data),
+        "bytes": int(storage.fs.size(path)),
     }

@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, get_args
+from typing import IO, Any, NoReturn, get_args
 
 import dask.array
 import fsspec
@@ -18,6 +18,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import xarray as xr
@@ -38,6 +39,7 @@ from ocr_assets.science.regions import (
     valid_region_ids_from_mask,
 )
 from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.geoparquet import GeoParquetWriter
 from ocr_resources.layout import InputSpec, StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
 
@@ -53,6 +55,9 @@ GEOPARQUET_OPTIONS: dict[str, Any] = {
 
 
 REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
+# Rows per record batch where a table is streamed (buildings, census units): memory is set by
+# this, never by the number of rows (~100 B per building and column group in flight).
+BATCH_ROWS = 65_536
 
 
 class InputDataError(ValueError):
@@ -627,8 +632,77 @@ class OcrStorage(ConfigurableResource):
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode())
 
+    @contextmanager
+    def atomic_open(self, path: str, mode: str = "wb") -> Iterator[IO]:
+        """A file on a temporary sibling, written as a stream and moved onto ``path`` only
+        when the block succeeds (closed first)."""
+        with self.atomic_path(path) as tmp, self.fs.open(tmp, mode) as f:
+            yield f
+
+    @contextmanager
+    def geoparquet_writer(self, path: str, schema: pa.Schema, crs: Any) -> Iterator[Any]:
+        """A :class:`GeoParquetWriter` on ``path``: batches in, one atomic GeoParquet out."""
+        with self.atomic_open(path) as f:
+            writer = GeoParquetWriter(f, schema, crs)
+            yield writer
+            writer.close()
+
+    def iter_batches(
+        self, path: str, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """A Parquet file's rows as record batches of at most ``batch_rows`` (one row group
+        in memory at a time)."""
+        with self.fs.open(path, "rb") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+
+    def parquet_schema(self, path: str) -> pa.Schema:
+        with self.fs.open(path, "rb") as f:
+            return pq.read_schema(f)
+
+    def parquet_rows(self, path: str) -> int:
+        with self.fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    @contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        """A local path to read ``path`` with tools that need one (GDAL): the file itself on
+        a local root, else a streamed download into a scratch file."""
+        if isinstance(self.fs, LocalFileSystem):
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix="ocr-copy-") as scratch:
+            local = os.path.join(scratch, posixpath.basename(path))
+            self.fs.get_file(path, local)
+            yield local
+
     def read_census(self, level: str) -> gpd.GeoDataFrame:
         return self._read_geoparquet(self.layout.input_spec(self.layout.census(level)))
+
+    def census_dataset(self, level: str) -> ds.Dataset:
+        """A census level as a pyarrow dataset, checked first (GeoParquet metadata, CRS,
+        columns, GEOID lengths) by a scan of its GEOID column a batch at a time."""
+        spec = self.layout.input_spec(self.layout.census(level))
+        self._geoparquet_schema(spec)
+        wrong, examples = 0, []
+        try:
+            for batch in self.iter_batches(spec.path, ["GEOID"]):
+                geoid = batch.column(0)
+                bad = pc.fill_null(pc.not_equal(pc.utf8_length(geoid), spec.geoid_length), True)
+                wrong += pc.sum(bad).as_py() or 0
+                if len(examples) < 3:
+                    examples += geoid.filter(bad).to_pylist()[: 3 - len(examples)]
+        except pa.ArrowInvalid as exc:
+            raise InputDataError(
+                spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
+            ) from exc
+        if wrong:
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected {spec.geoid_length}-character GEOIDs, got {wrong} of another "
+                f"length, e.g. {_names(list(dict.fromkeys(examples)))}",
+            )
+        return self.parquet_dataset(spec.path)
 
     def write_datatree(self, tree: xr.DataTree, path: str) -> None:
         with self.atomic_path(path) as tmp:

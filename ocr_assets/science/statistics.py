@@ -46,36 +46,63 @@ def connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def level_statistics(
-    con: duckdb.DuckDBPyConnection, buildings: pa.Table | object, level: str
-) -> pd.DataFrame:
-    """One row per unit with buildings: GEOID, building_count, mean_* / median_*, histograms.
-
-    ``buildings`` is anything DuckDB can scan (a pyarrow Table or Dataset) with GEOID and the
-    statistic variables. Column names come from the constants above; values are parameters.
-    """
+def _level_check(level: str) -> int:
     if level not in LEVEL_GEOID_LENGTH:
         raise ValueError(f"census level {level!r} is not one of {list(LEVEL_GEOID_LENGTH)}")
-    length = LEVEL_GEOID_LENGTH[level]
-    con.register("buildings_scan", buildings)
+    return LEVEL_GEOID_LENGTH[level]
+
+
+def _unit(level: str) -> tuple[str, dict[str, object]]:
+    """The unit of a building at ``level``: a prefix of its block GEOID (the nation: "US")."""
+    params = {"len": _level_check(level), "nation": NATION_GEOID}
+    return "CASE WHEN $len = 0 THEN $nation ELSE substr(GEOID, 1, $len) END", params
+
+
+def statistics_query(level: str) -> tuple[str, dict[str, object]]:
+    """SQL (and its parameters) of one level's statistics over the scan ``buildings_scan``:
+    one row per unit with buildings. Histograms are counted per score in the same pass, so
+    one scan of the buildings gives the whole level. Column names come from the constants
+    above; values are parameters, never SQL text."""
+    unit, params = _unit(level)
+    scores = ", ".join(f"risk_score({variable}) AS {column}" for column, variable in SCORED.items())
     aggregates = ", ".join(
         f"avg({v})::DOUBLE AS mean_{v}, median({v})::DOUBLE AS median_{v}" for v in STAT_VARIABLES
     )
-    unit = "CASE WHEN $len = 0 THEN $nation ELSE substr(GEOID, 1, $len) END"
-    stats = con.execute(
-        f"SELECT {unit} AS GEOID, count(*) AS building_count, {aggregates} "
-        "FROM buildings_scan GROUP BY 1 ORDER BY 1",
-        {"len": length, "nation": NATION_GEOID},
-    ).df()
-    for column, variable in SCORED.items():
-        counts = con.execute(
-            f"SELECT {unit} AS GEOID, risk_score({variable}) AS score, count(*) AS n "
-            "FROM buildings_scan GROUP BY 1, 2",
-            {"len": length, "nation": NATION_GEOID},
-        ).df()
-        table = counts.pivot_table(index="GEOID", columns="score", values="n", fill_value=0)
-        table = table.reindex(columns=range(N_SCORES), fill_value=0).reindex(stats["GEOID"])
-        stats[column] = [row.astype(np.int64).tolist() for row in table.to_numpy()]
-    con.unregister("buildings_scan")
-    stats["building_count"] = stats["building_count"].astype(np.int64)
+    histograms = ", ".join(
+        "["
+        + ", ".join(f"count(*) FILTER (WHERE {column} = {s})" for s in range(N_SCORES))
+        + f"]::BIGINT[] AS {column}"
+        for column in SCORED
+    )
+    sql = (
+        f"SELECT GEOID, count(*)::BIGINT AS building_count, {aggregates}, {histograms} "
+        f"FROM (SELECT {unit} AS GEOID, {', '.join(STAT_VARIABLES)}, {scores} "
+        "FROM buildings_scan) GROUP BY GEOID"
+    )
+    return sql, params
+
+
+def units_query(level: str) -> tuple[str, dict[str, object]]:
+    """SQL of the distinct units of one level that have buildings (a cheap pre-check)."""
+    unit, params = _unit(level)
+    return f"SELECT DISTINCT {unit} AS GEOID FROM buildings_scan", params
+
+
+def level_statistics(
+    con: duckdb.DuckDBPyConnection, buildings: pa.Table | object, level: str
+) -> pd.DataFrame:
+    """One level's statistics as a small DataFrame, sorted by GEOID (for tests and previews;
+    the published files stream from :func:`statistics_query` joined to the census).
+
+    ``buildings`` is anything DuckDB can scan (a pyarrow Table or Dataset) with GEOID and the
+    statistic variables.
+    """
+    sql, params = statistics_query(level)
+    con.register("buildings_scan", buildings)
+    try:
+        stats = con.execute(f"{sql} ORDER BY GEOID", params).df()
+    finally:
+        con.unregister("buildings_scan")
+    for column in SCORED:
+        stats[column] = [list(map(int, h)) for h in stats[column]]
     return stats

@@ -1,0 +1,159 @@
+"""Phase 02/03 writers stream in batches and write what the whole-table writers wrote.
+
+The reference is the previous implementation (``legacy_outputs.py``: GeoPandas, every row in
+memory), run on the same consolidated buildings of three sample regions. Batch sizes far
+below the fixture's row counts force every writer through several batches."""
+
+from __future__ import annotations
+
+import filecmp
+import gzip
+import json
+import os
+from functools import partial
+
+import dagster as dg
+import geopandas as gpd
+import mapbox_vector_tile
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from pmtiles.reader import MmapSource, Reader, all_tiles
+
+from ocr_jobs.definitions import build_definitions, build_resources
+from ocr_jobs.jobs import REGION_JOB
+from ocr_resources import publishing
+from ocr_resources.geoparquet import GeoParquetWriter
+from ocr_resources.layout import CENSUS_LEVELS
+from ocr_resources.settings import OcrSettings
+from ocr_resources.storage import OcrStorage
+from tests import legacy_outputs as legacy
+
+REGIONS = ("y1_x1", "y1_x2", "y2_x1")
+VERSION = "local-unversioned"
+
+
+@pytest.fixture(scope="module")
+def storages(tmp_path_factory, sample_root) -> dict[str, OcrStorage]:
+    """Three sample regions computed by the region job and consolidated; the same
+    consolidated file under a second environment for the legacy writers."""
+    root = tmp_path_factory.mktemp("streaming")
+    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    settings = OcrSettings(storage_root=str(root), environment="local")
+    job = build_definitions(settings).resolve_job_def(REGION_JOB)
+    with dg.instance_for_test() as instance:
+        for region in REGIONS:
+            assert job.execute_in_process(partition_key=region, instance=instance).success
+    new = build_resources(settings)["storage"]
+    publishing.consolidate_buildings(new, list(REGIONS), VERSION)
+    old = OcrStorage(root=str(root), environment="legacy")
+    old.fs.makedirs(os.path.dirname(old.layout.consolidated_buildings), exist_ok=True)
+    old.fs.copy(new.layout.consolidated_buildings, old.layout.consolidated_buildings)
+    return {"new": new, "old": old}
+
+
+def _geo(path: str) -> dict:
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    geo.pop("creator", None)  # GeoPandas names itself there
+    return geo
+
+
+def _tiles(path: str) -> tuple[dict, dict]:
+    """Every tile's features per layer (geometry and properties), and the layers' fields."""
+    out = {}
+    with open(path, "rb") as f:
+        source = MmapSource(f)
+        for zxy, data in all_tiles(source):
+            if data[:2] == b"\x1f\x8b":  # gzip-compressed tile
+                data = gzip.decompress(data)
+            out[zxy] = {
+                layer: sorted(
+                    json.dumps([feature["geometry"], feature["properties"]], sort_keys=True)
+                    for feature in content["features"]
+                )
+                for layer, content in mapbox_vector_tile.decode(data).items()
+            }
+        metadata = Reader(source).metadata()
+    fields = {layer["id"]: layer.get("fields") for layer in metadata["vector_layers"]}
+    return out, fields
+
+
+def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
+    new, old = storages["new"], storages["old"]
+    consolidated = pq.ParquetFile(new.layout.consolidated_buildings).metadata.num_rows
+    assert consolidated > 200
+    batches: dict[str, int] = {}
+    writes: dict[int, int] = {}
+    real_iter, real_write = OcrStorage.iter_batches, GeoParquetWriter.write
+
+    def counting_iter(self, path, *args, **kwargs):
+        for batch in real_iter(self, path, *args, **kwargs):
+            batches[path] = batches.get(path, 0) + 1
+            yield batch
+
+    def counting_write(self, batch):
+        writes[id(self)] = writes.get(id(self), 0) + 1
+        return real_write(self, batch)
+
+    monkeypatch.setattr(OcrStorage, "iter_batches", counting_iter)
+    monkeypatch.setattr(GeoParquetWriter, "write", counting_write)
+
+    # statistics: same rows in the same order, same columns and types, same geo metadata
+    assert publishing.write_summary_statistics(new, batch_rows=4) == (
+        legacy.write_summary_statistics(old)
+    )
+    assert max(writes.values()) > 1  # the blocks level came in several batches
+    for level in CENSUS_LEVELS:
+        a, b = old.layout.region_summary_stats(level), new.layout.region_summary_stats(level)
+        assert pq.read_schema(a).remove_metadata() == pq.read_schema(b).remove_metadata()
+        assert _geo(a) == _geo(b)
+        x, y = gpd.read_parquet(a), gpd.read_parquet(b)
+        assert list(x["GEOID"]) == list(y["GEOID"])
+        assert x.geometry.geom_equals_exact(y.geometry, 0).all()
+        for column in x.columns.drop("geometry"):
+            if column.endswith("_hist"):
+                assert [list(h) for h in x[column]] == [list(h) for h in y[column]], column
+            elif x[column].dtype.kind == "f":
+                np.testing.assert_allclose(x[column], y[column], rtol=1e-12, err_msg=column)
+            else:
+                assert (x[column] == y[column]).all(), column
+
+    # analysis files: byte for byte
+    assert publishing.write_analysis_files(new, VERSION, batch_rows=3) == (
+        legacy.write_analysis_files(old, VERSION)
+    )
+    for level in CENSUS_LEVELS:
+        for ext in ("geojson", "csv"):
+            assert filecmp.cmp(
+                old.layout.region_analysis(level, ext),
+                new.layout.region_analysis(level, ext),
+                shallow=False,
+            ), (level, ext)
+    assert batches[new.layout.region_summary_stats("blocks")] > 2
+
+    # tiles: every tile decodes to the same features; the layers have the same fields
+    streamed = {
+        "buildings": partial(publishing.building_layers, batch_rows=100),
+        "building_centroids": partial(publishing.building_layers, centroids=True, batch_rows=100),
+        "regions": partial(publishing.regional_layers, batch_rows=3),
+    }
+    whole = {
+        "buildings": legacy.building_layers,
+        "building_centroids": partial(legacy.building_layers, centroids=True),
+        "regions": legacy.regional_layers,
+    }
+    from ocr_assets.tiles import TILESETS
+
+    for spec in TILESETS:
+        result = publishing.build_tileset(
+            new, spec.archive, streamed[spec.archive], spec.zoom, spec.tippecanoe_options
+        )
+        legacy.build_pmtiles(
+            old, spec.archive, whole[spec.archive](old), spec.zoom, spec.tippecanoe_options
+        )
+        assert sum(result["features"].values()) > 0
+        tiles_new, fields_new = _tiles(new.layout.pmtiles(spec.archive))
+        tiles_old, fields_old = _tiles(old.layout.pmtiles(spec.archive))
+        assert len(tiles_new) > 1 and tiles_new == tiles_old, spec.archive
+        assert fields_new == fields_old, spec.archive
+    assert batches[new.layout.consolidated_buildings] >= 2 * (consolidated // 100)
