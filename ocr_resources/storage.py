@@ -715,6 +715,11 @@ class OcrStorage(ConfigurableResource):
             )
 
     def open_datatree(self, path: str) -> xr.DataTree:
+        """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""
         return xr.open_datatree(
-            path, engine="zarr", consolidated=False, storage_options=self.storage_options or None
+            path,
+            engine="zarr",
+            consolidated=False,
+            chunks={},
+            storage_options=self.storage_options or None,
         )
