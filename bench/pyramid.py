@@ -1,8 +1,9 @@
 """Benchmark of the optional ``risk_pyramid`` asset at CONUS scale (issue: pyramid cost).
 
-    .venv/bin/python -m bench.pyramid                  # 1 × 1, 2 × 2, 4 × 4 full-size regions
-    .venv/bin/python -m bench.pyramid --grids 1 2      # smaller grids only
-    .venv/bin/python -m bench.pyramid --paper run.jsonl  # the CONUS table from a run's costs
+    .venv/bin/python -m bench.pyramid > run.jsonl      # 1 × 1, 2 × 2, 4 × 4 full-size regions
+                                                       # (~80 min on 2 cores, ~14 GB scratch)
+    .venv/bin/python -m bench.pyramid --grids 1 2      # smaller grids only (~15 min)
+    .venv/bin/python -m bench.pyramid --paper run.jsonl  # the tables again from a run's lines
 
 The pyramid cannot be measured on the embedded sample (a few hundred thousand pixels), and the
 real raster store is ~170 GB, so this writes synthetic grids of n × n full-size regions
@@ -49,7 +50,7 @@ from bench.pyramid_proposal import SHARED_PASS_PX
 from ocr_assets.science.pyramid import level_geobox, level_resolution, max_zoom_for
 from ocr_assets.science.regions import RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.publishing import PYRAMID_SOURCE_CHUNKS
+from ocr_resources.publishing import PYRAMID_SOURCE_CHUNKS, PYRAMID_VARIABLES
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
@@ -60,6 +61,7 @@ CONUS_CHUNKS, CONUS_WEST, CONUS_SOUTH = (17, 47), -125.0, 24.0
 CONUS_REGIONS = {"all": 17 * 47, "valid": 405}
 PYRAMID_TARGET_RESOLUTION_M = 30.0  # ocr_assets.aggregation's (not imported: it loads Dagster)
 ENVIRONMENT = "bench"
+RPS = PYRAMID_VARIABLES  # rps_2011, rps_2047: what the pyramid holds
 INNER_CHUNK = (1500, 1125)  # the raster store's inner chunks: a quarter of a region per side
 SAMPLE_SECONDS = 0.05
 CHECK_BUDGETS_PX = (2**20, 2**16)  # (source window, shared pass) for the second check
@@ -177,11 +179,8 @@ def generate(n: int, root: str) -> dict:
 
 
 # measured steps (each in a fresh process) --------------------------------------------------
-RPS = ("rps_2011", "rps_2047")
-
-
 class PeakSampler:
-    """This process's RSS every 50 ms in a thread; ``peak()`` since the last ``reset()``."""
+    """This process's RSS every 50 ms in a thread; ``peak_gib()`` since the last ``reset()``."""
 
     def __init__(self) -> None:
         self._proc = psutil.Process()
@@ -265,21 +264,20 @@ def run_levels(root: str, max_zoom: int) -> dict:
     from odc.geo.xr import assign_crs, xr_reproject
 
     from ocr_assets.science.reproject import in_memory_rasterio
-    from ocr_resources.publishing import PYRAMID_SOURCE_CHUNKS, PYRAMID_VARIABLES
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     sampler = PeakSampler()
-    store = storage.open_raster_store()[list(PYRAMID_VARIABLES)].chunk(PYRAMID_SOURCE_CHUNKS)
+    store = storage.open_raster_store()[list(RPS)].chunk(PYRAMID_SOURCE_CHUNKS)
     lat, lon = store["latitude"].values, store["longitude"].values
     half = (lat[1] - lat[0]) / 2, (lon[1] - lon[0]) / 2
     bounds = (lon[0] - half[1], lat[0] - half[0], lon[-1] + half[1], lat[-1] + half[0])
     source = assign_crs(store.drop_vars("spatial_ref", errors="ignore"), "EPSG:4326")
-    source_px = _pixels(store["rps_2011"].shape) * len(PYRAMID_VARIABLES)
+    source_px = _pixels(store["rps_2011"].shape) * len(RPS)
 
     sampler.reset()
     start = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):
-        dask.compute(*(source[v].isnull().sum() for v in PYRAMID_VARIABLES))
+        dask.compute(*(source[v].isnull().sum() for v in RPS))
     read = {"seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": sampler.peak_gib()}
 
     levels = []
@@ -301,7 +299,7 @@ def run_levels(root: str, max_zoom: int) -> dict:
                 "shape": list(geobox.shape),
                 "chunks": [int(c) for c in chunks],
                 "dask_tasks": tasks,
-                "out_px": _pixels(geobox.shape) * len(PYRAMID_VARIABLES),
+                "out_px": _pixels(geobox.shape) * len(RPS),
                 "seconds": round(seconds, 2),
                 "peak_rss_gib": sampler.peak_gib(),
                 "bytes": tree_bytes(scratch / str(zoom)),
@@ -406,14 +404,12 @@ def measured(*args: str) -> dict:
         child = subprocess.Popen(
             [sys.executable, "-m", "bench.pyramid", "--one", *args], stdout=out, stderr=err
         )
-        proc, peak, samples = psutil.Process(child.pid), 0, []
+        proc, peak = psutil.Process(child.pid), 0
         while child.poll() is None:
             try:
-                rss = _tree_rss(proc)
+                peak = max(peak, _tree_rss(proc))
             except psutil.NoSuchProcess:
                 break
-            peak = max(peak, rss)
-            samples.append(rss)
             time.sleep(SAMPLE_SECONDS)
         child.wait()
         wall = time.perf_counter() - start
@@ -498,17 +494,19 @@ def source_geobox(west: float, south: float, shape: tuple[int, int]) -> GeoBox:
 
 def proposal_reads(src: GeoBox, max_zoom: int) -> dict[str, int]:
     """Source pixels (both variables) the proposal decodes for its shared pass and for each
-    level outside it, from its own window functions: geometry only, nothing is read."""
+    level outside it, and its largest window (``max_window``, per variable: what sets its
+    memory), from its own window functions: geometry only, nothing is read."""
     from bench.pyramid_proposal import _sub_blocks
 
     bounds = tuple(src.boundingbox)
     boxes = {z: level_geobox(z, bounds) for z in range(max_zoom + 1)}
     shared = [z for z, b in boxes.items() if _pixels(b.shape) <= SHARED_PASS_PX]
-    reads = {}
+    reads, largest = {}, 0
     if shared:
         ny, nx = boxes[min(shared)].shape
         pieces = _sub_blocks(src, boxes[min(shared)], slice(0, ny), slice(0, nx))
         reads["shared"] = sum(_decoded_px(w, src.shape) for _, w in pieces) * len(RPS)
+        largest = max(_window_px(w) for _, w in pieces)
     for zoom in sorted(set(boxes) - set(shared)):
         box = boxes[zoom]
         ny, nx = box.shape
@@ -520,9 +518,15 @@ def proposal_reads(src: GeoBox, max_zoom: int) -> dict[str, int]:
         for y0 in range(0, ny, cy):
             for x0 in range(0, nx, cx):
                 chunk = slice(y0, min(y0 + cy, ny)), slice(x0, min(x0 + cx, nx))
-                total += sum(_decoded_px(w, src.shape) for _, w in _sub_blocks(src, box, *chunk))
+                windows = [w for _, w in _sub_blocks(src, box, *chunk)]
+                total += sum(_decoded_px(w, src.shape) for w in windows)
+                largest = max([largest, *map(_window_px, windows)])
         reads[str(zoom)] = total * len(RPS)
-    return reads
+    return {**reads, "max_window": largest}
+
+
+def _window_px(window: tuple[slice, slice]) -> int:
+    return (window[0].stop - window[0].start) * (window[1].stop - window[1].start)
 
 
 def fit_costs(lines: list[dict]) -> dict[str, float]:
@@ -554,7 +558,9 @@ def fit_costs(lines: list[dict]) -> dict[str, float]:
         src = source_geobox(WEST, SOUTH, (n * REGION_SHAPE[0], n * REGION_SHAPE[1]))
         reads = run["result"]["read_seconds"]
         read_s += sum(reads.values())
-        decoded += sum(proposal_reads(src, run["max_zoom"]).values())
+        decoded += sum(
+            v for k, v in proposal_reads(src, run["max_zoom"]).items() if k != "max_window"
+        )
         for zoom, seconds in run["result"]["level_seconds"].items():
             rows.append([_source_px(n), run["levels"][zoom]["out_px"]])
             times.append(seconds - reads.get(zoom, 0.0))
@@ -680,13 +686,88 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def run_summary(lines: list[dict]) -> str:
+    """The measured runs as Markdown: per grid, the real function and the proposal end to end,
+    and per level of the largest grid (the instrumented copy and the proposal)."""
+    by = {(line.get("step"), line.get("grid")): line for line in lines if "budgets_px" not in line}
+    grids = sorted({g for step, g in by if step == "real"})
+    out = [
+        "| grid | source px (2 vars) | real: s | real: peak RSS | proposal: s "
+        "| proposal: peak RSS | pyramid stored |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in grids:
+        real, prop = by[("real", n)], by.get(("proposal", n))
+        stored = sum(lv["bytes"] for lv in real["levels"].values())
+        prop_s = f"{prop['seconds']:,.0f}" if prop else "–"
+        prop_rss = f"{prop['tree_peak_rss_gib']:.2f} GiB" if prop else "–"
+        out.append(
+            f"| {n} × {n} | {_source_px(n):,} | {real['seconds']:,.0f} "
+            f"| {real['tree_peak_rss_gib']:.2f} GiB | {prop_s} | {prop_rss} | {_si(stored)} |"
+        )
+    n = grids[-1]
+    levels, prop = by.get(("levels", n)), by.get(("proposal", n))
+    if levels:
+        out += [
+            "",
+            f"Per level, {n} × {n} (instrumented copy: each level its own compute, source "
+            f"re-read each time; read alone {levels['read']['seconds']:.1f} s):",
+            "",
+            "| zoom | shape | dask chunk | copy: s | copy: peak RSS | proposal: s | stored |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for lv in levels["levels"]:
+            z = str(lv["zoom"])
+            p = prop["result"]["level_seconds"].get(z, "–") if prop else "–"
+            out.append(
+                f"| {z} | {lv['shape'][0]:,} × {lv['shape'][1]:,} "
+                f"| {lv['chunks'][0]:,} × {lv['chunks'][1]:,} | {lv['seconds']:,} "
+                f"| {lv['peak_rss_gib']:.2f} GiB | {p} | {_si(lv['bytes'])} |"
+            )
+    return "\n".join(out)
+
+
+def model_check(lines: list[dict], costs: dict[str, float]) -> list[dict]:
+    """The cost model against each measured end-to-end run (how far to trust the estimate)."""
+    c, out = costs, []
+    for line in lines:
+        if line.get("step") not in ("real", "proposal") or "budgets_px" in line:
+            continue
+        n, zooms = line["grid"], line["levels"].values()
+        source, px = _source_px(n), sum(lv["out_px"] for lv in zooms)
+        if line["step"] == "real":
+            model = c["read_s_per_src_px"] * source
+            model += c["warp_s_per_src_px"] * source * len(zooms) + c["out_s_per_px"] * px
+        else:
+            src = source_geobox(WEST, SOUTH, (n * REGION_SHAPE[0], n * REGION_SHAPE[1]))
+            reads = proposal_reads(src, line["max_zoom"])
+            decoded = sum(v for k, v in reads.items() if k != "max_window")
+            model = c["proposal_read_s_per_decoded_px"] * decoded
+            model += c["proposal_warp_s_per_src_px"] * source * len(zooms)
+            model += c["proposal_out_s_per_px"] * px
+        out.append(
+            {
+                "step": line["step"],
+                "grid": n,
+                "measured_s": line["seconds"],
+                "model_s": round(model, 1),
+                "ratio": round(line["seconds"] / model, 2),
+            }
+        )
+    return out
+
+
 def paper(lines: list[dict]) -> dict:
-    """The CONUS table from a run's JSON lines."""
+    """The CONUS table from a run's JSON lines, with the model checked against the runs."""
     reals = [line for line in lines if line.get("step") == "real"]
     largest = max(reals, key=lambda line: line["grid"])
     stored = sum(lv["bytes"] for lv in largest["levels"].values())
     ratio = stored / sum(lv["out_px"] * 4 for lv in largest["levels"].values())
-    return conus_table(fit_costs(lines), fit_memory(lines), ratio)
+    costs = fit_costs(lines)
+    return {
+        **conus_table(costs, fit_memory(lines), ratio),
+        "model_check": model_check(lines, costs),
+    }
 
 
 def main() -> None:
@@ -721,6 +802,8 @@ def main() -> None:
         lines = [json.loads(s) for s in text if s.startswith("{")]
         table = paper(lines)
         print(json.dumps(table))
+        print(run_summary(lines))
+        print()
         print(markdown(table))
         return
     print(json.dumps({"cpus": len(os.sched_getaffinity(0)), "grids": args.grids}), flush=True)
@@ -732,9 +815,11 @@ def main() -> None:
             line.setdefault("grid", n)
             lines.append(line)
             print(json.dumps(line), flush=True)
-    if any(line.get("step") == "levels" for line in lines):
+    if {"real", "levels", "proposal"} <= {line.get("step") for line in lines}:
         table = paper(lines)
         print(json.dumps(table))
+        print(run_summary(lines))
+        print()
         print(markdown(table))
 
 

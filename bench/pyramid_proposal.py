@@ -23,10 +23,12 @@ window of the source at a time:
 A window never exceeds ``SOURCE_BUDGET_PX`` per variable unless one output pixel does (a z0
 pixel of CONUS covers ~20 M); bigger footprints are split into sub-blocks. The warp is the
 call odc-geo's dask path makes per tile (``rio_reproject``, ``average``, the source geobox
-sliced, NaN outside), so values agree to float32 rounding: a different window can move a value
-by an ulp or two (≤ 1.2e-7 relative). Memory: one window and one output chunk per variable.
-Time: levels outside the shared pass each read their footprint of the source again (the
-current function reads it once, but must hold all of it).
+sliced, NaN outside), so values agree to float32 rounding: GDAL's result for a pixel can
+move by an ulp with the window it is given (≤ 1.2e-7 relative in the checks). Memory: one
+window and one output chunk per variable, plus the shared levels (~1.8 GiB peak on a 4 × 4
+grid, and no more on CONUS, whose largest window is smaller). Time: levels outside the shared
+pass each read their footprint of the source again (the current function reads it once, but
+must hold all of it); about the same in total.
 """
 
 from __future__ import annotations
