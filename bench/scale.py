@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +159,18 @@ class TreeSampler:
         if own:
             self.samples.append((now, own))
 
-    def _subtree(self, pid: int, own: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    def _subtree(
+        self, pid: int | None, own: dict[int, tuple[int, int]], exclude: str | None = None
+    ) -> tuple[int, int]:
+        """(RSS, anon) of ``pid``'s subtree (the whole tree for None), leaving out processes
+        whose command contains ``exclude``."""
         rss = anon = 0
         for p, (r, a) in own.items():
+            if exclude and exclude in self.names.get(p, ""):
+                continue
+            if pid is None:
+                rss, anon = rss + r, anon + a
+                continue
             node: int | None = p
             while node is not None and node != pid and node != self.root.pid:
                 node = self.parent.get(node)
@@ -171,18 +179,18 @@ class TreeSampler:
         return rss, anon
 
     def peak_between(
-        self, start: float = 0.0, end: float = float("inf"), pid: int | None = None
+        self,
+        start: float = 0.0,
+        end: float = float("inf"),
+        pid: int | None = None,
+        exclude: str | None = None,
     ) -> tuple[int, int]:
         """Peak (RSS, anon) over [start, end] (epoch seconds) of the whole tree, or of the
-        subtree of ``pid``."""
+        subtree of ``pid``, without processes whose command contains ``exclude``."""
         rss = anon = 0
         for t, own in self.samples:
             if start <= t <= end:
-                r, a = (
-                    (sum(v[0] for v in own.values()), sum(v[1] for v in own.values()))
-                    if pid is None
-                    else self._subtree(pid, own)
-                )
+                r, a = self._subtree(pid, own, exclude)
                 rss, anon = max(rss, r), max(anon, a)
         return rss, anon
 
@@ -317,84 +325,19 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     }
 
 
-# --one alone: tippecanoe alone on the same features ------------------------------------------
-def _building_batches(storage: Any, centroids: bool) -> Iterator[Any]:
-    """The ``risk`` layer of a building tileset as Arrow batches (WKB geometry), streamed from
-    the consolidated file in its order: polygons, or centroids where both RPS > 0 (rounded)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import shapely
-
-    from ocr_assets.science.tiling import BUILDING_PROPERTIES, centroid_properties
-
-    props = list(BUILDING_PROPERTIES)
-    with storage.fs.open(storage.layout.consolidated_buildings, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(65_536, columns=[*props, "geometry"]):
-            geometry = batch.column("geometry").to_numpy(zero_copy_only=False)
-            values = {k: batch.column(k).to_numpy(zero_copy_only=False) for k in props}
-            if centroids:
-                values, keep = centroid_properties(values)
-                geometry = shapely.to_wkb(shapely.centroid(shapely.from_wkb(geometry[keep])))
-            arrays = [pa.array(values[k]) for k in props] + [pa.array(geometry, pa.binary())]
-            yield pa.RecordBatch.from_arrays(arrays, names=[*props, "geometry"])
-
-
-def _region_batches(storage: Any, level: str) -> Iterator[Any]:
-    """A level of the ``regions`` tileset as ``regional_layers`` describes it: the statistics
-    file without its covering bbox, histograms as JSON text."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with storage.fs.open(storage.layout.region_summary_stats(level), "rb") as f:
-        source = pq.ParquetFile(f)
-        names = [n for n in source.schema_arrow.names if n != "bbox"]
-        for batch in source.iter_batches(65_536, columns=names):
-            columns = [
-                pa.array([json.dumps(h) for h in batch.column(n).to_pylist()], pa.string())
-                if n.startswith("risk_score_")
-                else batch.column(n)
-                for n in names
-            ]
-            yield pa.RecordBatch.from_arrays(columns, names=names)
-
-
-def _write_fgb(batches: Iterator[Any], path: Path, spatial_index: bool) -> int:
-    """Stream batches into a FlatGeobuf file (no spatial index: features in file order, as a
-    streaming writer keeps them); the feature count."""
-    import pyarrow as pa
-    import pyogrio
-
-    first = next(batches, None)
-    if first is None:
-        raise ValueError(f"no features for {path.name}")
-    rows = 0
-
-    def counted() -> Iterator[Any]:
-        nonlocal rows
-        for batch in itertools.chain([first], batches):
-            rows += batch.num_rows
-            yield batch
-
-    pyogrio.write_arrow(
-        pa.RecordBatchReader.from_batches(first.schema, counted()),
-        str(path),
-        driver="FlatGeobuf",
-        geometry_name="geometry",
-        geometry_type="Unknown",
-        crs="EPSG:4326",
-        layer_options={"SPATIAL_INDEX": "YES" if spatial_index else "NO"},
-    )
-    return rows
-
-
+# tippecanoe alone on the same features -----------------------------------------------------
 def tippecanoe_alone(root: str, scratch: str) -> dict:
     """Per tileset: write its layers to FlatGeobuf (timed apart), then tippecanoe alone with
     the tileset's zooms and options; wall time and peak RSS of tippecanoe."""
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.science.tiling import TileLayer, tippecanoe_command
     from ocr_assets.tiles import TILESETS
-    from ocr_resources.layout import CENSUS_LEVELS
-    from ocr_resources.publishing import tippecanoe_binary
+    from ocr_resources.publishing import (
+        building_layers,
+        regional_layers,
+        tippecanoe_binary,
+        write_flatgeobuf,
+    )
     from ocr_resources.storage import OcrStorage
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
@@ -403,17 +346,15 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
         folder = Path(scratch) / spec.archive
         folder.mkdir(parents=True)
         start = time.perf_counter()
-        if spec.archive == "regions":  # small layers, spatially indexed (Hilbert order)
-            layers = [TileLayer(lv, folder / f"{lv}.fgb") for lv in CENSUS_LEVELS]
-            features = {
-                lv: _write_fgb(_region_batches(storage, lv), folder / f"{lv}.fgb", True)
-                for lv in CENSUS_LEVELS
-            }
+        # the step's own layer sources and FlatGeobuf writer: the same features, same order
+        if spec.archive == "regions":
+            sources = regional_layers(storage)
         else:
-            centroids = spec.archive == "building_centroids"
-            layers = [TileLayer("risk", folder / "risk.fgb")]
-            batches = _building_batches(storage, centroids)
-            features = {"risk": _write_fgb(batches, folder / "risk.fgb", False)}
+            sources = building_layers(storage, centroids=spec.archive == "building_centroids")
+        layers = [TileLayer(name, folder / f"{name}.fgb") for name in sources]
+        features = {
+            layer.name: write_flatgeobuf(sources[layer.name], layer.source) for layer in layers
+        }
         write_s = time.perf_counter() - start
         argv = tippecanoe_command(
             tippecanoe_binary(),
@@ -504,6 +445,10 @@ def summarise_run(run: dict, sampler: TreeSampler, wall: float) -> dict:
             "asset_seconds": step.get("asset_seconds"),
             "peak_rss_mib": round(own[0] / MIB),
             "peak_anon_mib": round(own[1] / MIB),
+            # what this project holds: the step without tippecanoe (measured alone below)
+            "ours_anon_mib": round(
+                sampler.peak_between(step["start"], end, step.get("pid", -1), "tippecanoe")[1] / MIB
+            ),
             "tree_peak_mib": round(sampler.peak_between(step["start"], end)[0] / MIB),
             "process_lifetime_peak_mib": round(lifetime[0] / MIB),
             "checks": step["checks"],
@@ -519,6 +464,7 @@ def summarise_run(run: dict, sampler: TreeSampler, wall: float) -> dict:
         "process_wall_s": round(wall, 2),
         "tree_peak_rss_mib": round(peak_rss / MIB),
         "tree_peak_anon_mib": round(peak_anon / MIB),
+        "tree_ours_anon_mib": round(sampler.peak_between(exclude="tippecanoe")[1] / MIB),
         "cpu_s": round(sampler.cpu_s, 1),
         "other_processes_cpu_s": round(sampler.other_cpu_s, 1),
         "at_tree_peak": sampler.at_peak(),
@@ -527,15 +473,25 @@ def summarise_run(run: dict, sampler: TreeSampler, wall: float) -> dict:
 
 
 def per_asset(result: dict) -> dict[str, dict[str, float]]:
-    """Per downstream asset: its step's wall and peak, its checks' wall and peak."""
+    """Per downstream asset: its step's wall and peak (RSS, anon), and its checks'."""
     out: dict[str, dict[str, float]] = {}
     for step in result["run"]["steps"].values():
         row = out.setdefault(
-            step["asset"], {"step_s": 0.0, "step_mib": 0, "checks_s": 0.0, "checks_mib": 0}
+            step["asset"],
+            {
+                f"{part}_{what}": 0.0
+                for part in ("step", "checks")
+                for what in ("s", "mib", "anon_mib", "ours_anon_mib")
+            },
         )
         prefix = "step" if step["kind"] == "asset" else "checks"
         row[f"{prefix}_s"] += step["wall_s"]
-        row[f"{prefix}_mib"] = max(row[f"{prefix}_mib"], step["peak_rss_mib"])
+        for what, key in (
+            ("mib", "peak_rss_mib"),
+            ("anon_mib", "peak_anon_mib"),
+            ("ours_anon_mib", "ours_anon_mib"),
+        ):
+            row[f"{prefix}_{what}"] = max(row[f"{prefix}_{what}"], step.get(key, 0))
     return out
 
 
@@ -558,14 +514,18 @@ def print_config(result: dict) -> None:
         f"CPU {run['cpu_s']} s, other processes on the machine {run['other_processes_cpu_s']} s"
     )
     print("   at the tree's peak: " + "; ".join(f"{c} {m:,} MiB" for c, m in run["at_tree_peak"]))
-    print(f"   {'step':64s} {'wall s':>8s} {'own peak MiB':>13s} {'anon':>7s} {'tree MiB':>9s}")
+    print(
+        f"   {'step':58s} {'wall s':>8s} {'own peak MiB':>13s} {'anon':>7s} "
+        f"{'ours anon':>10s} {'tree MiB':>9s}"
+    )
     for key, step in run["steps"].items():
         checks = ",".join(c["name"] for c in step["checks"]) or key
         label = key if step["kind"] == "asset" else f"  check {step['asset']}: {checks}"
         flag = "" if step["status"] == "success" else f"  [{step['status']}]"
         print(
-            f"   {label[:64]:64s} {step['wall_s']:8.1f} {step['peak_rss_mib']:13,d} "
-            f"{step['peak_anon_mib']:7,d} {step['tree_peak_mib']:9,d}{flag}"
+            f"   {label[:58]:58s} {step['wall_s']:8.1f} {step['peak_rss_mib']:13,d} "
+            f"{step['peak_anon_mib']:7,d} {step.get('ours_anon_mib', 0):10,d} "
+            f"{step['tree_peak_mib']:9,d}{flag}"
         )
     for key, alone in result.get("tippecanoe_alone", {}).items():
         step = run["steps"].get(key)
@@ -609,6 +569,7 @@ def marginal_table(
         ra, rb = a["run"], b["run"]
         tree = (rb["tree_peak_rss_mib"] - ra["tree_peak_rss_mib"]) * MIB / dn
         anon = (rb["tree_peak_anon_mib"] - ra["tree_peak_anon_mib"]) * MIB / dn
+        ours = (rb.get("tree_ours_anon_mib", 0) - ra.get("tree_ours_anon_mib", 0)) * MIB / dn
         pa, pb = per_asset(a), per_asset(b)
         rows = {}
         for asset in assets:
@@ -616,6 +577,15 @@ def marginal_table(
                 rows[asset] = {
                     "bytes_per_unit": round(
                         (pb[asset]["step_mib"] - pa[asset]["step_mib"]) * MIB / dn, 1
+                    ),
+                    "anon_bytes_per_unit": round(
+                        (pb[asset]["step_anon_mib"] - pa[asset]["step_anon_mib"]) * MIB / dn, 1
+                    ),
+                    "ours_anon_bytes_per_unit": round(
+                        (pb[asset]["step_ours_anon_mib"] - pa[asset]["step_ours_anon_mib"])
+                        * MIB
+                        / dn,
+                        1,
                     ),
                     "time_ratio": round(pb[asset]["step_s"] / max(pa[asset]["step_s"], 1e-9), 2),
                     "checks_bytes_per_unit": round(
@@ -628,6 +598,7 @@ def marginal_table(
             "size_ratio": round(b[varying] / a[varying], 2),
             "tree_bytes_per_unit": round(tree, 1),
             "tree_anon_bytes_per_unit": round(anon, 1),
+            "tree_ours_anon_bytes_per_unit": round(ours, 1),
             "run_time_ratio": round(rb["run_s"] / ra["run_s"], 2),
             "steps_time_ratio": round(steps_b / steps_a, 2),
             "assets": rows,
@@ -641,14 +612,16 @@ def print_marginals(title: str, table: dict, unit: str, limit: float) -> None:
         verdict = "ok" if row["tree_bytes_per_unit"] <= limit else f"OVER {limit:g}"
         print(
             f"   {label}: whole tree {row['tree_bytes_per_unit']:,.1f} B/{unit} ({verdict}; "
-            f"anon {row['tree_anon_bytes_per_unit']:,.1f}); time ×{row['run_time_ratio']} "
+            f"anon {row['tree_anon_bytes_per_unit']:,.1f}, without tippecanoe "
+            f"{row['tree_ours_anon_bytes_per_unit']:,.1f}); time ×{row['run_time_ratio']} "
             f"for ×{row['size_ratio']} {unit}s (steps only ×{row['steps_time_ratio']})"
         )
         for asset, r in row["assets"].items():
             print(
-                f"      {asset:28s} {r['bytes_per_unit']:10,.1f} B/{unit}  "
-                f"time ×{r['time_ratio']:<5}"
-                f"  checks {r['checks_bytes_per_unit']:8,.1f} B/{unit}"
+                f"      {asset:27s} {r['bytes_per_unit']:8,.1f} B/{unit} "
+                f"(anon {r['anon_bytes_per_unit']:7,.1f}, "
+                f"ours {r['ours_anon_bytes_per_unit']:7,.1f})  time ×{r['time_ratio']:<5}  "
+                f"checks {r['checks_bytes_per_unit']:7,.1f} B/{unit}"
             )
 
 
@@ -681,21 +654,28 @@ def conus_extrapolation(results: list[dict]) -> dict:
                 continue
             t, t_slope = _line([(n, p[f"{part}_s"]) for n, p in n_points], CONUS_BUILDINGS)
             m, m_slope = _line([(n, p[f"{part}_mib"] * MIB) for n, p in n_points], CONUS_BUILDINGS)
+            a, a_slope = _line(
+                [(n, p[f"{part}_anon_mib"] * MIB) for n, p in n_points], CONUS_BUILDINGS
+            )
             b_points = [(r["blocks"], per_asset(r).get(asset)) for r in by_blocks]
             b_points = [(b, p) for b, p in b_points if p and p[f"{part}_s"]]
-            tb_slope = mb_slope = 0.0
+            tb_slope = mb_slope = ab_slope = 0.0
             if len(b_points) >= 2:
                 _, tb_slope = _line([(b, p[f"{part}_s"]) for b, p in b_points], 0)
                 _, mb_slope = _line([(b, p[f"{part}_mib"] * MIB) for b, p in b_points], 0)
+                _, ab_slope = _line([(b, p[f"{part}_anon_mib"] * MIB) for b, p in b_points], 0)
             extra_blocks = CONUS_BLOCKS - base_blocks
             profile = PROFILES.get(asset)
             vm = profile.vm_type if profile and part == "step" else "dagster host"
             out[f"{asset}{'' if part == 'step' else ' (checks)'}"] = {
                 "time_s": round(t + tb_slope * extra_blocks),
                 "peak_gib": round((m + mb_slope * extra_blocks) / GIB, 1),
+                "peak_anon_gib": round((a + ab_slope * extra_blocks) / GIB, 1),
                 "s_per_million_buildings": round(t_slope * 1e6, 2),
                 "bytes_per_building": round(m_slope, 1),
                 "bytes_per_block": round(mb_slope, 1),
+                "anon_bytes_per_building": round(a_slope, 1),
+                "anon_bytes_per_block": round(ab_slope, 1),
                 "vm": vm,
                 "vm_gib": VM_MEMORY_GIB.get(vm),
             }
@@ -724,18 +704,21 @@ def print_summary(results: list[dict]) -> dict:
                     f"{alone['tippecanoe_s']:7.1f} s = {ratio:5.2f}× ({verdict})"
                 )
     conus = conus_extrapolation(results)
-    print(f"\n== CONUS extrapolation ({CONUS_BUILDINGS:,} buildings, {CONUS_BLOCKS:,} blocks)")
+    print(
+        f"\n== CONUS extrapolation ({CONUS_BUILDINGS:,} buildings, {CONUS_BLOCKS:,} blocks; "
+        f"time at this machine's speed, {len(os.sched_getaffinity(0))} cores)"
+    )
     for name, row in conus.items():
-        fits = ""
         if row["vm_gib"]:
             fits = "fits" if row["peak_gib"] <= row["vm_gib"] else "DOES NOT FIT"
-            fits = f" on {row['vm']} ({row['vm_gib']} GiB): {fits}"
+            fits = f" {row['vm']} ({row['vm_gib']} GiB): {fits}"
         else:
             fits = f" on the {row['vm']}"
         print(
-            f"   {name:38s} {row['time_s'] / 60:8.1f} min  peak {row['peak_gib']:7.1f} GiB"
-            f"{fits}  [{row['s_per_million_buildings']} s/M bldg, "
-            f"{row['bytes_per_building']} B/bldg, {row['bytes_per_block']} B/block]"
+            f"   {name:38s} {row['time_s'] / 60:7.1f} min  peak {row['peak_gib']:6.1f} GiB "
+            f"(anon {row['peak_anon_gib']:5.1f}){fits}  [{row['s_per_million_buildings']} s/M, "
+            f"{row['bytes_per_building']} ({row['anon_bytes_per_building']}) B/bldg, "
+            f"{row['bytes_per_block']} ({row['anon_bytes_per_block']}) B/block]"
         )
     return {"buildings": buildings, "blocks": blocks, "tiles_vs_alone": tiles, "conus": conus}
 
@@ -756,8 +739,15 @@ def main() -> None:
         "--retries", type=int, default=0, help="run a failed configuration again (after 2 min)"
     )
     parser.add_argument("--tmp", default=None, help="folder for the temporary storage roots")
+    parser.add_argument(
+        "--summarize", metavar="FILE", help="print the summary of an earlier run's JSON lines"
+    )
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summarize:
+        lines = Path(args.summarize).read_text().splitlines()
+        print_summary([json.loads(line) for line in lines if line.startswith('{"config"')])
+        return
     if args.one:
         what, *rest = args.one
         if what == "generate":

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
+import posixpath
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import geopandas as gpd
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -23,9 +28,18 @@ import pyogrio
 import shapely
 import shapely.geometry
 import xarray as xr
+import zarr
+from odc.geo.geobox import GeoBox
 from odc.geo.xr import assign_crs, xr_reproject
 
-from ocr_assets.science.pyramid import level_geobox
+from ocr_assets.science.parallel import worker_threads
+from ocr_assets.science.pyramid import (
+    Window,
+    average_warp,
+    level_geobox,
+    nested_window,
+    window_pieces,
+)
 from ocr_assets.science.reproject import in_memory_rasterio
 from ocr_assets.science.statistics import (
     SCORED,
@@ -53,8 +67,6 @@ SOURCES = [
 ]
 PYRAMID_VARIABLES = ("rps_2011", "rps_2047")
 HISTOGRAM_COLUMNS = tuple(SCORED)
-# few large source chunks keep the warp graph small (the store holds one shard per region)
-PYRAMID_SOURCE_CHUNKS = {"latitude": 4096, "longitude": 4096}
 
 
 class ToolMissingError(RuntimeError):
@@ -92,7 +104,60 @@ def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
     return json.dumps(geo).encode()
 
 
-def consolidate_buildings(storage: OcrStorage, region_ids: list[str], version: str) -> dict:
+# Sorting the buildings for the partitioned copy spills to disk beyond this (DuckDB's limit).
+SORT_MEMORY_LIMIT = "256MB"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition of a missing value, as pyarrow names it
+
+
+def _by_geoid(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, scratch: str, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The buildings sorted by GEOID in DuckDB, which spills to ``scratch`` past
+    ``SORT_MEMORY_LIMIT``; batches of ``schema`` again (DuckDB's Arrow types cast back)."""
+    con = duckdb.connect(config={"memory_limit": SORT_MEMORY_LIMIT, "temp_directory": scratch})
+    try:
+        con.register("buildings_scan", pa.RecordBatchReader.from_batches(schema, batches))
+        reader = con.sql("SELECT * FROM buildings_scan ORDER BY GEOID").to_arrow_reader(batch_rows)
+        for batch in reader:
+            columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+    finally:
+        con.close()
+
+
+def _write_by_county(
+    storage: OcrStorage, batches: Iterator[pa.RecordBatch], schema: pa.Schema, root: str
+) -> int:
+    """Hive partitions ``state_fips=SS/county_fips=CCC/part-0.parquet`` from batches sorted by
+    GEOID: one file open at a time, each run of a county written as it comes.
+
+    (pyarrow's partitioned dataset writer keeps every partition's file open and queues rows
+    ahead of its encoders: memory that grows with the number of buildings, bench/scale.)"""
+    files, current, writer = 0, None, None
+    with ExitStack() as open_file:
+        for batch in batches:
+            county = pc.utf8_slice_codeunits(batch.column("GEOID"), 0, 5)
+            keys = county.to_numpy(zero_copy_only=False)
+            cuts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
+            for start, stop in itertools.pairwise(cuts):
+                key = keys[start]
+                if writer is None or key != current:
+                    open_file.close()
+                    state, rest = (key[:2], key[2:]) if key is not None else (HIVE_NULL,) * 2
+                    path = f"{root}/state_fips={state}/county_fips={rest}/part-0.parquet"
+                    storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+                    sink = open_file.enter_context(storage.fs.open(path, "wb"))
+                    writer = open_file.enter_context(
+                        pq.ParquetWriter(sink, schema, compression="zstd")
+                    )
+                    current, files = key, files + 1
+                writer.write_batch(batch.slice(start, stop - start))
+    return files
+
+
+def consolidate_buildings(
+    storage: OcrStorage, region_ids: list[str], version: str, batch_rows: int = BATCH_ROWS
+) -> dict:
     """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region."""
     layout = storage.layout
     paths = [layout.region_buildings(r) for r in region_ids]
@@ -101,44 +166,34 @@ def consolidate_buildings(storage: OcrStorage, region_ids: list[str], version: s
         k.encode(): v.encode() for k, v in dataset_metadata(version, "ODbL-1.0").items()
     }
     schema = dataset.schema.with_metadata(metadata)
+
+    def region_batches() -> Iterator[pa.RecordBatch]:
+        """Every region file's rows, a row group at a time and one file after the other (a
+        dataset scan reads files and batches ahead of a slower writer, without bound)."""
+        for path in paths:
+            for batch in storage.iter_batches(path, schema.names, batch_rows):
+                yield pa.RecordBatch.from_arrays(batch.select(schema.names).columns, schema=schema)
+
     rows = 0
     with storage.atomic_path(layout.consolidated_buildings) as tmp:
         with storage.fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
-            for batch in dataset.to_batches():
-                w.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+            for batch in region_batches():
+                w.write_batch(batch)
                 rows += batch.num_rows
         consolidated_bytes = storage.fs.size(tmp)
 
-    geoid = ds.field("GEOID")
-    columns = {name: ds.field(name) for name in schema.names}
-    columns["state_fips"] = pc.utf8_slice_codeunits(geoid, 0, 2)
-    columns["county_fips"] = pc.utf8_slice_codeunits(geoid, 2, 5)
-    scanner = ds.Scanner.from_dataset(dataset, columns=columns)
-    partition_schema = pa.schema([("state_fips", pa.string()), ("county_fips", pa.string())])
-    full_schema = pa.unify_schemas([schema, partition_schema]).with_metadata(metadata)
-    batches = pa.RecordBatchReader.from_batches(
-        full_schema,
-        (pa.RecordBatch.from_arrays(b.columns, schema=full_schema) for b in scanner.to_batches()),
-    )
-    with storage.atomic_path(layout.partitioned_buildings) as tmp:
-        ds.write_dataset(
-            batches,
-            tmp,
-            format="parquet",
-            partitioning=ds.partitioning(partition_schema, flavor="hive"),
-            file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
-            filesystem=storage.fs,
-            basename_template="part-{i}.parquet",
-            existing_data_behavior="error",
-        )
+    with ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="ocr-sort-"))
+        tmp = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
+        sorted_batches = _by_geoid(region_batches(), schema, scratch, batch_rows)
+        files = _write_by_county(storage, sorted_batches, schema, tmp)
         storage.fs.makedirs(tmp, exist_ok=True)  # no rows (all regions empty): no partitions
         with storage.fs.open(f"{tmp}/_common_metadata", "wb") as f:
             pq.write_metadata(schema, f)
-        files = [p for p in storage.fs.find(tmp) if p.endswith(".parquet")]
     return {
         "rows": rows,
         "consolidated_bytes": int(consolidated_bytes),
-        "partition_files": len(files),
+        "partition_files": files,
     }
 
 
@@ -472,18 +527,127 @@ def regional_layers(storage: OcrStorage, batch_rows: int = BATCH_ROWS) -> dict[s
 
 
 # risk_pyramid ------------------------------------------------------------------------------
-def write_pyramid(storage: OcrStorage, max_zoom: int) -> dict:
-    """Web Mercator levels 0…max_zoom of rps_2011 / rps_2047, averaged from the raster store."""
-    store = storage.open_raster_store()[list(PYRAMID_VARIABLES)].chunk(PYRAMID_SOURCE_CHUNKS)
+@dataclass(frozen=True)
+class PyramidWindows:
+    """How much of the pyramid is in memory at once, per worker thread (bench/pyramid.py).
+
+    A level built as one dask graph over the whole source gathers every source block into
+    the tasks of its coarse levels (one output chunk covers the grid), so memory grows with
+    the grid (~263 GiB on CONUS). Built a bounded window at a time it does not."""
+
+    # source pixels per variable in one window (256 MB of float32); a window is never smaller
+    # than one output pixel, and fewer, larger windows re-read fewer of the store's chunks
+    source_px: int = 2**26
+    # levels of at most this many pixels per variable (z0–z6 on CONUS) are filled together
+    # from one pass over the source and written whole (≤ 4/3 × 64 MB per variable)
+    shared_level_px: int = 2**24
+    chunk_px: int = 4096  # output chunk side: the unit every finer level is written in
+
+
+@dataclass
+class _PyramidSource:
+    """The raster store's variables and grid, read a window at a time."""
+
+    store: xr.Dataset
+    geobox: GeoBox
+    nodata: dict[str, float | None]
+
+    def read(self, name: str, window: Window) -> np.ndarray:
+        return self.store[name].isel(latitude=window[0], longitude=window[1]).values
+
+    def warp(self, name: str, data: np.ndarray, window: Window, dst: GeoBox) -> np.ndarray:
+        return average_warp(data, self.geobox[window], dst, self.nodata[name])
+
+
+def _write_window(group: zarr.Group, name: str, where: Window, values: np.ndarray) -> None:
+    if not np.isnan(values).all():  # all-NaN chunks are never stored (as zarr skips them)
+        group[name][where] = values
+
+
+def _fill_shared_levels(
+    root: zarr.Group, source: _PyramidSource, boxes: dict[int, GeoBox], windows: PyramidWindows
+) -> None:
+    """The small levels in one pass over the source: each window covers whole pixels of the
+    coarsest of them, so also every finer pixel nested in those; pieces fill disjoint parts."""
+    coarse = boxes[min(boxes)]
+    levels = {
+        z: {v: np.full(tuple(b.shape), np.nan, np.float32) for v in PYRAMID_VARIABLES}
+        for z, b in boxes.items()
+    }
+    whole = (slice(0, coarse.shape[0]), slice(0, coarse.shape[1]))
+
+    def fill(piece: tuple[Window, Window]) -> None:
+        part, window = piece
+        for name in PYRAMID_VARIABLES:
+            data = source.read(name, window)
+            for zoom, box in boxes.items():
+                where = nested_window(coarse, box, part)
+                if where is not None:
+                    levels[zoom][name][where] = source.warp(name, data, window, box[where])
+
+    pieces = window_pieces(source.geobox, coarse, whole, windows.source_px)
+    with ThreadPoolExecutor(worker_threads()) as pool:
+        list(pool.map(fill, pieces))
+    for zoom, values in levels.items():
+        for name in PYRAMID_VARIABLES:
+            _write_window(root[str(zoom)], name, (slice(None), slice(None)), values[name])
+
+
+def _fill_level(
+    group: zarr.Group, source: _PyramidSource, dst: GeoBox, windows: PyramidWindows
+) -> None:
+    """One level an output chunk at a time (chunks on threads), each from the source under it
+    in pieces of at most ``windows.source_px``."""
+    ny, nx = dst.shape
+    cy, cx = group[PYRAMID_VARIABLES[0]].chunks
+
+    def fill(chunk: Window) -> None:
+        pieces = window_pieces(source.geobox, dst, chunk, windows.source_px)
+        (y0, y1), (x0, x1) = (chunk[0].start, chunk[0].stop), (chunk[1].start, chunk[1].stop)
+        for name in PYRAMID_VARIABLES:
+            out = np.full((y1 - y0, x1 - x0), np.nan, np.float32)
+            for (rows, cols), window in pieces:
+                data = source.read(name, window)
+                out[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = (
+                    source.warp(name, data, window, dst[rows, cols])
+                )
+            _write_window(group, name, chunk, out)
+
+    chunks = [
+        (slice(y, min(y + cy, ny)), slice(x, min(x + cx, nx)))
+        for y in range(0, ny, cy)
+        for x in range(0, nx, cx)
+    ]
+    with ThreadPoolExecutor(worker_threads()) as pool:
+        list(pool.map(fill, chunks))
+
+
+def write_pyramid(
+    storage: OcrStorage, max_zoom: int, windows: PyramidWindows = PyramidWindows()
+) -> dict:
+    """Web Mercator levels 0…max_zoom of rps_2011 / rps_2047, averaged from the raster store
+    a bounded window at a time: memory set by ``windows`` and the threads, not the grid."""
+    store = storage.open_raster_store()[list(PYRAMID_VARIABLES)]
     lat, lon = store["latitude"].values, store["longitude"].values
     half = (lat[1] - lat[0]) / 2, (lon[1] - lon[0]) / 2
     bounds = (lon[0] - half[1], lat[0] - half[0], lon[-1] + half[1], lat[-1] + half[0])
     source = assign_crs(store.drop_vars("spatial_ref", errors="ignore"), "EPSG:4326")
-    levels = {}
-    for zoom in range(max_zoom + 1):
-        geobox = level_geobox(zoom, bounds)
-        level = xr_reproject(source, geobox, resampling="average", dst_nodata=float("nan"))
-        levels[f"/{zoom}"] = level.drop_vars("spatial_ref", errors="ignore").assign_attrs(zoom=zoom)
+    # the levels as lazy expressions: only their coordinates, attributes and chunk grid are
+    # written from them; the values are computed below, window by window
+    lazy = source.chunk({"latitude": windows.chunk_px, "longitude": windows.chunk_px})
+    boxes = {zoom: level_geobox(zoom, bounds) for zoom in range(max_zoom + 1)}
+    levels = {
+        f"/{zoom}": xr_reproject(
+            lazy,
+            box,
+            resampling="average",
+            dst_nodata=float("nan"),
+            chunks=(windows.chunk_px, windows.chunk_px),
+        )
+        .drop_vars("spatial_ref", errors="ignore")
+        .assign_attrs(zoom=zoom)
+        for zoom, box in boxes.items()
+    }
     tree = xr.DataTree.from_dict(levels)
     tree.attrs["multiscales"] = [
         {
@@ -495,6 +659,17 @@ def write_pyramid(storage: OcrStorage, max_zoom: int) -> dict:
             "tile_size": 256,
         }
     ]
-    with in_memory_rasterio():
-        storage.write_datatree(tree, storage.layout.pyramid)
-    return {"levels": max_zoom + 1, "finest_shape": list(levels[f"/{max_zoom}"]["rps_2011"].shape)}
+    reader = _PyramidSource(
+        store, source.odc.geobox, {v: source[v].odc.nodata for v in PYRAMID_VARIABLES}
+    )
+    shared = {z: b for z, b in boxes.items() if math.prod(b.shape) <= windows.shared_level_px}
+    with in_memory_rasterio(), storage.datatree_writer(tree, storage.layout.pyramid) as root:
+        if shared:
+            _fill_shared_levels(root, reader, shared, windows)
+        for zoom in sorted(set(boxes) - set(shared)):
+            _fill_level(root[str(zoom)], reader, boxes[zoom], windows)
+    return {
+        "levels": max_zoom + 1,
+        "finest_shape": list(boxes[max_zoom].shape),
+        "shared_pass_levels": sorted(shared),
+    }

@@ -46,18 +46,19 @@ from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
 # Region windows are written as whole shards (one object per region and variable), so two
 # regions never write the same object and each object appears atomically.
 INNER_CHUNKS_PER_SHARD_SIDE = 4
+REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
+# Rows per record batch where a table is streamed (buildings, census units): memory is set by
+# this, never by the number of rows (~100 B per building and column group in flight).
+BATCH_ROWS = 65_536
 GEOPARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "write_covering_bbox": True,
     "schema_version": "1.1.0",
     "index": False,
+    # row groups of a batch: a reader decodes one row group at a time, so a streamed read of
+    # a region file holds a batch, not the whole region (~1 M buildings in a dense one)
+    "row_group_size": BATCH_ROWS,
 }
-
-
-REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
-# Rows per record batch where a table is streamed (buildings, census units): memory is set by
-# this, never by the number of rows (~100 B per building and column group in flight).
-BATCH_ROWS = 65_536
 
 
 class InputDataError(ValueError):
@@ -704,15 +705,22 @@ class OcrStorage(ConfigurableResource):
             )
         return self.parquet_dataset(spec.path)
 
-    def write_datatree(self, tree: xr.DataTree, path: str) -> None:
+    @contextmanager
+    def datatree_writer(self, tree: xr.DataTree, path: str) -> Iterator[zarr.Group]:
+        """The tree's groups, coordinates, attributes and array metadata written from its lazy
+        variables (never computed), then its Zarr group to fill window by window; in place at
+        ``path`` only when the block succeeds."""
+        options = self.storage_options or None
         with self.atomic_path(path) as tmp:
             tree.to_zarr(
                 tmp,
                 mode="w-",
                 consolidated=False,
                 zarr_format=3,
-                storage_options=self.storage_options or None,
+                storage_options=options,
+                compute=False,
             )
+            yield zarr.open_group(tmp, mode="r+", storage_options=options)
 
     def open_datatree(self, path: str) -> xr.DataTree:
         """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""

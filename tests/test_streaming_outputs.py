@@ -13,6 +13,7 @@ import os
 from functools import partial
 
 import dagster as dg
+import duckdb
 import geopandas as gpd
 import mapbox_vector_tile
 import numpy as np
@@ -157,3 +158,39 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
         assert len(tiles_new) > 1 and tiles_new == tiles_old, spec.archive
         assert fields_new == fields_old, spec.archive
     assert batches[new.layout.consolidated_buildings] >= 2 * (consolidated // 100)
+
+
+def test_partitioned_copy_holds_the_consolidated_rows_county_by_county(storages, tmp_path):
+    """Small batches: counties span batch boundaries and the sort spills nothing, yet every
+    county is one file and the partitioned rows are exactly the consolidated ones."""
+    new = storages["new"]
+    copy = OcrStorage(root=new.root, environment="partitioned")
+    for region in REGIONS:
+        copy.fs.makedirs(os.path.dirname(copy.layout.region_buildings(region)), exist_ok=True)
+        copy.fs.copy(new.layout.region_buildings(region), copy.layout.region_buildings(region))
+    result = publishing.consolidate_buildings(copy, list(REGIONS), VERSION, batch_rows=7)
+    lay = copy.layout
+    files = sorted(copy.fs.glob(f"{lay.partitioned_buildings}/*/*/*.parquet"))
+    con = duckdb.connect()
+    counties = con.sql(
+        "SELECT DISTINCT substr(GEOID, 1, 5) FROM read_parquet($p)",
+        params={"p": lay.consolidated_buildings},
+    ).fetchall()
+    assert result["partition_files"] == len(files) == len(counties) > 1
+    consolidated = pq.read_schema(lay.consolidated_buildings)
+    for path in files:
+        assert pq.read_schema(path).equals(consolidated, check_metadata=True)
+        assert path.endswith("/part-0.parquet")
+    differences = con.sql(
+        "SELECT count(*) FROM ((SELECT * EXCLUDE (state_fips, county_fips) FROM "
+        "read_parquet($parts, hive_partitioning = true) EXCEPT ALL SELECT * FROM "
+        "read_parquet($whole)) UNION ALL (SELECT * FROM read_parquet($whole) EXCEPT ALL "
+        "SELECT * EXCLUDE (state_fips, county_fips) FROM read_parquet($parts, "
+        "hive_partitioning = true)))",
+        params={"parts": files, "whole": lay.consolidated_buildings},
+    ).fetchall()[0][0]
+    assert differences == 0
+    # the consolidated file keeps the regions' order and rows, batch size notwithstanding
+    assert pq.read_table(lay.consolidated_buildings).equals(
+        pq.read_table(new.layout.consolidated_buildings)
+    )

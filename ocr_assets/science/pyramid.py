@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from odc.geo.warp import rio_reproject
 from pyproj import Transformer
 
 TILE_SIZE = 256
@@ -36,3 +38,95 @@ def level_geobox(zoom: int, bounds_lonlat: tuple[float, float, float, float]) ->
     row1 = math.ceil((WEB_MERCATOR_HALF - y0) / res)
     left, top = -WEB_MERCATOR_HALF + col0 * res, WEB_MERCATOR_HALF - row0 * res
     return GeoBox((row1 - row0, col1 - col0), Affine(res, 0, left, 0, -res, top), "EPSG:3857")
+
+
+# Windows of the source for a bounded-memory pyramid -----------------------------------------
+# Every level is computed a window of the source at a time; these say which source pixels a
+# set of output pixels needs, and how levels nest, so that the I/O side never holds more than
+# a window (see ``ocr_resources.publishing.write_pyramid``).
+Window = tuple[slice, slice]
+WINDOW_PAD_PX = 2  # source pixels around a footprint; GDAL's average reads none beyond it
+
+
+def source_window(src: GeoBox, dst: GeoBox) -> Window | None:
+    """Index slices of the source pixels under ``dst``, padded; None if it misses the source.
+
+    EPSG:3857 → 4326 is separable (x ↦ lon, y ↦ lat), so the corners give the exact footprint.
+    """
+    west, south, east, north = dst.extent.to_crs(src.crs).boundingbox
+    ny, nx = src.shape
+    t = src.affine  # pixel edges: column = (lon - c) / a, row = (lat - f) / e
+    rows = sorted(((south - t.f) / t.e, (north - t.f) / t.e))
+    cols = sorted(((west - t.c) / t.a, (east - t.c) / t.a))
+    r0 = max(0, math.floor(rows[0]) - WINDOW_PAD_PX)
+    r1 = min(ny, math.ceil(rows[1]) + WINDOW_PAD_PX)
+    c0 = max(0, math.floor(cols[0]) - WINDOW_PAD_PX)
+    c1 = min(nx, math.ceil(cols[1]) + WINDOW_PAD_PX)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
+def window_pieces(
+    src: GeoBox, dst: GeoBox, part: Window, budget_px: int
+) -> list[tuple[Window, Window]]:
+    """``dst[part]`` cut into (output pixels, source window) pieces whose windows hold about
+    ``budget_px`` source pixels at most — never less than one output pixel, which at z0 of
+    CONUS covers ~20 M source pixels."""
+    window = source_window(src, dst[part])
+    if window is None:
+        return []
+    rows, cols = part
+    side = math.sqrt(budget_px)
+    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+    step_y = max(1, int(side * n_rows / (window[0].stop - window[0].start)))
+    step_x = max(1, int(side * n_cols / (window[1].stop - window[1].start)))
+    if step_y >= n_rows and step_x >= n_cols:
+        return [(part, window)]
+    pieces = []
+    for y in range(rows.start, rows.stop, step_y):
+        for x in range(cols.start, cols.stop, step_x):
+            piece = slice(y, min(y + step_y, rows.stop)), slice(x, min(x + step_x, cols.stop))
+            piece_window = source_window(src, dst[piece])
+            if piece_window is not None:
+                pieces.append((piece, piece_window))
+    return pieces
+
+
+def tile_grid_origin(box: GeoBox) -> tuple[int, int]:
+    """(row, column) of a level's first pixel in the global pixel grid of its zoom."""
+    res = box.affine.a
+    return (
+        round((WEB_MERCATOR_HALF - box.affine.f) / res),
+        round((box.affine.c + WEB_MERCATOR_HALF) / res),
+    )
+
+
+def nested_window(coarse: GeoBox, fine: GeoBox, part: Window) -> Window | None:
+    """The pixels of level ``fine`` inside pixels ``part`` of the coarser level ``coarse``:
+    levels are aligned to the global tile grid, so every fine pixel lies in one coarse pixel."""
+    k = round(coarse.affine.a / fine.affine.a)
+    (cr, cc), (fr, fc) = tile_grid_origin(coarse), tile_grid_origin(fine)
+    ny, nx = fine.shape
+    r0, r1 = max(0, (cr + part[0].start) * k - fr), min(ny, (cr + part[0].stop) * k - fr)
+    c0, c1 = max(0, (cc + part[1].start) * k - fc), min(nx, (cc + part[1].stop) * k - fc)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
+def average_warp(
+    data: np.ndarray, src: GeoBox, dst: GeoBox, src_nodata: float | None
+) -> np.ndarray:
+    """GDAL's ``average`` of the source window ``data`` (on ``src``) onto ``dst``, NaN where no
+    source pixel falls: the call odc-geo's dask path makes per output tile."""
+    out = np.full(tuple(dst.shape), np.nan, np.float32)
+    return rio_reproject(
+        data,
+        out,
+        src,
+        dst,
+        resampling="average",
+        src_nodata=src_nodata,
+        dst_nodata=float("nan"),
+    )
