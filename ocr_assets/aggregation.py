@@ -109,7 +109,7 @@ def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
     if geo.get("version") != "1.1.0" or "covering" not in geo["columns"]["geometry"]:
         problems.append("geo metadata is not GeoParquet 1.1 with a covering bbox")
     con = duckdb.connect()
-    con.register("b", storage.parquet_dataset(path))
+    con.register("b", storage.parquet_stream(path, list(RISK_VARIABLES)))
     row = con.execute(
         "SELECT " + ", ".join(f"min({v}), max({v})" for v in RISK_VARIABLES) + " FROM b"
     ).fetchone()

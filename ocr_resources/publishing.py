@@ -263,8 +263,17 @@ def write_summary_statistics(storage: OcrStorage, batch_rows: int = BATCH_ROWS) 
     every level is written to a temporary name first: the files are moved into place only
     when all five succeeded, so a failure leaves the previous statistics as they were.
     """
+    with storage.local_copy(storage.layout.consolidated_buildings) as buildings:
+        return _write_summary_statistics(storage, buildings, batch_rows)
+
+
+def _write_summary_statistics(
+    storage: OcrStorage, buildings: str, batch_rows: int
+) -> dict[str, int]:
     con = connect()
-    con.register("buildings_scan", storage.parquet_dataset(storage.layout.consolidated_buildings))
+    # DuckDB's own Parquet reader on a local file: its scan of a pyarrow dataset reads up
+    # to 16 M rows ahead, memory that grows with the buildings (bench/scale)
+    con.read_parquet(buildings).create_view("buildings_scan")
     censuses = {level: storage.census_dataset(level) for level in CENSUS_LEVELS}
     for level, census in censuses.items():
         con.register("census_scan", census)

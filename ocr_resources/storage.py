@@ -656,6 +656,18 @@ class OcrStorage(ConfigurableResource):
         with self.fs.open(path, "rb") as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
+    def parquet_stream(
+        self, path: str, columns: list[str], batch_rows: int = BATCH_ROWS
+    ) -> pa.RecordBatchReader:
+        """``columns`` of a Parquet file as a one-pass stream for DuckDB, a row group at a time
+        (DuckDB's scan of a pyarrow dataset reads millions of rows ahead)."""
+        stored = self.parquet_schema(path)
+        schema = pa.schema([stored.field(c).remove_metadata() for c in columns])
+        return pa.RecordBatchReader.from_batches(
+            schema,
+            (b.select(columns) for b in self.iter_batches(path, columns, batch_rows)),
+        )
+
     def parquet_schema(self, path: str) -> pa.Schema:
         with self.fs.open(path, "rb") as f:
             return pq.read_schema(f)
