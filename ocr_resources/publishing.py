@@ -631,6 +631,22 @@ def _fill_level(
         list(pool.map(fill, chunks))
 
 
+def pyramid_tree(levels: dict[str, xr.Dataset]) -> xr.DataTree:
+    """Levels ``/0``…``/max`` as one tree with its ``multiscales`` description."""
+    tree = xr.DataTree.from_dict(levels)
+    tree.attrs["multiscales"] = [
+        {
+            "datasets": [
+                {"path": str(z), "level": z, "crs": "EPSG:3857"} for z in range(len(levels))
+            ],
+            "type": "reduce",
+            "method": "average",
+            "tile_size": 256,
+        }
+    ]
+    return tree
+
+
 def write_pyramid(
     storage: OcrStorage, max_zoom: int, windows: PyramidWindows = PyramidWindows()
 ) -> dict:
@@ -657,17 +673,7 @@ def write_pyramid(
         .assign_attrs(zoom=zoom)
         for zoom, box in boxes.items()
     }
-    tree = xr.DataTree.from_dict(levels)
-    tree.attrs["multiscales"] = [
-        {
-            "datasets": [
-                {"path": str(z), "level": z, "crs": "EPSG:3857"} for z in range(max_zoom + 1)
-            ],
-            "type": "reduce",
-            "method": "average",
-            "tile_size": 256,
-        }
-    ]
+    tree = pyramid_tree(levels)
     reader = _PyramidSource(
         store, source.odc.geobox, {v: source[v].odc.nodata for v in PYRAMID_VARIABLES}
     )
