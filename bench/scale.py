@@ -122,6 +122,16 @@ class TreeSampler:
         self._machine_start = psutil.cpu_times()
         self.other_cpu_s = 0.0
 
+    @classmethod
+    def until_done(cls, proc: subprocess.Popen) -> TreeSampler:
+        """Sample ``proc``'s tree every ``SAMPLE_SECONDS`` until it exits."""
+        sampler = cls(proc.pid)
+        while proc.poll() is None:
+            sampler.sample()
+            time.sleep(SAMPLE_SECONDS)
+        sampler.finish()
+        return sampler
+
     @property
     def cpu_s(self) -> float:
         """CPU seconds of the tree's processes (each as last sampled: ≤ 50 ms short)."""
@@ -212,12 +222,8 @@ def measured(argv: list[str], log_dir: Path, name: str) -> tuple[dict, TreeSampl
     start = time.perf_counter()
     with stdout.open("w") as out, stderr.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        sampler = TreeSampler(proc.pid)
-        while proc.poll() is None:
-            sampler.sample()
-            time.sleep(SAMPLE_SECONDS)
+        sampler = TreeSampler.until_done(proc)
     wall = time.perf_counter() - start
-    sampler.finish()
     lines = stdout.read_text().strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = stderr.read_text()[-3000:]
@@ -365,12 +371,8 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
         )
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sampler = TreeSampler(proc.pid)
-        while proc.poll() is None:
-            sampler.sample()
-            time.sleep(SAMPLE_SECONDS)
+        sampler = TreeSampler.until_done(proc)
         alone_s = time.perf_counter() - start
-        sampler.finish()
         if proc.returncode != 0:
             raise RuntimeError(f"tippecanoe alone failed: {proc.stderr.read()[-2000:]!r}")
         out[spec.key] = {

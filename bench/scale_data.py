@@ -17,6 +17,7 @@ rectangles and L shapes, and regions are tiles of the lattice of ~125k buildings
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -220,30 +221,22 @@ def census_levels(lattice: Lattice) -> dict[str, gpd.GeoDataFrame]:
         crs=CRS_4326,
     ).sort_values("GEOID", ignore_index=True)
     geoid = table["GEOID"].to_numpy().reshape(lattice.rows, lattice.cols)
-    tracts, counties, states = [], [], []
     t, c = BLOCKS_PER_TRACT_SIDE, BLOCKS_PER_TRACT_SIDE * TRACTS_PER_COUNTY_SIDE
-    for j0 in range(0, lattice.rows, t):
-        for i0 in range(0, lattice.cols, t):
-            j1, i1 = min(j0 + t, lattice.rows), min(i0 + t, lattice.cols)
-            code = geoid[j0, i0][:11]
-            tracts.append(
-                {
-                    "GEOID": code,
-                    "NAME": f"Census Tract {int(code[5:]) / 100:g}",
-                    "geometry": lattice.outline(j0, j1, i0, i1),
-                }
-            )
-    for j0 in range(0, lattice.rows, c):
-        for i0 in range(0, lattice.cols, c):
-            j1, i1 = min(j0 + c, lattice.rows), min(i0 + c, lattice.cols)
-            code = geoid[j0, i0][:5]
-            counties.append(
-                {
-                    "GEOID": code,
-                    "NAME": f"County {code}",
-                    "geometry": lattice.outline(j0, j1, i0, i1),
-                }
-            )
+
+    def units(side: int, length: int, name: Callable[[str], str]) -> list[dict]:
+        """Square units of ``side`` blocks: GEOID = their first block's prefix."""
+        out = []
+        for j0 in range(0, lattice.rows, side):
+            for i0 in range(0, lattice.cols, side):
+                j1, i1 = min(j0 + side, lattice.rows), min(i0 + side, lattice.cols)
+                code = geoid[j0, i0][:length]
+                geometry = lattice.outline(j0, j1, i0, i1)
+                out.append({"GEOID": code, "NAME": name(code), "geometry": geometry})
+        return out
+
+    tracts = units(t, 11, lambda code: f"Census Tract {int(code[5:]) / 100:g}")
+    counties = units(c, 5, lambda code: f"County {code}")
+    states = []
     row_edges, col_edges = lattice.state_edges
     for sj in range(len(row_edges) - 1):
         for si in range(len(col_edges) - 1):
