@@ -25,10 +25,9 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 import numpy as np
 
-from ocr_assets.science.scoring import SCORE_EDGES
+from ocr_assets.science.scoring import RISK_COLORS, SCORE_EDGES
 from ocr_assets.science.tiling import BUILDINGS_ZOOM, CENTROIDS_ZOOM, REGIONS_ZOOM
 from ocr_resources.layout import PMTILES_NAMES
-from ocr_resources.previews import RISK_COLORS
 from ocr_resources.storage import OcrStorage
 
 HOST = "127.0.0.1"

@@ -14,23 +14,8 @@ import math
 import geopandas as gpd
 import numpy as np
 
-from ocr_assets.science.scoring import N_SCORES, risk_score
+from ocr_assets.science.scoring import N_SCORES, RISK_COLORS, risk_score
 
-# score 0 (no risk) grey, then 1–10 from pale yellow to dark red
-RISK_COLORS: tuple[str, ...] = (
-    "#c8c8c8",
-    "#fff3b0",
-    "#ffe08a",
-    "#fec866",
-    "#fdaa4b",
-    "#fb8b3d",
-    "#f26532",
-    "#dc3e2c",
-    "#b8202f",
-    "#8a0f38",
-    "#560a36",
-)
-assert len(RISK_COLORS) == N_SCORES
 PREVIEW_PIXELS = 300  # longest side of a raster preview's data, before the figure's margins
 MAX_CHOROPLETH_UNITS = 5000  # finest level drawn: tracts when few, else counties, else states
 DPI = 72

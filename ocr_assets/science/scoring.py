@@ -8,6 +8,22 @@ import numpy as np
 SCORE_EDGES = np.array([0.01, 0.02, 0.035, 0.06, 0.1, 0.2, 0.5, 1, 3], dtype=np.float64)
 N_SCORES = SCORE_EDGES.size + 2  # 0 … 10
 
+# score 0 (no risk) grey, then 1–10 from pale yellow to dark red
+RISK_COLORS: tuple[str, ...] = (
+    "#c8c8c8",
+    "#fff3b0",
+    "#ffe08a",
+    "#fec866",
+    "#fdaa4b",
+    "#fb8b3d",
+    "#f26532",
+    "#dc3e2c",
+    "#b8202f",
+    "#8a0f38",
+    "#560a36",
+)
+assert len(RISK_COLORS) == N_SCORES  # one colour per score, shared by previews and the map
+
 
 def risk_score(rps: np.ndarray) -> np.ndarray:
     """Score 0–10 per value: 0 if RPS == 0, then [0, 0.01) → 1, [0.01, 0.02) → 2 … [3, 100] → 10.
