@@ -12,7 +12,7 @@ real raster store is ~170 GB, so this writes synthetic grids of n × n full-size
 ``ensure_raster_store``, ``write_region_window``; one region in memory at a time), then runs
 in a fresh process each:
 
-- ``real``: the bounded writer, ``ocr_resources.publishing.write_pyramid``, end to end as the
+- ``real``: the bounded writer, ``ocr_assets.pyramid.write_pyramid``, end to end as the
   asset calls it (default ``PyramidWindows``, ``worker_threads()`` threads), with timers
   wrapped around its two fill functions for the run (for the seconds of its shared pass and
   of each other level; nothing else changes, and smaller windows are passed as its argument);
@@ -57,6 +57,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
+from ocr_assets.pyramid import PYRAMID_TARGET_RESOLUTION_M, PYRAMID_VARIABLES, PyramidWindows
 from ocr_assets.science.pyramid import (
     Window,
     level_geobox,
@@ -67,7 +68,6 @@ from ocr_assets.science.pyramid import (
 )
 from ocr_assets.science.regions import RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.publishing import PYRAMID_VARIABLES, PyramidWindows
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
@@ -76,7 +76,6 @@ WEST, SOUTH = -120.0, 34.0  # every grid size's centre lies south of 38.3°N, so
 # the real grid: 17 × 47 regions; its south-west corner is not in the repository, so ~CONUS's
 CONUS_CHUNKS, CONUS_WEST, CONUS_SOUTH = (17, 47), -125.0, 24.0
 CONUS_REGIONS = {"all": 17 * 47, "valid": 405}
-PYRAMID_TARGET_RESOLUTION_M = 30.0  # ocr_assets.aggregation's (not imported: it loads Dagster)
 ENVIRONMENT = "bench"
 RPS = PYRAMID_VARIABLES  # rps_2011, rps_2047: what the pyramid holds
 INNER_CHUNK = (1500, 1125)  # the raster store's inner chunks: a quarter of a region per side
@@ -255,7 +254,7 @@ def fill_timers() -> Iterator[dict[str, float]]:
     """Wall seconds of the bounded writer's shared pass (``shared``) and of each level outside
     it (by zoom): timers around its two fill functions, which ``write_pyramid`` calls as module
     globals, once per pass or level. The functions themselves run unchanged."""
-    import ocr_resources.publishing as publishing
+    import ocr_assets.pyramid as publishing
 
     seconds: dict[str, float] = {}
     fill_shared, fill_level = publishing._fill_shared_levels, publishing._fill_level
@@ -280,8 +279,8 @@ def fill_timers() -> Iterator[dict[str, float]]:
 def run_real(root: str, max_zoom: int, windows: PyramidWindows | None = None) -> dict:
     """The bounded writer end to end, as the asset calls it (``windows`` given only for the
     small-window check)."""
+    from ocr_assets.pyramid import write_pyramid
     from ocr_assets.science.parallel import worker_threads
-    from ocr_resources.publishing import write_pyramid
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     start = time.perf_counter()
@@ -314,8 +313,8 @@ def whole_graph_pyramid(storage: OcrStorage, max_zoom: int) -> dict:
     the shared graph keeps the source blocks for the levels still to come."""
     from odc.geo.xr import assign_crs, xr_reproject
 
+    from ocr_assets.pyramid import pyramid_tree
     from ocr_assets.science.reproject import in_memory_rasterio
-    from ocr_resources.publishing import pyramid_tree
 
     store = storage.open_raster_store()[list(RPS)].chunk(WHOLE_GRAPH_SOURCE_CHUNKS)
     lat, lon = store["latitude"].values, store["longitude"].values

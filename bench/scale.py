@@ -337,8 +337,8 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
     the tileset's zooms and options; wall time and peak RSS of tippecanoe."""
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.science.tiling import TileLayer, tippecanoe_command
-    from ocr_assets.tiles import TILESETS
-    from ocr_resources.publishing import (
+    from ocr_assets.tiles import (
+        TILESETS,
         building_layers,
         regional_layers,
         tippecanoe_binary,

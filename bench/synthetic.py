@@ -19,10 +19,11 @@ import shapely
 import xarray as xr
 from pyproj import CRS, Transformer
 
-from ocr_assets.science.fire_model import WIND_DIMS, YEARS, RegionInputs
+from ocr_assets.science.fire_model import YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid
 from ocr_assets.science.reproject import window_edges
+from ocr_resources.storage.inputs import WIND_DIMS, wind_row_blocks
 
 ARC_SECOND = 1 / 3600
 FULL_REGION = (6000, 4500)
@@ -156,7 +157,7 @@ def synthetic_region(
         cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
         bounds=region.bounds(HALO_DEG),
         bp_270m=_bp_270m(rng, latitude, longitude),
-        wind=_stored(wind_distribution(rng, window), wind_path),
+        wind=wind_row_blocks(_stored(wind_distribution(rng, window), wind_path)),
         crps=crps,
         rps_scott=(crps * 0.02 * smooth_noise(rng, region_shape, 100)).astype(np.float32),
         bp_riley={y: burn_probability(rng, region_shape, 9) for y in YEARS},

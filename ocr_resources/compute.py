@@ -15,12 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from importlib import import_module
 from typing import Any, Literal
 
 import psutil
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from ocr_assets.science.parallel import thread_limit
+from ocr_resources.settings import OcrSettings
+from ocr_resources.storage import OcrStorage
 
 TAG_PREFIX = "ocr/"
 COILED_SPOT_POLICY = "spot_with_fallback"
@@ -70,8 +75,6 @@ PROFILES: dict[str, ComputeProfile] = {
     "building_centroid_pmtiles": _PMTILES,
     "building_pmtiles": _PMTILES,
 }
-# Cloud clusters count against this Dagster pool (limit set in dagster.yaml).
-CLUSTER_POOL = "ocr_clusters"
 
 
 def profile_tags(name: str) -> dict[str, str]:
@@ -88,6 +91,18 @@ def render_profile_table() -> str:
     return "\n".join(rows)
 
 
+def _limited(threads: int | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with its compiled loops capped at ``threads`` (where it runs)."""
+    with thread_limit(threads):
+        return fn(*args)
+
+
+def _with_storage(spec: dict, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(storage, *args)`` with the storage rebuilt from ``spec``: Dagster resources do not
+    pickle, so a remote worker receives plain values."""
+    return fn(OcrStorage(**spec), *args)
+
+
 @dataclass
 class ComputeSession:
     """An open cluster (or none, in process) for one step."""
@@ -98,18 +113,21 @@ class ComputeSession:
     client: Any = None
     workers: int = 0  # 0: no cluster, the work runs in this process
     started: float = 0.0
+    threads: int | None = None  # cap on each task's compiled-loop threads (None: all CPUs)
 
     def submit(self, fn: Callable, *args: Any) -> Any:
         """Run ``fn(*args)`` on the cluster, or here when there is none; return its result."""
+        task = partial(_limited, self.threads, fn)
         if self.client is None:
-            return fn(*args)
-        return self.client.submit(fn, *args, pure=False).result()
+            return task(*args)
+        return self.client.submit(task, *args, pure=False).result()
 
     def map(self, fn: Callable, *iterables: Any) -> list[Any]:
         """Run ``fn`` over the arguments in parallel on the cluster (in order here)."""
+        task = partial(_limited, self.threads, fn)
         if self.client is None:
-            return [fn(*a) for a in zip(*iterables, strict=True)]
-        return self.client.gather(self.client.map(fn, *iterables, pure=False))
+            return [task(*a) for a in zip(*iterables, strict=True)]
+        return self.client.gather(self.client.map(task, *iterables, pure=False))
 
     def metadata(self) -> dict[str, Any]:
         if self.backend == "coiled":
@@ -129,31 +147,56 @@ class ComputeSession:
         }
 
 
+# resource field -> the setting it comes from
+SETTINGS: dict[str, str] = {
+    "backend": "compute_backend",
+    "local_workers": "local_workers",
+    "scheduler_address": "dask_scheduler_address",
+    "dask_cluster": "dask_cluster",
+    "coiled_region": "coiled_region",
+    "coiled_workers": "coiled_workers",
+    "threads": "threads",
+    "overrides": "compute_overrides",
+}
+
+
+def _default(setting: str) -> Any:
+    return OcrSettings.model_fields[setting].default
+
+
 class OcrCompute(ConfigurableResource):
     """Opens a cluster for a step from the step's profile, and always closes it."""
 
-    backend: Literal["local", "coiled", "dask"] = "local"
-    local_workers: int = Field(default=0, description="0: sized to the machine")
-    local_processes: bool = False
-    scheduler_address: str | None = None
-    dask_cluster: dict[str, dict[str, Any]] | None = Field(
-        default=None, description='dagster-dask cluster config, e.g. {"slurm": {...}}'
+    # Each field's default and meaning is the setting's (OCR_<SETTING>): stated there, once.
+    backend: Literal["local", "coiled", "dask"] = _default("compute_backend")
+    local_workers: int = Field(
+        default=_default("local_workers"), description="0: sized to the machine"
     )
-    coiled_region: str = "us-west-2"
-    coiled_workers: int = 1
+    local_processes: bool = False
+    scheduler_address: str | None = _default("dask_scheduler_address")
+    dask_cluster: dict[str, dict[str, Any]] | None = Field(
+        default=_default("dask_cluster"),
+        description='dagster-dask cluster config, e.g. {"slurm": {...}}',
+    )
+    coiled_region: str = _default("coiled_region")
+    coiled_workers: int = _default("coiled_workers")
+    threads: int | None = _default("threads")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per-asset profile fields, e.g. {building_pmtiles: {vm_type: …}}",
     )
 
+    @classmethod
+    def from_settings(cls, settings: OcrSettings) -> OcrCompute:
+        """The environment's compute: each field from its setting (``SETTINGS`` maps them)."""
+        return cls(**{field: getattr(settings, name) for field, name in SETTINGS.items()})
+
     def run(
         self, context: Any, fn: Callable[..., Any], storage: Any, *args: Any
     ) -> tuple[Any, dict]:
         """``fn(storage, *args)`` on the step's compute; (result, compute metadata)."""
-        from ocr_resources.tasks import with_storage
-
         with self.session(context) as session:
-            result = session.submit(with_storage, storage.spec(), fn, *args)
+            result = session.submit(_with_storage, storage.spec(), fn, *args)
             return result, session.metadata()
 
     def profile_for(self, tags: dict[str, str]) -> tuple[str, ComputeProfile]:
@@ -168,7 +211,9 @@ class OcrCompute(ConfigurableResource):
 
         ``tasks == 1`` on the local backend runs in process (no cluster to start)."""
         name, profile = self.profile_for(dict(context.op_execution_context.op_def.tags))
-        session = ComputeSession(self.backend, name, profile, started=time.perf_counter())
+        session = ComputeSession(
+            self.backend, name, profile, started=time.perf_counter(), threads=self.threads
+        )
         cluster = None
         try:
             if self.backend == "local":

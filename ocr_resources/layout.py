@@ -6,22 +6,14 @@ import re
 from dataclasses import dataclass
 from typing import get_args
 
+from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.regions import validate_region_id
+from ocr_assets.science.statistics import CENSUS_LEVELS, unit_geoid_length
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, SEMVER, ModelVariantName
 
-YEARS = (2011, 2047)
-CENSUS_LEVELS: tuple[str, ...] = ("nation", "states", "counties", "tracts", "blocks")
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 
 _INPUT = "input/fire-risk"
-# Census GEOID length per level (DESIGN §3); the nation row's GEOID is "US"
-GEOID_LENGTHS: dict[str, int] = {
-    "nation": 2,
-    "states": 2,
-    "counties": 5,
-    "tracts": 11,
-    "blocks": 15,
-}
 LATLON = ("latitude", "longitude")
 # An environment name becomes a path segment: a plain lowercase word, never "..", "/" or "".
 ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -71,6 +63,18 @@ class StorageLayout:
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
+
+    # deployment records (outside every environment prefix: a wipe never deletes them) ----
+    @property
+    def deployment_lock(self) -> str:
+        """The lock of a running deployment to this environment."""
+        return self._join("_deployments/locks", f"{self.environment}.json")
+
+    @property
+    def current_pointer(self) -> str:
+        """Production's "current" pointer: which version a reader should use."""
+        name = "-".join([self.environment, *filter(None, [self.variant_segment]), "current"])
+        return self._join("output/fire-risk", f"{name}.json")
 
     @property
     def variant_segment(self) -> str | None:
@@ -134,7 +138,7 @@ class StorageLayout:
                 self.buildings,
                 "EPSG:4326",
                 columns=("GEOID", "state", "county"),
-                geoid_length=15,
+                geoid_length=unit_geoid_length("blocks"),
             ),
             *(
                 InputSpec(
@@ -142,7 +146,7 @@ class StorageLayout:
                     self.census(lv),
                     "EPSG:4326",
                     columns=("GEOID", "NAME", *(("STUSPS",) if lv == "states" else ())),
-                    geoid_length=GEOID_LENGTHS[lv],
+                    geoid_length=unit_geoid_length(lv),
                 )
                 for lv in CENSUS_LEVELS
             ),

@@ -55,6 +55,9 @@ class OcrSettings(BaseSettings):
     # compute (DESIGN §8)
     compute_backend: Literal["local", "coiled", "dask"] = "local"
     local_workers: int = 0
+    # threads of one step's compiled loops (spreading, blur, warp, pyramid); default: every CPU
+    # the process may use. Lower it when several steps or fields share a machine.
+    threads: int | None = Field(default=None, ge=1, le=1024)
     dask_scheduler_address: str | None = None
     dask_cluster: dict[str, dict[str, Any]] | None = None
     coiled_region: str = "us-west-2"

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import shapely
 
+from ocr_assets.metadata import dataset_metadata
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_assets.science.scoring import N_SCORES
 from ocr_assets.science.statistics import (
@@ -26,8 +27,8 @@ from ocr_assets.science.statistics import (
     connect,
 )
 from ocr_assets.science.tiling import TileLayer, centroid_properties, tippecanoe_command
+from ocr_assets.tiles import HISTOGRAM_COLUMNS, tippecanoe_binary
 from ocr_resources.layout import CENSUS_LEVELS
-from ocr_resources.publishing import HISTOGRAM_COLUMNS, dataset_metadata, tippecanoe_binary
 from ocr_resources.storage import OcrStorage
 
 

@@ -29,20 +29,15 @@ from pyproj import CRS
 from rich.console import Console
 from typer.testing import CliRunner
 
+from ocr_assets.buildings import consolidate_buildings
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
 from ocr_assets.science.tiling import REGIONS_ZOOM
+from ocr_assets.statistics import write_summary_statistics
+from ocr_assets.tiles import ToolMissingError, build_pmtiles, build_tileset, regional_layers
 from ocr_jobs import cli
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
-from ocr_resources.publishing import (
-    ToolMissingError,
-    build_pmtiles,
-    build_tileset,
-    consolidate_buildings,
-    regional_layers,
-    write_summary_statistics,
-)
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec
 from ocr_resources.settings import OcrSettings

@@ -105,7 +105,7 @@ def test_stored_wind_read_in_chunk_rows_gives_the_same_field():
     to the one computed from the whole (8, H, W) distribution."""
     import xarray as xr
 
-    from ocr_assets.science.fire_model import WIND_DIMS
+    from ocr_resources.storage.inputs import WIND_DIMS, wind_row_blocks
 
     lat = 38 + (np.arange(300) + 0.5) / 3600
     lon = -120 + (np.arange(260) + 0.5) / 3600
@@ -113,6 +113,7 @@ def test_stored_wind_read_in_chunk_rows_gives_the_same_field():
     stored = xr.DataArray(np.moveaxis(wind, 0, -1), dims=WIND_DIMS)
     whole = wind_adjusted_bp(bp, wind, lat, lon)
     for layout in (stored.chunk({"latitude": 70, "longitude": 100}), stored):
-        np.testing.assert_array_equal(wind_adjusted_bp(bp, layout, lat, lon), whole)
+        blocks = wind_row_blocks(layout)
+        np.testing.assert_array_equal(wind_adjusted_bp(bp, blocks, lat, lon), whole)
     with pytest.raises(ValueError, match="dims must be"):
-        wind_adjusted_bp(bp, stored.transpose("wind_direction", ...), lat, lon)
+        wind_adjusted_bp(bp, wind_row_blocks(stored.transpose("wind_direction", ...)), lat, lon)

@@ -11,6 +11,8 @@ import xarray as xr
 from odc.geo.xr import assign_crs, xr_reproject
 from pyproj import CRS, Transformer
 
+from ocr_assets import pyramid as publishing
+from ocr_assets.pyramid import PYRAMID_VARIABLES, PyramidWindows, write_pyramid
 from ocr_assets.science.pyramid import (
     WINDOW_PAD_PX,
     level_geobox,
@@ -21,8 +23,6 @@ from ocr_assets.science.pyramid import (
 from ocr_assets.science.regions import RegionGrid
 from ocr_assets.science.reproject import in_memory_rasterio
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources import publishing
-from ocr_resources.publishing import PYRAMID_VARIABLES, PyramidWindows, write_pyramid
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600

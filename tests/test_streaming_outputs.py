@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
+from ocr_assets import analysis_files, buildings, statistics, tiles
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import REGION_JOB
-from ocr_resources import publishing
-from ocr_resources.geoparquet import GeoParquetWriter
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from ocr_resources.storage.geoparquet import GeoParquetWriter
 from tests import legacy_outputs as legacy
 
 REGIONS = ("y1_x1", "y1_x2", "y2_x1")
@@ -46,7 +46,7 @@ def storages(tmp_path_factory, sample_root) -> dict[str, OcrStorage]:
         for region in REGIONS:
             assert job.execute_in_process(partition_key=region, instance=instance).success
     new = build_resources(settings)["storage"]
-    publishing.consolidate_buildings(new, list(REGIONS), VERSION)
+    buildings.consolidate_buildings(new, list(REGIONS), VERSION)
     old = OcrStorage(root=str(root), environment="legacy")
     old.fs.makedirs(os.path.dirname(old.layout.consolidated_buildings), exist_ok=True)
     old.fs.copy(new.layout.consolidated_buildings, old.layout.consolidated_buildings)
@@ -100,7 +100,7 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
     monkeypatch.setattr(GeoParquetWriter, "write", counting_write)
 
     # statistics: same rows in the same order, same columns and types, same geo metadata
-    assert publishing.write_summary_statistics(new, batch_rows=4) == (
+    assert statistics.write_summary_statistics(new, batch_rows=4) == (
         legacy.write_summary_statistics(old)
     )
     assert max(writes.values()) > 1  # the blocks level came in several batches
@@ -120,7 +120,7 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
                 assert (x[column] == y[column]).all(), column
 
     # analysis files: byte for byte
-    assert publishing.write_analysis_files(new, VERSION, batch_rows=3) == (
+    assert analysis_files.write_analysis_files(new, VERSION, batch_rows=3) == (
         legacy.write_analysis_files(old, VERSION)
     )
     for level in CENSUS_LEVELS:
@@ -134,9 +134,9 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
 
     # tiles: every tile decodes to the same features; the layers have the same fields
     streamed = {
-        "buildings": partial(publishing.building_layers, batch_rows=100),
-        "building_centroids": partial(publishing.building_layers, centroids=True, batch_rows=100),
-        "regions": partial(publishing.regional_layers, batch_rows=3),
+        "buildings": partial(tiles.building_layers, batch_rows=100),
+        "building_centroids": partial(tiles.building_layers, centroids=True, batch_rows=100),
+        "regions": partial(tiles.regional_layers, batch_rows=3),
     }
     whole = {
         "buildings": legacy.building_layers,
@@ -146,7 +146,7 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
     from ocr_assets.tiles import TILESETS
 
     for spec in TILESETS:
-        result = publishing.build_tileset(
+        result = tiles.build_tileset(
             new, spec.archive, streamed[spec.archive], spec.zoom, spec.tippecanoe_options
         )
         legacy.build_pmtiles(
@@ -168,7 +168,7 @@ def test_partitioned_copy_holds_the_consolidated_rows_county_by_county(storages,
     for region in REGIONS:
         copy.fs.makedirs(os.path.dirname(copy.layout.region_buildings(region)), exist_ok=True)
         copy.fs.copy(new.layout.region_buildings(region), copy.layout.region_buildings(region))
-    result = publishing.consolidate_buildings(copy, list(REGIONS), VERSION, batch_rows=7)
+    result = buildings.consolidate_buildings(copy, list(REGIONS), VERSION, batch_rows=7)
     lay = copy.layout
     files = sorted(copy.fs.glob(f"{lay.partitioned_buildings}/*/*/*.parquet"))
     con = duckdb.connect()

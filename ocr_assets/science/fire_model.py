@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import GATHER_ROWS, WindComposite, WindWeights, combine
+from ocr_assets.science.composite import WindComposite, WindWeights, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
 from ocr_assets.science.parallel import release_freed_memory
 from ocr_assets.science.reproject import Bounds, subset_projected
@@ -18,7 +18,9 @@ from ocr_assets.science.timing import StageTimer
 from ocr_assets.science.variants import DEFAULT_VARIANT, Blur, model_variant
 
 YEARS: tuple[int, ...] = (2011, 2047)
-WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
+# The wind distribution as row blocks of (rows, longitude, wind_direction), top to bottom, made
+# fresh by each call: the storage resource reads them from the stored layout (DESIGN §3).
+WindBlocks = Callable[[], Iterable[np.ndarray]]
 
 
 @dataclass
@@ -34,32 +36,26 @@ class RegionInputs:
     cols: slice
     bounds: Bounds  # the region's pixel edges ± halo, not cut at the grid's edge
     bp_270m: dict[int, xr.DataArray]
-    wind: xr.DataArray  # (latitude, longitude, wind_direction) window, lazy: see wind_weights
+    wind: np.ndarray | WindBlocks  # the window's: (8, H, W) in memory, or row blocks
     crps: np.ndarray  # region
     rps_scott: np.ndarray  # region
     bp_riley: dict[int, np.ndarray] = field(default_factory=dict)  # region, 30 m reference
 
 
-def wind_weights(wind: np.ndarray | xr.DataArray, where: np.ndarray) -> WindWeights:
+def wind_weights(wind: np.ndarray | WindBlocks, where: np.ndarray) -> WindWeights:
     """The wind distribution on the pixels ``where`` says, from an in-memory ``(8, H, W)``
-    array or from the stored ``(latitude, longitude, wind_direction)`` window, which is read
-    one chunk row at a time (a fixed number of rows when not chunked): only the kept
-    pixels' weights and one block are ever in memory."""
+    array or from row blocks in the stored layout: only the kept pixels' weights and one
+    block are ever in memory."""
     if isinstance(wind, np.ndarray):
         return WindWeights.from_stack(wind, where)
-    if wind.dims != WIND_DIMS:
-        raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
-    rows = len(wind)
-    edges = np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, GATHER_ROWS), rows]
-    blocks = (np.asarray(wind[a:b].values) for a, b in itertools.pairwise(edges))
-    weights = WindWeights.gather(blocks, where)
-    release_freed_memory()  # the read's chunk buffers, before the spreading allocates
+    weights = WindWeights.gather(wind(), where)
+    release_freed_memory()  # the blocks' buffers, before the spreading allocates
     return weights
 
 
 def wind_adjusted_bp(
     bp30: np.ndarray,
-    wind: np.ndarray | xr.DataArray,
+    wind: np.ndarray | WindBlocks,
     latitude: np.ndarray,
     longitude: np.ndarray,
     timer: StageTimer | None = None,

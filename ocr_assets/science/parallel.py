@@ -7,13 +7,30 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+# The caller's cap on threads (the ``threads`` setting, set by the compute resource around a
+# step's work); a context variable so that concurrent steps in one process keep their own.
+_THREAD_LIMIT: ContextVar[int | None] = ContextVar("ocr_thread_limit", default=None)
+
+
+@contextmanager
+def thread_limit(limit: int | None) -> Iterator[None]:
+    """Cap ``worker_threads()`` at ``limit`` (None: no cap) inside the block."""
+    token = _THREAD_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _THREAD_LIMIT.reset(token)
 
 
 def worker_threads() -> int:
-    """The CPUs this process may use, capped by ``OCR_THREADS`` when set (e.g. when several
-    fields share a machine)."""
+    """The CPUs this process may use, capped by the enclosing ``thread_limit``."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, int(os.environ.get("OCR_THREADS", "64"))))
+    limit = _THREAD_LIMIT.get()
+    return max(1, min(cpus or 1, limit or cpus or 1))
 
 
 def blocks(n: int, size: int) -> list[slice]:
@@ -35,7 +52,7 @@ def release_freed_memory() -> None:
 
     Reading a Zarr store frees many chunk-sized buffers from several threads; glibc keeps
     them resident in its arenas, where the next stage (which allocates differently) cannot
-    reuse them: ~0.1 GB of a full-size field's peak (bench/).
+    reuse them (measured in bench/).
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):

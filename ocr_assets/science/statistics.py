@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from ocr_assets.science.scoring import N_SCORES, risk_score
 
+# The census levels (DESIGN §3), each with the length of the block GEOID's prefix that names
+# its unit; the nation is the one unit "US".
 LEVEL_GEOID_LENGTH: dict[str, int] = {
     "nation": 0,
     "states": 2,
@@ -21,7 +23,15 @@ LEVEL_GEOID_LENGTH: dict[str, int] = {
     "tracts": 11,
     "blocks": 15,
 }
+CENSUS_LEVELS: tuple[str, ...] = tuple(LEVEL_GEOID_LENGTH)
 NATION_GEOID = "US"
+
+
+def unit_geoid_length(level: str) -> int:
+    """The length of a census unit's own GEOID at ``level`` (the nation's is "US")."""
+    return LEVEL_GEOID_LENGTH[level] or len(NATION_GEOID)
+
+
 STAT_VARIABLES: tuple[str, ...] = (
     "rps_2011",
     "rps_2047",

@@ -1,0 +1,211 @@
+"""`buildings_geoparquet` (phase 02): every region's buildings file → one consolidated
+GeoParquet 1.1 file and a copy partitioned by state and county, with the checks that guard it."""
+
+import itertools
+import json
+import posixpath
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP
+from ocr_assets.metadata import dataset_metadata, dataset_version, run_step
+from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
+from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_resources.storage import BATCH_ROWS, OcrStorage
+
+
+def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
+    """The region files' ``geo`` metadata with the bbox widened to all of them."""
+    bboxes = []
+    geo = None
+    for fragment in dataset.get_fragments():
+        geo = json.loads(fragment.physical_schema.metadata[b"geo"])
+        bbox = geo["columns"]["geometry"].get("bbox")
+        if bbox:
+            bboxes.append(bbox)
+    if geo is None:
+        raise ValueError(f"no region buildings files among {len(region_paths)} paths")
+    if bboxes:
+        geo["columns"]["geometry"]["bbox"] = [
+            min(b[0] for b in bboxes),
+            min(b[1] for b in bboxes),
+            max(b[2] for b in bboxes),
+            max(b[3] for b in bboxes),
+        ]
+    return json.dumps(geo).encode()
+
+
+# Sorting the buildings for the partitioned copy spills to disk beyond this (DuckDB's limit).
+SORT_MEMORY_LIMIT = "256MB"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition of a missing value, as pyarrow names it
+
+
+def _by_geoid(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, scratch: str, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The buildings sorted by GEOID in DuckDB, which spills to ``scratch`` past
+    ``SORT_MEMORY_LIMIT``; batches of ``schema`` again (DuckDB's Arrow types cast back)."""
+    con = duckdb.connect(config={"memory_limit": SORT_MEMORY_LIMIT, "temp_directory": scratch})
+    try:
+        con.register("buildings_scan", pa.RecordBatchReader.from_batches(schema, batches))
+        reader = con.sql("SELECT * FROM buildings_scan ORDER BY GEOID").to_arrow_reader(batch_rows)
+        for batch in reader:
+            columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+    finally:
+        con.close()
+
+
+def _write_by_county(
+    storage: OcrStorage, batches: Iterator[pa.RecordBatch], schema: pa.Schema, root: str
+) -> int:
+    """Hive partitions ``state_fips=SS/county_fips=CCC/part-0.parquet`` from batches sorted by
+    GEOID: one file open at a time, each run of a county written as it comes.
+
+    (pyarrow's partitioned dataset writer keeps every partition's file open and queues rows
+    ahead of its encoders: memory that grows with the number of buildings, bench/scale.)"""
+    files, current, writer = 0, None, None
+    with ExitStack() as open_file:
+        for batch in batches:
+            county = pc.utf8_slice_codeunits(batch.column("GEOID"), 0, 5)
+            keys = county.to_numpy(zero_copy_only=False)
+            cuts = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
+            for start, stop in itertools.pairwise(cuts):
+                key = keys[start]
+                if writer is None or key != current:
+                    open_file.close()
+                    state, rest = (key[:2], key[2:]) if key is not None else (HIVE_NULL,) * 2
+                    path = f"{root}/state_fips={state}/county_fips={rest}/part-0.parquet"
+                    storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+                    sink = open_file.enter_context(storage.fs.open(path, "wb"))
+                    writer = open_file.enter_context(
+                        pq.ParquetWriter(sink, schema, compression="zstd")
+                    )
+                    current, files = key, files + 1
+                writer.write_batch(batch.slice(start, stop - start))
+    return files
+
+
+def consolidate_buildings(
+    storage: OcrStorage, region_ids: list[str], version: str, batch_rows: int = BATCH_ROWS
+) -> dict:
+    """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region."""
+    layout = storage.layout
+    paths = [layout.region_buildings(r) for r in region_ids]
+    dataset = storage.parquet_dataset(paths)
+    metadata = {b"geo": _geo_metadata(dataset, paths)} | {
+        k.encode(): v.encode() for k, v in dataset_metadata(version, "ODbL-1.0").items()
+    }
+    schema = dataset.schema.with_metadata(metadata)
+
+    def region_batches() -> Iterator[pa.RecordBatch]:
+        """Every region file's rows, a row group at a time and one file after the other (a
+        dataset scan reads files and batches ahead of a slower writer, without bound)."""
+        for path in paths:
+            for batch in storage.iter_batches(path, schema.names, batch_rows):
+                yield pa.RecordBatch.from_arrays(batch.select(schema.names).columns, schema=schema)
+
+    rows = 0
+    with storage.atomic_path(layout.consolidated_buildings) as tmp:
+        with storage.fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
+            for batch in region_batches():
+                w.write_batch(batch)
+                rows += batch.num_rows
+        consolidated_bytes = storage.fs.size(tmp)
+
+    with ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="ocr-sort-"))
+        tmp = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
+        sorted_batches = _by_geoid(region_batches(), schema, scratch, batch_rows)
+        files = _write_by_county(storage, sorted_batches, schema, tmp)
+        storage.fs.makedirs(tmp, exist_ok=True)  # no rows (all regions empty): no partitions
+        with storage.fs.open(f"{tmp}/_common_metadata", "wb") as f:
+            pq.write_metadata(schema, f)
+    return {
+        "rows": rows,
+        "consolidated_bytes": int(consolidated_bytes),
+        "partition_files": files,
+    }
+
+
+@dg.asset(
+    group_name=PHASE02_GROUP,
+    deps=[dg.AssetDep("region_buildings", partition_mapping=dg.AllPartitionMapping())],
+    description="Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
+    "state_fips / county_fips, with a _common_metadata sidecar.",
+    op_tags=profile_tags("buildings_geoparquet"),
+    pool=CLUSTER_POOL,
+)
+def buildings_geoparquet(
+    context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+):
+    regions = storage.list_region_buildings()
+    if not regions:
+        raise ValueError(
+            f"no region buildings files in {storage.layout.region_buildings_dir}; "
+            "materialize region partitions first"
+        )
+    step = run_step(
+        context, storage, compute, consolidate_buildings, regions, dataset_version(storage)
+    )
+    result = step.result
+    context.log.info(f"consolidated {result['rows']} buildings from {len(regions)} regions")
+    return step.materialize(
+        path=dg.MetadataValue.path(storage.layout.consolidated_buildings),
+        partitioned_path=dg.MetadataValue.path(storage.layout.partitioned_buildings),
+        regions=len(regions),
+        rows=result["rows"],
+        bytes=result["consolidated_bytes"],
+        partition_files=result["partition_files"],
+    )
+
+
+@dg.asset_check(asset=buildings_geoparquet, blocking=True)
+def buildings_counts_agree(storage: OcrStorage) -> dg.AssetCheckResult:
+    """Rows in the region files = consolidated file = partitioned copy."""
+    lay = storage.layout
+    regions = sum(
+        pq.ParquetFile(lay.region_buildings(r), filesystem=storage.fs).metadata.num_rows
+        for r in storage.list_region_buildings()
+    )
+    consolidated = pq.ParquetFile(
+        lay.consolidated_buildings, filesystem=storage.fs
+    ).metadata.num_rows
+    partitioned = storage.parquet_dataset(lay.partitioned_buildings).count_rows()
+    counts = {"region_files": regions, "consolidated": consolidated, "partitioned": partitioned}
+    return dg.AssetCheckResult(passed=len(set(counts.values())) == 1, metadata=counts)
+
+
+@dg.asset_check(asset=buildings_geoparquet, blocking=True)
+def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
+    """float32 risk variables, string GEOID, GeoParquet 1.1 covering bbox, documented ranges."""
+    path = storage.layout.consolidated_buildings
+    schema = pq.read_schema(path, filesystem=storage.fs)
+    problems = [
+        f"{v} is {schema.field(v).type}"
+        for v in RISK_VARIABLES
+        if str(schema.field(v).type) != "float"
+    ]
+    if str(schema.field("GEOID").type) not in ("string", "large_string"):
+        problems.append(f"GEOID is {schema.field('GEOID').type}")
+    geo = json.loads(schema.metadata[b"geo"])
+    if geo.get("version") != "1.1.0" or "covering" not in geo["columns"]["geometry"]:
+        problems.append("geo metadata is not GeoParquet 1.1 with a covering bbox")
+    con = duckdb.connect()
+    con.register("b", storage.parquet_stream(path, list(RISK_VARIABLES)))
+    row = con.execute(
+        "SELECT " + ", ".join(f"min({v}), max({v})" for v in RISK_VARIABLES) + " FROM b"
+    ).fetchone()
+    minimum = {v: row[2 * i] for i, v in enumerate(RISK_VARIABLES)}
+    maximum = {v: row[2 * i + 1] for i, v in enumerate(RISK_VARIABLES)}
+    problems += out_of_range(minimum, maximum)
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": problems or ["none"]})

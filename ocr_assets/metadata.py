@@ -1,0 +1,69 @@
+"""What every output says about itself, and the one way a phase 02/03 asset runs its step and
+reports it (so the timing and compute metadata are written once, not per asset)."""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from ocr_resources.compute import OcrCompute
+from ocr_resources.storage import OcrStorage
+
+PROVIDER = "Open Climate Risk on Dagster (after CarbonPlan's Open Climate Risk)"
+SOURCES = [
+    "Riley et al. (2025) burn probability, RDS-2025-0006",
+    "Scott et al. (2024) conditional risk to potential structures, RDS-2020-0016-2",
+    "CONUS404 fire-weather wind direction distribution",
+    "Building footprints (Overture Maps) and US Census TIGER/Line boundaries",
+]
+
+
+def dataset_metadata(version: str, license_id: str) -> dict[str, str]:
+    """Licence, provider, version and sources, as written into the files' own metadata."""
+    return {
+        "license": license_id,
+        "provider": PROVIDER,
+        "version": version,
+        "sources": json.dumps(SOURCES),
+    }
+
+
+def dataset_version(storage: OcrStorage) -> str:
+    """The version files carry: production's semantic version, else ``<env>-unversioned``."""
+    return storage.version or f"{storage.environment}-unversioned"
+
+
+@dataclass
+class StepRun:
+    """A step's result and what its materialization reports about where and how long it ran."""
+
+    storage: OcrStorage
+    result: Any
+    compute_metadata: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+
+    def materialize(self, **metadata: Any) -> dg.MaterializeResult:
+        return dg.MaterializeResult(
+            metadata={
+                **metadata,
+                "seconds": round(time.perf_counter() - self.started, 3),
+                **self.compute_metadata,
+                "model_variant": self.storage.model_variant,
+            }
+        )
+
+
+def run_step(
+    context: dg.AssetExecutionContext,
+    storage: OcrStorage,
+    compute: OcrCompute,
+    fn: Callable[..., Any],
+    *args: Any,
+) -> StepRun:
+    """``fn(storage, *args)`` on the step's compute (its profile's cluster, or in process)."""
+    started = time.perf_counter()
+    result, compute_metadata = compute.run(context, fn, storage, *args)
+    return StepRun(storage, result, compute_metadata, started)

@@ -1,0 +1,198 @@
+"""`region_risk_summary_stats` (phase 02): the consolidated buildings joined to the census
+units of each level → one Parquet file of statistics per level (DESIGN §6)."""
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import dagster as dg
+import duckdb
+import geopandas as gpd
+import pyarrow as pa
+
+from ocr_assets.buildings import buildings_geoparquet
+from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP
+from ocr_assets.inputs import census_boundaries
+from ocr_assets.metadata import run_step
+from ocr_assets.previews import choropleth_level, choropleth_preview, png_markdown
+from ocr_assets.science.statistics import (
+    CENSUS_LEVELS,
+    SCORED,
+    STAT_VARIABLES,
+    connect,
+    statistics_query,
+    units_query,
+)
+from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_resources.storage.geoparquet import geoparquet_crs
+
+
+def _census_problem(con: duckdb.DuckDBPyConnection, level: str) -> str | None:
+    """Why a level's census cannot take its statistics: duplicate GEOIDs, or buildings in
+    units the census does not have."""
+    duplicates = con.execute(
+        "SELECT GEOID FROM census_scan GROUP BY GEOID HAVING count(*) > 1 ORDER BY 1 LIMIT 3"
+    ).fetchall()
+    if duplicates:
+        return f"{level} census GEOIDs are not unique, e.g. {[d[0] for d in duplicates]}"
+    units, params = units_query(level)
+    missing = con.execute(
+        f"SELECT u.GEOID FROM ({units}) u ANTI JOIN census_scan c ON u.GEOID = c.GEOID ORDER BY 1",
+        params,
+    ).fetchall()
+    if missing:
+        return (
+            f"{len(missing)} {level} GEOID(s) of buildings are not in the census input, "
+            f"e.g. {[m[0] for m in missing[:3]]}"
+        )
+    return None
+
+
+def _statistics_schema(census: pa.Schema) -> pa.Schema:
+    """The statistics file's columns: the census unit's GEOID, NAME (STUSPS) and polygon,
+    then the statistics (DESIGN §6)."""
+    keys = [
+        census.field(n).with_type(pa.large_string())
+        for n in ("GEOID", "NAME", "STUSPS")
+        if n in census.names
+    ]
+    stats = [pa.field("building_count", pa.int64())]
+    for v in STAT_VARIABLES:
+        stats += [pa.field(f"mean_{v}", pa.float64()), pa.field(f"median_{v}", pa.float64())]
+    stats += [pa.field(c, pa.list_(pa.int64())) for c in SCORED]
+    return pa.schema([*keys, pa.field("geometry", pa.binary()), *stats])
+
+
+def _numbered_census(
+    storage: OcrStorage, level: str, schema: pa.Schema, batch_rows: int
+) -> pa.RecordBatchReader:
+    """A census level's key columns and polygons with their row number in the file, read a
+    batch at a time in file order."""
+    columns = [n for n in schema.names if n in ("GEOID", "NAME", "STUSPS", "geometry")]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in storage.iter_batches(storage.layout.census(level), columns, batch_rows):
+            rows = pa.array(range(start, start + batch.num_rows), pa.int64())
+            start += batch.num_rows
+            yield batch.append_column("census_row", rows)
+
+    stored = storage.parquet_schema(storage.layout.census(level))
+    numbered = pa.schema([stored.field(c).remove_metadata() for c in columns])
+    return pa.RecordBatchReader.from_batches(
+        numbered.append(pa.field("census_row", pa.int64())), batches()
+    )
+
+
+def write_summary_statistics(storage: OcrStorage, batch_rows: int = BATCH_ROWS) -> dict[str, int]:
+    """One GeoParquet per census level: statistics joined by GEOID to the unit's name and
+    polygon, in DuckDB, streamed to the file in batches of ``batch_rows`` units.
+
+    Every level is checked (census input, unknown GEOIDs) before anything is computed, and
+    every level is written to a temporary name first: the files are moved into place only
+    when all five succeeded, so a failure leaves the previous statistics as they were.
+    """
+    with storage.local_copy(storage.layout.consolidated_buildings) as buildings:
+        return _write_summary_statistics(storage, buildings, batch_rows)
+
+
+def _write_summary_statistics(
+    storage: OcrStorage, buildings: str, batch_rows: int
+) -> dict[str, int]:
+    con = connect()
+    # DuckDB's own Parquet reader on a local file: its scan of a pyarrow dataset reads up
+    # to 16 M rows ahead, memory that grows with the buildings (bench/scale)
+    con.read_parquet(buildings).create_view("buildings_scan")
+    censuses = {level: storage.census_dataset(level) for level in CENSUS_LEVELS}
+    for level, census in censuses.items():
+        con.register("census_scan", census)
+        problem = _census_problem(con, level)
+        con.unregister("census_scan")
+        if problem:
+            raise ValueError(problem)
+    rows: dict[str, int] = {}
+    with ExitStack() as files:
+        for level, census in censuses.items():
+            schema = _statistics_schema(census.schema)
+            keys = ", ".join(f"c.{f.name}" for f in schema if f.name in census.schema.names)
+            sql, params = statistics_query(level)
+            con.register("census_scan", _numbered_census(storage, level, schema, batch_rows))
+            # in the census file's order, as the unit polygons come (tippecanoe's dropping of
+            # tiny polygons at low zooms depends on the order it reads them in)
+            reader = con.sql(
+                f"SELECT {keys}, s.* EXCLUDE (GEOID) FROM census_scan c "
+                f"JOIN ({sql}) s ON c.GEOID = s.GEOID ORDER BY c.census_row",
+                params=params,
+            ).to_arrow_reader(batch_rows)
+            path = storage.layout.region_summary_stats(level)
+            writer = files.enter_context(
+                storage.geoparquet_writer(path, schema, geoparquet_crs(census.schema))
+            )
+            for batch in reader:
+                writer.write(batch)
+            con.unregister("census_scan")
+            rows[level] = writer.rows
+    return rows
+
+
+def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame:
+    """A whole level, for what is small by construction (a preview's level)."""
+    return gpd.read_parquet(storage.layout.region_summary_stats(level), filesystem=storage.fs)
+
+
+def statistics_batches(
+    storage: OcrStorage, level: str, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """A level's statistics without the covering ``bbox``, a batch at a time."""
+    path = storage.layout.region_summary_stats(level)
+    columns = [n for n in storage.parquet_schema(path).names if n != "bbox"]
+    return storage.iter_batches(path, columns, batch_rows)
+
+
+@dg.asset(
+    group_name=PHASE02_GROUP,
+    deps=[buildings_geoparquet, census_boundaries],
+    description="Per census level (nation, states, counties, tracts, blocks): building count, "
+    "mean and median of seven variables, risk-score histograms and the unit's polygon.",
+    op_tags=profile_tags("region_risk_summary_stats"),
+    pool=CLUSTER_POOL,
+)
+def region_risk_summary_stats(
+    context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
+):
+    step = run_step(context, storage, compute, write_summary_statistics)
+    level = choropleth_level(step.result)
+    preview = choropleth_preview(read_summary_statistics(storage, level), level)
+    return step.materialize(
+        paths={lv: storage.layout.region_summary_stats(lv) for lv in CENSUS_LEVELS},
+        rows_per_level=step.result,
+        preview=dg.MetadataValue.md(png_markdown(preview, f"{level} mean RPS")),
+    )
+
+
+@dg.asset_check(asset=region_risk_summary_stats, blocking=True)
+def histograms_sum_to_counts(storage: OcrStorage) -> dg.AssetCheckResult:
+    """Every histogram sums to building_count; each level counts every building once
+    (scanned by DuckDB, never loaded whole)."""
+    total = storage.parquet_rows(storage.layout.consolidated_buildings)
+    problems, per_level = [], {}
+    con = duckdb.connect()
+    for level in CENSUS_LEVELS:
+        con.register("stats", storage.parquet_dataset(storage.layout.region_summary_stats(level)))
+        wrong, counted = con.execute(
+            "SELECT count(*) FILTER (WHERE list_sum(risk_score_2011_hist) != building_count "
+            "OR list_sum(risk_score_2047_hist) != building_count), "
+            "coalesce(sum(building_count), 0) FROM stats"
+        ).fetchall()[0]
+        con.unregister("stats")
+        if wrong:
+            problems.append(f"{level}: {wrong} histogram(s) do not sum to building_count")
+        per_level[level] = int(counted)
+        if per_level[level] != total:
+            problems.append(
+                f"{level} counts {per_level[level]} buildings, consolidated has {total}"
+            )
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"buildings": total, "per_level": per_level, "problems": problems or ["none"]},
+    )

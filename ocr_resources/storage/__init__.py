@@ -1,0 +1,62 @@
+"""The storage resource: every read and write of the pipeline, atomic, under one root.
+
+``OcrStorage`` is one Dagster resource assembled from the modules beside it, each one kind of
+I/O: ``files`` (atomic writes, exclusive create, wipe), ``vector`` (GeoParquet, streamed
+Parquet), ``raster_store`` (Zarr), ``inputs`` (the inputs' checks and region reads).
+"""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from ocr_resources.layout import StorageLayout
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
+from ocr_resources.storage.files import StorageRootError
+from ocr_resources.storage.inputs import InputDataError, InputReader, wind_row_blocks
+from ocr_resources.storage.raster_store import RasterStore
+from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS
+
+__all__ = [
+    "BATCH_ROWS",
+    "GEOPARQUET_OPTIONS",
+    "InputDataError",
+    "OcrStorage",
+    "StorageRootError",
+    "wind_row_blocks",
+]
+
+
+class OcrStorage(InputReader, RasterStore, ConfigurableResource):
+    """Storage root, environment and version; resolves paths and owns every read and write."""
+
+    root: str
+    environment: str = "local"
+    version: str | None = None
+    endpoint_url: str | None = None  # an S3-compatible endpoint (e.g. a test server)
+    # the fire model's numerics; a non-default variant's outputs live under their own prefix
+    model_variant: str = DEFAULT_MODEL_VARIANT
+
+    @classmethod
+    def from_settings(cls, settings: OcrSettings) -> OcrStorage:
+        """The environment's storage (local folder or S3 bucket, version, model variant)."""
+        return cls(
+            root=settings.storage_root,
+            environment=settings.environment,
+            version=settings.version,
+            endpoint_url=settings.s3_endpoint_url,
+            model_variant=settings.model_variant,
+        )
+
+    @property
+    def layout(self) -> StorageLayout:
+        return StorageLayout(self.root, self.environment, self.version, self.model_variant)
+
+    def spec(self) -> dict[str, str | None]:
+        """Plain values to rebuild this resource in a Dask worker (resources do not pickle)."""
+        return {
+            "root": self.root,
+            "environment": self.environment,
+            "version": self.version,
+            "endpoint_url": self.endpoint_url,
+            "model_variant": self.model_variant,
+        }

@@ -1,0 +1,133 @@
+"""The CONUS raster store (one Zarr v3 store, a shard per region and variable) and other Zarr
+outputs: templates, region windows, whole stores and the pyramid's tree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dask.array
+import numpy as np
+import xarray as xr
+import zarr
+
+from ocr_assets.science.regions import Region, RegionGrid
+from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.storage.files import FileStore
+
+# Region windows are written as whole shards (one object per region and variable), so two
+# regions never write the same object and each object appears atomically.
+INNER_CHUNKS_PER_SHARD_SIDE = 4
+
+
+class RasterStore(FileStore):
+    """Zarr operations of :class:`OcrStorage`."""
+
+    def write_zarr(self, ds: xr.Dataset, path: str, encoding: dict | None = None) -> None:
+        """A whole Zarr v3 store, swapped into place when complete."""
+        with self.atomic_path(path) as tmp:
+            ds.to_zarr(
+                tmp,
+                mode="w-",
+                consolidated=False,
+                zarr_format=3,
+                encoding=encoding,
+                storage_options=self.storage_options or None,
+            )
+
+    def ensure_raster_store(self, grid: RegionGrid, crs_wkt: str) -> None:
+        """Write the CONUS template (metadata and coordinates) if any part is missing.
+
+        The template's bytes are deterministic, so concurrent writers write identical objects;
+        nothing that exists is ever deleted, so no region's data can be lost here.
+        """
+        path = self.layout.raster_store
+        if all(self.exists(f"{path}/{key}/zarr.json") for key in ("", *RISK_VARIABLES)):
+            return
+        items: dict = {}  # the template's objects by key, filled by zarr's public MemoryStore
+        memory = zarr.storage.MemoryStore(store_dict=items)
+        shape = (grid.latitude.size, grid.longitude.size)
+        shard = (grid.chunk_lat, grid.chunk_lon)
+        inner = tuple(
+            s // INNER_CHUNKS_PER_SHARD_SIDE if s % INNER_CHUNKS_PER_SHARD_SIDE == 0 else s
+            for s in shard
+        )
+        template = xr.Dataset(
+            {
+                name: (
+                    ("latitude", "longitude"),
+                    dask.array.full(shape, np.nan, dtype=np.float32, chunks=shard),
+                    {"grid_mapping": "spatial_ref"},
+                )
+                for name in RISK_VARIABLES
+            },
+            coords={
+                "latitude": grid.latitude,
+                "longitude": grid.longitude,
+                "spatial_ref": ((), 0, {"crs_wkt": crs_wkt}),
+            },
+            attrs={
+                "title": "Open Climate Risk: wind-adjusted wildfire risk",
+                "license": "CC-BY-4.0",
+                "model_variant": self.model_variant,
+            },
+        )
+        encoding = {
+            name: {"chunks": inner, "shards": shard, "fill_value": np.nan}
+            for name in RISK_VARIABLES
+        }
+        template.to_zarr(
+            memory, compute=False, consolidated=False, zarr_format=3, encoding=encoding
+        )
+        # root metadata last: a reader that sees it sees the whole template
+        for key in sorted(items, key=lambda k: (k == "zarr.json", k)):
+            self.write_bytes(f"{path}/{key}", items[key].to_bytes())
+
+    def write_region_window(self, region: Region, rasters: dict[str, np.ndarray]) -> None:
+        """Write one region's window of every variable into the raster store (whole shards)."""
+        ds = xr.Dataset(
+            {name: (("latitude", "longitude"), rasters[name]) for name in RISK_VARIABLES}
+        )
+        ds.to_zarr(
+            self.layout.raster_store,
+            region={"latitude": region.lat_slice, "longitude": region.lon_slice},
+            mode="r+",
+            consolidated=False,
+            zarr_format=3,
+            storage_options=self.storage_options or None,
+        )
+
+    def open_raster_store(self) -> xr.Dataset:
+        return xr.open_zarr(
+            self.layout.raster_store,
+            consolidated=False,
+            decode_coords="all",
+            storage_options=self.storage_options or None,
+        )
+
+    @contextmanager
+    def datatree_writer(self, tree: xr.DataTree, path: str) -> Iterator[zarr.Group]:
+        """The tree's groups, coordinates, attributes and array metadata written from its lazy
+        variables (never computed), then its Zarr group to fill window by window; in place at
+        ``path`` only when the block succeeds."""
+        options = self.storage_options or None
+        with self.atomic_path(path) as tmp:
+            tree.to_zarr(
+                tmp,
+                mode="w-",
+                consolidated=False,
+                zarr_format=3,
+                storage_options=options,
+                compute=False,
+            )
+            yield zarr.open_group(tmp, mode="r+", storage_options=options)
+
+    def open_datatree(self, path: str) -> xr.DataTree:
+        """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""
+        return xr.open_datatree(
+            path,
+            engine="zarr",
+            consolidated=False,
+            chunks={},
+            storage_options=self.storage_options or None,
+        )
