@@ -11,16 +11,14 @@ import pyogrio
 import shapely
 import shapely.geometry
 
-from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG, PHASE02_GROUP
-from ocr_assets.metadata import dataset_metadata, dataset_version, run_step
+from ocr_assets.constants import PHASE02_GROUP
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
 )
 from ocr_assets.statistics import region_risk_summary_stats, statistics_batches
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
+from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
-
-OPTIONAL = dict([OPTIONAL_TAG])
 
 
 def _feature_lines(batch: pa.RecordBatch, first_id: int) -> Iterator[str]:
@@ -83,13 +81,12 @@ def _statistics_schema_names(storage: OcrStorage, level: str) -> list[str]:
     return [n for n in schema.names if n not in ("geometry", "bbox")]
 
 
-@dg.asset(
-    group_name=PHASE02_GROUP,
-    deps=[region_risk_summary_stats],
-    tags=OPTIONAL,
-    description="Optional: stats.geojson and stats.csv (with # key: value header) per level.",
-    op_tags=profile_tags("regional_analysis_files"),
-    pool=CLUSTER_POOL,
+@step_asset(
+    "regional_analysis_files",
+    PHASE02_GROUP,
+    [region_risk_summary_stats],
+    "Optional: stats.geojson and stats.csv (with # key: value header) per level.",
+    optional=True,
 )
 def regional_analysis_files(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

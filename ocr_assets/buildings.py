@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP
-from ocr_assets.metadata import dataset_metadata, dataset_version, run_step
+from ocr_assets.constants import PHASE02_GROUP, REGION_BUILDINGS
 from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
+from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
 
@@ -137,13 +137,12 @@ def consolidate_buildings(
     }
 
 
-@dg.asset(
-    group_name=PHASE02_GROUP,
-    deps=[dg.AssetDep("region_buildings", partition_mapping=dg.AllPartitionMapping())],
-    description="Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
+@step_asset(
+    "buildings_geoparquet",
+    PHASE02_GROUP,
+    [dg.AssetDep(REGION_BUILDINGS, partition_mapping=dg.AllPartitionMapping())],
+    "Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
     "state_fips / county_fips, with a _common_metadata sidecar.",
-    op_tags=profile_tags("buildings_geoparquet"),
-    pool=CLUSTER_POOL,
 )
 def buildings_geoparquet(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

@@ -6,40 +6,24 @@ import dagster as dg
 
 from ocr_assets.constants import INPUTS_GROUP
 
-burn_probability = dg.AssetSpec(
-    "burn_probability",
-    group_name=INPUTS_GROUP,
-    description="Riley et al. (2025) burn probability ~2011 and ~2047: 270 m EPSG:5070 grids "
-    "and a 30 m EPSG:4326 reference copy.",
-)
-conditional_risk = dg.AssetSpec(
-    "conditional_risk",
-    group_name=INPUTS_GROUP,
-    description="Scott et al. (2024) CRPS and RPS on the 30 m grid; its chunks define the regions.",
-)
-wind_direction_distribution = dg.AssetSpec(
-    "wind_direction_distribution",
-    group_name=INPUTS_GROUP,
-    description="CONUS404 fraction of fire-weather hours with wind from each of 8 directions.",
-)
-buildings = dg.AssetSpec(
-    "buildings",
-    group_name=INPUTS_GROUP,
-    description="Building footprints (GeoParquet, EPSG:4326) with census block GEOIDs.",
-)
-census_boundaries = dg.AssetSpec(
-    "census_boundaries",
-    group_name=INPUTS_GROUP,
-    description="Census nation, states, counties, tracts and blocks (GeoParquet, EPSG:4326).",
-)
-
+# key -> description, in the lineage's order
+_INPUTS: dict[str, str] = {
+    "burn_probability": "Riley et al. (2025) burn probability ~2011 and ~2047: 270 m EPSG:5070 "
+    "grids and a 30 m EPSG:4326 reference copy.",
+    "conditional_risk": "Scott et al. (2024) CRPS and RPS on the 30 m grid; its chunks define "
+    "the regions.",
+    "wind_direction_distribution": "CONUS404 fraction of fire-weather hours with wind from each "
+    "of 8 directions.",
+    "buildings": "Building footprints (GeoParquet, EPSG:4326) with census block GEOIDs.",
+    "census_boundaries": "Census nation, states, counties, tracts and blocks (GeoParquet, "
+    "EPSG:4326).",
+}
 INPUT_SPECS = [
-    burn_probability,
-    conditional_risk,
-    wind_direction_distribution,
-    buildings,
-    census_boundaries,
+    dg.AssetSpec(key, group_name=INPUTS_GROUP, description=text) for key, text in _INPUTS.items()
 ]
+burn_probability, conditional_risk, wind_direction_distribution, buildings, census_boundaries = (
+    INPUT_SPECS
+)
 
 # The inputs a region reads (its assets' upstreams): checked before it computes anything.
 REGION_INPUTS: tuple[str, ...] = tuple(

@@ -14,6 +14,7 @@ import math
 import geopandas as gpd
 import numpy as np
 
+from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.scoring import N_SCORES, RISK_COLORS, risk_score
 
 PREVIEW_PIXELS = 300  # longest side of a raster preview's data, before the figure's margins
@@ -101,7 +102,7 @@ def choropleth_preview(units: gpd.GeoDataFrame, level: str) -> bytes:
     simplified = units.geometry.simplify(max(east - west, north - south) / 600)
     fig = Figure(figsize=(6.0, 3.0), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, year in zip(axes, (2011, 2047), strict=True):
+    for ax, year in zip(axes, YEARS, strict=True):
         classes = _scores(units[f"mean_rps_{year}"].to_numpy(np.float64)).filled(0)
         colors = [RISK_COLORS[c] for c in classes]
         gpd.GeoSeries(simplified, crs=units.crs).plot(

@@ -12,8 +12,7 @@ import zarr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import assign_crs, xr_reproject
 
-from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG, PHASE02_GROUP
-from ocr_assets.metadata import run_step
+from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER
 from ocr_assets.science.parallel import worker_threads
 from ocr_assets.science.pyramid import (
     Window,
@@ -25,11 +24,9 @@ from ocr_assets.science.pyramid import (
     window_pieces,
 )
 from ocr_assets.science.reproject import in_memory_rasterio
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import OcrStorage
-
-OPTIONAL = dict([OPTIONAL_TAG])
-
 
 PYRAMID_TARGET_RESOLUTION_M = 30.0
 PYRAMID_VARIABLES = ("rps_2011", "rps_2047")
@@ -41,7 +38,7 @@ class PyramidWindows:
 
     A level built as one dask graph over the whole source gathers every source block into
     the tasks of its coarse levels (one output chunk covers the grid), so memory grows with
-    the grid (~263 GiB on CONUS). Built a bounded window at a time it does not."""
+    the grid. Built a bounded window at a time it does not."""
 
     # source pixels per variable in one window (256 MB of float32); a window is never smaller
     # than one output pixel, and fewer, larger windows re-read fewer of the store's chunks
@@ -189,14 +186,13 @@ def write_pyramid(
     }
 
 
-@dg.asset(
-    group_name=PHASE02_GROUP,
-    deps=[dg.AssetDep("region_risk_raster", partition_mapping=dg.AllPartitionMapping())],
-    tags=OPTIONAL,
-    description="Optional: multiscale Web Mercator pyramid of rps_2011 / rps_2047 (Zarr v3), "
+@step_asset(
+    "risk_pyramid",
+    PHASE02_GROUP,
+    [dg.AssetDep(REGION_RASTER, partition_mapping=dg.AllPartitionMapping())],
+    "Optional: multiscale Web Mercator pyramid of rps_2011 / rps_2047 (Zarr v3), "
     "levels 0 up to the zoom matching 30 m pixels.",
-    op_tags=profile_tags("risk_pyramid"),
-    pool=CLUSTER_POOL,
+    optional=True,
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):
     lat = storage.open_raster_store()["latitude"].values

@@ -29,10 +29,9 @@ from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import InputDataError, OcrStorage
 
 RETRY_DELAY_SECONDS = 5
-# Peak memory of one BP field task per window pixel. bench/ measures 1.9 GB for a full-size
-# window (39.5 M pixels, interpreter included) with 30 % non-burnable pixels; the wind kept
-# for the composite (44 B per non-burnable pixel) grows with that share, to ~3 GB when every
-# pixel is non-burnable, which is what a task asks for.
+# Peak memory of one BP field task per window pixel (bench/run.py measures it, interpreter
+# included). The wind kept for the composite grows with the share of non-burnable pixels; a
+# task asks for the case where every pixel is non-burnable.
 BYTES_PER_WINDOW_PIXEL = 80
 
 

@@ -10,9 +10,8 @@ import geopandas as gpd
 import pyarrow as pa
 
 from ocr_assets.buildings import buildings_geoparquet
-from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP
+from ocr_assets.constants import PHASE02_GROUP
 from ocr_assets.inputs import census_boundaries
-from ocr_assets.metadata import run_step
 from ocr_assets.previews import choropleth_level, choropleth_preview, png_markdown
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
@@ -22,7 +21,8 @@ from ocr_assets.science.statistics import (
     statistics_query,
     units_query,
 )
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 from ocr_resources.storage.geoparquet import geoparquet_crs
 
@@ -149,13 +149,12 @@ def statistics_batches(
     return storage.iter_batches(path, columns, batch_rows)
 
 
-@dg.asset(
-    group_name=PHASE02_GROUP,
-    deps=[buildings_geoparquet, census_boundaries],
-    description="Per census level (nation, states, counties, tracts, blocks): building count, "
+@step_asset(
+    "region_risk_summary_stats",
+    PHASE02_GROUP,
+    [buildings_geoparquet, census_boundaries],
+    "Per census level (nation, states, counties, tracts, blocks): building count, "
     "mean and median of seven variables, risk-score histograms and the unit's polygon.",
-    op_tags=profile_tags("region_risk_summary_stats"),
-    pool=CLUSTER_POOL,
 )
 def region_risk_summary_stats(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

@@ -21,8 +21,7 @@ import pyogrio
 import shapely
 import shapely.geometry
 
-from ocr_assets.constants import CLUSTER_POOL, PHASE02_GROUP, PHASE03_GROUP
-from ocr_assets.metadata import run_step
+from ocr_assets.constants import PHASE02_GROUP, PHASE03_GROUP
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
     SCORED,
@@ -37,7 +36,8 @@ from ocr_assets.science.tiling import (
     tippecanoe_command,
 )
 from ocr_assets.statistics import statistics_batches
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
 from ocr_resources.pmtiles_reader import archive_summary
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
@@ -57,7 +57,7 @@ class LayerSource:
     batches: Callable[[], Iterator[pa.RecordBatch]]
     # FlatGeobuf's spatial index puts the features in Hilbert-curve order, the order tippecanoe
     # then reads them in (which decides the tiny polygons it keeps at low zooms); it holds
-    # ~48 B per feature in memory while the file is written, so only small layers use it
+    # memory per feature while the file is written (bench/scale.py), so only small layers use it
     spatial_index: bool = False
 
 
@@ -258,14 +258,7 @@ TILESETS: tuple[Tileset, ...] = (
 
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=spec.key,
-        group_name=spec.group,
-        deps=[spec.upstream],
-        description=spec.description,
-        op_tags=profile_tags(spec.key),
-        pool=CLUSTER_POOL,
-    )
+    @step_asset(spec.key, spec.group, [spec.upstream], spec.description)
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:

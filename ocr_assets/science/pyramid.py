@@ -71,8 +71,8 @@ def window_pieces(
     src: GeoBox, dst: GeoBox, part: Window, budget_px: int
 ) -> list[tuple[Window, Window]]:
     """``dst[part]`` cut into (output pixels, source window) pieces whose windows hold about
-    ``budget_px`` source pixels at most — never less than one output pixel, which at z0 of
-    CONUS covers ~20 M source pixels."""
+    ``budget_px`` source pixels at most — never less than one output pixel (which, at the
+    coarsest levels, covers many source pixels)."""
     window = source_window(src, dst[part])
     if window is None:
         return []

@@ -225,7 +225,7 @@ def corrected_warp(subset: xr.DataArray, latitude: np.ndarray, longitude: np.nda
 
 # Rasterio only warps in-memory arrays here; all file and S3 access goes through fsspec and
 # zarr. With AWS credentials in the environment, rasterio would otherwise build a boto3
-# session inside every warp call (~40 ms each, hundreds per region on S3 deployments).
+# session inside every warp call (hundreds per region).
 rasterio.session.boto3 = None
 
 

@@ -18,6 +18,8 @@ from ocr_resources.storage.files import FileStore
 # Region windows are written as whole shards (one object per region and variable), so two
 # regions never write the same object and each object appears atomically.
 INNER_CHUNKS_PER_SHARD_SIDE = 4
+# How every Zarr output is written: v3, no consolidated metadata (objects appear one by one)
+ZARR_FORMAT = {"consolidated": False, "zarr_format": 3}
 
 
 class RasterStore(FileStore):
@@ -29,10 +31,9 @@ class RasterStore(FileStore):
             ds.to_zarr(
                 tmp,
                 mode="w-",
-                consolidated=False,
-                zarr_format=3,
                 encoding=encoding,
                 storage_options=self.storage_options or None,
+                **ZARR_FORMAT,
             )
 
     def ensure_raster_store(self, grid: RegionGrid, crs_wkt: str) -> None:
@@ -76,9 +77,7 @@ class RasterStore(FileStore):
             name: {"chunks": inner, "shards": shard, "fill_value": np.nan}
             for name in RISK_VARIABLES
         }
-        template.to_zarr(
-            memory, compute=False, consolidated=False, zarr_format=3, encoding=encoding
-        )
+        template.to_zarr(memory, compute=False, encoding=encoding, **ZARR_FORMAT)
         # root metadata last: a reader that sees it sees the whole template
         for key in sorted(items, key=lambda k: (k == "zarr.json", k)):
             self.write_bytes(f"{path}/{key}", items[key].to_bytes())
@@ -92,9 +91,8 @@ class RasterStore(FileStore):
             self.layout.raster_store,
             region={"latitude": region.lat_slice, "longitude": region.lon_slice},
             mode="r+",
-            consolidated=False,
-            zarr_format=3,
             storage_options=self.storage_options or None,
+            **ZARR_FORMAT,
         )
 
     def open_raster_store(self) -> xr.Dataset:
@@ -112,14 +110,7 @@ class RasterStore(FileStore):
         ``path`` only when the block succeeds."""
         options = self.storage_options or None
         with self.atomic_path(path) as tmp:
-            tree.to_zarr(
-                tmp,
-                mode="w-",
-                consolidated=False,
-                zarr_format=3,
-                storage_options=options,
-                compute=False,
-            )
+            tree.to_zarr(tmp, mode="w-", storage_options=options, compute=False, **ZARR_FORMAT)
             yield zarr.open_group(tmp, mode="r+", storage_options=options)
 
     def open_datatree(self, path: str) -> xr.DataTree:

@@ -1,5 +1,5 @@
-"""What every output says about itself, and the one way a phase 02/03 asset runs its step and
-reports it (so the timing and compute metadata are written once, not per asset)."""
+"""The one way a phase 02/03 asset is declared (its profile, pool and group), runs its step and
+reports it, and what every output says about itself."""
 
 import json
 import time
@@ -9,7 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from ocr_resources.compute import OcrCompute
+from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG
+from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import OcrStorage
 
 PROVIDER = "Open Climate Risk on Dagster (after CarbonPlan's Open Climate Risk)"
@@ -67,3 +68,19 @@ def run_step(
     started = time.perf_counter()
     result, compute_metadata = compute.run(context, fn, storage, *args)
     return StepRun(storage, result, compute_metadata, started)
+
+
+def step_asset(
+    name: str, group: str, deps: list[Any], description: str, optional: bool = False
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``@dg.asset`` for a heavy step: its compute profile as op tags (``PROFILES``), the
+    cluster pool, and the optional tag when a deployment may leave it out."""
+    return dg.asset(
+        name=name,
+        group_name=group,
+        deps=deps,
+        description=description,
+        tags=dict([OPTIONAL_TAG]) if optional else None,
+        op_tags=profile_tags(name),
+        pool=CLUSTER_POOL,
+    )
