@@ -47,7 +47,7 @@ from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.science.timing import StageTimer
 from ocr_assets.tiles import TILESETS, build_tileset, tippecanoe_binary, write_flatgeobuf
 from ocr_resources.storage import OcrStorage
-from ocr_resources.storage.inputs import wind_row_blocks
+from ocr_resources.storage.regions import wind_row_blocks
 
 FULL_WINDOW = (7080, 5580)
 SIZES = {"1/4": (3540, 2790), "1/2": (3540, 5580), "full": FULL_WINDOW}

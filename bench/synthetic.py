@@ -23,7 +23,7 @@ from ocr_assets.science.fire_model import YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid
 from ocr_assets.science.reproject import window_edges
-from ocr_resources.storage.inputs import WIND_DIMS, wind_row_blocks
+from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks
 
 ARC_SECOND = 1 / 3600
 FULL_REGION = (6000, 4500)

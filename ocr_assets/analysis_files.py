@@ -109,7 +109,7 @@ def analysis_files_match_stats(storage: OcrStorage) -> dg.AssetCheckResult:
         expected = storage.parquet_rows(storage.layout.region_summary_stats(level))
         with storage.local_copy(storage.layout.region_analysis(level, "geojson")) as path:
             features = pyogrio.read_info(path, force_feature_count=True)["features"]
-        with storage.fs.open(storage.layout.region_analysis(level, "csv"), "r") as f:
+        with storage.open(storage.layout.region_analysis(level, "csv"), "r") as f:
             rows = sum(1 for _ in csv.reader(line for line in f if not line.startswith("#"))) - 1
         if not features == rows == expected:
             problems.append(f"{level}: geojson {features}, csv {rows}, stats {expected}")

@@ -3,7 +3,6 @@ GeoParquet 1.1 file and a copy partitioned by state and county, with the checks 
 
 import itertools
 import json
-import posixpath
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -85,8 +84,7 @@ def _write_by_county(
                     open_file.close()
                     state, rest = (key[:2], key[2:]) if key is not None else (HIVE_NULL,) * 2
                     path = f"{root}/state_fips={state}/county_fips={rest}/part-0.parquet"
-                    storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                    sink = open_file.enter_context(storage.fs.open(path, "wb"))
+                    sink = open_file.enter_context(storage.open(path, "wb"))
                     writer = open_file.enter_context(
                         pq.ParquetWriter(sink, schema, compression="zstd")
                     )
@@ -116,19 +114,19 @@ def consolidate_buildings(
 
     rows = 0
     with storage.atomic_path(layout.consolidated_buildings) as tmp:
-        with storage.fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
+        with storage.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
             for batch in region_batches():
                 w.write_batch(batch)
                 rows += batch.num_rows
-        consolidated_bytes = storage.fs.size(tmp)
+        consolidated_bytes = storage.size(tmp)
 
     with ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="ocr-sort-"))
         tmp = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
         sorted_batches = _by_geoid(region_batches(), schema, scratch, batch_rows)
         files = _write_by_county(storage, sorted_batches, schema, tmp)
-        storage.fs.makedirs(tmp, exist_ok=True)  # no rows (all regions empty): no partitions
-        with storage.fs.open(f"{tmp}/_common_metadata", "wb") as f:
+        storage.makedirs(tmp)  # no rows (all regions empty): no partitions
+        with storage.open(f"{tmp}/_common_metadata", "wb") as f:
             pq.write_metadata(schema, f)
     return {
         "rows": rows,
@@ -173,12 +171,9 @@ def buildings_counts_agree(storage: OcrStorage) -> dg.AssetCheckResult:
     """Rows in the region files = consolidated file = partitioned copy."""
     lay = storage.layout
     regions = sum(
-        pq.ParquetFile(lay.region_buildings(r), filesystem=storage.fs).metadata.num_rows
-        for r in storage.list_region_buildings()
+        storage.parquet_rows(lay.region_buildings(r)) for r in storage.list_region_buildings()
     )
-    consolidated = pq.ParquetFile(
-        lay.consolidated_buildings, filesystem=storage.fs
-    ).metadata.num_rows
+    consolidated = storage.parquet_rows(lay.consolidated_buildings)
     partitioned = storage.parquet_dataset(lay.partitioned_buildings).count_rows()
     counts = {"region_files": regions, "consolidated": consolidated, "partitioned": partitioned}
     return dg.AssetCheckResult(passed=len(set(counts.values())) == 1, metadata=counts)
@@ -188,7 +183,7 @@ def buildings_counts_agree(storage: OcrStorage) -> dg.AssetCheckResult:
 def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
     """float32 risk variables, string GEOID, GeoParquet 1.1 covering bbox, documented ranges."""
     path = storage.layout.consolidated_buildings
-    schema = pq.read_schema(path, filesystem=storage.fs)
+    schema = storage.parquet_schema(path)
     problems = [
         f"{v} is {schema.field(v).type}"
         for v in RISK_VARIABLES

@@ -137,7 +137,7 @@ def _write_summary_statistics(
 
 def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame:
     """A whole level, for what is small by construction (a preview's level)."""
-    return gpd.read_parquet(storage.layout.region_summary_stats(level), filesystem=storage.fs)
+    return storage.read_geoparquet(storage.layout.region_summary_stats(level))
 
 
 def statistics_batches(

@@ -38,7 +38,6 @@ from ocr_assets.science.tiling import (
 from ocr_assets.statistics import statistics_batches
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
-from ocr_resources.pmtiles_reader import archive_summary
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
 HISTOGRAM_COLUMNS = tuple(SCORED)
@@ -285,7 +284,7 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
 def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=spec.key, name=f"{spec.key}_header_and_layers")
     def _check(storage: OcrStorage) -> dg.AssetCheckResult:
-        summary = archive_summary(storage, storage.layout.pmtiles(spec.archive))
+        summary = storage.pmtiles_summary(storage.layout.pmtiles(spec.archive))
         ok = (summary["min_zoom"], summary["max_zoom"]) == spec.zoom and sorted(
             summary["layers"]
         ) == sorted(spec.layer_names)

@@ -17,7 +17,6 @@ import pytest
 import xarray as xr
 
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.pmtiles_reader import archive_summary
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import _local_env, ocr
 
@@ -53,7 +52,7 @@ def _region_window(storage: OcrStorage, region_id: str) -> dict[str, np.ndarray]
 
 def _archive(storage: OcrStorage) -> dict:
     """Zooms and layers of the buildings archive (its bytes are not reproducible)."""
-    summary = archive_summary(storage, storage.layout.pmtiles("buildings"))
+    summary = storage.pmtiles_summary(storage.layout.pmtiles("buildings"))
     return {k: v for k, v in summary.items() if k != "bytes"}
 
 

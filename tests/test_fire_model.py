@@ -105,7 +105,7 @@ def test_stored_wind_read_in_chunk_rows_gives_the_same_field():
     to the one computed from the whole (8, H, W) distribution."""
     import xarray as xr
 
-    from ocr_resources.storage.inputs import WIND_DIMS, wind_row_blocks
+    from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks
 
     lat = 38 + (np.arange(300) + 0.5) / 3600
     lon = -120 + (np.arange(260) + 0.5) / 3600

@@ -79,6 +79,18 @@ class FileStore:
             f.write(data)
         return True
 
+    def open(self, path: str, mode: str = "rb") -> IO:
+        """A file under the root; writing creates its folder first (objects need none)."""
+        if "w" in mode:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        return self.fs.open(path, mode)
+
+    def size(self, path: str) -> int:
+        return int(self.fs.size(path))
+
+    def makedirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as f:
             return json.load(f)

@@ -1,15 +1,13 @@
 """The five inputs (DESIGN §3): checked against their documented format before anything is
-computed or written, then cut to a region's window. A broken input is an ``InputDataError``
+computed or written. A broken input is an ``InputDataError``
 naming the input, what was expected and what was found."""
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection
 from typing import Any, NoReturn
 
-import dask.array
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -21,14 +19,9 @@ import xarray as xr
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from ocr_assets.science.composite import GATHER_ROWS, NegativeWindWeights
-from ocr_assets.science.fire_model import YEARS, RegionInputs
 from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid, valid_region_ids_from_mask
 from ocr_resources.layout import InputSpec
 from ocr_resources.storage.vector import VectorStore
-
-WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
 
 
 class InputDataError(ValueError):
@@ -52,22 +45,6 @@ def _names(names: Collection[Any]) -> str:
 
 def _crs_name(crs: CRS) -> str:
     return crs.to_string() if crs.to_epsg() else crs.name
-
-
-def wind_row_blocks(wind: xr.DataArray) -> Callable[[], Iterator[np.ndarray]]:
-    """The stored ``(latitude, longitude, wind_direction)`` window as a source of row blocks,
-    read one chunk row at a time (a fixed number of rows when not chunked): the fire model
-    keeps only the pixels it needs, so one block is ever in memory."""
-    if wind.dims != WIND_DIMS:
-        raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
-    rows = len(wind)
-    edges = np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, GATHER_ROWS), rows]
-
-    def blocks() -> Iterator[np.ndarray]:
-        for a, b in itertools.pairwise(edges):
-            yield np.asarray(wind[a:b].values)
-
-    return blocks
 
 
 class InputReader(VectorStore):
@@ -216,102 +193,6 @@ class InputReader(VectorStore):
                 f"length, e.g. {_names(pd.unique(wrong)[:3])}",
             )
         return gdf
-
-    def region_grid(self) -> RegionGrid:
-        """The region grid of the conditional-risk input: its coordinates and chunk shape."""
-        crps = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
-        chunks = crps.encoding.get("shards") or crps.encoding.get("chunks")
-        return RegionGrid(
-            crps["latitude"].values, crps["longitude"].values, int(chunks[0]), int(chunks[1])
-        )
-
-    def valid_region_ids(self) -> list[str]:
-        """Chunks of the conditional-risk input that hold any non-missing value."""
-        grid = self.region_grid()
-        crps = self.open_input(self.layout.crps_rps, ("CRPS",))["CRPS"].data
-        crps = crps.rechunk((grid.chunk_lat, grid.chunk_lon))
-        has_data = dask.array.map_blocks(
-            lambda b: np.isfinite(b).any(keepdims=True), crps, dtype=bool, chunks=(1, 1)
-        ).compute()
-        return valid_region_ids_from_mask(has_data)
-
-    def read_region_inputs(
-        self,
-        grid: RegionGrid,
-        region: Region,
-        fields: tuple[int, ...] = YEARS,
-        reference: bool = True,
-        halo_deg: float = HALO_DEG,
-    ) -> RegionInputs:
-        """Cut the inputs to the region's window, the region widened by ``halo_deg`` (what
-        the BP ``fields`` need: their 270 m rasters, lazily, and the wind distribution) and to
-        the region (``reference`` values: CRPS, RPS and the 30 m BP copies)."""
-        lat_w, lon_w = grid.window(region, halo_deg)
-        window = {"latitude": lat_w, "longitude": lon_w}
-        inner = {"latitude": region.lat_slice, "longitude": region.lon_slice}
-        empty = np.empty((0, 0), np.float32)
-        no_wind = np.empty((len(DIRECTIONS), 0, 0), np.float32)
-        inputs = RegionInputs(
-            latitude=grid.latitude[lat_w],
-            longitude=grid.longitude[lon_w],
-            rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
-            cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
-            bounds=region.bounds(halo_deg),
-            bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
-            wind=wind_row_blocks(self._read_wind(grid, window)) if fields else no_wind,
-            crps=empty,
-            rps_scott=empty,
-        )
-        if reference:
-            scott = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))
-            inputs.crps = np.asarray(scott["CRPS"].isel(inner).values)
-            inputs.rps_scott = np.asarray(scott["RPS"].isel(inner).values)
-            for year in YEARS:
-                ref = self.open_input(self.layout.bp_30m(year), ("BP",))["BP"]
-                self._check_same_grid(grid, ref, self.layout.bp_30m(year))
-                inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
-        return inputs
-
-    def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> xr.DataArray:
-        """The window's wind distribution in its stored layout, lazily: the fire model reads it
-        a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
-        path = self.layout.wind
-        wind_da = self.open_input(path)["wind_direction_distribution"]
-        self._check_same_grid(grid, wind_da, path)
-        return wind_da.isel(window).transpose(*WIND_DIMS)
-
-    def negative_wind_error(self, region_id: str, exc: NegativeWindWeights) -> InputDataError:
-        """A negative fraction found while the model read the wind, as an input error."""
-        return InputDataError(
-            "wind_direction_distribution",
-            self.layout.wind,
-            f"expected fractions of hours >= 0, got {exc.count} negative value(s) "
-            f"in the window of region {region_id}",
-        )
-
-    def _check_same_grid(self, grid: RegionGrid, da: xr.DataArray, path: str) -> None:
-        if not (
-            np.array_equal(da["latitude"].values, grid.latitude)
-            and np.array_equal(da["longitude"].values, grid.longitude)
-        ):
-            raise InputDataError(
-                self.layout.input_spec(path).asset,
-                path,
-                "expected the conditional-risk grid (bit-identical latitude/longitude "
-                "coordinates, as all 30 m inputs share), got other coordinates",
-            )
-
-    def read_buildings(self, region: Region) -> gpd.GeoDataFrame:
-        """Buildings whose bounding box meets the region (GeoParquet covering-bbox filter)."""
-        spec = self.layout.input_spec(self.layout.buildings)
-        return self._read_geoparquet(
-            spec, bbox=(region.lon0, region.lat0, region.lon1, region.lat1)
-        )
-
-    def crs_wkt_4326(self) -> str:
-        """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""
-        ds = self.open_input(self.layout.crps_rps, ("CRPS",))
-        return str(ds["spatial_ref"].attrs["crs_wkt"])
 
     def read_census(self, level: str) -> gpd.GeoDataFrame:
         return self._read_geoparquet(self.layout.input_spec(self.layout.census(level)))

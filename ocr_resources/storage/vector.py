@@ -3,6 +3,7 @@ a time, so memory is set by the batch size and never by the number of rows."""
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import geopandas as gpd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pmtiles.reader import Reader
 
 from ocr_assets.science.regions import sort_region_ids
 from ocr_resources.storage.files import FileStore
@@ -91,6 +93,31 @@ class VectorStore(FileStore):
             schema,
             (b.select(columns) for b in self.iter_batches(path, columns, batch_rows)),
         )
+
+    def pmtiles_summary(self, path: str) -> dict[str, Any]:
+        """A PMTiles archive's zoom range, layer names and size, read by byte ranges (only its
+        header and metadata, however large the archive)."""
+        with self.fs.open(path, "rb") as f:
+
+            def get_bytes(offset: int, length: int) -> bytes:
+                f.seek(offset)
+                return f.read(length)
+
+            reader = Reader(get_bytes)
+            header = reader.header()
+            metadata = reader.metadata()
+        if isinstance(metadata, str | bytes):
+            metadata = json.loads(metadata)
+        return {
+            "min_zoom": header["min_zoom"],
+            "max_zoom": header["max_zoom"],
+            "layers": [layer["id"] for layer in metadata.get("vector_layers", [])],
+            "bytes": self.size(path),
+        }
+
+    def read_geoparquet(self, path: str) -> gpd.GeoDataFrame:
+        """A whole (small) GeoParquet output, e.g. one level's statistics for a preview."""
+        return gpd.read_parquet(path, filesystem=self.fs)
 
     def parquet_schema(self, path: str) -> pa.Schema:
         with self.fs.open(path, "rb") as f:
