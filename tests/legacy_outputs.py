@@ -16,7 +16,6 @@ import pandas as pd
 import pyarrow as pa
 import shapely
 
-from ocr_assets.metadata import dataset_metadata
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_assets.science.scoring import N_SCORES
 from ocr_assets.science.statistics import (
@@ -27,6 +26,7 @@ from ocr_assets.science.statistics import (
     connect,
 )
 from ocr_assets.science.tiling import TileLayer, centroid_properties, tippecanoe_command
+from ocr_assets.step import dataset_metadata
 from ocr_assets.tiles import HISTOGRAM_COLUMNS, tippecanoe_binary
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.storage import OcrStorage
