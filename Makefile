@@ -31,7 +31,7 @@ tools/node_modules: tools/package.json
 	if command -v npm >/dev/null; then npm install --prefix tools --silent --no-audit --no-fund; fi
 
 # The map page's libraries from npm, copied next to the page (served from disk, never a CDN).
-WEB_VENDOR := ocr_jobs/web/vendor
+WEB_VENDOR := ocr_jobs/serve/web/vendor
 WEB_FILES := maplibre-gl/dist/maplibre-gl.mjs maplibre-gl/dist/maplibre-gl-worker.mjs \
 	maplibre-gl/dist/maplibre-gl.css pmtiles/dist/pmtiles.js \
 	topojson-client/dist/topojson-client.min.js us-atlas/states-10m.json

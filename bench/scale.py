@@ -251,34 +251,36 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     import dagster as dg
 
     from bench.scale_data import ENVIRONMENT
-    from ocr_jobs import jobs
-    from ocr_jobs.runner import execute, use_environment
+    from ocr_jobs.definitions import build_definitions
+    from ocr_jobs.deploy import execute, instance_home, open_instance, reconstructable_job
+    from ocr_jobs.jobs import downstream_run
     from ocr_resources.settings import load_settings
 
     values = {
-        "OCR_ENVIRONMENT": ENVIRONMENT,
-        "OCR_STORAGE_ROOT": root,
-        "OCR_REGION_CATALOG": "sample",
-        "OCR_DAGSTER_HOME_ROOT": home_root,
-        "OCR_DAGSTER_STORAGE": "sqlite",
-        "OCR_DAGSTER_EXECUTOR": "multiprocess",
-        "OCR_COMPUTE_BACKEND": "local",
+        "environment": ENVIRONMENT,
+        "storage_root": root,
+        "region_catalog": "sample",
+        "dagster_home_root": home_root,
+        "dagster_storage": "sqlite",
+        "dagster_executor": "multiprocess",
+        "compute_backend": "local",
     }
     env_file = Path(home_root) / "bench.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    os.environ.pop("OCR_VERSION", None)
-    os.environ.update(values, OCR_ENV_FILE=str(env_file))  # inherited by every step process
-    use_environment(load_settings(env_file))
-    job, keys = jobs.downstream_run({"regional_analysis_files"})
+    env_file.write_text("".join(f"OCR_{k.upper()}={v}\n" for k, v in values.items()))
+    # overrides, so no OCR_* variable of the shell changes the bench; every step process
+    # rebuilds the job from these settings (runs get them as arguments)
+    settings = load_settings(env_file, version=None, **values)
+    home = instance_home(settings)
+    job, keys = downstream_run({"regional_analysis_files"}, build_definitions(settings))
     start = time.time()
-    if parallel:
-        outcome = execute(job, asset_keys=keys)
-        run_id, success, error = outcome.run_id, outcome.success, outcome.error
-    else:
-        with dg.DagsterInstance.get() as instance:
+    with open_instance(home) as instance:
+        if parallel:
+            outcome = execute(instance, settings, job, asset_keys=keys)
+            run_id, success, error = outcome.run_id, outcome.success, outcome.error
+        else:
             result = dg.execute_job(
-                dg.reconstructable(getattr(jobs, job)),
+                reconstructable_job(settings, job),
                 instance=instance,
                 asset_selection=[dg.AssetKey(k) for k in keys] if keys else None,
                 run_config={
@@ -288,8 +290,7 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
                 raise_on_error=False,
             )
             run_id, success, error = result.run_id, result.success, ""
-    end = time.time()
-    with dg.DagsterInstance.get() as instance:
+        end = time.time()
         entries = instance.all_logs(run_id)
     steps: dict[str, dict[str, Any]] = {}
     for entry in entries:

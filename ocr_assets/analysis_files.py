@@ -11,7 +11,7 @@ import pyogrio
 import shapely
 import shapely.geometry
 
-from ocr_assets.constants import PHASE02_GROUP
+from ocr_assets.constants import PHASE02_GROUP, REGIONAL_ANALYSIS_FILES
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
 )
@@ -82,7 +82,7 @@ def _statistics_schema_names(storage: OcrStorage, level: str) -> list[str]:
 
 
 @step_asset(
-    "regional_analysis_files",
+    REGIONAL_ANALYSIS_FILES,
     PHASE02_GROUP,
     [region_risk_summary_stats],
     "Optional: stats.geojson and stats.csv (with # key: value header) per level.",

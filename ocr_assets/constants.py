@@ -12,8 +12,10 @@ __all__ = [
     "PHASE01_GROUP",
     "PHASE02_GROUP",
     "PHASE03_GROUP",
+    "REGIONAL_ANALYSIS_FILES",
     "REGION_BUILDINGS",
     "REGION_RASTER",
+    "RISK_PYRAMID",
     "YEARS",
 ]
 
@@ -29,7 +31,9 @@ REGION_BUILDINGS = "region_buildings"
 # Optional assets carry this tag; jobs leave them out by selecting on it, and a deployment
 # asks for them by key. THE list: a new optional asset is added here and nowhere else.
 OPTIONAL_TAG = ("ocr/optional", "true")
-OPTIONAL_ASSETS: tuple[str, ...] = ("risk_pyramid", "regional_analysis_files")
+RISK_PYRAMID = "risk_pyramid"
+REGIONAL_ANALYSIS_FILES = "regional_analysis_files"
+OPTIONAL_ASSETS: tuple[str, ...] = (RISK_PYRAMID, REGIONAL_ANALYSIS_FILES)
 
 # Every heavy asset runs in this Dagster pool (its limit is in dagster.yaml): at most that
 # many clusters at once.

@@ -12,7 +12,7 @@ import zarr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import assign_crs, xr_reproject
 
-from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER
+from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER, RISK_PYRAMID
 from ocr_assets.science.parallel import worker_threads
 from ocr_assets.science.pyramid import (
     Window,
@@ -187,7 +187,7 @@ def write_pyramid(
 
 
 @step_asset(
-    "risk_pyramid",
+    RISK_PYRAMID,
     PHASE02_GROUP,
     [dg.AssetDep(REGION_RASTER, partition_mapping=dg.AllPartitionMapping())],
     "Optional: multiscale Web Mercator pyramid of rps_2011 / rps_2047 (Zarr v3), "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,102 +147,36 @@ def deploy(
     ] = False,
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ocr_assets.science.regions import RegionIdError
-    from ocr_jobs.deploy import (
-        DeployError,
-        DeployOptions,
-        check_options,
-        check_storage,
-        run_deploy,
-        select,
-    )
-    from ocr_jobs.runner import use_environment
-    from ocr_resources.publishing import ToolMissingError
+    from ocr_assets.tiles import ToolMissingError
+    from ocr_jobs import deploy as d
     from ocr_resources.storage import InputDataError, StorageRootError
 
-    refusals = (DeployError, InputDataError, StorageRootError, ToolMissingError)
-
-    settings = _settings(env_file)
-    options = DeployOptions(
+    overrides = {} if process_retries is None else {"process_retries": process_retries}
+    settings = _settings(env_file, **overrides)
+    options = d.DeployOptions(
         region_ids=region_id or [],
         all_region_ids=all_region_ids,
         risk_type=risk_type,
         create_pyramid=create_pyramid,
         write_regional_stats=write_regional_stats,
         wipe=wipe,
-        process_retries=process_retries,
-        dry_run=dry_run,
         allow_all_processed=allow_all_processed,
         regions_only=regions_only,
     )
+    failures = (d.DeployError, InputDataError, StorageRootError, ToolMissingError, PermissionError)
+    progress = _DeployProgress()
     try:
-        check_options(settings, options)
-        selection = select(settings, options)
-        selection.raise_for_invalid()
-    except (DeployError, RegionIdError) as exc:
+        plan = d.plan_deploy(settings, options)
+        storage = _storage(settings)
+        if dry_run:
+            _print_dry_run(d.dry_run(plan, storage.layout))
+            return
+        result = d.run_deploy(plan, storage, progress)
+    except (d.DeployRefused, RegionIdError) as exc:  # refused before anything was touched
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    storage = _storage(settings)
-    target = f"{settings.environment}" + (f" v{settings.version}" if settings.version else "")
-    if dry_run:
-        console.print(f"[bold]dry run[/] for {target} at {storage.layout.vector_prefix}")
-        console.print(f"  {selection.report()}")
-        console.print(f"  regions selected: {', '.join(selection.valid) or '-'}")
-        console.print(
-            f"  wipe: {', '.join(storage.layout.environment_prefixes()) if wipe else 'no'}"
-        )
-        optional = [
-            n
-            for n, on in (
-                ("risk_pyramid", create_pyramid),
-                ("regional_analysis_files", write_regional_stats),
-            )
-            if on
-        ]
-        console.print(f"  optional assets: {', '.join(optional) or 'none'}")
-        return
-    try:
-        check_storage(settings, options, storage)  # before the instance, lock or any write
-    except refusals as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    if process_retries is not None:
-        os.environ["OCR_PROCESS_RETRIES"] = str(process_retries)
-    home = use_environment(settings)
-    console.print(f"deploying [bold]{target}[/] (Dagster instance {home})")
-    progress = Progress(
-        TextColumn("regions"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    counts = {"done": 0, "failed": 0}
-    task = None
-
-    def start(total: int) -> None:
-        nonlocal task
-        progress.start()
-        task = progress.add_task("regions", total=total, status="")
-
-    def on_region(outcome) -> None:
-        counts["done" if outcome.success else "failed"] += 1
-        if not outcome.success:
-            progress.console.print(f"  [red]{outcome.partition} failed[/]: {outcome.error}")
-        remaining = progress.tasks[0].total - counts["done"] - counts["failed"]
-        progress.update(
-            task,
-            advance=1,
-            status=f"done {counts['done']}  failed {counts['failed']}  remaining {remaining}",
-        )
-
-    try:
-        result = run_deploy(settings, options, storage, console.print, on_region, start)
-    except (*refusals, PermissionError) as exc:
+    except failures as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     finally:
@@ -261,27 +194,69 @@ def deploy(
         raise typer.Exit(1)
     if result.pointer:
         console.print(f"published: current → v{result.pointer['version']}")
-    _print_outputs(settings, True, create_pyramid, write_regional_stats)
-
-
-def _print_outputs(settings, downstream: bool, pyramid: bool, analysis: bool) -> None:
-    from ocr_resources.layout import CENSUS_LEVELS, PMTILES_NAMES
-
-    lay = _storage(settings).layout
-    rows = [("raster store", lay.raster_store), ("region buildings", lay.region_buildings_dir)]
-    if downstream:
-        levels = "{" + ",".join(CENSUS_LEVELS) + "}"
-        rows += [
-            ("consolidated buildings", lay.consolidated_buildings),
-            ("partitioned buildings", lay.partitioned_buildings),
-            ("summary statistics", lay.region_summary_stats(levels)),
-            *((f"{name}.pmtiles", lay.pmtiles(name)) for name in PMTILES_NAMES),
-        ]
-        if analysis:
-            rows += [("analysis files", lay.region_analysis("<level>", "{geojson,csv}"))]
-        rows += [("pyramid", lay.pyramid)] if pyramid else []
-    for label, path in rows:
+    for label, path in d.output_locations(storage.layout, options.optional_assets):
         console.print(f"  {label}: {path}", soft_wrap=True)
+
+
+def _print_dry_run(plan: Any) -> None:
+    """``ocr deploy --dry-run``: the checked plan, nothing touched."""
+    console.print(f"[bold]dry run[/] for {plan.target} at {plan.location}")
+    console.print(f"  {plan.selection_report}")
+    console.print(f"  regions selected: {', '.join(plan.regions) or '-'}")
+    console.print(f"  wipe: {'no' if plan.wipe is None else ', '.join(plan.wipe)}")
+    console.print(f"  optional assets: {', '.join(plan.optional_assets) or 'none'}")
+
+
+class _DeployProgress:
+    """Renders a deployment as it goes: its lines, and a progress bar of the region runs."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = self.failed = 0
+
+    def started(self, target: str, instance_home: Path) -> None:
+        console.print(f"deploying [bold]{target}[/] (Dagster instance {instance_home})")
+
+    def say(self, line: str) -> None:
+        console.print(line)
+
+    def regions_started(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("regions"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("regions", total=total, status="")
+
+    def region_finished(self, outcome: Any) -> None:
+        if outcome.success:
+            self.done += 1
+        else:
+            self.failed += 1
+            self.bar.console.print(f"  [red]{outcome.partition} failed[/]: {outcome.error}")
+        remaining = self.bar.tasks[0].total - self.done - self.failed
+        self.bar.update(
+            self.task,
+            advance=1,
+            status=f"done {self.done}  failed {self.failed}  remaining {remaining}",
+        )
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command("rollback")
@@ -426,7 +401,7 @@ def lineage(env_file: EnvFile = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ocr_assets.aggregation import OPTIONAL_TAG
+    from ocr_assets.constants import OPTIONAL_TAG
     from ocr_jobs.definitions import build_definitions
     from ocr_resources.compute import ComputeProfile
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from ocr_assets import aggregation
-from ocr_assets.inputs import INPUT_SPECS
-from ocr_assets.regions import build_region_assets
-from ocr_assets.tiles import TILESET_ASSETS, TILESET_CHECKS
+from ocr_assets.graph import asset_checks, asset_definitions
 from ocr_jobs.jobs import build_jobs
 from ocr_resources.compute import OcrCompute
 from ocr_resources.region_catalog import load_valid_region_ids
@@ -23,35 +22,16 @@ def region_partitions(settings: OcrSettings) -> dg.StaticPartitionsDefinition:
 def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]:
     """Resources chosen per environment from one settings object."""
     return {
-        "storage": OcrStorage(
-            root=settings.storage_root,
-            environment=settings.environment,
-            version=settings.version,
-            endpoint_url=settings.s3_endpoint_url,
-            model_variant=settings.model_variant,
-        ),
-        "compute": OcrCompute(
-            backend=settings.compute_backend,
-            local_workers=settings.local_workers,
-            scheduler_address=settings.dask_scheduler_address,
-            dask_cluster=settings.dask_cluster,
-            coiled_region=settings.coiled_region,
-            coiled_workers=settings.coiled_workers,
-            overrides=settings.compute_overrides,
-        ),
+        "storage": OcrStorage.from_settings(settings),
+        "compute": OcrCompute.from_settings(settings),
     }
 
 
 def build_definitions(settings: OcrSettings) -> dg.Definitions:
     partitions = region_partitions(settings)
     return dg.Definitions(
-        assets=[
-            *INPUT_SPECS,
-            build_region_assets(partitions, settings.process_retries),
-            *dg.load_assets_from_modules([aggregation]),
-            *TILESET_ASSETS,
-        ],
-        asset_checks=[*dg.load_asset_checks_from_modules([aggregation]), *TILESET_CHECKS],
+        assets=asset_definitions(partitions, settings.process_retries),
+        asset_checks=asset_checks(),
         jobs=build_jobs(partitions),
         # every job but the single-step region job, incl. the UI's ad-hoc asset runs
         executor=dg.in_process_executor
@@ -61,7 +41,14 @@ def build_definitions(settings: OcrSettings) -> dg.Definitions:
     )
 
 
+def build_job(job_name: str, **settings: Any) -> dg.JobDefinition:
+    """One job, built from settings given as plain values: how a run's worker and its step
+    subprocesses rebuild the job that ``ocr deploy`` launched, with the same settings."""
+    return build_definitions(OcrSettings(**settings)).resolve_job_def(job_name)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Loaded by ``dagster dev`` / ``dagster definitions validate`` (env file: $OCR_ENV_FILE)."""
+    """Loaded by ``dagster dev`` / ``dagster definitions validate`` (env file: $OCR_ENV_FILE,
+    else ``envs/local.env`` in the current folder, else the packaged one)."""
     return build_definitions(load_settings())

@@ -30,7 +30,6 @@ from ocr_resources.storage import OcrStorage
 TAG_PREFIX = "ocr/"
 COILED_SPOT_POLICY = "spot_with_fallback"
 COILED_TAGS = {"Project": "OCR"}
-SOFTWARE_ENV_VAR = "COILED_SOFTWARE_ENV_NAME"
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,7 @@ SETTINGS: dict[str, str] = {
     "coiled_region": "coiled_region",
     "coiled_workers": "coiled_workers",
     "threads": "threads",
+    "coiled_software": "coiled_software",
     "overrides": "compute_overrides",
 }
 
@@ -180,6 +180,7 @@ class OcrCompute(ConfigurableResource):
     )
     coiled_region: str = _default("coiled_region")
     coiled_workers: int = _default("coiled_workers")
+    coiled_software: str | None = _default("coiled_software")
     threads: int | None = _default("threads")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -276,11 +277,13 @@ class OcrCompute(ConfigurableResource):
             kwargs["scheduler_vm_types"] = [profile.scheduler_vm_type]
         if profile.disk_size_gb:
             kwargs["worker_disk_size"] = profile.disk_size_gb
-        software = os.environ.get(SOFTWARE_ENV_VAR)
-        if software:
-            kwargs["software"] = software
+        if self.coiled_software:
+            kwargs["software"] = self.coiled_software
         else:
-            context.log.warning(f"{SOFTWARE_ENV_VAR} is not set; package sync will be used")
+            context.log.warning(
+                "OCR_COILED_SOFTWARE / COILED_SOFTWARE_ENV_NAME is not set; package sync will be "
+                "used"
+            )
         return kwargs
 
     def _coiled_cluster(self, context: Any, name: str, profile: ComputeProfile):

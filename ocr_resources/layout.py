@@ -9,7 +9,7 @@ from typing import get_args
 from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.regions import validate_region_id
 from ocr_assets.science.statistics import CENSUS_LEVELS, unit_geoid_length
-from ocr_resources.settings import DEFAULT_MODEL_VARIANT, SEMVER, ModelVariantName
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName, semantic_version
 
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 
@@ -56,9 +56,8 @@ class StorageLayout:
                 f"environment {self.environment!r} is not a plain name; expected lowercase "
                 "letters, digits, '-' or '_', e.g. 'qa'"
             )
-        if self.version is not None and not (
-            SEMVER.fullmatch(self.version) and not self.version.startswith("v")
-        ):
+        # a path segment: exactly the semantic version, as settings leave it (no leading "v")
+        if self.version is not None and semantic_version(self.version) != self.version:
             raise ValueError(f"version {self.version!r} is not a semantic version like '1.2.3'")
 
     def _join(self, *parts: str) -> str:

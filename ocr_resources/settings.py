@@ -6,12 +6,15 @@ is touched until an asset asks the storage resource for data.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+from contextlib import ExitStack
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "qa", "staging", "production"]
@@ -21,9 +24,9 @@ RegionCatalog = Literal["sample", "conus"]
 ModelVariantName = Literal["published", "corrected"]
 DEFAULT_MODEL_VARIANT: ModelVariantName = "published"
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENV_DIR = PROJECT_ROOT / "envs"
-DEFAULT_ENV_FILE = ENV_DIR / "local.env"
+ENV_FILE_VARIABLE = "OCR_ENV_FILE"
+# in a checkout, `envs/` links to the packaged env files, so both name the same file
+CHECKOUT_ENV_FILE = Path("envs") / "local.env"
 # Semantic version (semver.org), with an optional leading "v" as in release tags.
 SEMVER = re.compile(
     r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -31,10 +34,21 @@ SEMVER = re.compile(
 )
 
 
+def semantic_version(text: str) -> str:
+    """``text`` as a semantic version (semver.org) without a release tag's leading "v"."""
+    if not SEMVER.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a semantic version; expected MAJOR.MINOR.PATCH such as 1.2.0"
+        )
+    return text.removeprefix("v")
+
+
 class OcrSettings(BaseSettings):
     """One environment's configuration (``OCR_*`` variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="OCR_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OCR_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     environment: Environment = "local"
     storage_root: str = Field(description="local folder or s3://bucket/prefix")
@@ -47,7 +61,8 @@ class OcrSettings(BaseSettings):
     # Dagster instance storage: sqlite in the instance home, or postgres at $OCR_DAGSTER_PG_URL
     dagster_storage: Literal["sqlite", "postgres"] = "sqlite"
     deploy_parallel: int = Field(default=2, ge=1, le=64)
-    # where each environment's Dagster instance home lives (default: .dagster/ in the checkout)
+    # where each environment's Dagster instance home lives (default: .dagster/ in the current
+    # folder)
     dagster_home_root: str | None = None
     # multiprocess: downstream steps in parallel processes; in_process: one process (small hosts)
     dagster_executor: Literal["multiprocess", "in_process"] = "multiprocess"
@@ -62,6 +77,12 @@ class OcrSettings(BaseSettings):
     dask_cluster: dict[str, dict[str, Any]] | None = None
     coiled_region: str = "us-west-2"
     coiled_workers: int = 1
+    # the Coiled software environment the workers run (CI builds one per commit and names it in
+    # COILED_SOFTWARE_ENV_NAME); unset: Coiled's package sync of the local environment
+    coiled_software: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OCR_COILED_SOFTWARE", "COILED_SOFTWARE_ENV_NAME"),
+    )
     compute_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     env_file: str | None = None
 
@@ -70,12 +91,11 @@ class OcrSettings(BaseSettings):
         if self.environment == "production":
             if not self.version:
                 raise ValueError("OCR_VERSION is required for production (e.g. 1.2.0)")
-            if not SEMVER.match(self.version):
-                raise ValueError(
-                    f"OCR_VERSION {self.version!r} is not a semantic version; "
-                    "expected MAJOR.MINOR.PATCH such as 1.2.0"
-                )
-            object.__setattr__(self, "version", self.version.removeprefix("v"))
+            try:
+                version = semantic_version(self.version)
+            except ValueError as exc:
+                raise ValueError(f"OCR_VERSION {exc}") from None
+            object.__setattr__(self, "version", version)
         elif self.version:
             raise ValueError(
                 f"OCR_VERSION is set to {self.version!r} for environment "
@@ -84,12 +104,45 @@ class OcrSettings(BaseSettings):
         return self
 
 
+# packaged files extracted to disk (only when the package is zipped) live until the process ends
+_EXTRACTED = ExitStack()
+atexit.register(_EXTRACTED.close)
+
+
+def packaged_file(*parts: str) -> Path:
+    """A file shipped inside ``ocr_resources`` (``envs/local.env``, ``dagster.yaml``) as a path
+    on disk, found from the installed package so no checkout is needed."""
+    resource = resources.files("ocr_resources").joinpath(*parts)
+    return _EXTRACTED.enter_context(resources.as_file(resource))
+
+
+def default_env_file() -> Path:
+    """``$OCR_ENV_FILE``, else ``envs/local.env`` under the current folder (a checkout), else the
+    packaged ``local.env``."""
+    if chosen := os.environ.get(ENV_FILE_VARIABLE):
+        return Path(chosen)
+    if CHECKOUT_ENV_FILE.is_file():
+        return CHECKOUT_ENV_FILE
+    return packaged_file("envs", "local.env")
+
+
 def resolve_env_file(env_file: str | Path | None = None) -> Path:
-    """The env file to use: the argument, else ``$OCR_ENV_FILE``, else ``envs/local.env``."""
-    chosen = Path(env_file or os.environ.get("OCR_ENV_FILE") or DEFAULT_ENV_FILE)
+    """The env file to use (the argument, else :func:`default_env_file`) as an absolute path.
+
+    Symlinks are kept, not resolved: a relative storage root is relative to the folder the file
+    was named in, so ``envs/local.env`` (a link into the package) still means the checkout."""
+    chosen = Path(env_file) if env_file else default_env_file()
     if not chosen.is_file():
         raise FileNotFoundError(f"env file {str(chosen)!r} does not exist")
-    return chosen.resolve()
+    return chosen.absolute()
+
+
+def _relative_root_base(env_file: Path) -> Path:
+    """The folder a relative local storage root is taken from: the env file's own, except
+    for the packaged env files (installed, no checkout), which mean the current folder's as if
+    they were ``./envs/<name>``: data never goes inside the installed package."""
+    packaged = Path(str(resources.files("ocr_resources").joinpath("envs"))).absolute()
+    return Path.cwd() / "envs" if env_file.parent == packaged else env_file.parent
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSettings:
@@ -99,6 +152,7 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSe
     settings = OcrSettings(_env_file=path, env_file=str(path), **overrides)
     root = settings.storage_root
     if "://" not in root and not Path(root).is_absolute():
-        root = str((path.parent / root).resolve())
+        # lexically, like the path the user wrote: "envs/../.ocr-data" is the checkout's folder
+        root = os.path.normpath(_relative_root_base(path) / root)
         settings = settings.model_copy(update={"storage_root": root})
     return settings

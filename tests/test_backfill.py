@@ -13,7 +13,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from ocr_jobs.runner import instance_home
+from ocr_jobs.deploy import instance_home
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import _local_env

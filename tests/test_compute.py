@@ -135,8 +135,9 @@ def _expected(name: str, software: str | None) -> dict:
 
 
 def test_coiled_receives_each_assets_profile(fake_coiled, local_settings, monkeypatch):
-    monkeypatch.setenv("COILED_SOFTWARE_ENV_NAME", "ocr-pr-42")
-    settings = local_settings.model_copy(update={"compute_backend": "coiled"})
+    settings = local_settings.model_copy(
+        update={"compute_backend": "coiled", "coiled_software": "ocr-pr-42"}
+    )
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
         region = defs.resolve_job_def(REGION_JOB).execute_in_process(
@@ -164,7 +165,6 @@ def test_coiled_receives_each_assets_profile(fake_coiled, local_settings, monkey
 
 
 def test_missing_software_env_warns_and_carries_on(fake_coiled, monkeypatch, caplog):
-    monkeypatch.delenv("COILED_SOFTWARE_ENV_NAME", raising=False)
     compute = OcrCompute(backend="coiled", coiled_region="eu-west-1")
     with (
         caplog.at_level(logging.WARNING, logger="test-compute"),
@@ -247,3 +247,17 @@ def test_backends_are_selected_from_env_files(tmp_path, monkeypatch):
         ].backend
         == "local"
     )
+
+
+def test_coiled_software_env_is_a_setting(tmp_path, monkeypatch):
+    """CI names the software environment in COILED_SOFTWARE_ENV_NAME (or OCR_COILED_SOFTWARE):
+    read once into the settings, and from there into the compute resource."""
+    from ocr_resources.settings import load_settings
+
+    env = tmp_path / "coiled.env"
+    env.write_text(f"OCR_STORAGE_ROOT={tmp_path}\nOCR_COMPUTE_BACKEND=coiled\n")
+    monkeypatch.delenv("OCR_COILED_SOFTWARE", raising=False)
+    monkeypatch.setenv("COILED_SOFTWARE_ENV_NAME", "ocr-pr-42")
+    settings = load_settings(env)
+    assert settings.coiled_software == "ocr-pr-42"
+    assert OcrCompute.from_settings(settings).coiled_software == "ocr-pr-42"

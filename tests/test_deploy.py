@@ -12,7 +12,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from ocr_jobs.deploy import DeployError, DeploymentLock, lock_path
+from ocr_jobs.deploy import DeployError, DeploymentLock
 from ocr_resources.storage import OcrStorage
 
 BUCKET = "ocr-test"
@@ -128,7 +128,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     for name in ("buildings", "building_centroids", "regions"):
         assert fs.exists(lay.pmtiles(name))
     assert fs.exists(f"{lay.raster_store}/zarr.json")
-    assert not fs.exists(lock_path(storage))  # released
+    assert not fs.exists(storage.layout.deployment_lock)  # released
     # the credentials in use reach neither the output, the instance nor any object
     assert "testing-secret-key" not in first.stdout + first.stderr
     assert _files_containing(tmp_path, [FAKE_AWS["AWS_SECRET_ACCESS_KEY"]]) == {}
@@ -235,14 +235,15 @@ def test_stale_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
     with pytest.raises(DeployError, match="another deployment to 'qa' is running: first"):
         DeploymentLock(storage, stale_seconds=30, description="second").acquire()
     first._stop.set()  # simulate a crash: no more heartbeats, lock left behind
-    payload = json.loads(Path(lock_path(storage)).read_text())
+    lock = Path(storage.layout.deployment_lock)
+    payload = json.loads(lock.read_text())
     payload["heartbeat"] -= 3600
-    Path(lock_path(storage)).write_text(json.dumps(payload))
+    lock.write_text(json.dumps(payload))
     taker = DeploymentLock(storage, stale_seconds=30, description="after crash")
     taker.acquire()
-    assert json.loads(Path(lock_path(storage)).read_text())["description"] == "after crash"
+    assert json.loads(lock.read_text())["description"] == "after crash"
     taker.release()
-    assert not Path(lock_path(storage)).exists()
+    assert not lock.exists()
 
 
 def test_production_versions_and_rollback(tmp_path, sample_root):

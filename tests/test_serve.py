@@ -24,6 +24,7 @@ from ocr_jobs.serve import (
     parse_range,
     serve_in_thread,
 )
+from ocr_jobs.serve import server as http_server
 from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
 
@@ -63,7 +64,7 @@ def storage(tmp_path) -> OcrStorage:
 
 @pytest.fixture
 def server(storage, web_dir, monkeypatch):
-    monkeypatch.setattr(serve, "CHUNK_BYTES", 4096)  # a whole-file GET streams many chunks
+    monkeypatch.setattr(http_server, "CHUNK_BYTES", 4096)  # a whole-file GET streams many chunks
     with serve_in_thread(map_site(storage, web_dir)) as running:
         yield running
 

@@ -1,0 +1,63 @@
+"""``ocr deploy`` and ``ocr rollback``: one environment's deployment as Dagster runs.
+
+- ``plan``: the checks made without I/O, the region selection and the ``--dry-run`` plan
+- ``deployment``: the deployment itself (storage checks, lock, wipe, runs, production pointer)
+- ``lock``: one deployment per environment
+- ``runner``: Dagster runs in the environment's own instance, settings passed as arguments
+"""
+
+from ocr_jobs.deploy.deployment import (
+    DeployProgress,
+    DeployResult,
+    check_storage,
+    materialized_regions,
+    publish_pointer,
+    run_deploy,
+    wipe_records,
+)
+from ocr_jobs.deploy.lock import DeploymentLock
+from ocr_jobs.deploy.plan import (
+    DeployError,
+    DeployOptions,
+    DeployPlan,
+    DeployRefused,
+    DryRun,
+    RegionReport,
+    dry_run,
+    output_locations,
+    plan_deploy,
+)
+from ocr_jobs.deploy.runner import (
+    RunOutcome,
+    execute,
+    instance_home,
+    open_instance,
+    reconstructable_job,
+    run_partitions,
+)
+
+__all__ = [
+    "DeployError",
+    "DeployOptions",
+    "DeployPlan",
+    "DeployProgress",
+    "DeployRefused",
+    "DeployResult",
+    "DeploymentLock",
+    "DryRun",
+    "RegionReport",
+    "RunOutcome",
+    "check_storage",
+    "dry_run",
+    "execute",
+    "instance_home",
+    "materialized_regions",
+    "open_instance",
+    "output_locations",
+    "plan_deploy",
+    "publish_pointer",
+    "reconstructable_job",
+    "run_deploy",
+    "run_partitions",
+    "wipe_records",
+]

@@ -1,0 +1,189 @@
+"""``ocr deploy``: one environment's deployment as real Dagster runs in its own instance —
+storage checks, lock, (wipe), the regions that remain, downstream, (pointer), unlock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import dagster as dg
+
+from ocr_assets.constants import REGION_BUILDINGS
+from ocr_assets.inputs import REGION_INPUTS
+from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.deploy.lock import DeploymentLock
+from ocr_jobs.deploy.plan import DeployError, DeployPlan, DeployRefused, RegionReport
+from ocr_jobs.deploy.runner import (
+    RunOutcome,
+    execute,
+    failed_run_to_resume,
+    instance_home,
+    open_instance,
+    run_partitions,
+)
+from ocr_jobs.jobs import (
+    DOWNSTREAM_CORE_JOB,
+    DOWNSTREAM_JOB,
+    REGION_JOB,
+    downstream_run,
+    materializable_asset_keys,
+)
+from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
+
+
+class DeployProgress(Protocol):
+    """What a deployment reports as it goes, for the command line to render (a subclass that
+    overrides nothing stays silent)."""
+
+    def started(self, target: str, instance_home: Path) -> None:
+        """The checks passed: ``target`` deploys to the instance at ``instance_home``."""
+
+    def say(self, line: str) -> None:
+        """A line of the report (wipe, region counts, resumption)."""
+
+    def regions_started(self, total: int) -> None:
+        """``total`` region runs are about to start."""
+
+    def region_finished(self, outcome: RunOutcome) -> None:
+        """One region run ended, successfully or not."""
+
+
+@dataclass
+class DeployResult:
+    report: RegionReport
+    region_failures: list[str] = field(default_factory=list)
+    downstream_error: str = ""
+    pointer: dict[str, Any] | None = None
+    stopped: str = ""  # why nothing ran, when nothing had to
+
+
+def check_storage(plan: DeployPlan, storage: OcrStorage) -> None:
+    """Refusals that need I/O, made before the instance, the lock, a wipe or any run (and not
+    by --dry-run, which stays offline): the root exists and is writable, the inputs the deploy
+    reads match DESIGN §3, and tippecanoe is installed when tiles are built on this machine."""
+    regions_only = plan.options.regions_only
+    try:
+        storage.check_root()
+        storage.check_inputs(REGION_INPUTS if regions_only else None)
+        if not regions_only and plan.settings.compute_backend == "local":
+            tippecanoe_binary()
+    except (InputDataError, StorageRootError, ToolMissingError) as exc:
+        raise DeployRefused(str(exc)) from exc
+
+
+def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
+    """Point production's "current" at this storage's version (its outputs must exist)."""
+    lay = storage.layout
+    required = [lay.consolidated_buildings, *(lay.pmtiles(n) for n in ("buildings", "regions"))]
+    missing = [p for p in required if not storage.exists(p)]
+    if missing:
+        raise DeployError(f"version {storage.version} has no complete outputs; missing {missing}")
+    pointer = {
+        "version": storage.version,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "vector": lay.vector_prefix,
+        "raster": lay.raster_prefix,
+        "pyramid": lay.pyramid_prefix,
+    }
+    storage.write_json(lay.current_pointer, pointer)
+    return pointer
+
+
+def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> set[str]:
+    """Regions whose latest ``region_buildings`` materialization in this environment's
+    instance wrote this storage's path (so another production version's runs don't count)."""
+    latest: dict[str, str] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetKey(REGION_BUILDINGS), limit=10_000, cursor=cursor, ascending=False
+        )
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization.partition and materialization.partition not in latest:
+                latest[materialization.partition] = str(materialization.metadata["path"].value)
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return {
+        region for region, path in latest.items() if path == storage.layout.region_buildings(region)
+    }
+
+
+def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
+    """Forget the materializations of every asset of ``defs`` (this environment's instance)."""
+    instance.wipe_assets(materializable_asset_keys(defs))
+
+
+def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) -> DeployResult:
+    """Check storage, lock, (wipe), run the regions that remain, then downstream, (publish the
+    pointer), unlock. Raises DeployRefused before touching anything, DeployError after."""
+    settings, options = plan.settings, plan.options
+    check_storage(plan, storage)
+    home = instance_home(settings)
+    progress.started(plan.target, home)
+    lock = DeploymentLock(
+        storage, settings.lock_stale_seconds, f"ocr deploy ({settings.environment})"
+    )
+    lock.acquire()
+    try:
+        defs = build_definitions(settings)
+        with open_instance(home) as instance:
+            if options.wipe:
+                wiped = storage.wipe_environment()
+                wipe_records(instance, defs)
+                progress.say(
+                    f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
+                )
+            done = materialized_regions(instance, storage)
+            valid = plan.selection.valid
+            report = RegionReport(
+                plan.selection,
+                materialized=[r for r in valid if r in done],
+                remaining=[r for r in valid if r not in done],
+            )
+            result = DeployResult(report)
+            for line in report.lines():
+                progress.say(line)
+            job, keys = downstream_run(options.optional_assets, defs)
+            # nothing new upstream and the last downstream run failed: redo only its failed steps
+            resume = (
+                failed_run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
+                if not report.remaining and not options.regions_only
+                else None
+            )
+            if not report.remaining and not options.allow_all_processed and not resume:
+                result.stopped = (
+                    "every selected region is already materialized in this environment; "
+                    "nothing to do (pass --allow-all-processed to rebuild the downstream "
+                    "assets anyway)"
+                )
+                return result
+            progress.regions_started(len(report.remaining))
+            outcomes = run_partitions(
+                home,
+                settings,
+                REGION_JOB,
+                report.remaining,
+                settings.deploy_parallel,
+                progress.region_finished,
+            )
+            result.region_failures = [
+                f"{o.partition}: {o.error}" for o in outcomes if not o.success
+            ]
+            if result.region_failures or options.regions_only:
+                return result
+            if resume:
+                progress.say(f"resuming the failed {job} run {resume} from its failed steps")
+            outcome = execute(instance, settings, job, asset_keys=keys, resume_run_id=resume)
+            if not outcome.success:
+                result.downstream_error = f"{job}: {outcome.error}"
+                return result
+        if settings.environment == "production":
+            result.pointer = publish_pointer(storage)
+        return result
+    finally:
+        lock.release()

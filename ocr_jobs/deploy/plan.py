@@ -1,0 +1,152 @@
+"""What a deployment will do, decided without I/O: the refusals, the region selection, the
+optional assets the flags ask for, and the plan ``--dry-run`` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ocr_assets.constants import OPTIONAL_ASSETS, REGIONAL_ANALYSIS_FILES, RISK_PYRAMID
+from ocr_assets.science.regions import RegionSelection, select_regions
+from ocr_assets.science.statistics import CENSUS_LEVELS
+from ocr_resources.layout import PMTILES_NAMES, StorageLayout
+from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.settings import OcrSettings
+
+RISK_TYPES = ("fire",)
+
+
+class DeployError(RuntimeError):
+    """A deployment that must not start or did not finish; the message says why."""
+
+
+class DeployRefused(DeployError):
+    """A deployment refused before it touched anything (no instance, lock or write)."""
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """The ``ocr deploy`` flags that shape a deployment."""
+
+    region_ids: list[str] = field(default_factory=list)
+    all_region_ids: bool = False
+    risk_type: str = "fire"
+    create_pyramid: bool = False
+    write_regional_stats: bool = False
+    wipe: bool = False
+    allow_all_processed: bool = False
+    regions_only: bool = False
+
+    @property
+    def optional_assets(self) -> tuple[str, ...]:
+        """The optional asset keys the flags ask for (--create-pyramid, --write-regional-stats)."""
+        chosen = {
+            RISK_PYRAMID: self.create_pyramid,
+            REGIONAL_ANALYSIS_FILES: self.write_regional_stats,
+        }
+        return tuple(key for key in OPTIONAL_ASSETS if chosen[key])
+
+
+def check_options(settings: OcrSettings, options: DeployOptions) -> None:
+    """Refusals that need no I/O."""
+    if options.risk_type not in RISK_TYPES:
+        raise DeployRefused(
+            f"risk type {options.risk_type!r} is not supported; expected one of {RISK_TYPES}"
+        )
+    if options.all_region_ids == bool(options.region_ids):
+        raise DeployRefused(
+            "give either --region-id (one or more) or --all-region-ids, not both or neither"
+        )
+    if options.regions_only and options.optional_assets:
+        raise DeployRefused(
+            "--regions-only runs no downstream asset; drop the optional-asset flags"
+        )
+    if options.wipe and settings.environment == "production":
+        raise DeployRefused(
+            "--wipe is refused for production: earlier versions are kept for rollback"
+        )
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """A deployment that passed every check made without I/O."""
+
+    settings: OcrSettings
+    options: DeployOptions
+    selection: RegionSelection
+
+    @property
+    def target(self) -> str:
+        """The environment, with its version in production: ``qa``, ``production v1.2.0``."""
+        version = self.settings.version
+        return self.settings.environment + (f" v{version}" if version else "")
+
+
+def plan_deploy(settings: OcrSettings, options: DeployOptions) -> DeployPlan:
+    """Check the options and select the regions; raises DeployRefused or RegionIdError."""
+    check_options(settings, options)
+    specs = ["all"] if options.all_region_ids else options.region_ids
+    selection = select_regions(specs, load_valid_region_ids(settings.region_catalog))
+    selection.raise_for_invalid()
+    return DeployPlan(settings, options, selection)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What ``--dry-run`` reports: where the deployment would write, and what it would do."""
+
+    target: str
+    location: str
+    selection_report: str
+    regions: list[str]
+    wipe: list[str] | None  # the prefixes a wipe deletes; None: no wipe
+    optional_assets: tuple[str, ...]
+
+
+def dry_run(plan: DeployPlan, layout: StorageLayout) -> DryRun:
+    return DryRun(
+        target=plan.target,
+        location=layout.vector_prefix,
+        selection_report=plan.selection.report(),
+        regions=list(plan.selection.valid),
+        wipe=list(layout.environment_prefixes()) if plan.options.wipe else None,
+        optional_assets=plan.options.optional_assets,
+    )
+
+
+@dataclass
+class RegionReport:
+    """The selected regions split into those this environment has and those still to run."""
+
+    selection: RegionSelection
+    materialized: list[str]
+    remaining: list[str]
+
+    def lines(self) -> list[str]:
+        return [
+            f"provided: {len(self.selection.provided)}",
+            f"valid: {len(self.selection.valid)}",
+            f"invalid: {len(self.selection.invalid)}"
+            + (f" ({', '.join(self.selection.invalid)})" if self.selection.invalid else ""),
+            f"already materialized in this environment: {len(self.materialized)}",
+            f"remaining: {len(self.remaining)}",
+        ]
+
+
+def output_locations(
+    layout: StorageLayout, optional_assets: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """(label, path) of each output a deployment writes, for the closing summary."""
+    levels = "{" + ",".join(CENSUS_LEVELS) + "}"
+    rows = [
+        ("raster store", layout.raster_store),
+        ("region buildings", layout.region_buildings_dir),
+        ("consolidated buildings", layout.consolidated_buildings),
+        ("partitioned buildings", layout.partitioned_buildings),
+        ("summary statistics", layout.region_summary_stats(levels)),
+        *((f"{name}.pmtiles", layout.pmtiles(name)) for name in PMTILES_NAMES),
+    ]
+    if REGIONAL_ANALYSIS_FILES in optional_assets:
+        rows.append(("analysis files", layout.region_analysis("<level>", "{geojson,csv}")))
+    if RISK_PYRAMID in optional_assets:
+        rows.append(("pyramid", layout.pyramid))
+    return rows

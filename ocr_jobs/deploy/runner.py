@@ -1,0 +1,235 @@
+"""Dagster runs of the code location's jobs in one environment's own instance.
+
+Nothing travels through the process environment: the instance is opened from its home folder,
+and every run gets the settings as arguments of the function that rebuilds its job
+(``ocr_jobs.definitions.build_job``), so run workers and step subprocesses build the job from
+the very settings the deployment was given.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    partition: str
+    success: bool
+    run_id: str
+    error: str = ""
+
+
+PG_URL_ENV = "OCR_DAGSTER_PG_URL"
+POSTGRES_STORAGE = f"""
+# shared environment: run history and asset status in PostgreSQL; ${PG_URL_ENV} holds
+# postgresql+psycopg2://user:password@host:5432/dagster (a secret: never written here)
+storage:
+  postgres:
+    postgres_url:
+      env: {PG_URL_ENV}
+"""
+
+
+def instance_home(settings: OcrSettings) -> Path:
+    """``<root>/<env>[-<variant>]`` with ``<root>`` = ``OCR_DAGSTER_HOME_ROOT`` or ``.dagster``
+    in the current folder: each environment (and each non-default model variant) keeps its own
+    run history and asset status.
+
+    Its ``dagster.yaml`` is the packaged one, plus PostgreSQL storage for shared environments
+    (the URL, a secret, stays in the environment and is never written here)."""
+    base = Path(settings.dagster_home_root or Path.cwd() / ".dagster")
+    # a non-default model variant keeps its own history: its outputs live under other paths
+    suffix = "" if settings.model_variant == DEFAULT_MODEL_VARIANT else f"-{settings.model_variant}"
+    home = (base / f"{settings.environment}{suffix}").absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    text = packaged_file("dagster.yaml").read_text()
+    if settings.dagster_storage == "postgres":
+        text += POSTGRES_STORAGE
+    target = home / "dagster.yaml"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return home
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    """The persistent instance configured by ``home/dagster.yaml``, opened from that folder
+    rather than from ``$DAGSTER_HOME`` (``local_temp`` given a folder keeps everything there;
+    nothing is temporary)."""
+    return dg.DagsterInstance.local_temp(tempdir=str(home))
+
+
+def reconstructable_job(settings: OcrSettings, job_name: str) -> Any:
+    """The job, rebuildable in another process from the settings' plain values."""
+    return dg.build_reconstructable_job(
+        "ocr_jobs.definitions",
+        "build_job",
+        reconstructable_args=(job_name,),
+        reconstructable_kwargs=settings.model_dump(mode="json"),
+    )
+
+
+def execute(
+    instance: dg.DagsterInstance,
+    settings: OcrSettings,
+    job_name: str,
+    partition: str | None = None,
+    asset_keys: list[str] | None = None,
+    resume_run_id: str | None = None,
+) -> RunOutcome:
+    """One Dagster run of a job (one partition, or a subset of its assets); with
+    ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps only."""
+    result = dg.execute_job(
+        reconstructable_job(settings, job_name),
+        instance=instance,
+        tags={"dagster/partition": partition} if partition else None,
+        asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        reexecution_options=(
+            dg.ReexecutionOptions.from_failure(resume_run_id, instance) if resume_run_id else None
+        ),
+        raise_on_error=False,
+    )
+    error = "" if result.success else "; ".join(_failures(result.all_events)) or "run failed"
+    return RunOutcome(partition or job_name, result.success, result.run_id, error)
+
+
+def failed_run_to_resume(
+    instance: dg.DagsterInstance,
+    job_names: tuple[str, ...],
+    job_name: str,
+    asset_keys: list[str] | None,
+) -> str | None:
+    """The latest run of any of ``job_names`` if it failed and ran ``job_name`` on the same
+    assets: resuming it redoes exactly the steps that did not succeed."""
+    records = [
+        record
+        for name in job_names
+        for record in instance.get_run_records(dg.RunsFilter(job_name=name), limit=1)
+    ]
+    if not records:
+        return None
+    latest = max(records, key=lambda r: r.create_timestamp).dagster_run
+    same_assets = set(latest.asset_selection or ()) == {dg.AssetKey(k) for k in asset_keys or ()}
+    failed = latest.status == dg.DagsterRunStatus.FAILURE
+    return latest.run_id if failed and latest.job_name == job_name and same_assets else None
+
+
+def _failures(events: list[Any]) -> list[str]:
+    """Failed steps with their error, and failed asset checks, by name."""
+    found = []
+    for e in events:
+        if e.is_step_failure and e.step_failure_data and e.step_failure_data.error:
+            error = e.step_failure_data.error
+            message = (error.cause or error).message.strip().splitlines()[0]
+            found.append(f"{e.step_key}: {message}")
+        elif e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = e.event_specific_data
+            if not check.passed:
+                found.append(f"check {check.asset_key.to_user_string()}.{check.check_name} failed")
+    return found
+
+
+def _serve_runs(conn: Connection, home: str, settings: OcrSettings, job_name: str) -> None:
+    """Worker process body: run the partitions it is sent, one at a time, sending back each
+    outcome; imports and the instance are paid once per worker, not once per partition."""
+    with open_instance(Path(home)) as instance:
+        while (partition := conn.recv()) is not None:
+            conn.send(execute(instance, settings, job_name, partition))
+
+
+def mark_dead_runs_failed(
+    instance: dg.DagsterInstance, job_name: str, partition: str, exitcode: int | None
+) -> str:
+    """A run whose process died (killed, out of memory) stays STARTED in the instance; record
+    it failed, as Dagster's run monitoring would, so the UI and the next deploy see it."""
+    message = f"the run's process exited with code {exitcode} before finishing"
+    status = dg.DagsterRunStatus
+    live = [status.NOT_STARTED, status.STARTING, status.STARTED]
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=job_name, statuses=live, tags={"dagster/partition": partition}
+        )
+    )
+    for run in runs:
+        instance.report_run_failed(run, message)
+    return message
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    partition: str | None = None
+
+
+def run_partitions(
+    home: Path,
+    settings: OcrSettings,
+    job_name: str,
+    partitions: list[str],
+    max_parallel: int,
+    on_done: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """Run each partition as its own Dagster run in the instance at ``home``, at most
+    ``max_parallel`` at a time, in worker processes. A worker that dies (killed, out of memory)
+    fails only the partition it was running, which is recorded failed; a fresh worker takes
+    its place."""
+    context = multiprocessing.get_context("spawn")
+    waiting = list(reversed(partitions))
+    workers: list[_Worker] = []
+    outcomes: list[RunOutcome] = []
+
+    def start_worker() -> _Worker:
+        conn, child = context.Pipe()
+        process = context.Process(target=_serve_runs, args=(child, str(home), settings, job_name))
+        process.start()
+        child.close()
+        return _Worker(process, conn)
+
+    def finish(worker: _Worker, outcome: RunOutcome) -> None:
+        worker.partition = None
+        outcomes.append(outcome)
+        if on_done:
+            on_done(outcome)
+
+    # opening the instance creates its storage once, before workers race to create its tables
+    with open_instance(home) as instance:
+        try:
+            while waiting or any(w.partition for w in workers):
+                while waiting and len(workers) < max(1, max_parallel):
+                    workers.append(start_worker())
+                for worker in workers:
+                    if worker.partition is None and waiting:
+                        worker.partition = waiting.pop()
+                        worker.conn.send(worker.partition)
+                busy = [w for w in workers if w.partition]
+                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                for worker in busy:
+                    if worker.conn in ready and worker.conn.poll():
+                        try:
+                            finish(worker, worker.conn.recv())
+                            continue
+                        except EOFError:
+                            pass
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        worker.process.join()
+                        partition = worker.partition
+                        code = worker.process.exitcode
+                        error = mark_dead_runs_failed(instance, job_name, partition, code)
+                        finish(worker, RunOutcome(partition, False, "", error))
+                        workers.remove(worker)
+        finally:
+            for worker in workers:
+                if worker.process.is_alive():
+                    worker.conn.send(None)
+                    worker.process.join()
+    return sorted(outcomes, key=lambda o: partitions.index(o.partition))

@@ -1,0 +1,153 @@
+"""The HTTP server of ``ocr serve``, on 127.0.0.1 only.
+
+PMTiles readers fetch an archive in byte ranges (header, directories, one tile at a time), so
+the server answers ``Range: bytes=…`` with 206 and the exact bytes; Python's ``http.server``
+cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ocr_jobs.serve.ranges import ByteRange, RangeNotSatisfiable, parse_range
+from ocr_jobs.serve.site import MapSite, ServedFile
+
+HOST = "127.0.0.1"
+CHUNK_BYTES = 1 << 20  # a whole-file GET streams in pieces of this size
+
+
+class MapRequestHandler(BaseHTTPRequestHandler):
+    """GET/HEAD for ``/``, ``/config.json``, ``/static/…`` and ``/pmtiles/<name>.pmtiles``."""
+
+    server: MapServer
+    protocol_version = "HTTP/1.1"  # keep-alive: a map fetches many small ranges
+    server_version = "ocr-serve"
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.server.log(f"{self.address_string()} {format % args}")
+
+    def _respond(self, body: bool) -> None:
+        if not self._host_allowed():
+            self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+            return
+        path = unquote(urlsplit(self.path).path)
+        site = self.server.site
+        if path == "/":
+            path = "/static/index.html"
+        if path == "/config.json":
+            self._send_bytes(json.dumps(site.config).encode(), "application/json", body)
+        elif path.startswith("/pmtiles/"):
+            name = path.removeprefix("/pmtiles/").removesuffix(".pmtiles")
+            served = site.archives.get(name)
+            if served is None or not path.endswith(".pmtiles"):
+                self._error(HTTPStatus.NOT_FOUND, "no such archive")
+            else:
+                self._send_file(served, body)
+        elif path.startswith("/static/"):
+            served = site.static(path.removeprefix("/static/"))
+            if served is None:
+                self._error(HTTPStatus.FORBIDDEN, "path outside the served folder")
+            else:
+                self._send_file(served, body)
+        else:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+
+    def _host_allowed(self) -> bool:
+        """Only our own address: a page on another site cannot reach us by DNS rebinding."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        port = self.server.server_address[1]
+        return host in {f"{HOST}:{port}", f"localhost:{port}"}
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        data = f"{status.value} {status.phrase}: {message}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_bytes(self, data: bytes, kind: str, body: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def _send_file(self, served: ServedFile, body: bool) -> None:
+        try:
+            size, etag = served.stat()
+        except FileNotFoundError:
+            self._error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        try:
+            wanted = parse_range(self.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if wanted is not None and self.headers.get("If-Range", etag) != etag:
+            wanted = None  # the file changed since the client's first piece: send all of it
+        part = wanted or ByteRange(0, size)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
+        self.send_header("Content-Type", served.content_type)
+        self.send_header("Content-Length", str(part.length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Cache-Control", "no-cache")  # a redeploy replaces the archives
+        if wanted:
+            self.send_header("Content-Range", wanted.content_range(size))
+        self.end_headers()
+        if body:
+            for start in range(part.start, part.stop, CHUNK_BYTES):
+                self.wfile.write(served.read(start, min(part.stop, start + CHUNK_BYTES)))
+
+
+class MapServer(ThreadingHTTPServer):
+    """A threaded HTTP server bound to loopback, holding the site it serves."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, site: MapSite, port: int = 0, log: Callable[[str], None] | None = None
+    ) -> None:
+        self.site = site
+        self.log = log or (lambda _message: None)
+        super().__init__((HOST, port), MapRequestHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}/"
+
+
+@contextmanager
+def serve_in_thread(site: MapSite, port: int = 0) -> Iterator[MapServer]:
+    """Run a server on a background thread until the generator is closed (tests, scripts)."""
+    server = MapServer(site, port)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="ocr-serve", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

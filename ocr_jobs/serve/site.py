@@ -1,0 +1,141 @@
+"""What ``ocr serve`` serves: the map page's folder, one environment's PMTiles archives, and the
+page's configuration (zooms, score bins, colours) from the same tables the pipeline uses.
+
+The page's libraries are files on local disk (``make web`` copies them from npm into
+``ocr_jobs/serve/web/vendor``); nothing is fetched from a CDN. Archives are read through the
+storage resource's filesystem, so a local root and an ``s3://`` root are served the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from ocr_assets.science.scoring import RISK_COLORS, SCORE_EDGES
+from ocr_assets.tiles import TILESETS
+from ocr_resources.layout import PMTILES_NAMES
+from ocr_resources.storage import OcrStorage
+
+WEB_DIR = Path(__file__).with_name("web")
+VENDOR_DIR = WEB_DIR / "vendor"
+# what `make web` copies from web/node_modules; the page loads exactly these
+VENDOR_FILES: tuple[str, ...] = (
+    "maplibre-gl.mjs",
+    "maplibre-gl-worker.mjs",
+    "maplibre-gl.css",
+    "pmtiles.js",
+    "topojson-client.min.js",
+    "states-10m.json",
+)
+# each archive's zoom range, from the one table that builds the archives
+ARCHIVE_ZOOMS: dict[str, tuple[int, int]] = {t.archive: t.zoom for t in TILESETS}
+CONTENT_TYPES = {
+    ".mjs": "text/javascript",  # module scripts are refused under any non-JavaScript type
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".pmtiles": "application/vnd.pmtiles",
+    ".png": "image/png",
+}
+
+
+class ServeError(RuntimeError):
+    """The server cannot start for this environment; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    """A file behind a URL: where it is, how big, and its validator (ETag)."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str
+    content_type: str
+
+    def stat(self) -> tuple[int, str]:
+        info = self.fs.info(self.path)
+        if info.get("type") != "file":
+            raise FileNotFoundError(self.path)
+        size = int(info["size"])
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        token = hashlib.sha1(f"{self.path}|{size}|{stamp}".encode()).hexdigest()[:20]
+        return size, f'"{token}"'  # strong: PMTiles readers ignore weak (W/) ETags
+
+    def read(self, start: int, stop: int) -> bytes:
+        return self.fs.cat_file(self.path, start=start, end=stop)
+
+
+@dataclass
+class MapSite:
+    """What the server serves: the page's folder, the archives by name, the page's config."""
+
+    archives: dict[str, ServedFile]
+    config: dict[str, Any]
+    web_dir: Path = WEB_DIR
+    missing: list[str] = field(default_factory=list)
+
+    def static(self, relative: str) -> ServedFile | None:
+        """A file under the page's folder, or None if the path would leave it."""
+        parts = relative.split("/")
+        if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+            return None
+        root = self.web_dir.resolve()
+        target = root.joinpath(*parts).resolve()
+        if not target.is_relative_to(root):  # a symlink pointing out of the folder
+            return None
+        return ServedFile(fsspec.filesystem("file"), str(target), content_type(target.name))
+
+
+def content_type(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def page_config(storage: OcrStorage, available: list[str]) -> dict[str, Any]:
+    """What the page needs from Python, so the map and the pipeline cannot disagree.
+
+    ``score_edges`` are the binning function's edges in float32 — the precision RPS is
+    stored in — so a building on an edge gets the same score on the map as in the tables.
+    """
+    return {
+        "environment": storage.environment,
+        "version": storage.version,
+        "archives": {name: f"/pmtiles/{name}.pmtiles" for name in available},
+        "zooms": {name: list(ARCHIVE_ZOOMS[name]) for name in available},
+        "score_edges": [float(e) for e in SCORE_EDGES.astype(np.float32)],
+        "colors": list(RISK_COLORS),
+    }
+
+
+def missing_vendor_files(vendor_dir: Path = VENDOR_DIR) -> list[str]:
+    return [name for name in VENDOR_FILES if not (vendor_dir / name).is_file()]
+
+
+def map_site(storage: OcrStorage, web_dir: Path = WEB_DIR) -> MapSite:
+    """The site for one environment: refuse early if the page or every archive is missing."""
+    missing_vendor = missing_vendor_files(web_dir / "vendor")
+    if missing_vendor:
+        raise ServeError(
+            f"the map page's libraries are missing from {web_dir / 'vendor'} "
+            f"({', '.join(missing_vendor)}); run `make web` (npm) to install them"
+        )
+    fs = storage.fs
+    archives, missing = {}, []
+    for name in PMTILES_NAMES:
+        path = storage.layout.pmtiles(name)
+        if fs.isfile(path):
+            archives[name] = ServedFile(fs, path, CONTENT_TYPES[".pmtiles"])
+        else:
+            missing.append(name)
+    if not archives:
+        raise ServeError(
+            f"no PMTiles under {storage.layout.vector_prefix}/pmtiles; materialize the tiles "
+            "first (`make run`, or `ocr deploy` for this environment)"
+        )
+    return MapSite(archives, page_config(storage, list(archives)), web_dir, missing)
