@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 from pyproj import CRS
-from rich.console import Console
 from typer.testing import CliRunner
 
 from ocr_assets.buildings import consolidate_buildings
@@ -541,7 +540,7 @@ CLI_CASES: dict[str, CliCase] = {
 @pytest.fixture
 def run_cli(tmp_path, root, monkeypatch) -> Callable[..., tuple[int, str]]:
     """``ocr deploy`` in process with an env file for ``root``; (exit code, whole output)."""
-    monkeypatch.setattr(cli, "console", Console(width=10_000))  # one line per message
+    monkeypatch.setattr(cli.console, "width", 10_000)  # one line per message
     (tmp_path / "empty").mkdir()
 
     def run(args: tuple[str, ...], settings: dict[str, str]) -> tuple[int, str]:

@@ -1,0 +1,5 @@
+"""``python -m ocr_jobs.cli``: the ``ocr`` command."""
+
+from ocr_jobs.cli import app
+
+app()

@@ -1,0 +1,171 @@
+"""``ocr deploy`` and ``ocr rollback``: parse the flags, plan, run (``ocr_jobs.deploy``), render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console
+
+
+@app.command("deploy")
+def deploy(
+    env_file: EnvFile = None,
+    region_id: Annotated[
+        list[str] | None,
+        typer.Option("--region-id", help="Id or range (y1_x2-x4); repeatable."),
+    ] = None,
+    all_region_ids: Annotated[bool, typer.Option("--all-region-ids")] = False,
+    risk_type: Annotated[str, typer.Option(help="Only 'fire' exists.")] = "fire",
+    create_pyramid: Annotated[bool, typer.Option("--create-pyramid")] = False,
+    write_regional_stats: Annotated[bool, typer.Option("--write-regional-stats")] = False,
+    wipe: Annotated[
+        bool, typer.Option("--wipe", help="Delete this environment's outputs first.")
+    ] = False,
+    process_retries: Annotated[
+        int | None, typer.Option(help="Retries per region (default 2).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print the plan only.")
+    ] = False,
+    allow_all_processed: Annotated[
+        bool, typer.Option(help="With nothing left to process, still rebuild downstream.")
+    ] = False,
+    regions_only: Annotated[
+        bool, typer.Option(help="Stop after the regions (batches before one downstream run).")
+    ] = False,
+) -> None:
+    """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
+    from ocr_assets.science.regions import RegionIdError
+    from ocr_assets.tiles import ToolMissingError
+    from ocr_jobs import deploy as d
+    from ocr_resources.storage import InputDataError, StorageRootError
+
+    overrides = {} if process_retries is None else {"process_retries": process_retries}
+    settings = _settings(env_file, **overrides)
+    options = d.DeployOptions(
+        region_ids=region_id or [],
+        all_region_ids=all_region_ids,
+        risk_type=risk_type,
+        create_pyramid=create_pyramid,
+        write_regional_stats=write_regional_stats,
+        wipe=wipe,
+        allow_all_processed=allow_all_processed,
+        regions_only=regions_only,
+    )
+    failures = (d.DeployError, InputDataError, StorageRootError, ToolMissingError, PermissionError)
+    progress = _DeployProgress()
+    try:
+        plan = d.plan_deploy(settings, options)
+        storage = _storage(settings)
+        if dry_run:
+            _print_dry_run(d.dry_run(plan, storage.layout))
+            return
+        result = d.run_deploy(plan, storage, progress)
+    except (d.DeployRefused, RegionIdError) as exc:  # refused before anything was touched
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    except failures as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    finally:
+        progress.stop()
+    if result.stopped:
+        console.print(f"[yellow]{result.stopped}[/]")
+        return
+    if result.region_failures:
+        console.print(f"[red]{len(result.region_failures)} region(s) failed:[/]")
+        for line in result.region_failures:
+            console.print(f"  {line}")
+        raise typer.Exit(1)
+    if result.downstream_error:
+        console.print(f"[red]downstream failed:[/] {result.downstream_error}")
+        raise typer.Exit(1)
+    if result.pointer:
+        console.print(f"published: current → v{result.pointer['version']}")
+    for label, path in d.output_locations(storage.layout, options.optional_assets):
+        console.print(f"  {label}: {path}", soft_wrap=True)
+
+
+def _print_dry_run(plan: Any) -> None:
+    """``ocr deploy --dry-run``: the checked plan, nothing touched."""
+    console.print(f"[bold]dry run[/] for {plan.target} at {plan.location}")
+    console.print(f"  {plan.selection_report}")
+    console.print(f"  regions selected: {', '.join(plan.regions) or '-'}")
+    console.print(f"  wipe: {'no' if plan.wipe is None else ', '.join(plan.wipe)}")
+    console.print(f"  optional assets: {', '.join(plan.optional_assets) or 'none'}")
+
+
+class _DeployProgress:
+    """Renders a deployment as it goes: its lines, and a progress bar of the region runs."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.done = self.failed = 0
+
+    def started(self, target: str, instance_home: Path) -> None:
+        console.print(f"deploying [bold]{target}[/] (Dagster instance {instance_home})")
+
+    def say(self, line: str) -> None:
+        console.print(line)
+
+    def regions_started(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("regions"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("regions", total=total, status="")
+
+    def region_finished(self, outcome: Any) -> None:
+        if outcome.success:
+            self.done += 1
+        else:
+            self.failed += 1
+            self.bar.console.print(f"  [red]{outcome.partition} failed[/]: {outcome.error}")
+        remaining = self.bar.tasks[0].total - self.done - self.failed
+        self.bar.update(
+            self.task,
+            advance=1,
+            status=f"done {self.done}  failed {self.failed}  remaining {remaining}",
+        )
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("rollback")
+def rollback(
+    to: Annotated[str, typer.Option("--to", help="The version to publish again, e.g. 1.0.0.")],
+    env_file: EnvFile = None,
+) -> None:
+    """Point production's "current" at an earlier version's outputs, without recomputing."""
+    from ocr_jobs.deploy import DeployError, publish_pointer
+
+    settings = _settings(env_file, version=to)  # validated as a semantic version
+    if settings.environment != "production":
+        console.print(f"[red]error:[/] rollback is for production, not {settings.environment!r}")
+        raise typer.Exit(2)
+    try:
+        pointer = publish_pointer(_storage(settings))
+    except DeployError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"current → v{pointer['version']} ({pointer['vector']})")

@@ -1,0 +1,155 @@
+"""``ocr serve``, ``ocr compare-variants`` and ``ocr lineage``: looking at an environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console
+
+
+@app.command("serve")
+def serve(
+    env_file: EnvFile = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default browser.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the page and archives exist (exit 1).")
+    ] = False,
+) -> None:
+    """The map page of the environment's PMTiles on http://127.0.0.1 (Ctrl-C stops it)."""
+    import webbrowser
+
+    from ocr_jobs.serve import MapServer, ServeError, map_site
+
+    settings = _settings(env_file)
+    try:
+        site = map_site(_storage(settings))
+        if check:
+            console.print(f"ready: {', '.join(site.archives)} of {settings.environment}")
+            return
+        server = MapServer(site, port, log=lambda line: console.print(f"[dim]{line}[/]"))
+    except ServeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port}: {exc.strerror}")
+        raise typer.Exit(1) from exc
+    for name in site.missing:
+        console.print(f"[yellow]{name}.pmtiles is not materialized yet[/]; the map omits it")
+    console.print(f"serving {', '.join(site.archives)} of {settings.environment} at {server.url}")
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
+
+
+@app.command("compare-variants")
+def compare_variants(
+    specs: Annotated[
+        list[str] | None, typer.Argument(help="Region ids, ranges (y1_x2-x4) or 'all'.")
+    ] = None,
+    env_file: EnvFile = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
+    ] = None,
+) -> None:
+    """Compute the published and the corrected model on the same regions (in process,
+    nothing written) and report what the correction changes: pixels differing by more
+    than 1e-4 relative, the largest differences, buildings whose risk score changes."""
+    import json
+
+    from rich.table import Table
+
+    from ocr_assets.science.regions import RegionIdError, select_regions
+    from ocr_jobs.compare import compare_variants as run_comparison
+    from ocr_resources.region_catalog import load_valid_region_ids
+    from ocr_resources.storage import InputDataError
+
+    settings = _settings(env_file, model_variant="published")
+    try:
+        selection = select_regions(specs or ["all"], load_valid_region_ids(settings.region_catalog))
+        selection.raise_for_invalid()
+    except RegionIdError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    regions = selection.valid
+    with console.status(f"computing both variants on {len(regions)} region(s)") as status:
+        done: list[str] = []
+
+        def progress(region_id: str) -> None:
+            done.append(region_id)
+            status.update(f"computed {len(done)} of {len(regions)} region(s) ({region_id})")
+
+        try:
+            result = run_comparison(_storage(settings), regions, progress).as_dict()
+        except InputDataError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+    table = Table(
+        "variable",
+        "pixels",
+        "changed > 1e-4",
+        "share",
+        "NaN in one",
+        "max |Δ|",
+        "max rel Δ",
+        title=f"published vs corrected on {len(regions)} region(s)",
+    )
+    for name, d in result["variables"].items():
+        table.add_row(
+            name,
+            f"{d['pixels']:,}",
+            f"{d['changed']:,}",
+            f"{100 * d['changed_share']:.2f} %",
+            f"{d['missing_in_one']:,}",
+            f"{d['max_abs_difference']:.3g}",
+            f"{d['max_relative_difference']:.3g}",
+        )
+    console.print(table)
+    b = result["buildings"]
+    for year, changed in b["score_changed"].items():
+        console.print(
+            f"{year}: risk score changed for {changed:,} of {b['scored_in_both']:,} buildings "
+            f"scored by both ({b['missing_in_one'][year]:,} scored by one variant only)"
+        )
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+@app.command("lineage")
+def lineage(env_file: EnvFile = None) -> None:
+    """The asset graph: each asset's group, upstreams, partitioning and compute profile."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ocr_assets.constants import OPTIONAL_TAG
+    from ocr_jobs.definitions import build_definitions
+    from ocr_resources.compute import ComputeProfile
+
+    graph = build_definitions(_settings(env_file)).resolve_asset_graph()
+    table = Table("asset", "group", "upstream", "partitions", "profile")
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        parts = node.partitions_def
+        partitions = f"{len(parts.get_partition_keys())} region_id" if parts else "–"
+        profile = "–"
+        if node.is_executable:
+            profile = ComputeProfile.from_tags(dict(node.assets_def.op.tags))[1].describe()
+        upstream = ", ".join(sorted(k.to_user_string() for k in node.parent_keys)) or "external"
+        key_tag, value = OPTIONAL_TAG
+        optional = " (optional)" if node.tags.get(key_tag) == value else ""
+        table.add_row(
+            key.to_user_string() + optional, node.group_name, upstream, partitions, profile
+        )
+    Console(width=160).print(table)
