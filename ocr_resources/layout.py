@@ -37,6 +37,11 @@ class InputSpec:
         return bool(self.variables)
 
 
+def _scoped_prefix(base: str) -> property:
+    """A deployment-owned prefix: ``<root>/<base>/<env>[/v<version>][/<variant>]``."""
+    return property(lambda self: self._scoped(base), doc=f"``{base}`` of this deployment")
+
+
 @dataclass(frozen=True)
 class StorageLayout:
     root: str
@@ -162,21 +167,10 @@ class StorageLayout:
         return [spec.path for spec in self.input_specs()]
 
     # outputs (environment-scoped) ----------------------------------------------------
-    @property
-    def raster_prefix(self) -> str:
-        return self._scoped("output/fire-risk/tensor")
-
-    @property
-    def intermediate_prefix(self) -> str:
-        return self._scoped("intermediate/fire-risk/vector")
-
-    @property
-    def vector_prefix(self) -> str:
-        return self._scoped("output/fire-risk/vector")
-
-    @property
-    def pyramid_prefix(self) -> str:
-        return self._scoped("output/fire-risk/pyramid")
+    raster_prefix = _scoped_prefix("output/fire-risk/tensor")
+    intermediate_prefix = _scoped_prefix("intermediate/fire-risk/vector")
+    vector_prefix = _scoped_prefix("output/fire-risk/vector")
+    pyramid_prefix = _scoped_prefix("output/fire-risk/pyramid")
 
     def environment_prefixes(self) -> list[str]:
         """Exactly what a wipe of this environment may delete."""

@@ -98,31 +98,23 @@ function style(states) {
     source: "outline",
     paint: { "line-color": "#7d8a93", "line-width": 1 },
   });
+  // a building archive's one layer ("risk") drawn as `type`, its source named like the layer
+  const buildingLayer = (archive, id, type, zooms, paint) => {
+    sources[id] = { type: "vector", url: `pmtiles://${archiveUrl(archive)}` };
+    layers.push({ id, type, source: id, "source-layer": "risk", ...zooms, paint });
+  };
   if (has("building_centroids")) {
-    sources.centroids = { type: "vector", url: `pmtiles://${archiveUrl("building_centroids")}` };
-    layers.push({
-      id: "centroids",
-      type: "circle",
-      source: "centroids",
-      "source-layer": "risk",
-      ...CENTROIDS,
-      paint: {
-        "circle-color": colorExpression("rps_2011"),
-        "circle-radius": ["interpolate", ["linear"], ["zoom"], 11, 2, 14, 4.5],
-        "circle-stroke-color": "rgba(0, 0, 0, 0.6)",
+    buildingLayer("building_centroids", "centroids", "circle", CENTROIDS, {
+      "circle-color": colorExpression("rps_2011"),
+      "circle-radius": ["interpolate", ["linear"], ["zoom"], 11, 2, 14, 4.5],
+      "circle-stroke-color": "rgba(0, 0, 0, 0.6)",
         "circle-stroke-width": 0.6,
-      },
     });
   }
   if (has("buildings")) {
-    sources.buildings = { type: "vector", url: `pmtiles://${archiveUrl("buildings")}` };
-    layers.push({
-      id: "buildings",
-      type: "fill",
-      source: "buildings",
-      "source-layer": "risk",
-      ...BUILDINGS,
-      paint: { "fill-color": colorExpression("rps_2011"), "fill-outline-color": "#3a3a3a" },
+    buildingLayer("buildings", "buildings", "fill", BUILDINGS, {
+      "fill-color": colorExpression("rps_2011"),
+      "fill-outline-color": "#3a3a3a",
     });
   }
   return { version: 8, sources, layers };
