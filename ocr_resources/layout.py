@@ -42,6 +42,11 @@ def _scoped_prefix(base: str) -> property:
     return property(lambda self: self._scoped(base), doc=f"``{base}`` of this deployment")
 
 
+def _under(prefix: str, relative: str) -> property:
+    """An output at ``relative`` under one of the deployment's prefixes."""
+    return property(lambda self: f"{getattr(self, prefix)}/{relative}", doc=f"``{relative}``")
+
+
 @dataclass(frozen=True)
 class StorageLayout:
     root: str
@@ -181,13 +186,9 @@ class StorageLayout:
             self.pyramid_prefix,
         ]
 
-    @property
-    def raster_store(self) -> str:
-        return f"{self.raster_prefix}/risk.zarr"
+    raster_store = _under("raster_prefix", "risk.zarr")
 
-    @property
-    def region_buildings_dir(self) -> str:
-        return f"{self.intermediate_prefix}/geoparquet-regions"
+    region_buildings_dir = _under("intermediate_prefix", "geoparquet-regions")
 
     def region_buildings(self, region_id: str) -> str:
         validate_region_id(region_id)
@@ -196,13 +197,9 @@ class StorageLayout:
     def region_summary_stats(self, level: str) -> str:
         return f"{self.intermediate_prefix}/region-summary-stats/{level}_summary_stats.parquet"
 
-    @property
-    def consolidated_buildings(self) -> str:
-        return f"{self.vector_prefix}/geoparquet/consolidated-buildings.parquet"
+    consolidated_buildings = _under("vector_prefix", "geoparquet/consolidated-buildings.parquet")
 
-    @property
-    def partitioned_buildings(self) -> str:
-        return f"{self.vector_prefix}/geoparquet/buildings.parquet"
+    partitioned_buildings = _under("vector_prefix", "geoparquet/buildings.parquet")
 
     def region_analysis(self, level: str, ext: str) -> str:
         return f"{self.vector_prefix}/region-analysis/{level}/stats.{ext}"
@@ -212,6 +209,4 @@ class StorageLayout:
             raise ValueError(f"pmtiles name {name!r} is not one of {PMTILES_NAMES}")
         return f"{self.vector_prefix}/pmtiles/{name}.pmtiles"
 
-    @property
-    def pyramid(self) -> str:
-        return f"{self.pyramid_prefix}/pyramid.zarr"
+    pyramid = _under("pyramid_prefix", "pyramid.zarr")

@@ -108,7 +108,7 @@ function style(states) {
       "circle-color": colorExpression("rps_2011"),
       "circle-radius": ["interpolate", ["linear"], ["zoom"], 11, 2, 14, 4.5],
       "circle-stroke-color": "rgba(0, 0, 0, 0.6)",
-        "circle-stroke-width": 0.6,
+      "circle-stroke-width": 0.6,
     });
   }
   if (has("buildings")) {
