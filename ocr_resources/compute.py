@@ -5,6 +5,9 @@ single-function steps), ``coiled`` (a Coiled cluster on the asset's documented V
 ``dask`` (an existing scheduler address, or any cluster dagster-dask can describe: SLURM, PBS,
 Kubernetes, …). The VM profile of each asset comes from one table, ``PROFILES``, carried by
 the asset as op tags; config can override it per asset.
+
+(Just over 300 lines: the profile table, the session a step holds and the three backends that
+open it are read together when a backend changes; split, each would need the others.)
 """
 
 from __future__ import annotations
