@@ -57,9 +57,12 @@ serve: setup web
 test: lint validate tools/node_modules web
 	$(BIN)/python -m pytest -n 2
 
+# The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port)
+PORT ?= 3000
 dev: setup
 	mkdir -p .dagster/local && cp dagster.yaml .dagster/local/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster/local $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster/local $(BIN)/dagster dev -w workspace.yaml \
+	  --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf .ocr-data .dagster

@@ -86,6 +86,7 @@ def _statistics_schema_names(storage: OcrStorage, level: str) -> list[str]:
     PHASE02_GROUP,
     [region_risk_summary_stats],
     "Optional: stats.geojson and stats.csv (with # key: value header) per level.",
+    {"geojson", "csv"},
     optional=True,
 )
 def regional_analysis_files(

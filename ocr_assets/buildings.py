@@ -141,6 +141,7 @@ def consolidate_buildings(
     [dg.AssetDep(REGION_BUILDINGS, partition_mapping=dg.AllPartitionMapping())],
     "Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
     "state_fips / county_fips, with a _common_metadata sidecar.",
+    {"parquet", "duckdb"},
 )
 def buildings_geoparquet(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

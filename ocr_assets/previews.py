@@ -17,9 +17,12 @@ import numpy as np
 from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.scoring import N_SCORES, RISK_COLORS, risk_score
 
-PREVIEW_PIXELS = 300  # longest side of a raster preview's data, before the figure's margins
+PREVIEW_PIXELS = 480  # longest side of a raster preview's data, before the figure's margins
 MAX_CHOROPLETH_UNITS = 5000  # finest level drawn: tracts when few, else counties, else states
-DPI = 72
+DPI = 100  # figures are sized in inches: 5 × 4.2 in is a 500 × 420 px preview
+
+
+NO_FINITE_VALUES = "no finite values: every pixel of this window is missing (NaN) in the inputs"
 
 
 def png_markdown(png: bytes, alt: str) -> str:
@@ -52,8 +55,8 @@ def _legend(fig, ax) -> None:
     cmap = ListedColormap(RISK_COLORS)
     norm = BoundaryNorm(np.arange(N_SCORES + 1) - 0.5, N_SCORES)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, ticks=[0, 5, 10])
-    bar.ax.tick_params(labelsize=7)
-    bar.set_label("risk score", fontsize=7)
+    bar.ax.tick_params(labelsize=9)
+    bar.set_label("risk score", fontsize=9)
 
 
 def raster_preview(values: np.ndarray, title: str, latitude: float = 0.0) -> bytes:
@@ -68,8 +71,18 @@ def raster_preview(values: np.ndarray, title: str, latitude: float = 0.0) -> byt
 
     step = max(1, math.ceil(max(values.shape) / PREVIEW_PIXELS))
     scores = _scores(values[::step, ::step])
-    fig = Figure(figsize=(3.6, 3.0), layout="constrained")
+    fig = Figure(figsize=(5.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
+    if scores.mask.all():  # say so rather than draw an empty frame
+        ax.text(
+            0.5,
+            0.5,
+            NO_FINITE_VALUES.replace(": ", ":\n"),
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+        )
     cmap = ListedColormap(RISK_COLORS)
     norm = BoundaryNorm(np.arange(N_SCORES + 1) - 0.5, N_SCORES)
     ax.imshow(
@@ -80,7 +93,7 @@ def raster_preview(values: np.ndarray, title: str, latitude: float = 0.0) -> byt
         interpolation="nearest",
         aspect=1 / math.cos(math.radians(latitude)),
     )
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=11)
     ax.set_axis_off()
     _legend(fig, ax)
     return _png(fig)
@@ -100,7 +113,7 @@ def choropleth_preview(units: gpd.GeoDataFrame, level: str) -> bytes:
 
     west, south, east, north = units.total_bounds
     simplified = units.geometry.simplify(max(east - west, north - south) / 600)
-    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    fig = Figure(figsize=(9.0, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, year in zip(axes, YEARS, strict=True):
         classes = _scores(units[f"mean_rps_{year}"].to_numpy(np.float64)).filled(0)
@@ -108,7 +121,7 @@ def choropleth_preview(units: gpd.GeoDataFrame, level: str) -> bytes:
         gpd.GeoSeries(simplified, crs=units.crs).plot(
             ax=ax, color=colors, edgecolor="white", linewidth=0.3
         )
-        ax.set_title(f"{level}: mean RPS {year}", fontsize=8)
+        ax.set_title(f"{level}: mean RPS {year}", fontsize=11)
         ax.set_aspect(1 / math.cos(math.radians((south + north) / 2)))
         ax.set_axis_off()
     _legend(fig, axes)

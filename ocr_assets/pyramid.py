@@ -192,6 +192,7 @@ def write_pyramid(
     [dg.AssetDep(REGION_RASTER, partition_mapping=dg.AllPartitionMapping())],
     "Optional: multiscale Web Mercator pyramid of rps_2011 / rps_2047 (Zarr v3), "
     "levels 0 up to the zoom matching 30 m pixels.",
+    {"zarr", "gdal"},
     optional=True,
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):

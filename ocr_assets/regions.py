@@ -20,7 +20,7 @@ from ocr_assets.inputs import (
     conditional_risk,
     wind_direction_distribution,
 )
-from ocr_assets.previews import png_markdown, raster_preview
+from ocr_assets.previews import NO_FINITE_VALUES, png_markdown, raster_preview
 from ocr_assets.science.composite import NegativeWindWeights
 from ocr_assets.science.fire_model import assemble_region_rasters, field_bp
 from ocr_assets.science.sampling import out_of_range, region_buildings_table
@@ -64,6 +64,13 @@ def _value_ranges(rasters: dict[str, np.ndarray]) -> dict[str, list[float | None
     return ranges
 
 
+def _no_values_note(rasters: dict[str, np.ndarray]) -> dict[str, str]:
+    """A note for a region whose wind-adjusted values are all missing (e.g. all water)."""
+    if any(np.isfinite(rasters[f"rps_{year}"]).any() for year in YEARS):
+        return {}
+    return {"note": NO_FINITE_VALUES}
+
+
 @contextmanager
 def _logged_stage(
     context: dg.AssetExecutionContext, timer: StageTimer, region_id: str, name: str
@@ -86,6 +93,7 @@ def build_region_assets(
                 REGION_RASTER,
                 deps=[burn_probability, conditional_risk, wind_direction_distribution],
                 group_name=PHASE01_GROUP,
+                kinds={"zarr", "dask"},
                 description="Wind-adjusted burn probability and risk (8 float32 variables) for "
                 "one region, written into the CONUS raster store.",
             ),
@@ -93,6 +101,7 @@ def build_region_assets(
                 REGION_BUILDINGS,
                 deps=[REGION_RASTER, buildings],
                 group_name=PHASE01_GROUP,
+                kinds={"parquet", "geopandas"},
                 description="The region's buildings (centroid inside, half-open) with the risk "
                 "variables sampled at the nearest pixel, as GeoParquet 1.1.",
             ),
@@ -185,6 +194,9 @@ def build_region_assets(
                 "window_pixels": window_pixels,
                 "bounds": [region.lon0, region.lat0, region.lon1, region.lat1],
                 "value_ranges": _value_ranges(rasters),
+                # pixels with a finite wind-adjusted RPS; 0 says why the ranges are null
+                "finite_pixels": int(np.isfinite(rasters["rps_2011"]).sum()),
+                **_no_values_note(rasters),
                 "preview": dg.MetadataValue.md(png_markdown(preview, f"{region_id} rps_2011")),
                 "seconds_per_stage": seconds,
                 "seconds_per_field_stage": per_field,

@@ -155,6 +155,7 @@ def statistics_batches(
     [buildings_geoparquet, census_boundaries],
     "Per census level (nation, states, counties, tracts, blocks): building count, "
     "mean and median of seven variables, risk-score histograms and the unit's polygon.",
+    {"parquet", "duckdb"},
 )
 def region_risk_summary_stats(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

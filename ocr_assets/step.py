@@ -71,15 +71,22 @@ def run_step(
 
 
 def step_asset(
-    name: str, group: str, deps: list[Any], description: str, optional: bool = False
+    name: str,
+    group: str,
+    deps: list[Any],
+    description: str,
+    kinds: set[str],
+    optional: bool = False,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """``@dg.asset`` for a heavy step: its compute profile as op tags (``PROFILES``), the
-    cluster pool, and the optional tag when a deployment may leave it out."""
+    cluster pool, its kinds (the badges in the graph), and the optional tag when a deployment
+    may leave it out."""
     return dg.asset(
         name=name,
         group_name=group,
         deps=deps,
         description=description,
+        kinds=kinds,
         tags=dict([OPTIONAL_TAG]) if optional else None,
         op_tags=profile_tags(name),
         pool=CLUSTER_POOL,

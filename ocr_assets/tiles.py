@@ -21,7 +21,7 @@ import pyogrio
 import shapely
 import shapely.geometry
 
-from ocr_assets.constants import PHASE02_GROUP, PHASE03_GROUP
+from ocr_assets.constants import PHASE03_GROUP
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
     SCORED,
@@ -211,7 +211,6 @@ class Tileset:
     key: str
     archive: str
     upstream: str
-    group: str
     zoom: tuple[int, int]
     layers: Callable[[OcrStorage], dict[str, LayerSource]]
     tippecanoe_options: tuple[str, ...]
@@ -227,7 +226,6 @@ TILESETS: tuple[Tileset, ...] = (
         "regional_pmtiles",
         "regions",
         "region_risk_summary_stats",
-        PHASE02_GROUP,
         REGIONS_ZOOM,
         regional_layers,
         ("--detect-shared-borders", "--no-tile-size-limit", *COUNTS),
@@ -237,7 +235,6 @@ TILESETS: tuple[Tileset, ...] = (
         "building_centroid_pmtiles",
         "building_centroids",
         "buildings_geoparquet",
-        PHASE03_GROUP,
         CENTROIDS_ZOOM,
         partial(building_layers, centroids=True),
         ("-r1", "--drop-densest-as-needed", *NUMBERS),
@@ -247,7 +244,6 @@ TILESETS: tuple[Tileset, ...] = (
         "building_pmtiles",
         "buildings",
         "buildings_geoparquet",
-        PHASE03_GROUP,
         BUILDINGS_ZOOM,
         building_layers,
         ("--drop-densest-as-needed", *NUMBERS),
@@ -257,7 +253,8 @@ TILESETS: tuple[Tileset, ...] = (
 
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
-    @step_asset(spec.key, spec.group, [spec.upstream], spec.description)
+    # all three tilesets in the tiles group (DESIGN §2)
+    @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"})
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:
@@ -282,7 +279,12 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
 
 
 def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=spec.key, name=f"{spec.key}_header_and_layers")
+    @dg.asset_check(
+        asset=spec.key,
+        name=f"{spec.key}_header_and_layers",
+        description=f"The archive's header says zooms {spec.zoom[0]}–{spec.zoom[1]} and its "
+        f"metadata lists exactly the layers {', '.join(spec.layer_names)}.",
+    )
     def _check(storage: OcrStorage) -> dg.AssetCheckResult:
         summary = storage.pmtiles_summary(storage.layout.pmtiles(spec.archive))
         ok = (summary["min_zoom"], summary["max_zoom"]) == spec.zoom and sorted(
