@@ -8,6 +8,7 @@ import dagster as dg
 
 from ocr_assets.graph import asset_checks, asset_definitions
 from ocr_jobs.jobs import build_jobs
+from ocr_jobs.run_log import LOGGERS
 from ocr_resources.compute import OcrCompute
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings, load_settings
@@ -38,6 +39,7 @@ def build_definitions(settings: OcrSettings) -> dg.Definitions:
         if settings.dagster_executor == "in_process"
         else dg.multiprocess_executor,
         resources=build_resources(settings),
+        loggers=LOGGERS,
     )
 
 

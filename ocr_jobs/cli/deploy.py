@@ -37,6 +37,12 @@ def deploy(
     regions_only: Annotated[
         bool, typer.Option(help="Stop after the regions (batches before one downstream run).")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Print the runs' Dagster events too (always in the log file)."
+        ),
+    ] = False,
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
     from ocr_assets.science.regions import RegionIdError
@@ -55,6 +61,7 @@ def deploy(
         wipe=wipe,
         allow_all_processed=allow_all_processed,
         regions_only=regions_only,
+        verbose=verbose,
     )
     failures = (d.DeployError, InputDataError, StorageRootError, ToolMissingError, PermissionError)
     progress = _DeployProgress()
@@ -76,18 +83,22 @@ def deploy(
     if result.stopped:
         console.print(f"[yellow]{result.stopped}[/]")
         return
+    log = f"Dagster's event log: {result.log_file}" + ("" if verbose else " (-v prints it here)")
     if result.region_failures:
         console.print(f"[red]{len(result.region_failures)} region(s) failed:[/]")
         for line in result.region_failures:
             console.print(f"  {line}")
+        console.print(log, soft_wrap=True)
         raise typer.Exit(1)
     if result.downstream_error:
         console.print(f"[red]downstream failed:[/] {result.downstream_error}")
+        console.print(log, soft_wrap=True)
         raise typer.Exit(1)
     if result.pointer:
         console.print(f"published: current → v{result.pointer['version']}")
     for label, path in d.output_locations(storage.layout, options.optional_assets):
         console.print(f"  {label}: {path}", soft_wrap=True)
+    console.print(log, soft_wrap=True)
 
 
 def _print_dry_run(plan: Any) -> None:

@@ -3,6 +3,7 @@ storage checks, lock, (wipe), the regions that remain, downstream, (pointer), un
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from ocr_jobs.jobs import (
     downstream_run,
     materializable_asset_keys,
 )
+from ocr_jobs.run_log import CONSOLE_QUIET, CONSOLE_VERBOSE, RunLogging
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 
 
@@ -58,6 +60,7 @@ class DeployResult:
     downstream_error: str = ""
     pointer: dict[str, Any] | None = None
     stopped: str = ""  # why nothing ran, when nothing had to
+    log_file: Path | None = None  # every run's Dagster events and logs, when any run ran
 
 
 def check_storage(plan: DeployPlan, storage: OcrStorage) -> None:
@@ -118,6 +121,15 @@ def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
     instance.wipe_assets(materializable_asset_keys(defs))
 
 
+def _run_logging(home: Path, verbose: bool) -> RunLogging:
+    """This deployment's log file, in the instance home's ``logs/`` (one per deployment), and
+    the console's level: errors only, or the events too with ``verbose``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = home / "logs" / f"deploy-{stamp}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return RunLogging(CONSOLE_VERBOSE if verbose else CONSOLE_QUIET, path)
+
+
 def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) -> DeployResult:
     """Check storage, lock, (wipe), run the regions that remain, then downstream, (publish the
     pointer), unlock. Raises DeployRefused before touching anything, DeployError after."""
@@ -163,6 +175,8 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 )
                 return result
             progress.regions_started(len(report.remaining))
+            logging = _run_logging(home, options.verbose)
+            result.log_file = logging.file
             outcomes = run_partitions(
                 home,
                 settings,
@@ -170,6 +184,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 report.remaining,
                 settings.deploy_parallel,
                 progress.region_finished,
+                logging,
             )
             result.region_failures = [
                 f"{o.partition}: {o.error}" for o in outcomes if not o.success
@@ -178,7 +193,9 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 return result
             if resume:
                 progress.say(f"resuming the failed {job} run {resume} from its failed steps")
-            outcome = execute(instance, settings, job, asset_keys=keys, resume_run_id=resume)
+            outcome = execute(
+                instance, settings, job, asset_keys=keys, resume_run_id=resume, logging=logging
+            )
             if not outcome.success:
                 result.downstream_error = f"{job}: {outcome.error}"
                 return result

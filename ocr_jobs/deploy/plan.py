@@ -35,6 +35,7 @@ class DeployOptions:
     wipe: bool = False
     allow_all_processed: bool = False
     regions_only: bool = False
+    verbose: bool = False  # the runs' Dagster events on the console too (always in the log file)
 
     @property
     def optional_assets(self) -> tuple[str, ...]:

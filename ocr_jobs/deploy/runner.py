@@ -17,7 +17,10 @@ from typing import Any
 
 import dagster as dg
 
+from ocr_jobs.run_log import RunLogging
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
+
+DEFAULT_LOGGING = RunLogging()  # the console at INFO, no file
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,17 @@ def execute(
     partition: str | None = None,
     asset_keys: list[str] | None = None,
     resume_run_id: str | None = None,
+    logging: RunLogging = DEFAULT_LOGGING,
 ) -> RunOutcome:
     """One Dagster run of a job (one partition, or a subset of its assets); with
-    ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps only."""
+    ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps only.
+    ``logging``: how loud the console is, and the file that gets every event."""
     result = dg.execute_job(
         reconstructable_job(settings, job_name),
         instance=instance,
         tags={"dagster/partition": partition} if partition else None,
         asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=logging.run_config(),
         reexecution_options=(
             dg.ReexecutionOptions.from_failure(resume_run_id, instance) if resume_run_id else None
         ),
@@ -138,12 +143,14 @@ def _failures(events: list[Any]) -> list[str]:
     return found
 
 
-def _serve_runs(conn: Connection, home: str, settings: OcrSettings, job_name: str) -> None:
+def _serve_runs(
+    conn: Connection, home: str, settings: OcrSettings, job_name: str, logging: RunLogging
+) -> None:
     """Worker process body: run the partitions it is sent, one at a time, sending back each
     outcome; imports and the instance are paid once per worker, not once per partition."""
     with open_instance(Path(home)) as instance:
         while (partition := conn.recv()) is not None:
-            conn.send(execute(instance, settings, job_name, partition))
+            conn.send(execute(instance, settings, job_name, partition, logging=logging))
 
 
 def mark_dead_runs_failed(
@@ -178,6 +185,7 @@ def run_partitions(
     partitions: list[str],
     max_parallel: int,
     on_done: Callable[[RunOutcome], None] | None = None,
+    logging: RunLogging = DEFAULT_LOGGING,
 ) -> list[RunOutcome]:
     """Run each partition as its own Dagster run in the instance at ``home``, at most
     ``max_parallel`` at a time, in worker processes. A worker that dies (killed, out of memory)
@@ -190,7 +198,9 @@ def run_partitions(
 
     def start_worker() -> _Worker:
         conn, child = context.Pipe()
-        process = context.Process(target=_serve_runs, args=(child, str(home), settings, job_name))
+        process = context.Process(
+            target=_serve_runs, args=(child, str(home), settings, job_name, logging)
+        )
         process.start()
         child.close()
         return _Worker(process, conn)
