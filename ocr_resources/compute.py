@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +78,48 @@ PROFILES: dict[str, ComputeProfile] = {
     "building_centroid_pmtiles": _PMTILES,
     "building_pmtiles": _PMTILES,
 }
+
+
+# AWS Graviton instance families carry a "g" after their generation (m8g, c8g, r8g, m7gd, …)
+_GRAVITON = re.compile(r"^[a-z]+\d+g[a-z]*\.")
+
+
+def vm_architecture(vm_type: str) -> str:
+    """The CPU architecture of an EC2 instance type, as Coiled names it."""
+    return "aarch64" if _GRAVITON.match(vm_type) else "x86_64"
+
+
+def software_architecture() -> str:
+    """The one architecture of every VM in ``PROFILES`` (DESIGN §2: all Graviton, arm64): what
+    the Coiled software environment is built for, so the two cannot disagree."""
+    found = {
+        vm_architecture(vm)
+        for p in PROFILES.values()
+        for vm in (p.vm_type, p.scheduler_vm_type)
+        if vm
+    }
+    if len(found) != 1:
+        raise ValueError(f"the compute profiles mix CPU architectures {sorted(found)}")
+    return found.pop()
+
+
+def software_env_command(name: str, workspace: str, requirements: str) -> list[str]:
+    """``coiled env create`` for the profiles' VMs: their architecture, the project's pinned
+    dependencies (a pip requirements file) and the project's own code."""
+    return [
+        "coiled",
+        "env",
+        "create",
+        "--name",
+        name,
+        "--workspace",
+        workspace,
+        "--architecture",
+        software_architecture(),
+        "--pip",
+        requirements,
+        "--include-local-code",
+    ]
 
 
 def profile_tags(name: str) -> dict[str, str]:
@@ -267,6 +310,12 @@ class OcrCompute(ConfigurableResource):
         self, context: Any, name: str, profile: ComputeProfile
     ) -> dict[str, Any]:
         """Exactly what ``coiled.Cluster`` receives for a step."""
+        if vm_architecture(profile.vm_type) != software_architecture():
+            raise ValueError(
+                f"{name}: VM {profile.vm_type} is {vm_architecture(profile.vm_type)}, but the "
+                f"software environment is built for {software_architecture()} (the profiles' "
+                "architecture); override with a VM of that architecture"
+            )
         kwargs: dict[str, Any] = {
             "name": f"ocr-{name.replace('_', '-')}-{context.run.run_id[:8]}",
             "n_workers": self.coiled_workers,

@@ -261,3 +261,14 @@ def test_coiled_software_env_is_a_setting(tmp_path, monkeypatch):
     settings = load_settings(env)
     assert settings.coiled_software == "ocr-pr-42"
     assert OcrCompute.from_settings(settings).coiled_software == "ocr-pr-42"
+
+
+def test_an_override_to_another_architecture_is_refused_before_coiled(fake_coiled):
+    """The software environment is built for the profiles' arm64 VMs: an x86 override would
+    start workers that cannot run it, so the step refuses before any cluster is created."""
+    x86 = {"building_pmtiles": {"vm_type": "c7i.8xlarge"}}
+    compute = OcrCompute(backend="coiled", overrides=x86)
+    refused = pytest.raises(ValueError, match=r"c7i\.8xlarge is x86_64.*aarch64")
+    with refused, compute.session(_Context("building_pmtiles")):
+        pass
+    assert fake_coiled.created == []

@@ -80,6 +80,7 @@ def _substitute(text: str) -> str:
 def test_every_ocr_command_in_deploy_yaml_runs_with_dry_run():
     lines = _ocr_lines()
     assert {job for job, _, _ in lines} == {
+        "software-env",
         "qa-pr",
         "staging-main",
         "manual",
@@ -106,3 +107,33 @@ def test_every_ocr_command_in_deploy_yaml_runs_with_dry_run():
         )
         assert done.returncode == 0, f"{job}: {command}\n{done.stdout}{done.stderr}"
         assert "dry run" in done.stdout, job
+
+
+def test_the_software_environment_is_built_for_the_profiles_vms():
+    """The workflow builds it with `ocr coiled-software-env` (never a bare `coiled env create`),
+    whose command asks the installed coiled CLI for the profiles' architecture (arm64: every
+    documented VM is Graviton), the pinned requirements and the local code."""
+    from ocr_resources.compute import (
+        PROFILES,
+        software_architecture,
+        software_env_command,
+        vm_architecture,
+    )
+
+    text = (ROOT / ".github" / "workflows" / "deploy.yaml").read_text()
+    assert "ocr coiled-software-env" in text and "coiled env create" not in text
+    assert "pip freeze --exclude-editable > requirements-coiled.txt" in text
+    assert software_architecture() == "aarch64"
+    assert {vm_architecture(p.vm_type) for p in PROFILES.values()} == {"aarch64"}
+    argv = software_env_command("ocr-pr-1", "carbonplan", "requirements-coiled.txt")
+    assert argv[:3] == ["coiled", "env", "create"]
+    assert argv[argv.index("--architecture") + 1] == "aarch64"
+    assert argv[argv.index("--pip") + 1] == "requirements-coiled.txt"
+    # every flag exists in the installed coiled CLI, and aarch64 is one of its architectures
+    coiled = Path(sys.executable).parent / "coiled"
+    help_text = subprocess.run(
+        [str(coiled), "env", "create", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for flag in [a for a in argv if a.startswith("--")]:
+        assert re.search(rf"(^|[\s,]){re.escape(flag)}\b", help_text), flag
+    assert re.search(r"--architecture \[x86_64\|aarch64\]", help_text)

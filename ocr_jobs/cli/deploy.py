@@ -180,3 +180,30 @@ def rollback(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"current → v{pointer['version']} ({pointer['vector']})")
+
+
+@app.command("coiled-software-env")
+def coiled_software_env(
+    name: Annotated[str, typer.Option(help="The software environment's name.")],
+    requirements: Annotated[
+        Path, typer.Option(help="Pinned pip requirements (e.g. pip freeze --exclude-editable).")
+    ],
+    workspace: Annotated[str, typer.Option(help="The Coiled workspace.")] = "carbonplan",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command only.")] = False,
+) -> None:
+    """Build the Coiled software environment the documented VMs run: their architecture (one
+    place: the compute profiles), the pinned dependencies and the project's code."""
+    import shlex
+    import subprocess
+
+    from ocr_resources.compute import software_env_command
+
+    argv = software_env_command(name, workspace, str(requirements))
+    if dry_run:
+        console.print(f"dry run: {shlex.join(argv)}", soft_wrap=True, markup=False)
+        return
+    if not requirements.is_file():
+        console.print(f"[red]error:[/] requirements file {str(requirements)!r} does not exist")
+        raise typer.Exit(2)
+    console.print(shlex.join(argv), soft_wrap=True, markup=False)
+    raise typer.Exit(subprocess.run(argv, check=False).returncode)
