@@ -60,9 +60,7 @@ test: lint validate tools/node_modules web
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port)
 PORT ?= 3000
 dev: setup
-	mkdir -p .dagster/local && cp dagster.yaml .dagster/local/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster/local $(BIN)/dagster dev -w workspace.yaml \
-	  --host 127.0.0.1 --port $(PORT)
+	$(BIN)/ocr dev --port $(PORT)
 
 clean:
 	rm -rf .ocr-data .dagster

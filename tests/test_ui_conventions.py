@@ -2,6 +2,15 @@
 three tile assets in one group, readable previews, and regions without values saying so."""
 
 import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -70,3 +79,77 @@ def test_a_region_without_finite_values_says_so():
     height, width = image.shape[:2]
     middle = image[int(0.4 * height) : int(0.6 * height), int(0.1 * width) : int(0.7 * width)]
     assert (middle < 0.5).any()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUIET_ENV = {"VIRTUAL_ENV": sys.prefix, "COLUMNS": "200"}
+WARNINGS = ("will not be used", "SupersessionWarning", "does not match the virtual environment")
+
+
+def test_dg_checks_and_lists_the_definitions():
+    """The dg CLI works on the project as it is (three packages, [tool.dg] in pyproject)."""
+    env = {**os.environ, **QUIET_ENV}
+    check = subprocess.run(
+        [str(BIN / "dg"), "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "All definitions loaded successfully" in check.stdout + check.stderr
+    listed = subprocess.run(
+        [str(BIN / "dg"), "list", "defs", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
+    assert len(keys) == 14 and {"region_risk_raster", "building_pmtiles"} <= keys
+    assert not [w for w in WARNINGS if w in check.stderr + listed.stderr]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ocr_dev_serves_the_ui_on_the_environments_instance_without_warnings(tmp_path):
+    """``make dev`` = ``ocr dev``: dg dev on the environment's instance home, on 127.0.0.1 and
+    the chosen port, with none of the warnings a user saw (dagster.yaml not used, use dg dev,
+    another venv)."""
+    env_file = tmp_path / "dev.env"
+    env_file.write_text(
+        f"OCR_STORAGE_ROOT={tmp_path / 'data'}\nOCR_DAGSTER_HOME_ROOT={tmp_path / 'homes'}\n"
+    )
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
+    process = subprocess.Popen(
+        [str(BIN / "ocr"), "dev", "--env-file", str(env_file), "--port", str(port)],
+        cwd=ROOT,
+        env={**env, **QUIET_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline, status = time.monotonic() + 120, None
+        while time.monotonic() < deadline and status != 200:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info") as reply:
+                    status = reply.status
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+        assert status == 200
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            output = process.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output = process.communicate()[0]
+    assert f"http://127.0.0.1:{port}/" in output
+    assert (tmp_path / "homes" / "local" / "dagster.yaml").is_file()  # the instance it used
+    assert not [w for w in WARNINGS if w in output], output

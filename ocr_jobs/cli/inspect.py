@@ -1,4 +1,5 @@
-"""``ocr serve``, ``ocr compare-variants`` and ``ocr lineage``: looking at an environment."""
+"""``ocr dev``, ``ocr serve``, ``ocr compare-variants`` and ``ocr lineage``: looking at an
+environment."""
 
 from __future__ import annotations
 
@@ -9,6 +10,38 @@ import typer
 from rich.markup import escape
 
 from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console
+
+
+@app.command("dev")
+def dev(
+    env_file: EnvFile = None,
+    port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 3000,
+) -> None:
+    """The Dagster UI (``dg dev``) on the environment's own instance, where ``ocr deploy`` runs,
+    at http://127.0.0.1:PORT/ (Ctrl-C stops it)."""
+    import os
+    import subprocess
+    import sys
+
+    from ocr_jobs.deploy import instance_home
+
+    settings = _settings(env_file)
+    home = instance_home(settings)  # its dagster.yaml: the package's, + PostgreSQL if shared
+    # the child's environment only: the instance home, the env file the code location loads
+    # (settings.env_file) and the venv dg runs in (so it does not warn of another one)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "OCR_ENV_FILE": str(settings.env_file),
+        "VIRTUAL_ENV": sys.prefix,
+    }
+    dg = str(Path(sys.executable).parent / "dg")
+    console.print(f"Dagster UI: http://127.0.0.1:{port}/ (instance {home})")
+    argv = [dg, "dev", "--host", "127.0.0.1", "--port", str(port)]
+    try:
+        raise typer.Exit(subprocess.run(argv, env=env, check=False).returncode)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command("serve")
