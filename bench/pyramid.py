@@ -254,10 +254,10 @@ def fill_timers() -> Iterator[dict[str, float]]:
     """Wall seconds of the bounded writer's shared pass (``shared``) and of each level outside
     it (by zoom): timers around its two fill functions, which ``write_pyramid`` calls as module
     globals, once per pass or level. The functions themselves run unchanged."""
-    import ocr_assets.pyramid as publishing
+    import ocr_assets.pyramid as pyramid_step
 
     seconds: dict[str, float] = {}
-    fill_shared, fill_level = publishing._fill_shared_levels, publishing._fill_level
+    fill_shared, fill_level = pyramid_step._fill_shared_levels, pyramid_step._fill_level
 
     def shared(root, source, boxes, windows) -> None:
         start = time.perf_counter()
@@ -269,11 +269,11 @@ def fill_timers() -> Iterator[dict[str, float]]:
         fill_level(group, source, dst, windows)
         seconds[group.basename] = time.perf_counter() - start
 
-    publishing._fill_shared_levels, publishing._fill_level = shared, level
+    pyramid_step._fill_shared_levels, pyramid_step._fill_level = shared, level
     try:
         yield seconds
     finally:
-        publishing._fill_shared_levels, publishing._fill_level = fill_shared, fill_level
+        pyramid_step._fill_shared_levels, pyramid_step._fill_level = fill_shared, fill_level
 
 
 def run_real(root: str, max_zoom: int, windows: PyramidWindows | None = None) -> dict:

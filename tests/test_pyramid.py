@@ -11,7 +11,7 @@ import xarray as xr
 from odc.geo.xr import assign_crs, xr_reproject
 from pyproj import CRS, Transformer
 
-from ocr_assets import pyramid as publishing
+from ocr_assets import pyramid as pyramid_step
 from ocr_assets.pyramid import PYRAMID_VARIABLES, PyramidWindows, write_pyramid
 from ocr_assets.science.pyramid import (
     WINDOW_PAD_PX,
@@ -96,13 +96,13 @@ SMALL = PyramidWindows(source_px=2**12, shared_level_px=2**12, chunk_px=96)
 @pytest.mark.parametrize("windows", [PyramidWindows(), SMALL], ids=["default", "small"])
 def test_levels_equal_the_whole_graph_warp(raster_storage, reference, windows, monkeypatch):
     reads: list[int] = []
-    read = publishing._PyramidSource.read
+    read = pyramid_step._PyramidSource.read
 
     def counted(self, name, window):
         reads.append((window[0].stop - window[0].start) * (window[1].stop - window[1].start))
         return read(self, name, window)
 
-    monkeypatch.setattr(publishing._PyramidSource, "read", counted)
+    monkeypatch.setattr(pyramid_step._PyramidSource, "read", counted)
     result = write_pyramid(raster_storage, 13, windows)
     tree = raster_storage.open_datatree(raster_storage.layout.pyramid)
     assert sorted(int(z) for z in tree.children) == list(range(14))
@@ -141,7 +141,7 @@ def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
     def broken(self, name, window):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(publishing._PyramidSource, "read", broken)
+    monkeypatch.setattr(pyramid_step._PyramidSource, "read", broken)
     with pytest.raises(OSError, match="disk gone"):
         write_pyramid(raster_storage, 13)
     after = raster_storage.open_datatree(path)

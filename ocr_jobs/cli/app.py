@@ -17,7 +17,11 @@ console = Console()
 
 EnvFile = Annotated[
     Path | None,
-    typer.Option("--env-file", help="Environment file (default: $OCR_ENV_FILE or envs/local.env)."),
+    typer.Option(
+        "--env-file",
+        help="Environment file (default: $OCR_ENV_FILE, else ./envs/local.env, else the packaged "
+        "local.env).",
+    ),
 ]
 
 

@@ -46,9 +46,7 @@ def deploy(
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
     from ocr_assets.science.regions import RegionIdError
-    from ocr_assets.tiles import ToolMissingError
     from ocr_jobs import deploy as d
-    from ocr_resources.storage import InputDataError, StorageRootError
 
     overrides = {} if process_retries is None else {"process_retries": process_retries}
     settings = _settings(env_file, **overrides)
@@ -63,7 +61,9 @@ def deploy(
         regions_only=regions_only,
         verbose=verbose,
     )
-    failures = (d.DeployError, InputDataError, StorageRootError, ToolMissingError, PermissionError)
+    # the input, root and tool checks are refusals (DeployRefused, exit 2); later failures are
+    # DeployError (or PermissionError from a wipe), exit 1
+    failures = (d.DeployError, PermissionError)
     progress = _DeployProgress()
     try:
         plan = d.plan_deploy(settings, options)
