@@ -106,6 +106,8 @@ def test_pmtiles_build_killed_keeps_the_previous_archive_and_resumes_only_that_s
     storage = OcrStorage(root=str(root), environment="local")
     first = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    # multiprocess steps too leave the console to the deployment's report (events: the log file)
+    assert " - DEBUG - " not in first.stdout + first.stderr, first.stderr
     outputs = Path(root) / "output"
     before = _visible_files(outputs)
     summary = _archive(storage)
