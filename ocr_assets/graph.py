@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ocr_assets import analysis_files, buildings, pyramid, statistics
-from ocr_assets.inputs import INPUT_SPECS
+from ocr_assets.inputs import build_input_assets
 from ocr_assets.regions import build_region_assets
 from ocr_assets.tiles import TILESET_ASSETS, TILESET_CHECKS
 
@@ -14,12 +14,13 @@ _STEP_MODULES = (buildings, statistics, analysis_files, pyramid)
 
 
 def asset_definitions(
-    partitions: dg.PartitionsDefinition, max_retries: int
-) -> list[dg.AssetSpec | dg.AssetsDefinition]:
-    """Inputs, the region multi-asset (partitioned, with its retry budget) and phases 02/03."""
+    partitions: dg.PartitionsDefinition, max_retries: int, regions_per_run: int, model_variant: str
+) -> list[dg.AssetsDefinition | dg.SourceAsset]:
+    """Inputs, the region multi-asset (partitioned, with its retry budget and run size) and
+    phases 02/03."""
     return [
-        *INPUT_SPECS,
-        build_region_assets(partitions, max_retries),
+        *build_input_assets(partitions),
+        build_region_assets(partitions, max_retries, regions_per_run, model_variant),
         *dg.load_assets_from_modules(_STEP_MODULES),
         *TILESET_ASSETS,
     ]

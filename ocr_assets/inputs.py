@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 
 from ocr_assets.constants import INPUTS_GROUP
@@ -30,16 +34,52 @@ _INPUTS: dict[str, tuple[str, str]] = {
         "Census nation, states, counties, tracts and blocks (GeoParquet, EPSG:4326).",
     ),
 }
-INPUT_SPECS = [
-    dg.AssetSpec(key, group_name=INPUTS_GROUP, kinds={kind}, description=text)
-    for key, (kind, text) in _INPUTS.items()
-]
+# the inputs a region reads: observed per region (a data version per partition)
+REGION_INPUTS: tuple[str, ...] = (
+    "burn_probability",
+    "conditional_risk",
+    "wind_direction_distribution",
+    "buildings",
+)
+INPUT_KEYS: tuple[dg.AssetKey, ...] = tuple(dg.AssetKey(k) for k in _INPUTS)
 burn_probability, conditional_risk, wind_direction_distribution, buildings, census_boundaries = (
-    INPUT_SPECS
+    INPUT_KEYS
 )
 
-# The inputs a region reads (its assets' upstreams): checked before it computes anything.
-REGION_INPUTS: tuple[str, ...] = tuple(
-    spec.key.to_user_string()
-    for spec in (burn_probability, conditional_risk, wind_direction_distribution, buildings)
-)
+
+def _observe(key: str, partitions: dg.PartitionsDefinition | None) -> Callable[..., Any]:
+    """The observation of one input: per region what the region reads of it (a region input),
+    else the whole input — metadata only (storage's fingerprints), never values."""
+
+    def observe(context: dg.AssetExecutionContext) -> Any:
+        storage = context.resources.storage
+        if partitions is None:
+            return dg.DataVersion(storage.input_version(key))
+        versions = storage.region_input_versions(key, partitions.get_partition_keys())
+        with warnings.catch_warnings():  # beta, as the decorator below
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return dg.DataVersionsByPartition(versions)
+
+    return observe
+
+
+def build_input_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
+    """The five inputs as observable sources, in the lineage's order: "Observe sources" in the
+    UI (or ``ocr deploy``) records their data versions, and a region whose inputs' versions
+    moved since it was materialized shows as stale."""
+    assets = []
+    # Dagster's one API for per-partition data versions of a source is still marked beta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        for key, (kind, text) in _INPUTS.items():
+            region_input = partitions if key in REGION_INPUTS else None
+            observe = dg.observable_source_asset(
+                name=key,
+                group_name=INPUTS_GROUP,
+                description=text,
+                partitions_def=region_input,
+                required_resource_keys={"storage"},
+                tags={f"dagster/kind/{kind}": ""},
+            )
+            assets.append(observe(_observe(key, region_input)))
+    return assets

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 
 from ocr_assets.graph import asset_checks, asset_definitions
+from ocr_jobs.executor import in_process_when_one_step
 from ocr_jobs.jobs import build_jobs
 from ocr_jobs.run_log import LOGGERS
 from ocr_resources.compute import OcrCompute
@@ -31,13 +32,18 @@ def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]
 def build_definitions(settings: OcrSettings) -> dg.Definitions:
     partitions = region_partitions(settings)
     return dg.Definitions(
-        assets=asset_definitions(partitions, settings.process_retries),
+        assets=asset_definitions(
+            partitions,
+            settings.process_retries,
+            settings.regions_per_run,
+            settings.model_variant,
+        ),
         asset_checks=asset_checks(),
         jobs=build_jobs(partitions),
-        # every job but the single-step region job, incl. the UI's ad-hoc asset runs
+        # every job, incl. the UI's ad-hoc asset runs: one-step runs (regions) in process
         executor=dg.in_process_executor
         if settings.dagster_executor == "in_process"
-        else dg.multiprocess_executor,
+        else in_process_when_one_step,
         resources=build_resources(settings),
         loggers=LOGGERS,
     )

@@ -13,7 +13,9 @@ from ocr_assets.constants import (
     PHASE02_GROUP,
     PHASE03_GROUP,
 )
+from ocr_assets.inputs import INPUT_KEYS
 
+OBSERVE_JOB = "observe_inputs"
 REGION_JOB = "region_job"
 DOWNSTREAM_JOB = "aggregate_and_tile"
 DOWNSTREAM_CORE_JOB = "aggregate_and_tile_core"
@@ -27,12 +29,19 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
     optional assets."""
     return [
         dg.define_asset_job(
+            OBSERVE_JOB,
+            selection=dg.AssetSelection.assets(*INPUT_KEYS),
+            description="Record the five inputs' data versions (metadata fingerprints, per "
+            "region for the region inputs): what the UI's staleness follows.",
+            # five small steps: subprocesses would cost more than the steps
+            executor_def=dg.in_process_executor,
+        ),
+        dg.define_asset_job(
             REGION_JOB,
             selection=dg.AssetSelection.groups(PHASE01_GROUP),
             partitions_def=partitions,
-            description="Phase 01: one region partition per run (retries 5 s × attempt).",
-            # one step per run: a step subprocess would only add start-up time
-            executor_def=dg.in_process_executor,
+            description="Phase 01: one region, or a range of up to OCR_REGIONS_PER_RUN regions "
+            "on one cluster, per run (each region retried on its own, 5 s × attempt).",
         ),
         dg.define_asset_job(
             DOWNSTREAM_JOB,
@@ -66,3 +75,17 @@ def downstream_run(optional: Collection[str], defs: dg.Definitions) -> tuple[str
 def materializable_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     """Every asset of ``defs`` a run can write (the inputs are external: never materialized)."""
     return sorted(dg.AssetSelection.all().materializable().resolve(defs.resolve_asset_graph()))
+
+
+def region_runs(all_regions: list[str], regions: Collection[str], per_run: int) -> list[list[str]]:
+    """The runs a backfill of ``regions`` makes under the region asset's ``BackfillPolicy``:
+    each stretch of consecutive partitions (in the order of ``all_regions``, the partition
+    keys) cut into runs of at most ``per_run``; ``ocr deploy`` makes the very same runs."""
+    chosen = set(regions)
+    stretches: list[list[str]] = [[]]
+    for region in all_regions:
+        if region in chosen:
+            stretches[-1].append(region)
+        elif stretches[-1]:
+            stretches.append([])
+    return [s[i : i + per_run] for s in stretches for i in range(0, len(s), per_run)]

@@ -17,6 +17,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -166,6 +168,31 @@ class ComputeSession:
         if self.client is None:
             return task(*args)
         return self.client.submit(task, *args, pure=False).result()
+
+    def start(self, fn: Callable, *args: Any) -> Any:
+        """Start ``fn(*args)`` and return its future at once (futures among ``args`` are
+        waited for first, on the cluster); here, when there is no cluster, it runs now and
+        returns a finished future."""
+        task = partial(_limited, self.threads, fn)
+        if self.client is not None:
+            return self.client.submit(task, *args, pure=False)
+        done: Future = Future()
+        try:
+            done.set_result(task(*(a.result() if isinstance(a, Future) else a for a in args)))
+        except Exception as exc:  # handed to whoever waits on the future
+            done.set_exception(exc)
+        return done
+
+    def first_done(self, futures: list[Any], timeout: float | None) -> set[Any]:
+        """The futures of ``futures`` that are done, waiting up to ``timeout`` s for one."""
+        if self.client is None:
+            return set(wait_futures(futures, timeout, FIRST_COMPLETED).done)
+        from dask.distributed import wait
+
+        try:
+            return set(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
+        except TimeoutError:
+            return set()
 
     def map(self, fn: Callable, *iterables: Any) -> list[Any]:
         """Run ``fn`` over the arguments in parallel on the cluster (in order here)."""

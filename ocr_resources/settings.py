@@ -54,6 +54,9 @@ class OcrSettings(BaseSettings):
     storage_root: str = Field(description="local folder or s3://bucket/prefix")
     version: str | None = Field(default=None, description="production only: semantic version")
     process_retries: int = Field(default=2, ge=0, le=10)
+    # regions per region run (and so per cluster): a backfill or deploy of N regions makes
+    # ⌈N / regions_per_run⌉ runs per contiguous stretch of region ids
+    regions_per_run: int = Field(default=8, ge=1, le=1000)
     region_catalog: RegionCatalog = "sample"
     model_variant: ModelVariantName = DEFAULT_MODEL_VARIANT
     sample_seed: int = 20250

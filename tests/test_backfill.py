@@ -13,7 +13,10 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 
+from ocr_jobs.definitions import region_partitions
 from ocr_jobs.deploy import instance_home
+from ocr_jobs.deploy.runner import PARTITION_TAG, RANGE_TAGS, partition_tags
+from ocr_jobs.jobs import region_runs
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import _local_env
@@ -106,7 +109,20 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             first = launched["backfillId"]
             assert _wait(instance, first) != BulkActionStatus.COMPLETED_SUCCESS
+            # the region runs are those ocr deploy makes for the same regions (BackfillPolicy):
+            # y0_x0 alone, then y1_x1…y1_x2 in one run, on one cluster
+            keys = (PARTITION_TAG, *RANGE_TAGS)
+            region_tags = [
+                {k: r.tags[k] for k in keys if k in r.tags} for r in _runs(instance, first)
+            ]
+            expected = region_runs(
+                region_partitions(settings).get_partition_keys(), REGIONS, settings.regions_per_run
+            )
+            assert sorted(map(str, filter(None, region_tags))) == sorted(
+                map(str, map(partition_tags, expected))
+            )
             raster = dg.AssetKey("region_risk_raster")
+            # y1_x2 failed; y1_x1, in the same run, is materialized all the same
             assert instance.get_materialized_partitions(raster) == {"y0_x0", "y1_x1"}
             assert (
                 instance.get_latest_materialization_event(dg.AssetKey("buildings_geoparquet"))

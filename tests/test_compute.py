@@ -184,6 +184,59 @@ def test_cluster_is_closed_after_a_failure(fake_coiled):
     assert fake_coiled.created[0].closed
 
 
+@pytest.mark.parametrize(
+    ("regions", "per_run", "runs"),
+    [
+        # 7 consecutive regions, 3 per run: ⌈7 / 3⌉ = 3 runs, so 3 clusters
+        (["y0_x0", "y0_x1", "y0_x2", "y0_x3", "y0_x4", "y0_x5", "y1_x0"], 3, 3),
+        # a gap (y0_x2 already done): each stretch is cut on its own, as Dagster's BackfillPolicy
+        (["y0_x0", "y0_x1", "y0_x3"], 8, 2),
+    ],
+)
+def test_region_runs_open_one_coiled_cluster_per_run(
+    fake_coiled, local_settings, monkeypatch, regions, per_run, runs
+):
+    """The deploy's (and a backfill's) runs of N regions open ⌈N / k⌉ clusters (per stretch of
+    consecutive regions), counted at coiled.Cluster; a region retried after a transient error
+    is retried on its run's cluster, not on a new one."""
+    from ocr_assets import regions as region_module
+    from ocr_jobs.deploy.runner import partition_tags
+    from ocr_jobs.jobs import region_runs
+
+    real, calls = region_module.assemble_region_rasters, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("transient read error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(region_module, "assemble_region_rasters", flaky)
+    settings = local_settings.model_copy(
+        update={
+            "compute_backend": "coiled",
+            "coiled_software": "ocr-env",
+            "regions_per_run": per_run,
+        }
+    )
+    defs = build_definitions(settings)
+    partitions = defs.resolve_job_def(REGION_JOB).partitions_def.get_partition_keys()
+    planned = region_runs(partitions, regions, per_run)
+    assert len(planned) == runs and sorted(r for run in planned for r in run) == sorted(regions)
+    with dg.instance_for_test() as instance:
+        for run in planned:
+            result = defs.resolve_job_def(REGION_JOB).execute_in_process(
+                instance=instance, tags=partition_tags(run)
+            )
+            assert result.success
+        assert instance.get_materialized_partitions(dg.AssetKey("region_buildings")) == set(regions)
+    assert len(fake_coiled.created) == runs
+    assert len(calls) == len(regions) + 1  # one retry
+    for cluster in fake_coiled.created:
+        assert cluster.closed
+        assert cluster.kwargs["worker_vm_types"] == [PROFILES["region_risk_raster"].vm_type]
+
+
 def test_profile_overrides_by_config():
     compute = OcrCompute(overrides={"building_pmtiles": {"vm_type": "c8g.16xlarge"}})
     _, profile = compute.profile_for(PROFILES["building_pmtiles"].tags("building_pmtiles"))

@@ -1,6 +1,7 @@
 """Phase 01 through Dagster: partitions, outputs, metadata, retries."""
 
 import json
+import time
 
 import dagster as dg
 import geopandas as gpd
@@ -80,12 +81,25 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
         assert (gdf["GEOID"].str.len() == 15).all()
 
 
+def _range(settings, first, last, instance):
+    """A run of a range of regions, as a UI backfill (BackfillPolicy) or ocr deploy makes it."""
+    job = build_definitions(settings).resolve_job_def(REGION_JOB)
+    return job.execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+        raise_on_error=False,
+    )
+
+
 def test_retry_recovers_within_the_same_run(local_settings, monkeypatch):
     real = region_module.assemble_region_rasters
     calls = []
 
     def flaky(*args, **kwargs):
-        calls.append(1)
+        calls.append(time.monotonic())
         if len(calls) == 1:
             raise OSError("transient read error")
         return real(*args, **kwargs)
@@ -94,37 +108,93 @@ def test_retry_recovers_within_the_same_run(local_settings, monkeypatch):
     with dg.instance_for_test() as instance:
         result = _run(local_settings, "y0_x1", instance)
         assert result.success
+        # the region is retried inside the step, on the cluster it already has
         events = [e.event_type for e in result.all_events]
-        assert dg.DagsterEventType.STEP_UP_FOR_RETRY in events
-        assert dg.DagsterEventType.STEP_RESTARTED in events
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
+        records = instance.get_records_for_run(result.run_id).records
+        text = "\n".join(r.event_log_entry.user_message for r in records)
+        assert "region y0_x1 failed on attempt 1: transient read error; retrying in 5 s" in text
         assert instance.get_materialized_partitions(RASTER) == {"y0_x1"}
-    assert len(calls) == 2
+    assert len(calls) == 2 and calls[1] - calls[0] >= 5
 
 
 def test_region_that_always_fails_fails_the_run_naming_it(local_settings, monkeypatch):
+    calls = []
+
     def broken(*args, **kwargs):
+        calls.append(time.monotonic())
         raise ValueError("corrupt chunk")
 
     monkeypatch.setattr(region_module, "assemble_region_rasters", broken)
-    settings = local_settings.model_copy(update={"process_retries": 1})
+    settings = local_settings.model_copy(update={"process_retries": 2})
     with dg.instance_for_test() as instance:
         result = _run(settings, "y2_x0", instance)
         assert not result.success
-        retries = [
-            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
-        ]
-        assert len(retries) == 1
+        # its own retries spent (5 s, then 10 s), the step is not retried whole
+        events = [e.event_type for e in result.all_events]
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
         failure = next(
             e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
         )
-        message = (
-            failure.step_failure_data.error.cause.message
-            if failure.step_failure_data.error.cause
-            else ""
-        )
-        text = failure.step_failure_data.error.message + message
-        assert "region y2_x0 failed on attempt 2" in text and "corrupt chunk" in text
+        text = failure.step_failure_data.user_failure_data.description
+        assert "region y2_x0 failed on attempt 3" in text and "corrupt chunk" in text
         assert instance.get_materialized_partitions(RASTER) == set()
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 5 and calls[2] - calls[1] >= 10
+
+
+def test_a_range_run_writes_each_region_and_isolates_a_failing_one(
+    local_settings, sample_grid, monkeypatch
+):
+    """Three regions in one run: two succeed with their own metadata, one fails after its
+    retries; the run fails naming it, and the two stay materialized."""
+    real = region_module.region_buildings_table
+
+    def fails_for_one(grid, region, *args):
+        if region.region_id == "y1_x1":
+            raise OSError("disk full")
+        return real(grid, region, *args)
+
+    monkeypatch.setattr(region_module, "region_buildings_table", fails_for_one)
+    settings = local_settings.model_copy(update={"process_retries": 0})
+    with dg.instance_for_test() as instance:
+        result = _range(settings, "y1_x0", "y1_x2", instance)
+        assert not result.success
+        failure = next(
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        )
+        text = failure.step_failure_data.user_failure_data.description
+        assert "region y1_x1 failed on attempt 1: disk full" in text
+        assert "y1_x0" not in text and "y1_x2" not in text
+        for key in (RASTER, BUILDINGS):
+            assert instance.get_materialized_partitions(key) == {"y1_x0", "y1_x2"}
+        for partition in ("y1_x0", "y1_x2"):
+            meta = (
+                instance.fetch_materializations(
+                    dg.AssetRecordsFilter(RASTER, asset_partitions=[partition]), limit=1
+                )
+                .records[0]
+                .asset_materialization.metadata
+            )
+            assert meta["region_id"].value == partition
+            assert meta["pixels"].value == int(np.prod(sample_grid.region(partition).shape))
+
+
+def test_a_range_run_materializes_every_region_with_its_own_metadata(local_settings, sample_grid):
+    with dg.instance_for_test() as instance:
+        result = _range(local_settings, "y0_x0", "y0_x3", instance)
+        assert result.success
+        expected = {"y0_x0", "y0_x1", "y0_x2", "y0_x3"}
+        assert instance.get_materialized_partitions(BUILDINGS) == expected
+        for partition in expected:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(BUILDINGS, asset_partitions=[partition]), limit=5
+            ).records
+            assert len(records) == 1  # one event per region and asset, no duplicate
+            meta = records[0].asset_materialization.metadata
+            assert meta["path"].value.endswith(f"{partition}.parquet")
+            written = len(gpd.read_parquet(meta["path"].value))
+            assert meta["buildings_written"].value == written
 
 
 def test_retry_policy_is_5_s_times_attempt(local_settings):

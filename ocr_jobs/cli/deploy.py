@@ -37,6 +37,14 @@ def deploy(
     regions_only: Annotated[
         bool, typer.Option(help="Stop after the regions (batches before one downstream run).")
     ] = False,
+    redeploy_stale: Annotated[
+        bool,
+        typer.Option(
+            "--redeploy-stale",
+            help="Also redo the regions whose inputs or fire model changed since they were "
+            "materialized (the report lists them).",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -59,6 +67,7 @@ def deploy(
         wipe=wipe,
         allow_all_processed=allow_all_processed,
         regions_only=regions_only,
+        redeploy_stale=redeploy_stale,
         verbose=verbose,
     )
     # the input, root and tool checks are refusals (DeployRefused, exit 2); later failures are

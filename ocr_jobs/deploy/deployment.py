@@ -13,10 +13,17 @@ import dagster as dg
 
 from ocr_assets.constants import REGION_BUILDINGS
 from ocr_assets.inputs import REGION_INPUTS
+from ocr_assets.science.model_version import model_code_version
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
-from ocr_jobs.definitions import build_definitions
+from ocr_jobs.definitions import build_definitions, region_partitions
 from ocr_jobs.deploy.lock import DeploymentLock
-from ocr_jobs.deploy.plan import DeployError, DeployPlan, DeployRefused, RegionReport
+from ocr_jobs.deploy.plan import (
+    DeployError,
+    DeployPlan,
+    DeployRefused,
+    RegionReport,
+    stale_regions,
+)
 from ocr_jobs.deploy.runner import (
     RunOutcome,
     execute,
@@ -28,11 +35,14 @@ from ocr_jobs.deploy.runner import (
 from ocr_jobs.jobs import (
     DOWNSTREAM_CORE_JOB,
     DOWNSTREAM_JOB,
+    OBSERVE_JOB,
     REGION_JOB,
     downstream_run,
     materializable_asset_keys,
+    region_runs,
 )
 from ocr_jobs.run_log import CONSOLE_QUIET, CONSOLE_VERBOSE, RunLogging
+from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 
 
@@ -47,10 +57,10 @@ class DeployProgress(Protocol):
         """A line of the report (wipe, region counts, resumption)."""
 
     def regions_started(self, total: int) -> None:
-        """``total`` region runs are about to start."""
+        """``total`` regions are about to start."""
 
     def region_finished(self, outcome: RunOutcome) -> None:
-        """One region run ended, successfully or not."""
+        """One region ended, successfully or not (its run may hold others)."""
 
 
 @dataclass
@@ -95,10 +105,11 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
     return pointer
 
 
-def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> set[str]:
+def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> dict[str, dict]:
     """Regions whose latest ``region_buildings`` materialization in this environment's
-    instance wrote this storage's path (so another production version's runs don't count)."""
-    latest: dict[str, str] = {}
+    instance wrote this storage's path (so another production version's runs don't count),
+    with that materialization's metadata values (its provenance among them)."""
+    latest: dict[str, dict] = {}
     cursor = None
     while True:
         page = instance.fetch_materializations(
@@ -107,13 +118,29 @@ def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> s
         for record in page.records:
             materialization = record.asset_materialization
             if materialization.partition and materialization.partition not in latest:
-                latest[materialization.partition] = str(materialization.metadata["path"].value)
+                latest[materialization.partition] = {
+                    k: v.value for k, v in materialization.metadata.items()
+                }
         if not page.has_more:
             break
         cursor = page.cursor
     return {
-        region for region, path in latest.items() if path == storage.layout.region_buildings(region)
+        region: meta
+        for region, meta in latest.items()
+        if str(meta["path"]) == storage.layout.region_buildings(region)
     }
+
+
+def observe_inputs(
+    instance: dg.DagsterInstance, settings: OcrSettings, storage: OcrStorage, logging: RunLogging
+) -> dict[str, dict[str, str]]:
+    """Record the inputs' data versions in the instance (the UI's staleness follows them) and
+    return the region inputs' versions per region (input -> region -> version)."""
+    outcome = execute(instance, settings, OBSERVE_JOB, logging=logging)
+    if not outcome.success:
+        raise DeployError(f"observing the inputs failed: {outcome.error}")
+    regions = region_partitions(settings).get_partition_keys()
+    return {key: storage.region_input_versions(key, regions) for key in REGION_INPUTS}
 
 
 def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
@@ -143,6 +170,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     lock.acquire()
     try:
         defs = build_definitions(settings)
+        valid_all = region_partitions(settings).get_partition_keys()
         with open_instance(home) as instance:
             if options.wipe:
                 wiped = storage.wipe_environment()
@@ -150,14 +178,23 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 progress.say(
                     f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
                 )
+            logging = _run_logging(home, options.verbose)
+            result_log = logging.file
             done = materialized_regions(instance, storage)
             valid = plan.selection.valid
+            stale = stale_regions(
+                {r: done[r] for r in valid if r in done},
+                observe_inputs(instance, settings, storage, logging),
+                model_code_version(settings.model_variant),
+            )
+            redo = stale if options.redeploy_stale else {}
             report = RegionReport(
                 plan.selection,
                 materialized=[r for r in valid if r in done],
-                remaining=[r for r in valid if r not in done],
+                remaining=[r for r in valid if r not in done or r in redo],
+                stale=stale,
             )
-            result = DeployResult(report)
+            result = DeployResult(report, log_file=result_log)
             for line in report.lines():
                 progress.say(line)
             job, keys = downstream_run(options.optional_assets, defs)
@@ -171,17 +208,23 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 result.stopped = (
                     "every selected region is already materialized in this environment; "
                     "nothing to do (pass --allow-all-processed to rebuild the downstream "
-                    "assets anyway)"
+                    "assets anyway"
+                    + (", --redeploy-stale to redo the stale regions)" if stale else ")")
                 )
                 return result
+            # the runs a UI backfill of the same regions makes (the asset's BackfillPolicy)
+            runs = region_runs(valid_all, report.remaining, settings.regions_per_run)
+            if runs:
+                progress.say(
+                    f"{len(report.remaining)} region(s) in {len(runs)} run(s) of up to "
+                    f"{settings.regions_per_run} (OCR_REGIONS_PER_RUN), one cluster each"
+                )
             progress.regions_started(len(report.remaining))
-            logging = _run_logging(home, options.verbose)
-            result.log_file = logging.file
             outcomes = run_partitions(
                 home,
                 settings,
                 REGION_JOB,
-                report.remaining,
+                runs,
                 settings.deploy_parallel,
                 progress.region_finished,
                 logging,

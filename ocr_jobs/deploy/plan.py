@@ -4,6 +4,7 @@ optional assets the flags ask for, and the plan ``--dry-run`` prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ocr_assets.constants import OPTIONAL_ASSETS, REGIONAL_ANALYSIS_FILES, RISK_PYRAMID
 from ocr_assets.science.regions import RegionSelection, select_regions
@@ -35,6 +36,7 @@ class DeployOptions:
     wipe: bool = False
     allow_all_processed: bool = False
     regions_only: bool = False
+    redeploy_stale: bool = False  # also redo regions whose inputs or model changed
     verbose: bool = False  # the runs' Dagster events on the console too (always in the log file)
 
     @property
@@ -121,16 +123,43 @@ class RegionReport:
     selection: RegionSelection
     materialized: list[str]
     remaining: list[str]
+    # materialized regions whose inputs or model changed since, with why
+    stale: dict[str, list[str]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
+        stale = [f"  {r}: {', '.join(why)}" for r, why in self.stale.items()]
         return [
             f"provided: {len(self.selection.provided)}",
             f"valid: {len(self.selection.valid)}",
             f"invalid: {len(self.selection.invalid)}"
             + (f" ({', '.join(self.selection.invalid)})" if self.selection.invalid else ""),
             f"already materialized in this environment: {len(self.materialized)}",
+            f"stale (inputs or model changed since): {len(self.stale)}",
+            *stale,
             f"remaining: {len(self.remaining)}",
         ]
+
+
+def stale_regions(
+    recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, str]], code_version: str
+) -> dict[str, list[str]]:
+    """Regions whose recorded provenance (their latest materialization's ``model_code_version``
+    and ``input_data_versions``) differs from now (``current``: input -> region -> version),
+    each with the changes that make it stale, in ``recorded``'s order."""
+    stale: dict[str, list[str]] = {}
+    for region, meta in recorded.items():
+        why = []
+        if meta.get("model_code_version") != code_version:
+            why.append(f"model {meta.get('model_code_version')} -> {code_version}")
+        versions = meta.get("input_data_versions") or {}
+        why += [
+            f"{key} changed"
+            for key, by_region in current.items()
+            if versions.get(key) != by_region.get(region)
+        ]
+        if why:
+            stale[region] = why
+    return stale
 
 
 def output_locations(

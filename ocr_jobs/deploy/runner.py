@@ -31,6 +31,18 @@ class RunOutcome:
     error: str = ""
 
 
+PARTITION_TAG = "dagster/partition"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def partition_tags(regions: list[str]) -> dict[str, str]:
+    """The tags of a run of these regions (consecutive partitions), as a UI backfill tags it:
+    one partition, or a range."""
+    if len(regions) == 1:
+        return {PARTITION_TAG: regions[0]}
+    return dict(zip(RANGE_TAGS, (regions[0], regions[-1]), strict=True))
+
+
 PG_URL_ENV = "OCR_DAGSTER_PG_URL"
 POSTGRES_STORAGE = f"""
 # shared environment: run history and asset status in PostgreSQL; ${PG_URL_ENV} holds
@@ -84,18 +96,18 @@ def execute(
     instance: dg.DagsterInstance,
     settings: OcrSettings,
     job_name: str,
-    partition: str | None = None,
+    regions: list[str] | None = None,
     asset_keys: list[str] | None = None,
     resume_run_id: str | None = None,
     logging: RunLogging = DEFAULT_LOGGING,
 ) -> RunOutcome:
-    """One Dagster run of a job (one partition, or a subset of its assets); with
-    ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps only.
-    ``logging``: how loud the console is, and the file that gets every event."""
+    """One Dagster run of a job (consecutive region partitions, or a subset of its assets);
+    with ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps
+    only. ``logging``: how loud the console is, and the file that gets every event."""
     result = dg.execute_job(
         reconstructable_job(settings, job_name),
         instance=instance,
-        tags={"dagster/partition": partition} if partition else None,
+        tags=partition_tags(regions) if regions else None,
         asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
         run_config=logging.run_config(),
         reexecution_options=(
@@ -104,7 +116,35 @@ def execute(
         raise_on_error=False,
     )
     error = "" if result.success else "; ".join(_failures(result.all_events)) or "run failed"
-    return RunOutcome(partition or job_name, result.success, result.run_id, error)
+    label = (regions[0] if len(regions) == 1 else f"{regions[0]}…{regions[-1]}") if regions else ""
+    return RunOutcome(label or job_name, result.success, result.run_id, error)
+
+
+def execute_regions(
+    instance: dg.DagsterInstance,
+    settings: OcrSettings,
+    job_name: str,
+    regions: list[str],
+    logging: RunLogging = DEFAULT_LOGGING,
+) -> list[RunOutcome]:
+    """One run of consecutive regions; an outcome per region: it succeeded when the run
+    materialized it, whatever happened to its siblings."""
+    outcome = execute(instance, settings, job_name, regions, logging=logging)
+    records = instance.get_records_for_run(
+        outcome.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    done = {r.event_log_entry.dagster_event.partition for r in records}
+    return [
+        RunOutcome(region, region in done, outcome.run_id, _region_error(outcome.error, region))
+        for region in regions
+    ]
+
+
+def _region_error(error: str, region: str) -> str:
+    """The part of a run's error about one region (the step names each failed region)."""
+    parts = [p.strip() for p in error.split("; ")]
+    own = [p for p in parts if f"region {region} " in p]
+    return "; ".join(own) or error
 
 
 def failed_run_to_resume(
@@ -146,15 +186,15 @@ def _failures(events: list[Any]) -> list[str]:
 def _serve_runs(
     conn: Connection, home: str, settings: OcrSettings, job_name: str, logging: RunLogging
 ) -> None:
-    """Worker process body: run the partitions it is sent, one at a time, sending back each
-    outcome; imports and the instance are paid once per worker, not once per partition."""
+    """Worker process body: run the region runs it is sent, one at a time, sending back their
+    regions' outcomes; imports and the instance are paid once per worker, not once per run."""
     with open_instance(Path(home)) as instance:
-        while (partition := conn.recv()) is not None:
-            conn.send(execute(instance, settings, job_name, partition, logging=logging))
+        while (regions := conn.recv()) is not None:
+            conn.send(execute_regions(instance, settings, job_name, regions, logging))
 
 
 def mark_dead_runs_failed(
-    instance: dg.DagsterInstance, job_name: str, partition: str, exitcode: int | None
+    instance: dg.DagsterInstance, job_name: str, regions: list[str], exitcode: int | None
 ) -> str:
     """A run whose process died (killed, out of memory) stays STARTED in the instance; record
     it failed, as Dagster's run monitoring would, so the UI and the next deploy see it."""
@@ -162,9 +202,7 @@ def mark_dead_runs_failed(
     status = dg.DagsterRunStatus
     live = [status.NOT_STARTED, status.STARTING, status.STARTED]
     runs = instance.get_runs(
-        filters=dg.RunsFilter(
-            job_name=job_name, statuses=live, tags={"dagster/partition": partition}
-        )
+        filters=dg.RunsFilter(job_name=job_name, statuses=live, tags=partition_tags(regions))
     )
     for run in runs:
         instance.report_run_failed(run, message)
@@ -175,24 +213,25 @@ def mark_dead_runs_failed(
 class _Worker:
     process: Any
     conn: Connection
-    partition: str | None = None
+    regions: list[str] | None = None  # the regions of the run it is doing
 
 
 def run_partitions(
     home: Path,
     settings: OcrSettings,
     job_name: str,
-    partitions: list[str],
+    runs: list[list[str]],
     max_parallel: int,
     on_done: Callable[[RunOutcome], None] | None = None,
     logging: RunLogging = DEFAULT_LOGGING,
 ) -> list[RunOutcome]:
-    """Run each partition as its own Dagster run in the instance at ``home``, at most
-    ``max_parallel`` at a time, in worker processes. A worker that dies (killed, out of memory)
-    fails only the partition it was running, which is recorded failed; a fresh worker takes
-    its place."""
+    """Each list of consecutive regions as one Dagster run in the instance at ``home``, at most
+    ``max_parallel`` runs at a time, in worker processes; an outcome per region. A worker that
+    dies (killed, out of memory) fails only the run it was doing, which is recorded failed; a
+    fresh worker takes its place."""
+    partitions = [r for run in runs for r in run]
     context = multiprocessing.get_context("spawn")
-    waiting = list(reversed(partitions))
+    waiting = list(reversed(runs))
     workers: list[_Worker] = []
     outcomes: list[RunOutcome] = []
 
@@ -205,23 +244,24 @@ def run_partitions(
         child.close()
         return _Worker(process, conn)
 
-    def finish(worker: _Worker, outcome: RunOutcome) -> None:
-        worker.partition = None
-        outcomes.append(outcome)
-        if on_done:
-            on_done(outcome)
+    def finish(worker: _Worker, finished: list[RunOutcome]) -> None:
+        worker.regions = None
+        for outcome in finished:
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
 
     # opening the instance creates its storage once, before workers race to create its tables
     with open_instance(home) as instance:
         try:
-            while waiting or any(w.partition for w in workers):
+            while waiting or any(w.regions for w in workers):
                 while waiting and len(workers) < max(1, max_parallel):
                     workers.append(start_worker())
                 for worker in workers:
-                    if worker.partition is None and waiting:
-                        worker.partition = waiting.pop()
-                        worker.conn.send(worker.partition)
-                busy = [w for w in workers if w.partition]
+                    if worker.regions is None and waiting:
+                        worker.regions = waiting.pop()
+                        worker.conn.send(worker.regions)
+                busy = [w for w in workers if w.regions]
                 ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
                     if worker.conn in ready and worker.conn.poll():
@@ -232,10 +272,10 @@ def run_partitions(
                             pass
                     if worker.conn in ready or worker.process.sentinel in ready:
                         worker.process.join()
-                        partition = worker.partition
+                        regions = worker.regions
                         code = worker.process.exitcode
-                        error = mark_dead_runs_failed(instance, job_name, partition, code)
-                        finish(worker, RunOutcome(partition, False, "", error))
+                        error = mark_dead_runs_failed(instance, job_name, regions, code)
+                        finish(worker, [RunOutcome(r, False, "", error) for r in regions])
                         workers.remove(worker)
         finally:
             for worker in workers:

@@ -2,7 +2,8 @@
 
 ``OcrStorage`` is one Dagster resource assembled from the modules beside it, each one kind of
 I/O: ``files`` (atomic writes, exclusive create, wipe), ``vector`` (GeoParquet, streamed
-Parquet), ``raster_store`` (Zarr), ``inputs`` (the inputs' checks), ``regions`` (a region's inputs).
+Parquet), ``raster_store`` (Zarr), ``inputs`` (the inputs' checks), ``regions`` (a region's
+inputs), ``fingerprints`` (the inputs' data versions per region).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dagster import ConfigurableResource
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
 from ocr_resources.storage.files import StorageRootError
+from ocr_resources.storage.fingerprints import InputFingerprints
 from ocr_resources.storage.inputs import InputDataError
 from ocr_resources.storage.raster_store import RasterStore
-from ocr_resources.storage.regions import RegionReader, wind_row_blocks
+from ocr_resources.storage.regions import wind_row_blocks
 from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS
 
 __all__ = [
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-class OcrStorage(RegionReader, RasterStore, ConfigurableResource):
+class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
     """Storage root, environment and version; resolves paths and owns every read and write."""
 
     root: str

@@ -1,0 +1,217 @@
+"""What a region costs through each door: a UI backfill vs ``ocr deploy``, and one full-size
+region on its own through ``dagster asset materialize`` (issue 16).
+
+    .venv/bin/python -m bench.ui_path            # sample (20 regions) + full size (2 regions)
+    .venv/bin/python -m bench.ui_path --quick    # sample only (~3 minutes)
+
+Every measurement is what a user pays, cold: a fresh storage root and instance, process
+start-up, cluster start-up and writes included.
+
+- ``deploy``: ``ocr deploy --regions-only`` over the regions, whole command; per region =
+  wall / N.
+- ``ui_backfill``: the daemon ``dagster dev`` runs (started before the clock, as a running UI
+  has it) and a partition backfill launched through the UI's GraphQL mutation; the clock runs
+  from the launch until the backfill is done; per region = wall / N. The runs' own time
+  (first run start → last run end) is reported beside it.
+- ``materialize_one`` (full size): ``dagster asset materialize`` of one region; the time
+  outside the region's own work = command wall − the region's stages (its metadata), and the
+  same inside the run (run start → end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from ocr_jobs.deploy import instance_home, open_instance
+from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.sample_data import SampleSpec, write_sample_data
+from ocr_resources.settings import load_settings
+from ocr_resources.storage import OcrStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SAMPLE = SampleSpec()
+# two regions of the full CONUS size (6000 × 4500 pixels of 1 arc-second), 60k buildings each
+FULL = SampleSpec(
+    chunk_lat=6000, chunk_lon=4500, n_chunks_lat=1, n_chunks_lon=2, n_buildings=120_000
+)
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def region_ids(spec: SampleSpec) -> list[str]:
+    """The catalog's valid regions that the grid holds."""
+    grid = {f"y{y}_x{x}" for y in range(spec.n_chunks_lat) for x in range(spec.n_chunks_lon)}
+    return [r for r in load_valid_region_ids("sample") if r in grid]
+
+
+def environment(inputs: Path, folder: Path, name: str) -> tuple[Path, Path]:
+    """A fresh storage root over the shared inputs, its env file and its instance home."""
+    root = folder / name
+    root.mkdir(parents=True)
+    os.symlink(inputs / "input", root / "input")
+    env = folder / f"{name}.env"
+    env.write_text(
+        f"OCR_ENVIRONMENT=qa\nOCR_STORAGE_ROOT={root}\nOCR_REGION_CATALOG=sample\n"
+        f"OCR_DAGSTER_HOME_ROOT={folder / (name + '-dagster')}\n"
+    )
+    return env, instance_home(load_settings(env))
+
+
+def own_work(home: Path) -> dict[str, float]:
+    """Each region's own work: the sum of its stages (its materialization's metadata)."""
+    with open_instance(home) as instance:
+        records = instance.fetch_materializations(
+            dg.AssetKey("region_risk_raster"), limit=1000
+        ).records
+        return {
+            r.partition_key: sum(
+                r.asset_materialization.metadata["seconds_per_stage"].value.values()
+            )
+            - 0.0
+            for r in records
+        }
+
+
+def run_span(home: Path) -> float:
+    """First run start → last run end, in the instance at ``home``."""
+    with open_instance(home) as instance:
+        records = instance.get_run_records()
+        return max(r.end_time for r in records) - min(r.start_time for r in records)
+
+
+def deploy(inputs: Path, folder: Path, regions: list[str]) -> dict:
+    env, home = environment(inputs, folder, "deploy")
+    argv = [str(BIN / "ocr"), "deploy", "--env-file", str(env), "--regions-only"]
+    argv += [a for r in regions for a in ("--region-id", r)]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    work = own_work(home)
+    return _summary(wall, len(regions), work, run_span(home))
+
+
+def ui_backfill(inputs: Path, folder: Path, regions: list[str]) -> dict:
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    env, home = environment(inputs, folder, "ui")
+    process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
+    workspace_file = str(ROOT / "workspace.yaml")
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", workspace_file],
+        cwd=ROOT,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(OCR_ENV_FILE=str(env), DAGSTER_HOME=str(home))
+    try:
+        with (
+            dg.DagsterInstance.get() as instance,
+            WorkspaceProcessContext(instance, WorkspaceFileTarget([workspace_file])) as workspace,
+        ):
+            time.sleep(15)  # the daemon is up, as it is under a running `dagster dev`
+            context = workspace.create_request_context()
+            keys = [{"path": ["region_risk_raster"]}, {"path": ["region_buildings"]}]
+            start = time.perf_counter()
+            launched = execute_dagster_graphql(
+                context, LAUNCH, {"params": {"partitionNames": regions, "assetSelection": keys}}
+            ).data["launchPartitionBackfill"]
+            backfill = launched["backfillId"]
+            while instance.get_backfill(backfill).status == BulkActionStatus.REQUESTED:
+                time.sleep(0.5)
+            wall = time.perf_counter() - start
+            status = instance.get_backfill(backfill).status
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill}))
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    result = _summary(wall, len(regions), own_work(home), run_span(home))
+    return {**result, "status": str(status), "runs": len(runs)}
+
+
+def materialize_one(inputs: Path, folder: Path, region: str) -> dict:
+    env, home = environment(inputs, folder, "one")
+    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "ocr_jobs.definitions"]
+    argv += ["--select", "region_risk_raster,region_buildings", "--partition", region]
+    start = time.perf_counter()
+    subprocess.run(
+        argv,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)},
+    )
+    wall = time.perf_counter() - start
+    work = own_work(home)[region]
+    span = run_span(home)
+    return {
+        "wall_s": round(wall, 2),
+        "own_work_s": round(work, 2),
+        "outside_own_work_s": round(wall - work, 2),
+        "run_s": round(span, 2),
+        "outside_own_work_in_run_s": round(span - work, 2),
+    }
+
+
+def _summary(wall: float, n: int, work: dict[str, float], span: float) -> dict:
+    return {
+        "regions": n,
+        "wall_s": round(wall, 2),
+        "per_region_s": round(wall / n, 2),
+        "runs_span_s": round(span, 2),
+        "own_work_sum_s": round(sum(work.values()), 2),
+    }
+
+
+def bench(name: str, spec: SampleSpec, folder: Path, single: bool) -> dict:
+    inputs = folder / "inputs"
+    start = time.perf_counter()
+    write_sample_data(OcrStorage(root=str(inputs)), spec)
+    regions = region_ids(spec)
+    out: dict = {"size": name, "window": [spec.chunk_lat, spec.chunk_lon], "regions": regions}
+    out["inputs_s"] = round(time.perf_counter() - start, 1)
+    out["deploy"] = deploy(inputs, folder, regions)
+    out["ui_backfill"] = ui_backfill(inputs, folder, regions)
+    out["ui_over_deploy"] = round(
+        out["ui_backfill"]["per_region_s"] / out["deploy"]["per_region_s"], 2
+    )
+    if single:
+        out["materialize_one"] = materialize_one(inputs, folder, regions[0])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the sample only")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("ui_path_results.jsonl")))
+    args = parser.parse_args()
+    sizes = [("sample", SAMPLE, False)] + ([] if args.quick else [("full", FULL, True)])
+    for name, spec, single in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            result = bench(name, spec, Path(folder), single)
+        print(json.dumps(result, indent=1))
+        with open(args.out, "a") as f:
+            f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

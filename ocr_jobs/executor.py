@@ -1,0 +1,44 @@
+"""The code location's executor: a run of one step runs it in the run's own process, a run of
+several steps gives each its own process (Dagster's multiprocess executor).
+
+A region run — from a UI backfill, ``dagster asset materialize`` or ``ocr deploy`` — is one
+step; a subprocess for it would import the whole scientific stack a second time (~4 s) for no
+isolation the run's own process does not already give. The downstream runs keep their steps
+side by side in processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+
+class StepCountExecutor(dg.Executor):
+    """In process for a one-step plan, multiprocess otherwise (same retry mode for both)."""
+
+    def __init__(self, in_process: dg.Executor, multiprocess: dg.Executor) -> None:
+        self._in_process = in_process
+        self._multiprocess = multiprocess
+
+    @property
+    def retries(self) -> Any:
+        return self._multiprocess.retries
+
+    def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+        single = len(execution_plan.step_keys_to_execute) == 1
+        chosen = self._in_process if single else self._multiprocess
+        return chosen.execute(plan_context, execution_plan)
+
+
+@dg.executor(
+    name="in_process_when_one_step",
+    config_schema=dg.multiprocess_executor.config_schema,
+    requirements=dg.multiple_process_executor_requirements(),
+)
+def in_process_when_one_step(init_context: dg.InitExecutorContext) -> dg.Executor:
+    """Dagster's multiprocess executor (same config), except for runs of a single step."""
+    return StepCountExecutor(
+        dg.in_process_executor.executor_creation_fn(init_context),
+        dg.multiprocess_executor.executor_creation_fn(init_context),
+    )

@@ -1,0 +1,218 @@
+"""Cheap fingerprints of the inputs, per region: what the inputs' observations report as data
+versions, so Dagster (and ``ocr deploy``) can tell which regions' inputs changed.
+
+Metadata only, never values: a Zarr input is fingerprinted by the objects (chunks or shards)
+its region reads — each object's ETag on S3, else its size and modification time — plus the
+array's own metadata; GeoParquet by the footer's row groups whose bounding box meets the region
+(row count, byte sizes and column statistics). One listing of each store serves every region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from pyproj import CRS, Transformer
+
+from ocr_assets.science.fire_model import YEARS
+from ocr_assets.science.regions import HALO_DEG, RegionGrid, RegionIdError
+from ocr_resources.layout import InputSpec
+from ocr_resources.storage.regions import RegionReader
+
+# cells kept around a region's window in a projected input (its read takes a margin for the
+# gap-fill and the warp's neighbourhood; generous, so a change that can matter is never missed)
+PROJECTED_MARGIN_CELLS = 8
+_BOUNDARY_POINTS = 21  # per edge, when a region's box is taken into another CRS
+
+
+def _digest(parts: Iterable[Any]) -> str:
+    return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:16]
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    """What changes when an object is rewritten: its ETag on S3, else size and mtime."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    return (
+        f"{info.get('size')}-{info.get('mtime') or info.get('LastModified') or info.get('created')}"
+    )
+
+
+def _projected_window(
+    bounds: tuple[float, float, float, float],
+    to_store: Transformer,
+    ys: np.ndarray,
+    xs: np.ndarray,
+) -> tuple[slice, slice]:
+    """Row and column slices of a projected store covering a lon/lat box (edges densified),
+    widened by a margin of cells (the read's subset takes a margin for the gap-fill)."""
+    west, south, east, north = bounds
+    edge = np.linspace(0, 1, _BOUNDARY_POINTS)
+    across, up = west + (east - west) * edge, south + (north - south) * edge
+    lon = np.concatenate([across, np.full_like(edge, east), across, np.full_like(edge, west)])
+    lat = np.concatenate([np.full_like(edge, south), up, np.full_like(edge, north), up])
+    x, y = to_store.transform(lon, lat)
+    m = PROJECTED_MARGIN_CELLS
+    y0, y1 = _index_range(ys, float(y.min()), float(y.max()))
+    x0, x1 = _index_range(xs, float(x.min()), float(x.max()))
+    return (
+        slice(max(0, y0 - m), min(ys.size, y1 + m)),
+        slice(max(0, x0 - m), min(xs.size, x1 + m)),
+    )
+
+
+def _index_range(coords: np.ndarray, low: float, high: float) -> tuple[int, int]:
+    """[start, stop) of the cells of an axis (ascending or descending) between two values."""
+    ascending = coords[0] <= coords[-1]
+    values = coords if ascending else coords[::-1]
+    start = int(np.searchsorted(values, low, "left"))
+    stop = int(np.searchsorted(values, high, "right"))
+    if not ascending:
+        start, stop = coords.size - stop, coords.size - start
+    return max(0, start), min(coords.size, stop)
+
+
+def _objects_by_chunk(listing: dict[str, dict[str, Any]], name: str) -> dict[tuple, list[str]]:
+    """The stamps of an array's objects by their first two chunk indices (a 3-D array, the
+    wind, has one object per trailing chunk), from one listing."""
+    found: dict[tuple, list[str]] = {}
+    prefix = f"{name}/c/"
+    for key in sorted(listing):
+        if key.startswith(prefix):
+            index = key[len(prefix) :].split("/")
+            found.setdefault((index[0], index[1]), []).append(f"{key}:{_stamp(listing[key])}")
+    return found
+
+
+def _in_grid(grid: RegionGrid, region_id: str) -> bool:
+    """Whether the input grid holds the region (a catalog may list more than a store holds)."""
+    try:
+        grid.region(region_id)
+    except RegionIdError:
+        return False
+    return True
+
+
+class InputFingerprints(RegionReader):
+    """Per-region fingerprints of the inputs (the observations' data versions)."""
+
+    def _listing(self, store: str) -> dict[str, dict[str, Any]]:
+        """Every object of a store by its path inside the store (one listing)."""
+        root = self.fs_path(store)
+        found = self.fs.find(root, detail=True)
+        return {posixpath.relpath(path, root): info for path, info in found.items()}
+
+    def _zarr_fingerprints(
+        self, spec: InputSpec, grid: RegionGrid, region_ids: list[str]
+    ) -> dict[str, list[str]]:
+        """Per region, the stamps of the objects of each variable the region's read covers:
+        the window with its halo for the 270 m BP and the wind (what the fields read), the
+        region alone for the 30 m inputs (CRPS, RPS, BP reference), as ``read_region_inputs``."""
+        listing = self._listing(spec.path)
+        windowed = {self.layout.wind, *(self.layout.bp_270m(y) for y in YEARS)}
+        halo = HALO_DEG if spec.path in windowed else 0.0
+        projected = not CRS.from_user_input(spec.crs).equals(CRS.from_epsg(4326))
+        if projected:
+            ds = self.open_input(spec.path, spec.variables)
+            ys, xs = ds[spec.dims[0]].values, ds[spec.dims[1]].values
+            to_store = Transformer.from_crs(4326, spec.crs, always_xy=True)
+        parts: dict[str, list[str]] = {r: [] for r in region_ids}
+        for name in spec.variables:
+            array_stamp = _stamp(listing.get(posixpath.join(name, "zarr.json"), {}))
+            chunk_shape = self._object_shape(spec.path, name)
+            objects = _objects_by_chunk(listing, name)
+            for region_id in region_ids:
+                region = grid.region(region_id)
+                if projected:
+                    rows, cols = _projected_window(region.bounds(halo), to_store, ys, xs)
+                else:  # the 30 m inputs share the region grid (their reads check it)
+                    rows, cols = grid.window(region, halo)
+                parts[region_id].append(f"{name}:{array_stamp}")
+                if rows.stop <= rows.start or cols.stop <= cols.start:
+                    continue
+                for i in range(rows.start // chunk_shape[0], (rows.stop - 1) // chunk_shape[0] + 1):
+                    for j in range(
+                        cols.start // chunk_shape[1], (cols.stop - 1) // chunk_shape[1] + 1
+                    ):
+                        # an absent object is the fill value, and says so
+                        stamps = objects.get((str(i), str(j))) or [f"{name}/c/{i}/{j}:absent"]
+                        parts[region_id] += stamps
+        return parts
+
+    def _object_shape(self, store: str, name: str) -> tuple[int, ...]:
+        """The shape of one stored object of an array (its shard, or chunk, grid)."""
+        meta = self.read_json(posixpath.join(store, name, "zarr.json"))
+        return tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+
+    def _parquet_fingerprints(
+        self, path: str, grid: RegionGrid, region_ids: list[str]
+    ) -> dict[str, list[str]]:
+        """Per region, the footer's row groups whose bbox covering meets the region."""
+        with self.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        bbox = {k: names.index(f"bbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")}
+        groups = []
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            stats = [rg.column(i).statistics for i in range(rg.num_columns)]
+            box = {k: stats[i] for k, i in bbox.items()}
+            extent = (box["xmin"].min, box["ymin"].min, box["xmax"].max, box["ymax"].max)
+            detail = [
+                rg.num_rows,
+                rg.total_byte_size,
+                [
+                    [
+                        rg.column(i).total_compressed_size,
+                        str(s.min) if s and s.has_min_max else "",
+                        str(s.max) if s and s.has_min_max else "",
+                    ]
+                    for i, s in enumerate(stats)
+                ],
+            ]
+            groups.append((extent, f"rg{g}:{_digest(detail)}"))
+        parts: dict[str, list[str]] = {}
+        for region_id in region_ids:
+            region = grid.region(region_id)
+            parts[region_id] = [
+                stamp
+                for (xmin, ymin, xmax, ymax), stamp in groups
+                if xmin <= region.lon1
+                and xmax >= region.lon0
+                and ymin <= region.lat1
+                and ymax >= region.lat0
+            ]
+        return parts
+
+    def region_input_versions(self, asset: str, region_ids: list[str]) -> dict[str, str]:
+        """A data version per region of one region input (asset key): a digest of what the
+        region reads of it, so it changes exactly when that part of the input changes."""
+        grid = self.region_grid()
+        region_ids = [r for r in region_ids if _in_grid(grid, r)]
+        parts: dict[str, list[str]] = {r: [] for r in region_ids}
+        for spec in self.layout.input_specs():
+            if spec.asset != asset:
+                continue
+            found = (
+                self._parquet_fingerprints(spec.path, grid, region_ids)
+                if spec.path.endswith(".parquet")
+                else self._zarr_fingerprints(spec, grid, region_ids)
+            )
+            for region_id, stamps in found.items():
+                parts[region_id] += [spec.path, *stamps]
+        return {region_id: _digest(stamps) for region_id, stamps in parts.items()}
+
+    def input_version(self, asset: str) -> str:
+        """A data version of a whole input: its files' stamps."""
+        stamps = [
+            (spec.path, _stamp(self.fs.info(self.fs_path(spec.path))))
+            for spec in self.layout.input_specs()
+            if spec.asset == asset
+        ]
+        return _digest(stamps)

@@ -1,0 +1,166 @@
+"""Staleness (issue 16): the inputs' observed data versions per region and the fire model's
+code version mark exactly the regions (and what is built from them) whose inputs or model
+changed; ``ocr deploy`` reports them and redoes only them with ``--redeploy-stale``."""
+
+import dagster as dg
+import numpy as np
+import pytest
+import zarr
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from ocr_assets.science import kernels
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.deploy import DeployOptions, plan_deploy, run_deploy
+from ocr_jobs.deploy.deployment import DeployProgress
+from ocr_jobs.jobs import OBSERVE_JOB, REGION_JOB
+from ocr_resources.sample_data import SampleSpec, write_sample_data
+from ocr_resources.settings import OcrSettings
+from ocr_resources.storage import OcrStorage
+
+# six regions of 600 × 600 pixels (0.17°): a region's window (halo 0.15°) reaches its
+# neighbours' pixels but not those two regions away, so one input change leaves some regions
+# fresh
+SPEC = SampleSpec(chunk_lat=600, chunk_lon=600, n_chunks_lat=2, n_chunks_lon=3, n_buildings=1500)
+REGIONS = [f"y{y}_x{x}" for y in range(2) for x in range(3)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stale-inputs")
+    write_sample_data(OcrStorage(root=str(root)), SPEC)
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path, inputs):
+    root = tmp_path / "data"
+    root.mkdir()
+    # a copy of the inputs: the tests rewrite them
+    import shutil
+
+    shutil.copytree(inputs / "input", root / "input")
+    return OcrSettings(
+        storage_root=str(root),
+        environment="qa",
+        dagster_home_root=str(tmp_path / "dagster"),
+        regions_per_run=8,
+    )
+
+
+class _Quiet(DeployProgress):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _deploy(settings: OcrSettings, **options) -> tuple:
+    plan = plan_deploy(settings, DeployOptions(region_ids=REGIONS, regions_only=True, **options))
+    progress = _Quiet()
+    result = run_deploy(plan, OcrStorage.from_settings(settings), progress)
+    return result, progress.lines
+
+
+def _resolver(defs: dg.Definitions, instance: dg.DagsterInstance) -> CachingStaleStatusResolver:
+    """Dagster's own stale-status resolver, as the UI's workspace builds it (no public API
+    exposes it; the UI reads it through GraphQL)."""
+    graph = defs.resolve_asset_graph()
+    return CachingStaleStatusResolver(
+        instance, asset_graph=lambda: graph, loading_context=LoadingContextForTest(instance)
+    )
+
+
+def _stale_partitions(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    """The region partitions Dagster's own resolver (what the UI shows) calls stale."""
+    resolver = _resolver(defs, instance)
+    key = dg.AssetKey("region_risk_raster")
+    return {r for r in REGIONS if resolver.get_status(key, r) == StaleStatus.STALE}
+
+
+def _rewrite_chunk(settings: OcrSettings, i: int, j: int) -> None:
+    """New values in one stored object of the 270 m-independent 30 m wind input: chunk (i, j)."""
+    storage = OcrStorage.from_settings(settings)
+    store = zarr.open_group(storage.layout.wind, mode="r+")
+    wind = store["wind_direction_distribution"]
+    ci, cj = wind.chunks[0], wind.chunks[1]
+    block = wind[i * ci : (i + 1) * ci, j * cj : (j + 1) * cj]
+    wind[i * ci : (i + 1) * ci, j * cj : (j + 1) * cj] = np.roll(block, 1, axis=-1)
+
+
+def test_one_input_region_changed_marks_exactly_the_regions_that_read_it(settings):
+    result, _ = _deploy(settings)
+    assert not result.region_failures, result.region_failures
+    storage = OcrStorage.from_settings(settings)
+    grid = storage.region_grid()
+    wind = zarr.open_group(storage.layout.wind, mode="r")["wind_direction_distribution"]
+    ci, cj = wind.chunks[0], wind.chunks[1]
+    _rewrite_chunk(settings, 0, 2)
+    # independent expectation: the regions whose window (halo included) meets that chunk
+    expected = set()
+    for region_id in REGIONS:
+        rows, cols = grid.window(grid.region(region_id))
+        if rows.start < ci and rows.stop > 0 and cols.start < 3 * cj and cols.stop > 2 * cj:
+            expected.add(region_id)
+    assert expected and expected != set(REGIONS)  # the case tells something
+
+    # the UI's view: observe the inputs (its "Observe sources"), then Dagster's resolver
+    defs = build_definitions(settings)
+    from ocr_jobs.deploy import instance_home, open_instance
+
+    with open_instance(instance_home(settings)) as instance:
+        assert _stale_partitions(defs, instance) == set()
+        assert defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance).success
+        assert _stale_partitions(defs, instance) == expected
+        # downstream of a stale region is stale too
+        resolver = _resolver(defs, instance)
+        stale_buildings = {
+            r
+            for r in REGIONS
+            if resolver.get_status(dg.AssetKey("region_buildings"), r) == StaleStatus.STALE
+        }
+        assert stale_buildings == expected
+
+    # ocr deploy reports them, and with the flag redoes only them
+    result, lines = _deploy(settings)
+    assert result.stopped and "--redeploy-stale" in result.stopped
+    assert f"stale (inputs or model changed since): {len(expected)}" in lines
+    for region_id in expected:
+        assert f"  {region_id}: wind_direction_distribution changed" in lines
+    result, lines = _deploy(settings, redeploy_stale=True)
+    assert not result.region_failures
+    assert f"remaining: {len(expected)}" in lines
+    with open_instance(instance_home(settings)) as instance:
+        assert _stale_partitions(defs, instance) == set()
+        per_region = {
+            r: len(
+                instance.fetch_materializations(
+                    dg.AssetRecordsFilter(dg.AssetKey("region_risk_raster"), asset_partitions=[r]),
+                    limit=10,
+                ).records
+            )
+            for r in REGIONS
+        }
+    assert per_region == {r: 2 if r in expected else 1 for r in REGIONS}
+    _, lines = _deploy(settings)
+    assert "stale (inputs or model changed since): 0" in lines
+
+
+def test_a_changed_model_constant_makes_every_region_stale(settings, monkeypatch):
+    with dg.instance_for_test() as instance:
+        defs = build_definitions(settings)
+        assert defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance).success
+        job = defs.resolve_job_def(REGION_JOB)
+        tags = {
+            "dagster/asset_partition_range_start": "y0_x0",
+            "dagster/asset_partition_range_end": "y0_x1",
+        }
+        assert job.execute_in_process(instance=instance, tags=tags).success
+        assert _stale_partitions(defs, instance) == set()
+        monkeypatch.setattr(kernels, "ALONG_WIND_M", kernels.ALONG_WIND_M + 1)
+        changed = build_definitions(settings)
+        # code versions live on the definitions: the reloaded code location sees the change
+        assert _stale_partitions(changed, instance) == {"y0_x0", "y0_x1"}
+        downstream = _resolver(changed, instance)
+        assert downstream.get_status(dg.AssetKey("region_buildings"), "y0_x0") == StaleStatus.STALE
