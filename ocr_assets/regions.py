@@ -154,10 +154,11 @@ def run_regions(
     spec: dict,
     region_ids: list[str],
     max_retries: int,
-) -> tuple[dict[str, RegionResult], dict[str, str]]:
+) -> tuple[dict[str, RegionResult], dict[str, tuple[str, BaseException]]]:
     """Every region on the session's cluster at once (its two fields side by side, then the
     rest), each retried on its own after 5 s × attempt, up to ``max_retries`` times, while the
-    others go on; a broken input is not retried. Returns (results, errors) by region."""
+    others go on; a broken input is not retried. Returns (results, (message, error) of the last
+    failure) by region."""
 
     def start(region_id: str) -> Any:
         fields = [session.start(region_field, spec, region_id, year) for year in YEARS]
@@ -166,7 +167,7 @@ def run_regions(
     running = {start(r): (r, 1) for r in region_ids}
     due: list[tuple[float, str, int]] = []  # (when, region, attempt) of the retries to come
     results: dict[str, RegionResult] = {}
-    errors: dict[str, str] = {}
+    errors: dict[str, tuple[str, BaseException]] = {}
     while running or due:
         now = time.monotonic()
         for item in [d for d in due if d[0] <= now]:
@@ -186,7 +187,7 @@ def run_regions(
             message = f"region {region_id} failed on attempt {attempt}: {exc}"
             if attempt > max_retries or isinstance(exc, InputDataError):
                 # a broken input stays broken: no retry
-                errors[region_id] = message
+                errors[region_id] = (message, exc)
                 context.log.error(message)
             else:
                 delay = RETRY_DELAY_SECONDS * attempt
@@ -292,11 +293,12 @@ def build_region_assets(
                 context.log_event(
                     dg.AssetMaterialization(key, partition=region_id, metadata=values)
                 )
-            # each failed region had its own retries already: the step is not retried whole
+            # each failed region had its own retries already: the step is not retried whole;
+            # the first failed region's error is the failure's cause (e.g. an InputDataError)
+            failed = [r for r in region_ids if r in errors]
             raise dg.Failure(
-                description="; ".join(errors[r] for r in region_ids if r in errors),
-                allow_retries=False,
-            )
+                description="; ".join(errors[r][0] for r in failed), allow_retries=False
+            ) from errors[failed[0]][1]
         for (key, region_id), values in metadata.items():
             context.add_asset_metadata(values, asset_key=key, partition_key=region_id)
         yield dg.MaterializeResult(asset_key=REGION_RASTER)

@@ -15,7 +15,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from ocr_jobs.definitions import region_partitions
 from ocr_jobs.deploy import instance_home
-from ocr_jobs.deploy.runner import PARTITION_TAG, RANGE_TAGS, partition_tags
+from ocr_jobs.deploy.runner import RANGE_TAGS, partition_tags
 from ocr_jobs.jobs import region_runs
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
@@ -110,10 +110,9 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             first = launched["backfillId"]
             assert _wait(instance, first) != BulkActionStatus.COMPLETED_SUCCESS
             # the region runs are those ocr deploy makes for the same regions (BackfillPolicy):
-            # y0_x0 alone, then y1_x1…y1_x2 in one run, on one cluster
-            keys = (PARTITION_TAG, *RANGE_TAGS)
+            # y0_x0 alone (a range of one), then y1_x1…y1_x2 in one run, on one cluster
             region_tags = [
-                {k: r.tags[k] for k in keys if k in r.tags} for r in _runs(instance, first)
+                {k: r.tags[k] for k in RANGE_TAGS if k in r.tags} for r in _runs(instance, first)
             ]
             expected = region_runs(
                 region_partitions(settings).get_partition_keys(), REGIONS, settings.regions_per_run
@@ -140,8 +139,9 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
                 BulkActionStatus.COMPLETED,
             }
             runs = _runs(instance, second)
-            partitions = {r.tags.get("dagster/partition") for r in runs}
-            assert partitions == {"y1_x2", None}  # only the failed region, then the downstream run
+            partitions = {tuple(r.tags.get(k) for k in RANGE_TAGS) for r in runs}
+            # only the failed region, then the downstream run
+            assert partitions == {("y1_x2", "y1_x2"), (None, None)}
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             assert instance.get_materialized_partitions(raster) == set(REGIONS)
             assert (

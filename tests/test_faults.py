@@ -60,7 +60,9 @@ def _archive(storage: OcrStorage) -> dict:
 def test_region_killed_mid_write_leaves_no_partial_output_and_is_redone(
     tmp_path, sample_root, fault
 ):
-    env, root = _local_env(tmp_path, sample_root, DEPLOY_PARALLEL="1")
+    # one region per run: a killed process takes its whole run with it (the local backend runs
+    # a run's regions in its process), so this isolates the two regions in two runs
+    env, root = _local_env(tmp_path, sample_root, DEPLOY_PARALLEL="1", REGIONS_PER_RUN="1")
     storage = OcrStorage(root=str(root), environment="local")
     # y1_x1 dies; its worker is replaced and y1_x2 runs in the new one
     args = ("deploy", "--region-id", "y1_x1-x2", "--regions-only")
@@ -74,7 +76,10 @@ def test_region_killed_mid_write_leaves_no_partial_output_and_is_redone(
     assert "y1_x1" not in storage.list_region_buildings()
     after_kill = _region_window(storage, "y1_x1")
     # Dagster records the run as failed (its process died; nobody else would)
-    runs = {r.tags["dagster/partition"]: r.status for r in _runs(_instance(tmp_path), "region_job")}
+    runs = {
+        r.tags["dagster/asset_partition_range_start"]: r.status
+        for r in _runs(_instance(tmp_path), "region_job")
+    }
     assert runs == {"y1_x1": dg.DagsterRunStatus.FAILURE, "y1_x2": dg.DagsterRunStatus.SUCCESS}
     # the next deploy redoes exactly that region, and its outputs equal a clean run's
     rerun = ocr(*args, env_file=env)

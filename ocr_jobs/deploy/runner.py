@@ -9,6 +9,7 @@ the very settings the deployment was given.
 from __future__ import annotations
 
 import multiprocessing
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -31,15 +32,12 @@ class RunOutcome:
     error: str = ""
 
 
-PARTITION_TAG = "dagster/partition"
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 
 
 def partition_tags(regions: list[str]) -> dict[str, str]:
-    """The tags of a run of these regions (consecutive partitions), as a UI backfill tags it:
-    one partition, or a range."""
-    if len(regions) == 1:
-        return {PARTITION_TAG: regions[0]}
+    """The tags of a run of these regions (consecutive partitions), as a UI backfill under the
+    region asset's ``BackfillPolicy`` tags it: a range, also for one region."""
     return dict(zip(RANGE_TAGS, (regions[0], regions[-1]), strict=True))
 
 
@@ -141,10 +139,10 @@ def execute_regions(
 
 
 def _region_error(error: str, region: str) -> str:
-    """The part of a run's error about one region (the step names each failed region)."""
-    parts = [p.strip() for p in error.split("; ")]
-    own = [p for p in parts if f"region {region} " in p]
-    return "; ".join(own) or error
+    """The part of a run's error about one region (the step names each failed region as
+    ``region <id> failed …``), else the whole error (the run failed for all its regions)."""
+    own = re.search(rf"region {re.escape(region)} failed.*?(?=; region \S+ failed|$)", error)
+    return own.group(0) if own else error
 
 
 def failed_run_to_resume(
@@ -173,8 +171,11 @@ def _failures(events: list[Any]) -> list[str]:
     found = []
     for e in events:
         if e.is_step_failure and e.step_failure_data and e.step_failure_data.error:
-            error = e.step_failure_data.error
-            message = (error.cause or error).message.strip().splitlines()[0]
+            failure = e.step_failure_data
+            # a dg.Failure's description names every failed region; else the root error
+            described = failure.user_failure_data and failure.user_failure_data.description
+            error = failure.error.cause or failure.error
+            message = (described or error.message).strip().splitlines()[0]
             found.append(f"{e.step_key}: {message}")
         elif e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             check = e.event_specific_data
