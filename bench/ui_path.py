@@ -83,7 +83,6 @@ def own_work(home: Path) -> dict[str, float]:
             r.partition_key: sum(
                 r.asset_materialization.metadata["seconds_per_stage"].value.values()
             )
-            - 0.0
             for r in records
         }
 

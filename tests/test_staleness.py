@@ -156,3 +156,23 @@ def test_a_changed_model_constant_makes_every_region_stale(settings, monkeypatch
         assert _stale_partitions(changed, instance) == {"y0_x0", "y0_x1"}
         downstream = _resolver(changed, instance)
         assert downstream.get_status(dg.AssetKey("region_buildings"), "y0_x0") == StaleStatus.STALE
+
+
+def test_stale_regions_say_why_and_the_report_names_at_most_twenty():
+    from ocr_assets.science.regions import select_regions
+    from ocr_jobs.deploy.plan import STALE_LISTED, RegionReport, stale_regions
+
+    ids = [f"y{i}_x0" for i in range(25)]
+    recorded = {
+        r: {"model_code_version": "fire-1-a", "input_data_versions": {"wind": "v1"}} for r in ids
+    }
+    now = {"wind": {r: ("v2" if r == "y3_x0" else "v1") for r in ids}}
+    assert stale_regions(recorded, now, "fire-1-a") == {"y3_x0": ["wind changed"]}
+    stale = stale_regions(recorded, now, "fire-1-b")
+    assert len(stale) == 25 and stale["y0_x0"] == ["model fire-1-a -> fire-1-b"]
+    assert stale["y3_x0"] == ["model fire-1-a -> fire-1-b", "wind changed"]
+    selection = select_regions(ids, ids)
+    lines = RegionReport(selection, materialized=ids, remaining=[], stale=stale).lines()
+    assert "stale (inputs or model changed since): 25" in lines
+    assert sum(line.startswith("  y") for line in lines) == STALE_LISTED == 20
+    assert "  … and 5 more" in lines

@@ -14,6 +14,7 @@ from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings
 
 RISK_TYPES = ("fire",)
+STALE_LISTED = 20  # stale regions the report names one by one
 
 
 class DeployError(RuntimeError):
@@ -128,6 +129,8 @@ class RegionReport:
 
     def lines(self) -> list[str]:
         stale = [f"  {r}: {', '.join(why)}" for r, why in self.stale.items()]
+        if len(stale) > STALE_LISTED:  # a model change makes every region stale: say so once
+            stale = [*stale[:STALE_LISTED], f"  … and {len(stale) - STALE_LISTED} more"]
         return [
             f"provided: {len(self.selection.provided)}",
             f"valid: {len(self.selection.valid)}",
