@@ -186,12 +186,9 @@ def test_cluster_is_closed_after_a_failure(fake_coiled):
 
 @pytest.mark.parametrize(
     ("regions", "per_run", "runs"),
-    [
-        # 7 consecutive regions, 3 per run: ⌈7 / 3⌉ = 3 runs, so 3 clusters
-        (["y0_x0", "y0_x1", "y0_x2", "y0_x3", "y0_x4", "y0_x5", "y1_x0"], 3, 3),
-        # a gap (y0_x2 already done): each stretch is cut on its own, as Dagster's BackfillPolicy
-        (["y0_x0", "y0_x1", "y0_x3"], 8, 2),
-    ],
+    # a stretch of 3 consecutive regions, 2 per run (⌈3 / 2⌉ = 2 runs), then one region after a
+    # gap (y0_x3 not asked for): each stretch is cut on its own, as Dagster's BackfillPolicy
+    [(["y0_x0", "y0_x1", "y0_x2", "y0_x4"], 2, 3)],
 )
 def test_region_runs_open_one_coiled_cluster_per_run(
     fake_coiled, local_settings, monkeypatch, regions, per_run, runs
