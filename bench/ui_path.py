@@ -3,6 +3,7 @@ region on its own through ``dagster asset materialize`` (issue 16).
 
     .venv/bin/python -m bench.ui_path            # sample (20 regions) + full size (2 regions)
     .venv/bin/python -m bench.ui_path --quick    # sample only (~3 minutes)
+    .venv/bin/python -m bench.ui_path --materialize-only   # full size, one region at a time
 
 Every measurement is what a user pays, cold: a fresh storage root and instance, process
 start-up, cluster start-up and writes included.
@@ -13,9 +14,10 @@ start-up, cluster start-up and writes included.
   has it) and a partition backfill launched through the UI's GraphQL mutation; the clock runs
   from the launch until the backfill is done; per region = wall / N. The runs' own time
   (first run start → last run end) is reported beside it.
-- ``materialize_one`` (full size): ``dagster asset materialize`` of one region; the time
-  outside the region's own work = command wall − the region's stages (its metadata), and the
-  same inside the run (run start → end).
+- ``materialize_one`` (full size): ``dagster asset materialize`` of one region, twice (a new
+  DAGSTER_HOME, then the same one); the time outside the region's own work = command wall −
+  the region's stages (its metadata), the same inside the run (run start → end), and the time
+  before the run starts (process start, imports, loading the definitions and the instance).
 """
 
 from __future__ import annotations
@@ -147,28 +149,35 @@ def ui_backfill(inputs: Path, folder: Path, regions: list[str]) -> dict:
     return {**result, "status": str(status), "runs": len(runs)}
 
 
-def materialize_one(inputs: Path, folder: Path, region: str) -> dict:
+def materialize_one(inputs: Path, folder: Path, regions: list[str]) -> list[dict]:
+    """Two regions in turn through ``dagster asset materialize``, into one instance: the first
+    also creates the instance (a new DAGSTER_HOME), the second finds it (as a user's does)."""
     env, home = environment(inputs, folder, "one")
-    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "ocr_jobs.definitions"]
-    argv += ["--select", "region_risk_raster,region_buildings", "--partition", region]
-    start = time.perf_counter()
-    subprocess.run(
-        argv,
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-        env={**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)},
-    )
-    wall = time.perf_counter() - start
-    work = own_work(home)[region]
-    span = run_span(home)
-    return {
-        "wall_s": round(wall, 2),
-        "own_work_s": round(work, 2),
-        "outside_own_work_s": round(wall - work, 2),
-        "run_s": round(span, 2),
-        "outside_own_work_in_run_s": round(span - work, 2),
-    }
+    process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
+    out = []
+    for region in regions[:2]:
+        argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "ocr_jobs.definitions"]
+        argv += ["--select", "region_risk_raster,region_buildings", "--partition", region]
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, cwd=ROOT, env=process_env)
+        wall = time.perf_counter() - start
+        work = own_work(home)[region]
+        with open_instance(home) as instance:
+            run = instance.get_run_records(limit=1)[0]
+        span = run.end_time - run.start_time
+        out.append(
+            {
+                "region": region,
+                "instance": "new" if not out else "existing",
+                "wall_s": round(wall, 2),
+                "own_work_s": round(work, 2),
+                "outside_own_work_s": round(wall - work, 2),
+                "run_s": round(span, 2),
+                "outside_own_work_in_run_s": round(span - work, 2),
+                "before_run_s": round(wall - span, 2),
+            }
+        )
+    return out
 
 
 def _summary(wall: float, n: int, work: dict[str, float], span: float) -> dict:
@@ -181,32 +190,38 @@ def _summary(wall: float, n: int, work: dict[str, float], span: float) -> dict:
     }
 
 
-def bench(name: str, spec: SampleSpec, folder: Path, single: bool) -> dict:
+def bench(name: str, spec: SampleSpec, folder: Path, single: bool, doors: bool = True) -> dict:
     inputs = folder / "inputs"
     start = time.perf_counter()
     write_sample_data(OcrStorage(root=str(inputs)), spec)
     regions = region_ids(spec)
     out: dict = {"size": name, "window": [spec.chunk_lat, spec.chunk_lon], "regions": regions}
     out["inputs_s"] = round(time.perf_counter() - start, 1)
-    out["deploy"] = deploy(inputs, folder, regions)
-    out["ui_backfill"] = ui_backfill(inputs, folder, regions)
-    out["ui_over_deploy"] = round(
-        out["ui_backfill"]["per_region_s"] / out["deploy"]["per_region_s"], 2
-    )
+    if doors:
+        out["deploy"] = deploy(inputs, folder, regions)
+        out["ui_backfill"] = ui_backfill(inputs, folder, regions)
+        out["ui_over_deploy"] = round(
+            out["ui_backfill"]["per_region_s"] / out["deploy"]["per_region_s"], 2
+        )
     if single:
-        out["materialize_one"] = materialize_one(inputs, folder, regions[0])
+        out["materialize_one"] = materialize_one(inputs, folder, regions)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the sample only")
+    parser.add_argument(
+        "--materialize-only", action="store_true", help="full size, materialize_one only"
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("ui_path_results.jsonl")))
     args = parser.parse_args()
     sizes = [("sample", SAMPLE, False)] + ([] if args.quick else [("full", FULL, True)])
+    if args.materialize_only:
+        sizes = [("full", FULL, True)]
     for name, spec, single in sizes:
         with tempfile.TemporaryDirectory() as folder:
-            result = bench(name, spec, Path(folder), single)
+            result = bench(name, spec, Path(folder), single, doors=not args.materialize_only)
         print(json.dumps(result, indent=1))
         with open(args.out, "a") as f:
             f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}) + "\n")

@@ -73,6 +73,8 @@ class OcrSettings(BaseSettings):
     # compute (DESIGN §8)
     compute_backend: Literal["local", "coiled", "dask"] = "local"
     local_workers: int = 0
+    # the local cluster's Dask dashboard (its link is logged); off, a local step starts faster
+    local_dashboard: bool = False
     # threads of one step's compiled loops (spreading, blur, warp, pyramid); default: every CPU
     # the process may use. Lower it when several steps or fields share a machine.
     threads: int | None = Field(default=None, ge=1, le=1024)
