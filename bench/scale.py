@@ -251,7 +251,8 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     import dagster as dg
 
     from bench.scale_data import ENVIRONMENT
-    from ocr_jobs.definitions import build_definitions
+    from ocr_assets.region_records import record_region_files
+    from ocr_jobs.definitions import build_definitions, build_resources
     from ocr_jobs.deploy import execute, instance_home, open_instance, reconstructable_job
     from ocr_jobs.jobs import downstream_run
     from ocr_resources.settings import load_settings
@@ -273,6 +274,10 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     settings = load_settings(env_file, version=None, **values)
     home = instance_home(settings)
     job, keys = downstream_run({"regional_analysis_files"}, build_definitions(settings))
+    with open_instance(home) as instance:
+        # the generated region files, recorded as the region runs would have (not timed)
+        storage = build_resources(settings)["storage"]
+        record_region_files(instance, storage, storage.list_region_buildings())
     start = time.time()
     with open_instance(home) as instance:
         if parallel:

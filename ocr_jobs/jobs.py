@@ -56,20 +56,27 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
     ]
 
 
+def downstream_assets(optional: Collection[str], defs: dg.Definitions) -> list[str]:
+    """The phase 02/03 assets a deploy builds with the chosen optional assets."""
+    unknown = set(optional) - set(OPTIONAL_ASSETS)
+    if unknown:
+        raise ValueError(f"not optional assets: {sorted(unknown)}; expected {OPTIONAL_ASSETS}")
+    skipped = dg.AssetSelection.assets(*(set(OPTIONAL_ASSETS) - set(optional)))
+    return sorted(
+        k.to_user_string() for k in (DOWNSTREAM - skipped).resolve(defs.resolve_asset_graph())
+    )
+
+
 def downstream_run(optional: Collection[str], defs: dg.Definitions) -> tuple[str, list[str] | None]:
     """(job, asset subset) for phases 02/03 with the chosen optional assets: the core job when
     none is chosen, the full job when all are, else the full job narrowed to a subset of the
     assets of ``defs`` (the built code location)."""
-    unknown = set(optional) - set(OPTIONAL_ASSETS)
-    if unknown:
-        raise ValueError(f"not optional assets: {sorted(unknown)}; expected {OPTIONAL_ASSETS}")
+    keys = downstream_assets(optional, defs)
     if not optional:
         return DOWNSTREAM_CORE_JOB, None
     if set(optional) == set(OPTIONAL_ASSETS):
         return DOWNSTREAM_JOB, None
-    skipped = dg.AssetSelection.assets(*(set(OPTIONAL_ASSETS) - set(optional)))
-    keys = (DOWNSTREAM - skipped).resolve(defs.resolve_asset_graph())
-    return DOWNSTREAM_JOB, sorted(k.to_user_string() for k in keys)
+    return DOWNSTREAM_JOB, keys
 
 
 def materializable_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:

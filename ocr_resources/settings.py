@@ -12,9 +12,9 @@ import re
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "qa", "staging", "production"]
@@ -29,16 +29,30 @@ ENV_FILE_VARIABLE = "OCR_ENV_FILE"
 CHECKOUT_ENV_FILE = Path("envs") / "local.env"
 # Semantic version (semver.org), with an optional leading "v" as in release tags.
 SEMVER = re.compile(
-    r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+    r"^v?(?P<release>(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?P<pre>-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?)"
+    r"(?P<build>\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
 
 
 def semantic_version(text: str) -> str:
-    """``text`` as a semantic version (semver.org) without a release tag's leading "v"."""
-    if not SEMVER.fullmatch(text):
+    """``text`` as a release's semantic version (semver.org) without a tag's leading "v".
+
+    It names the version's outputs (``v<version>`` path segments), so build metadata is
+    refused: semver says it does not identify a release (``1.2.0+a`` and ``1.2.0+b`` are the
+    same version), and two builds must not become two sets of outputs."""
+    match = SEMVER.fullmatch(text)
+    if match is None:
         raise ValueError(
             f"{text!r} is not a semantic version; expected MAJOR.MINOR.PATCH such as 1.2.0"
+        )
+    if match["build"]:
+        release = match["release"]
+        alternative = "" if match["pre"] else f" or a pre-release such as {release}-rc.1"
+        raise ValueError(
+            f"{text!r} carries build metadata {match['build']!r}, which semver says does not "
+            f"identify a release, so it cannot name a version's outputs; expected {release}"
+            f"{alternative}"
         )
     return text.removeprefix("v")
 
@@ -59,7 +73,7 @@ class OcrSettings(BaseSettings):
     regions_per_run: int = Field(default=8, ge=1, le=1000)
     region_catalog: RegionCatalog = "sample"
     model_variant: ModelVariantName = DEFAULT_MODEL_VARIANT
-    sample_seed: int = 20250
+    sample_seed: int = Field(default=20250, ge=0)  # NumPy's generators take no negative seed
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
     # Dagster instance storage: sqlite in the instance home, or postgres at $OCR_DAGSTER_PG_URL
     dagster_storage: Literal["sqlite", "postgres"] = "sqlite"
@@ -109,6 +123,18 @@ class OcrSettings(BaseSettings):
         return self
 
 
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` validated as setting ``name`` alone, by the model's own field (type and
+    bounds), so an option that overrides a setting is held to exactly the same rule as its
+    ``OCR_*`` variable; raises ValueError with pydantic's reason."""
+    field = OcrSettings.model_fields[name]
+    try:
+        return TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+    except ValidationError as exc:
+        reason = "; ".join(str(error["msg"]) for error in exc.errors())
+        raise ValueError(f"{value!r}: {reason} (the bounds of OCR_{name.upper()})") from None
+
+
 # packaged files extracted to disk (only when the package is zipped) live until the process ends
 _EXTRACTED = ExitStack()
 atexit.register(_EXTRACTED.close)
@@ -137,8 +163,12 @@ def resolve_env_file(env_file: str | Path | None = None) -> Path:
     Symlinks are kept, not resolved: a relative storage root is relative to the folder the file
     was named in, so ``envs/local.env`` (a link into the package) still means the checkout."""
     chosen = Path(env_file) if env_file else default_env_file()
-    if not chosen.is_file():
+    if chosen.is_dir():
+        raise IsADirectoryError(f"env file {str(chosen)!r} is a directory; expected a file")
+    if not chosen.exists():
         raise FileNotFoundError(f"env file {str(chosen)!r} does not exist")
+    if not chosen.is_file():  # a device, socket or pipe, which the env-file reader skips
+        raise OSError(f"env file {str(chosen)!r} is not a regular file; expected a file")
     return chosen.absolute()
 
 

@@ -72,19 +72,26 @@ def write_env(path: Path, **values) -> Path:
     return path
 
 
-def ocr(*args: str, env_file: Path, extra: dict | None = None, timeout: int = 600):
+def ocr(
+    *args: str,
+    env_file: Path,
+    extra: dict | None = None,
+    timeout: int = 600,
+    output: Path | None = None,
+):
+    """``ocr *args`` in a subprocess; its output captured, or written to ``output`` (then it
+    does not wait for processes that outlive the command and still hold its pipes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
     env.update(FAKE_AWS)
     env.update(extra or {})
     env["OCR_ENV_FILE"] = str(env_file)
     env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, "-m", "ocr_jobs.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    argv = [sys.executable, "-m", "ocr_jobs.cli", *args]
+    if output is None:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    with open(output, "w") as sink:
+        done = subprocess.run(argv, env=env, stdout=sink, stderr=sink, timeout=timeout)
+    return subprocess.CompletedProcess(argv, done.returncode, output.read_text(), "")
 
 
 def _files_containing(folder: Path, needles: list[str]) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 from pmtiles.reader import MmapSource, Reader
 
+from ocr_assets.region_records import record_region_files
 from ocr_assets.science.statistics import STAT_VARIABLES
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_CORE_JOB, DOWNSTREAM_JOB, REGION_JOB
@@ -264,6 +265,7 @@ def test_failed_blocking_check_stops_downstream(graph, tmp_path):
         .st_mtime_ns
     )
     with dg.instance_for_test() as instance:
+        record_region_files(instance, storage, storage.list_region_buildings())
         result = (
             build_definitions(settings)
             .resolve_job_def(DOWNSTREAM_CORE_JOB)

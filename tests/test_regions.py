@@ -89,7 +89,7 @@ def test_ranges_expand():
 
 
 def test_selection_reports_and_refuses_invalid():
-    valid = ["y0_x0", "y0_x1", "y1_x0"]
+    valid = ["y0_x0", "y0_x1", "y1_x0", "y1_x2"]  # y1_x2: the range stays inside the grid
     sel = select_regions(["y0_x0-x2", "y1_x0"], valid)
     assert sel.provided == ["y0_x0", "y0_x1", "y0_x2", "y1_x0"]
     assert sel.valid == ["y0_x0", "y0_x1", "y1_x0"]

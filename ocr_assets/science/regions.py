@@ -14,6 +14,9 @@ import numpy as np
 
 REGION_ID_PATTERN = re.compile(r"^y(\d+)_x(\d+)$")
 _SELECTION_PATTERN = re.compile(r"^y(\d+)(?:-y(\d+))?_x(\d+)(?:-x(\d+))?$")
+# A chunk index has at most this many digits (CONUS has 17 × 47 chunks): a longer one names no
+# region, and refusing it first keeps int() far from Python's 4300-digit conversion limit.
+MAX_INDEX_DIGITS = 6
 # Halo around a region for neighbourhood operations (DESIGN §4): 0.15° ≈ 16.7 km ≈ 540 px.
 HALO_DEG = 0.15
 
@@ -22,14 +25,36 @@ class RegionIdError(ValueError):
     """A region id or selection that is malformed or names regions without data."""
 
 
+def _shown(text: str, limit: int = 48) -> str:
+    """``text`` quoted for an error message, its middle elided when long: a refusal names
+    what it refuses without echoing megabytes of it."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[: limit // 2] + '…' + text[-(limit // 4) :]!r} ({len(text)} characters)"
+
+
+def _index(digits: str, text: str, what: str) -> int:
+    """One chunk index of ``text`` (a region id or selection) as an int; too many digits is a
+    RegionIdError naming ``text`` and the expected form, never int()'s ValueError."""
+    if len(digits) > MAX_INDEX_DIGITS:
+        raise RegionIdError(
+            f"{what} {_shown(text)} has an index of {len(digits)} digits; expected the form "
+            f"y{{iy}}_x{{ix}} with chunk indices of at most {MAX_INDEX_DIGITS} digits, "
+            "e.g. 'y2_x3'"
+        )
+    return int(digits)
+
+
 def validate_region_id(region_id: str) -> tuple[int, int]:
     """(iy, ix) of a well-formed id; raises before the id can reach a path."""
     match = REGION_ID_PATTERN.fullmatch(region_id) if isinstance(region_id, str) else None
     if match is None:
+        shown = _shown(region_id) if isinstance(region_id, str) else repr(region_id)
         raise RegionIdError(
-            f"region id {region_id!r} is malformed; expected 'y<row>_x<column>', e.g. 'y2_x3'"
+            f"region id {shown} is malformed; expected 'y<row>_x<column>', e.g. 'y2_x3'"
         )
-    return int(match.group(1)), int(match.group(2))
+    iy, ix = (_index(digits, region_id, "region id") for digits in match.groups())
+    return iy, ix
 
 
 def region_id(iy: int, ix: int) -> str:
@@ -172,30 +197,103 @@ class RegionSelection:
             )
 
 
-def expand_region_spec(spec: str) -> list[str]:
-    """Ids named by one spec: ``y2_x3``, ``y12_x3-x7``, ``y5-y9_x2`` or ``y5-y9_x2-x4``."""
+@dataclass(frozen=True)
+class RegionRange:
+    """The rows and columns one selection spec names (inclusive), not yet expanded: a range
+    is checked against the grid before it becomes a list, so its size costs nothing."""
+
+    spec: str
+    rows: range
+    columns: range
+
+    @property
+    def is_range(self) -> bool:
+        return "-" in self.spec
+
+    def within(self, extent: RegionRange) -> bool:
+        """Whether every region named lies inside ``extent``'s rows and columns."""
+        rows, columns = extent.rows, extent.columns
+        return (
+            rows.start <= self.rows.start
+            and self.rows.stop <= rows.stop
+            and columns.start <= self.columns.start
+            and self.columns.stop <= columns.stop
+        )
+
+    def ids(self) -> list[str]:
+        return [region_id(iy, ix) for iy in self.rows for ix in self.columns]
+
+    def __str__(self) -> str:
+        """``y0-y4_x0-x5``: the spec form of these rows and columns."""
+        last_row, last_column = self.rows[-1], self.columns[-1]
+        rows = f"y{self.rows.start}" + (f"-y{last_row}" if last_row != self.rows.start else "")
+        columns = f"x{self.columns.start}" + (
+            f"-x{last_column}" if last_column != self.columns.start else ""
+        )
+        return f"{rows}_{columns}"
+
+
+def parse_region_spec(spec: str) -> RegionRange:
+    """The rows and columns of one spec: ``y2_x3``, ``y12_x3-x7``, ``y5-y9_x2`` or
+    ``y5-y9_x2-x4``; a malformed, over-long or backwards spec is a RegionIdError."""
     match = _SELECTION_PATTERN.match(spec.strip())
     if match is None:
         raise RegionIdError(
-            f"region selection {spec!r} is malformed; expected an id like 'y2_x3', "
+            f"region selection {_shown(spec)} is malformed; expected an id like 'y2_x3', "
             "a range like 'y2_x3-x5' or 'y1-y3_x2', or 'all'"
         )
-    y0, y1, x0, x1 = (int(g) if g is not None else None for g in match.groups())
+    y0, y1, x0, x1 = (
+        None if digits is None else _index(digits, spec, "region selection")
+        for digits in match.groups()
+    )
     y1 = y0 if y1 is None else y1
     x1 = x0 if x1 is None else x1
     if y1 < y0 or x1 < x0:
-        raise RegionIdError(f"region range {spec!r} runs backwards; write the smaller index first")
-    return [region_id(iy, ix) for iy in range(y0, y1 + 1) for ix in range(x0, x1 + 1)]
+        raise RegionIdError(
+            f"region range {_shown(spec)} runs backwards; write the smaller index first"
+        )
+    return RegionRange(spec, range(y0, y1 + 1), range(x0, x1 + 1))
+
+
+def expand_region_spec(spec: str) -> list[str]:
+    """Ids named by one spec (see :func:`parse_region_spec`), unchecked against any grid:
+    :func:`select_regions` checks a range against the catalog before expanding it."""
+    return parse_region_spec(spec).ids()
+
+
+def region_extent(ids: Iterable[str]) -> RegionRange | None:
+    """The rows and columns spanned by ``ids`` (None: no ids)."""
+    indices = [validate_region_id(rid) for rid in ids]
+    if not indices:
+        return None
+    rows = [iy for iy, _ in indices]
+    columns = [ix for _, ix in indices]
+    return RegionRange("", range(min(rows), max(rows) + 1), range(min(columns), max(columns) + 1))
 
 
 def select_regions(specs: Sequence[str], valid_ids: Sequence[str]) -> RegionSelection:
-    """Parse ids, ranges and ``all`` against the valid-id list of the input catalog."""
+    """Parse ids, ranges and ``all`` against the valid-id list of the input catalog.
+
+    A range reaching beyond the rows and columns of the catalog's regions is refused before
+    it is expanded (it names no region with data there), so no range can cost more memory
+    than the catalog's own extent; single ids outside it are reported invalid by name."""
     if not specs:
         raise RegionIdError("the region selection is empty; give region ids, ranges or 'all'")
     valid_set = set(valid_ids)
+    extent = region_extent(valid_ids)
     provided: list[str] = []
     for spec in specs:
-        provided += list(valid_ids) if spec.strip() == "all" else expand_region_spec(spec)
+        if spec.strip() == "all":
+            provided += list(valid_ids)
+            continue
+        chosen = parse_region_spec(spec)
+        if chosen.is_range and (extent is None or not chosen.within(extent)):
+            grid = f"the regions with data span {extent}" if extent else "no region has data"
+            raise RegionIdError(
+                f"region range {_shown(spec)} reaches beyond the region grid: {grid}; "
+                "expected a range inside it (`ocr regions select all` lists the regions)"
+            )
+        provided += chosen.ids()
     provided = sort_region_ids(provided)
     return RegionSelection(
         provided=provided,

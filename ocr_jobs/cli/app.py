@@ -1,8 +1,11 @@
-"""The ``ocr`` app, its console and how every command reads the environment's settings (a bad
-env file or variable is exit 2, naming the file and the variable)."""
+"""The ``ocr`` app, its console, how every command reads the environment's settings (a bad
+env file or variable is exit 2, naming the file and the variable), checks an option that
+overrides a setting, and reports Ctrl-C."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +38,7 @@ def _settings(env_file: Path | None, **overrides: Any):
     try:
         path = resolve_env_file(env_file)
         return load_settings(path, **overrides)
-    except FileNotFoundError as exc:
+    except OSError as exc:  # missing, a directory, unreadable
         console.print(f"[red]error in the environment's settings:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     except ValidationError as exc:
@@ -52,6 +55,77 @@ def _setting_error(error: Any) -> str:
     value = error.get("input")
     shown = f"={value!r}" if isinstance(value, str | int) and error["type"] != "missing" else ""
     return f"OCR_{str(error['loc'][0]).upper()}{shown}: {message}"
+
+
+def checked_as(setting: str) -> Callable[[Any], Any]:
+    """A typer callback holding an option that overrides ``setting`` to that setting's own
+    field (type and bounds; the settings model is the one source of truth): a bad value is a
+    usage error naming the option, exit 2, before anything runs, ``--dry-run`` included."""
+
+    def check(value: Any) -> Any:
+        if value is None:  # not given: the setting's own value applies
+            return None
+        from ocr_resources.settings import check_setting
+
+        try:
+            return check_setting(setting, value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return check
+
+
+@contextmanager
+def interruptible(what: str, afterwards: str = "") -> Iterator[None]:
+    """Ctrl-C while ``what`` runs ends in one line saying what was interrupted (and what the
+    next run does about it) and exit 130, as a shell reports SIGINT, with no traceback.
+
+    Dagster turns a Ctrl-C inside one of its runs into a failed run rather than a
+    KeyboardInterrupt; the signal still wakes the fd of ``signal.set_wakeup_fd``, so that
+    case ends the same way."""
+    with _sigint_seen() as seen:
+        try:
+            yield
+        except KeyboardInterrupt:
+            pass
+        except typer.Exit:  # a step's failure the interrupt caused, already reported
+            if not seen():
+                raise
+        else:
+            if not seen():
+                return
+    console.print(f"[yellow]interrupted:[/] {what}" + (f"; {afterwards}" if afterwards else ""))
+    raise typer.Exit(130)
+
+
+@contextmanager
+def _sigint_seen() -> Iterator[Callable[[], bool]]:
+    """A function telling whether SIGINT arrived in the block (whoever handled it), from the
+    signal wakeup fd; outside the main thread, where none can be set, it says no."""
+    import signal
+    import socket
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        previous = None
+
+    def seen() -> bool:
+        try:
+            return signal.SIGINT in reader.recv(4096)
+        except BlockingIOError:  # nothing arrived
+            return False
+
+    try:
+        yield seen if previous is not None else (lambda: False)
+    finally:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
 
 
 def _storage(settings):

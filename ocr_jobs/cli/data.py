@@ -6,21 +6,36 @@ from typing import Annotated
 
 import typer
 
-from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console, regions_app
+from ocr_jobs.cli.app import (
+    EnvFile,
+    _settings,
+    _storage,
+    app,
+    checked_as,
+    console,
+    interruptible,
+    regions_app,
+)
 
 
 @app.command("sample-data")
 def sample_data(
     env_file: EnvFile = None,
     seed: Annotated[
-        int | None, typer.Option(help="Random seed (default: OCR_SAMPLE_SEED).")
+        int | None,
+        typer.Option(
+            help="Random seed (default: OCR_SAMPLE_SEED; the same bounds).",
+            callback=checked_as("sample_seed"),
+        ),
     ] = None,
 ) -> None:
     """Write the embedded sample inputs under the environment's storage root."""
     from ocr_resources.sample_data import SampleSpec, write_sample_data
 
     settings = _settings(env_file)
-    paths = write_sample_data(_storage(settings), SampleSpec(seed=seed or settings.sample_seed))
+    spec = SampleSpec(seed=settings.sample_seed if seed is None else seed)  # 0 is a seed
+    with interruptible("writing the sample inputs", "run it again to write them all"):
+        paths = write_sample_data(_storage(settings), spec)
     console.print(f"[green]wrote {len(paths)} sample inputs[/] under {settings.storage_root}")
 
 
@@ -37,7 +52,8 @@ def regions_refresh(
     )
 
     settings = _settings(env_file)
-    ids = _storage(settings).valid_region_ids()
+    with interruptible("reading the input's regions", "nothing was written"):
+        ids = _storage(settings).valid_region_ids()
     grid = _storage(settings).region_grid()
     console.print(
         f"{len(ids)} valid of {len(grid.all_region_ids())} regions "

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console
+from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, checked_as, console, interruptible
+
+RESUMES = "the next deploy resumes the remaining regions and steps"
 
 
 @app.command("deploy")
@@ -26,7 +28,11 @@ def deploy(
         bool, typer.Option("--wipe", help="Delete this environment's outputs first.")
     ] = False,
     process_retries: Annotated[
-        int | None, typer.Option(help="Retries per region (default 2).")
+        int | None,
+        typer.Option(
+            help="Retries per region (default: OCR_PROCESS_RETRIES; the same bounds).",
+            callback=checked_as("process_retries"),
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and print the plan only.")
@@ -45,6 +51,14 @@ def deploy(
             "materialized (the report lists them).",
         ),
     ] = False,
+    recompute: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--recompute",
+            help="Recompute this region although materialized (id or range; repeatable), e.g. "
+            "after its file was found missing or corrupt.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -55,6 +69,7 @@ def deploy(
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
     from ocr_assets.science.regions import RegionIdError
     from ocr_jobs import deploy as d
+    from ocr_jobs.deploy.plan import deploy_target
 
     overrides = {} if process_retries is None else {"process_retries": process_retries}
     settings = _settings(env_file, **overrides)
@@ -68,27 +83,29 @@ def deploy(
         allow_all_processed=allow_all_processed,
         regions_only=regions_only,
         redeploy_stale=redeploy_stale,
+        recompute=recompute or [],
         verbose=verbose,
     )
     # the input, root and tool checks are refusals (DeployRefused, exit 2); later failures are
     # DeployError (or PermissionError from a wipe), exit 1
     failures = (d.DeployError, PermissionError)
     progress = _DeployProgress()
-    try:
-        plan = d.plan_deploy(settings, options)
-        storage = _storage(settings)
-        if dry_run:
-            _print_dry_run(d.dry_run(plan, storage.layout))
-            return
-        result = d.run_deploy(plan, storage, progress)
-    except (d.DeployRefused, RegionIdError) as exc:  # refused before anything was touched
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    except failures as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    finally:
-        progress.stop()
+    with interruptible(f"deploying {deploy_target(settings)}", RESUMES):
+        try:
+            plan = d.plan_deploy(settings, options)
+            storage = _storage(settings)
+            if dry_run:
+                _print_dry_run(d.dry_run(plan, storage.layout))
+                return
+            result = d.run_deploy(plan, storage, progress)
+        except (d.DeployRefused, RegionIdError) as exc:  # refused before anything was touched
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        except failures as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        finally:
+            progress.stop()  # before any last line, so the bar does not redraw after it
     if result.stopped:
         console.print(f"[yellow]{result.stopped}[/]")
         return
@@ -105,7 +122,7 @@ def deploy(
         raise typer.Exit(1)
     if result.pointer:
         console.print(f"published: current → v{result.pointer['version']}")
-    for label, path in d.output_locations(storage.layout, options.optional_assets):
+    for label, path in d.output_locations(storage.layout, options.optional_assets, regions_only):
         console.print(f"  {label}: {path}", soft_wrap=True)
     console.print(log, soft_wrap=True)
 
@@ -169,6 +186,7 @@ class _DeployProgress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 @app.command("rollback")
@@ -178,8 +196,14 @@ def rollback(
 ) -> None:
     """Point production's "current" at an earlier version's outputs, without recomputing."""
     from ocr_jobs.deploy import DeployError, publish_pointer
+    from ocr_resources.settings import semantic_version
 
-    settings = _settings(env_file, version=to)  # validated as a semantic version
+    try:  # the option's own error (the settings would blame OCR_VERSION)
+        semantic_version(to)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] --to {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    settings = _settings(env_file, version=to)
     if settings.environment != "production":
         console.print(f"[red]error:[/] rollback is for production, not {settings.environment!r}")
         raise typer.Exit(2)

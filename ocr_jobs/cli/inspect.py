@@ -9,13 +9,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console
+from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console, interruptible
 
 
 @app.command("dev")
 def dev(
     env_file: EnvFile = None,
-    port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 3000,
+    port: Annotated[
+        int, typer.Option(help="Port of the UI on 127.0.0.1.", min=1, max=65535)
+    ] = 3000,
 ) -> None:
     """The Dagster UI (``dg dev``) on the environment's own instance, where ``ocr deploy`` runs,
     at http://127.0.0.1:PORT/ (Ctrl-C stops it)."""
@@ -47,7 +49,9 @@ def dev(
 @app.command("serve")
 def serve(
     env_file: EnvFile = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
+    port: Annotated[
+        int, typer.Option(help="Port on 127.0.0.1 (0: any free port).", min=0, max=65535)
+    ] = 8765,
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the page in the default browser.")
     ] = False,
@@ -66,7 +70,7 @@ def serve(
         if check:
             console.print(f"ready: {', '.join(site.archives)} of {settings.environment}")
             return
-        server = MapServer(site, port, log=lambda line: console.print(f"[dim]{line}[/]"))
+        server = MapServer(site, port, log=lambda line: console.print(f"[dim]{escape(line)}[/]"))
     except ServeError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -116,7 +120,10 @@ def compare_variants(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     regions = selection.valid
-    with console.status(f"computing both variants on {len(regions)} region(s)") as status:
+    with (
+        interruptible("comparing the model variants", "nothing was written"),
+        console.status(f"computing both variants on {len(regions)} region(s)") as status,
+    ):
         done: list[str] = []
 
         def progress(region_id: str) -> None:

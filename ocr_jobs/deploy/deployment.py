@@ -11,8 +11,9 @@ from typing import Any, Protocol
 
 import dagster as dg
 
-from ocr_assets.constants import REGION_BUILDINGS
+from ocr_assets.constants import REGION_BUILDINGS, REGION_RASTER
 from ocr_assets.inputs import REGION_INPUTS
+from ocr_assets.region_records import materialized_regions
 from ocr_assets.science.model_version import model_code_version
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
@@ -30,6 +31,7 @@ from ocr_jobs.deploy.runner import (
     failed_run_to_resume,
     instance_home,
     open_instance,
+    recover_dead_runs,
     run_partitions,
 )
 from ocr_jobs.jobs import (
@@ -37,6 +39,7 @@ from ocr_jobs.jobs import (
     DOWNSTREAM_JOB,
     OBSERVE_JOB,
     REGION_JOB,
+    downstream_assets,
     downstream_run,
     materializable_asset_keys,
     region_runs,
@@ -105,32 +108,6 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
     return pointer
 
 
-def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> dict[str, dict]:
-    """Regions whose latest ``region_buildings`` materialization in this environment's
-    instance wrote this storage's path (so another production version's runs don't count),
-    with that materialization's metadata values (its provenance among them)."""
-    latest: dict[str, dict] = {}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(
-            dg.AssetKey(REGION_BUILDINGS), limit=10_000, cursor=cursor, ascending=False
-        )
-        for record in page.records:
-            materialization = record.asset_materialization
-            if materialization.partition and materialization.partition not in latest:
-                latest[materialization.partition] = {
-                    k: v.value for k, v in materialization.metadata.items()
-                }
-        if not page.has_more:
-            break
-        cursor = page.cursor
-    return {
-        region: meta
-        for region, meta in latest.items()
-        if str(meta["path"]) == storage.layout.region_buildings(region)
-    }
-
-
 def observe_inputs(
     instance: dg.DagsterInstance, settings: OcrSettings, storage: OcrStorage, logging: RunLogging
 ) -> dict[str, dict[str, str]]:
@@ -141,6 +118,29 @@ def observe_inputs(
         raise DeployError(f"observing the inputs failed: {outcome.error}")
     regions = region_partitions(settings).get_partition_keys()
     return {key: storage.region_input_versions(key, regions) for key in REGION_INPUTS}
+
+
+def outdated_outputs(
+    instance: dg.DagsterInstance, storage: OcrStorage, keys: list[str]
+) -> list[str]:
+    """The downstream assets among ``keys`` without a materialization newer than the latest
+    region's, or whose recorded output is gone from storage: a deploy that ended before its
+    downstream run did (killed, a worker dead after its region's event) left them so."""
+    newest = 0.0
+    for region_key in (REGION_RASTER, REGION_BUILDINGS):
+        latest = instance.fetch_materializations(dg.AssetKey(region_key), limit=1).records
+        newest = max([newest, *(r.timestamp for r in latest)])
+    outdated = []
+    for key in keys:
+        latest = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
+        path = latest[0].asset_materialization.metadata.get("path") if latest else None
+        if (
+            not latest
+            or latest[0].timestamp < newest
+            or (path is not None and not storage.exists(str(path.value)))
+        ):
+            outdated.append(key)
+    return outdated
 
 
 def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
@@ -165,13 +165,23 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     home = instance_home(settings)
     progress.started(plan.target, home)
     lock = DeploymentLock(
-        storage, settings.lock_stale_seconds, f"ocr deploy ({settings.environment})"
+        storage,
+        settings.lock_stale_seconds,
+        f"ocr deploy ({settings.environment})",
+        env_file=settings.env_file,
+        say=progress.say,
     )
     lock.acquire()
     try:
         defs = build_definitions(settings)
         valid_all = region_partitions(settings).get_partition_keys()
         with open_instance(home) as instance:
+            recovered = recover_dead_runs(instance)
+            if recovered:
+                progress.say(
+                    f"recorded {len(recovered)} run(s) of an interrupted deployment as failed "
+                    f"(their process is gone): {', '.join(recovered)}"
+                )
             if options.wipe:
                 wiped = storage.wipe_environment()
                 wipe_records(instance, defs)
@@ -187,7 +197,10 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 observe_inputs(instance, settings, storage, logging),
                 model_code_version(settings.model_variant),
             )
-            redo = stale if options.redeploy_stale else {}
+            redo = {
+                **(stale if options.redeploy_stale else {}),
+                **{r: ["--recompute"] for r in plan.recompute},
+            }
             report = RegionReport(
                 plan.selection,
                 materialized=[r for r in valid if r in done],
@@ -204,7 +217,24 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 if not report.remaining and not options.regions_only
                 else None
             )
-            if not report.remaining and not options.allow_all_processed and not resume:
+            outdated = (
+                []
+                if report.remaining or options.regions_only or resume
+                else outdated_outputs(
+                    instance, storage, downstream_assets(options.optional_assets, defs)
+                )
+            )
+            if outdated:
+                progress.say(
+                    "downstream outputs missing or older than the regions they are built from: "
+                    f"{', '.join(outdated)}; building them"
+                )
+            if (
+                not report.remaining
+                and not options.allow_all_processed
+                and not resume
+                and not outdated
+            ):
                 result.stopped = (
                     "every selected region is already materialized in this environment; "
                     "nothing to do (pass --allow-all-processed to rebuild the downstream "

@@ -38,6 +38,8 @@ class DeployOptions:
     allow_all_processed: bool = False
     regions_only: bool = False
     redeploy_stale: bool = False  # also redo regions whose inputs or model changed
+    # regions to compute again even though materialized (e.g. a region file found corrupt)
+    recompute: list[str] = field(default_factory=list)
     verbose: bool = False  # the runs' Dagster events on the console too (always in the log file)
 
     @property
@@ -56,9 +58,11 @@ def check_options(settings: OcrSettings, options: DeployOptions) -> None:
         raise DeployRefused(
             f"risk type {options.risk_type!r} is not supported; expected one of {RISK_TYPES}"
         )
-    if options.all_region_ids == bool(options.region_ids):
+    named = bool(options.region_ids or options.recompute)
+    if (options.all_region_ids and options.region_ids) or not (options.all_region_ids or named):
         raise DeployRefused(
-            "give either --region-id (one or more) or --all-region-ids, not both or neither"
+            "give --region-id or --recompute (one or more), or --all-region-ids, but not "
+            "--region-id with --all-region-ids"
         )
     if options.regions_only and options.optional_assets:
         raise DeployRefused(
@@ -77,21 +81,28 @@ class DeployPlan:
     settings: OcrSettings
     options: DeployOptions
     selection: RegionSelection
+    recompute: tuple[str, ...] = ()  # the valid ids --recompute names (ranges expanded)
 
     @property
     def target(self) -> str:
-        """The environment, with its version in production: ``qa``, ``production v1.2.0``."""
-        version = self.settings.version
-        return self.settings.environment + (f" v{version}" if version else "")
+        return deploy_target(self.settings)
+
+
+def deploy_target(settings: OcrSettings) -> str:
+    """The environment, with its version in production: ``qa``, ``production v1.2.0``."""
+    version = settings.version
+    return settings.environment + (f" v{version}" if version else "")
 
 
 def plan_deploy(settings: OcrSettings, options: DeployOptions) -> DeployPlan:
     """Check the options and select the regions; raises DeployRefused or RegionIdError."""
     check_options(settings, options)
-    specs = ["all"] if options.all_region_ids else options.region_ids
-    selection = select_regions(specs, load_valid_region_ids(settings.region_catalog))
+    valid = load_valid_region_ids(settings.region_catalog)
+    specs = ["all"] if options.all_region_ids else [*options.region_ids, *options.recompute]
+    selection = select_regions(specs, valid)
     selection.raise_for_invalid()
-    return DeployPlan(settings, options, selection)
+    recompute = select_regions(options.recompute, valid) if options.recompute else None
+    return DeployPlan(settings, options, selection, tuple(recompute.valid if recompute else ()))
 
 
 @dataclass(frozen=True)
@@ -166,13 +177,18 @@ def stale_regions(
 
 
 def output_locations(
-    layout: StorageLayout, optional_assets: tuple[str, ...]
+    layout: StorageLayout, optional_assets: tuple[str, ...], regions_only: bool = False
 ) -> list[tuple[str, str]]:
-    """(label, path) of each output a deployment writes, for the closing summary."""
-    levels = "{" + ",".join(CENSUS_LEVELS) + "}"
+    """(label, path) of each output a deployment writes, for the closing summary: with
+    ``regions_only``, only the region outputs (nothing downstream was built)."""
     rows = [
         ("raster store", layout.raster_store),
         ("region buildings", layout.region_buildings_dir),
+    ]
+    if regions_only:
+        return rows
+    levels = "{" + ",".join(CENSUS_LEVELS) + "}"
+    rows += [
         ("consolidated buildings", layout.consolidated_buildings),
         ("partitioned buildings", layout.partitioned_buildings),
         ("summary statistics", layout.region_summary_stats(levels)),

@@ -8,16 +8,23 @@ the very settings the deployment was given.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import re
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 
+from ocr_jobs.deploy.owner import ProcessOwner
 from ocr_jobs.run_log import RunLogging
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
 
@@ -39,6 +46,73 @@ def partition_tags(regions: list[str]) -> dict[str, str]:
     """The tags of a run of these regions (consecutive partitions), as a UI backfill under the
     region asset's ``BackfillPolicy`` tags it: a range, also for one region."""
     return dict(zip(RANGE_TAGS, (regions[0], regions[-1]), strict=True))
+
+
+# the process that executes a deploy's run, so the next deploy can tell a run whose process is
+# gone (killed, out of memory, a laptop closed) from one still running
+OWNER_TAGS = ("ocr/host", "ocr/pid", "ocr/pid_started", "ocr/pid_namespace")
+
+
+def owner_tags() -> dict[str, str]:
+    """This process, as the owner of the runs it executes."""
+    owner = ProcessOwner.current()
+    values = (owner.host, str(owner.pid), f"{owner.started:.3f}", owner.namespace or "")
+    return dict(zip(OWNER_TAGS, values, strict=True))
+
+
+def _run_owner(tags: dict[str, str]) -> ProcessOwner | None:
+    """The process a deploy's run recorded as its owner; None for runs launched elsewhere
+    (e.g. from the UI: Dagster's run monitoring looks after those)."""
+    host, pid, started, namespace = (tags.get(t) for t in OWNER_TAGS)
+    if host is None or pid is None or started is None:
+        return None
+    return ProcessOwner(host, int(pid), float(started), namespace or None)
+
+
+def _step_processes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[psutil.Process]:
+    """The run's step subprocesses still alive on this host (orphans once their parent died):
+    the pids of its STEP_WORKER_STARTED events, started after the run was."""
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
+    ).records
+    started = float(run.tags[OWNER_TAGS[2]])
+    found = []
+    for record in records:
+        entry = record.event_log_entry.dagster_event.event_specific_data.metadata.get("pid")
+        try:
+            process = psutil.Process(int(entry.value))
+            if process.create_time() >= started and record.timestamp >= started:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, AttributeError):
+            continue
+    return found
+
+
+def recover_dead_runs(
+    instance: dg.DagsterInstance, reason: str = "the deploy process that ran it is gone"
+) -> list[str]:
+    """Record as failed every run of a deploy on this host whose process is gone (it stays
+    STARTED forever otherwise, and a failed run is what the next deploy resumes), and stop its
+    orphaned step processes (they would go on writing without the lock). Runs launched by the
+    UI are left to Dagster's run monitoring (the daemon's); runs of other hosts to their own.
+    Returns the recovered runs' ids."""
+    status = dg.DagsterRunStatus
+    live = [status.NOT_STARTED, status.STARTING, status.STARTED, status.CANCELING]
+    recovered = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=live)):
+        owner = _run_owner(run.tags)
+        if owner is None or owner.alive() is not False:
+            continue
+        orphans = _step_processes(instance, run)
+        for process in orphans:
+            for member in [*process.children(recursive=True), process]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.kill()
+        psutil.wait_procs(orphans, timeout=10)
+        stopped = f"; {len(orphans)} orphaned step process(es) stopped" if orphans else ""
+        instance.report_run_failed(run, f"{reason} (pid {run.tags[OWNER_TAGS[1]]}){stopped}")
+        recovered.append(run.run_id)
+    return recovered
 
 
 PG_URL_ENV = "OCR_DAGSTER_PG_URL"
@@ -105,7 +179,7 @@ def execute(
     result = dg.execute_job(
         reconstructable_job(settings, job_name),
         instance=instance,
-        tags=partition_tags(regions) if regions else None,
+        tags={**owner_tags(), **(partition_tags(regions) if regions else {})},
         asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
         run_config=logging.run_config(),
         reexecution_options=(
@@ -188,26 +262,52 @@ def _serve_runs(
     conn: Connection, home: str, settings: OcrSettings, job_name: str, logging: RunLogging
 ) -> None:
     """Worker process body: run the region runs it is sent, one at a time, sending back their
-    regions' outcomes; imports and the instance are paid once per worker, not once per run."""
-    with open_instance(Path(home)) as instance:
-        while (regions := conn.recv()) is not None:
-            conn.send(execute_regions(instance, settings, job_name, regions, logging))
+    regions' outcomes; imports and the instance are paid once per worker, not once per run.
+
+    Ctrl-C is the deploy's to report: a worker starts with SIGINT ignored (no traceback from
+    its start-up imports), then leaves the terminal's session, so neither it nor Dagster's
+    helper processes see the terminal's Ctrl-C. The deploy stops it with :data:`STOP_SIGNAL`
+    instead (:func:`run_partitions`), which ends a worker still starting and, from here on,
+    interrupts its run quietly (:func:`_interrupt_quietly`)."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(STOP_SIGNAL, _interrupt_quietly)
+    try:
+        with open_instance(Path(home)) as instance:
+            while (regions := conn.recv()) is not None:
+                conn.send(execute_regions(instance, settings, job_name, regions, logging))
+    except (KeyboardInterrupt, EOFError):  # stopped, or the deploy is gone
+        return
 
 
-def mark_dead_runs_failed(
-    instance: dg.DagsterInstance, job_name: str, regions: list[str], exitcode: int | None
-) -> str:
-    """A run whose process died (killed, out of memory) stays STARTED in the instance; record
-    it failed, as Dagster's run monitoring would, so the UI and the next deploy see it."""
-    message = f"the run's process exited with code {exitcode} before finishing"
-    status = dg.DagsterRunStatus
-    live = [status.NOT_STARTED, status.STARTING, status.STARTED]
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=job_name, statuses=live, tags=partition_tags(regions))
-    )
-    for run in runs:
-        instance.report_run_failed(run, message)
-    return message
+# how an interrupted deploy stops its workers (its default action ends one still starting)
+STOP_SIGNAL = signal.SIGUSR1
+
+
+def _interrupt_quietly(signum: int, frame: Any) -> None:
+    """The deploy was interrupted and says so once: silence this worker's console (Dagster's
+    console logger writes to whatever ``sys.stderr`` is; the events still reach the instance
+    and the deploy's log file), then interrupt it as Ctrl-C would (Dagster records the run it
+    interrupts as failed)."""
+    quiet = open(os.devnull, "w")  # noqa: SIM115  (for the rest of this process's life)
+    sys.stdout = sys.stderr = quiet
+    os.dup2(quiet.fileno(), 1)
+    os.dup2(quiet.fileno(), 2)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker is spawned: a child starts with an ignored signal still
+    ignored, so Python gives it no KeyboardInterrupt until :func:`_serve_runs` takes it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -241,7 +341,8 @@ def run_partitions(
         process = context.Process(
             target=_serve_runs, args=(child, str(home), settings, job_name, logging)
         )
-        process.start()
+        with _sigint_ignored():
+            process.start()
         child.close()
         return _Worker(process, conn)
 
@@ -275,12 +376,19 @@ def run_partitions(
                         worker.process.join()
                         regions = worker.regions
                         code = worker.process.exitcode
-                        error = mark_dead_runs_failed(instance, job_name, regions, code)
+                        error = f"the run's process exited with code {code} before finishing"
+                        recover_dead_runs(instance, error)
                         finish(worker, [RunOutcome(r, False, "", error) for r in regions])
                         workers.remove(worker)
+        except KeyboardInterrupt:  # the workers left the terminal's session: stop them
+            for worker in workers:
+                if worker.process.is_alive():
+                    os.kill(worker.process.pid, STOP_SIGNAL)
+            raise
         finally:
             for worker in workers:
                 if worker.process.is_alive():
-                    worker.conn.send(None)
+                    with contextlib.suppress(BrokenPipeError):  # ending already (Ctrl-C)
+                        worker.conn.send(None)
                     worker.process.join()
     return sorted(outcomes, key=lambda o: partitions.index(o.partition))

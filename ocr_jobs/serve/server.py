@@ -7,7 +7,9 @@ cannot.
 
 from __future__ import annotations
 
+import errno
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,12 @@ from ocr_jobs.serve.site import MapSite, ServedFile
 
 HOST = "127.0.0.1"
 CHUNK_BYTES = 1 << 20  # a whole-file GET streams in pieces of this size
+# file errors that mean "no such file" to a client: a name longer than the file system takes
+# (ENAMETOOLONG) or one that runs through a file (ENOTDIR) cannot name anything served
+NOT_FOUND_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
+)
+FORBIDDEN_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
 class MapRequestHandler(BaseHTTPRequestHandler):
@@ -39,7 +47,38 @@ class MapRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         self.server.log(f"{self.address_string()} {format % args}")
 
+    def end_headers(self) -> None:
+        self._headers_sent = True  # from here on a failure cannot become an error answer
+        super().end_headers()
+
     def _respond(self, body: bool) -> None:
+        """Answer one request. Whatever fails (a file name longer than the file system takes,
+        an unreadable file, a bug) gets an error answer, or, once the headers are out, a
+        closed connection: never an unanswered request or a traceback."""
+        self._headers_sent = False
+        try:
+            self._route(body)
+        except Exception as exc:  # the request's boundary: every failure is answered here
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """Answer a failed request with ``failure_status``; the server's fault, or a failure
+        after the headers, is logged in one line (the access log has the rest)."""
+        status, message = failure_status(exc)
+        if self._headers_sent or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            self.server.log(
+                f"{self.address_string()} {self.command} {self.path[:200]}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            )
+        if self._headers_sent:
+            self.close_connection = True  # the client was promised bytes it will not get
+            return
+        try:
+            self._error(status, message)
+        except OSError:
+            self.close_connection = True  # the client has gone
+
+    def _route(self, body: bool) -> None:
         if not self._host_allowed():
             self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
             return
@@ -90,11 +129,7 @@ class MapRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _send_file(self, served: ServedFile, body: bool) -> None:
-        try:
-            size, etag = served.stat()
-        except FileNotFoundError:
-            self._error(HTTPStatus.NOT_FOUND, "not found")
-            return
+        size, etag = served.stat()
         try:
             wanted = parse_range(self.headers.get("Range"), size)
         except RangeNotSatisfiable:
@@ -106,6 +141,11 @@ class MapRequestHandler(BaseHTTPRequestHandler):
         if wanted is not None and self.headers.get("If-Range", etag) != etag:
             wanted = None  # the file changed since the client's first piece: send all of it
         part = wanted or ByteRange(0, size)
+        # the first piece is read before any header goes out, so an unreadable file is
+        # answered with its error (a HEAD reads one byte to know the same)
+        first = self._read(
+            served, part.start, min(part.stop, part.start + (CHUNK_BYTES if body else 1))
+        )
         self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
         self.send_header("Content-Type", served.content_type)
         self.send_header("Content-Length", str(part.length))
@@ -116,8 +156,40 @@ class MapRequestHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", wanted.content_range(size))
         self.end_headers()
         if body:
-            for start in range(part.start, part.stop, CHUNK_BYTES):
-                self.wfile.write(served.read(start, min(part.stop, start + CHUNK_BYTES)))
+            self.wfile.write(first)
+            for start in range(part.start + len(first), part.stop, CHUNK_BYTES):
+                self.wfile.write(self._read(served, start, min(part.stop, start + CHUNK_BYTES)))
+
+    @staticmethod
+    def _read(served: ServedFile, start: int, stop: int) -> bytes:
+        """Bytes ``start:stop`` of the file, all of them: a file that shrank since its size
+        was taken (replaced by a redeploy) is an error, not a short answer."""
+        if stop <= start:
+            return b""
+        data = served.read(start, stop)
+        if len(data) != stop - start:
+            raise OSError(errno.EIO, f"read {len(data)} of {stop - start} bytes: the file changed")
+        return data
+
+
+def failure_status(exc: Exception) -> tuple[HTTPStatus, str]:
+    """The answer to a request that failed with ``exc``: a file that cannot exist or be
+    reached is not found (404), one that may not be read is forbidden (403), anything else
+    is the server's fault (500). Messages give the reason, never a server path."""
+    number = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None)
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError) or (
+        number in NOT_FOUND_ERRNOS
+    ):
+        return HTTPStatus.NOT_FOUND, f"not found ({reason or 'no such file'})"
+    if isinstance(exc, PermissionError) or number in FORBIDDEN_ERRNOS:
+        return HTTPStatus.FORBIDDEN, f"not readable ({reason or 'permission denied'})"
+    if isinstance(exc, OSError):
+        return (
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            f"could not read the file ({reason or type(exc).__name__})",
+        )
+    return HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server's log)"
 
 
 class MapServer(ThreadingHTTPServer):
@@ -131,6 +203,12 @@ class MapServer(ThreadingHTTPServer):
         self.site = site
         self.log = log or (lambda _message: None)
         super().__init__((HOST, port), MapRequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, not socketserver's traceback on stderr, for what escapes a request
+        (the client hung up while the request was read)."""
+        kind, exc, _ = sys.exc_info()
+        self.log(f"{client_address[0]}: connection ended: {kind.__name__ if kind else ''}: {exc}")
 
     @property
     def url(self) -> str:

@@ -1,16 +1,21 @@
 """Files under the storage root: atomic writes (a temporary sibling, then a move or a swap),
-exclusive creation, deletion and the environment wipe. Works the same on a local folder and on
-S3 (through fsspec; boto3 through dagster-aws for conditional puts)."""
+exclusive creation, compare-and-swap (replace or delete only the version read), deletion and
+the environment wipe. Works the same on a local folder and on S3 (through fsspec; boto3 through
+dagster-aws for conditional requests)."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import IO, Any, get_args
 
 import fsspec
@@ -22,6 +27,48 @@ from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
 class StorageRootError(RuntimeError):
     """The storage root is missing or not writable (checked when a deploy starts, never when
     settings are built, so configuration stays free of I/O)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A file's content and its version token: the S3 ETag, or locally the content's hash
+    (like an ETag, the same bytes give the same token)."""
+
+    data: bytes
+    token: str
+
+
+def _content_token(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _s3_client(endpoint_url: str | None):
+    """One boto3 client per endpoint (clients are thread-safe; making one costs ~0.1 s), built
+    by dagster-aws; credentials come from the environment."""
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(endpoint_url=endpoint_url).get_client()
+
+
+# a forked child must not share the parent's pooled connections
+os.register_at_fork(after_in_child=_s3_client.cache_clear)
+
+# the answers of a conditional S3 request whose condition failed: the object exists (create),
+# changed (replace, delete) or is gone, or a concurrent conditional write won (409)
+_CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"}
+
+
+def _s3_conditional(call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """The response of a conditional S3 request, or None when its condition failed."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _CONDITION_FAILED:
+            return None
+        raise
 
 
 def _normalised(path: str) -> str:
@@ -55,29 +102,94 @@ class FileStore:
 
     def s3_client(self):
         """boto3 S3 client through dagster-aws, for what fsspec cannot do (conditional puts)."""
-        from dagster_aws.s3 import S3Resource
+        return _s3_client(self.endpoint_url)
 
-        return S3Resource(endpoint_url=self.endpoint_url).get_client()
+    def _s3_key(self, path: str) -> dict[str, str]:
+        bucket, _, key = path.removeprefix("s3://").partition("/")
+        return {"Bucket": bucket, "Key": key}
 
-    def create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create ``path`` only if it does not exist (atomically); False if it does."""
+    def _s3_put_if(self, path: str, data: bytes, **condition: str) -> str | None:
+        """A conditional PutObject (``IfNoneMatch`` or ``IfMatch``): the new ETag, or None."""
+        key = self._s3_key(path)
+        done = _s3_conditional(lambda: self.s3_client().put_object(**key, Body=data, **condition))
+        return None if done is None else done["ETag"]
+
+    # conditional writes: each returns the version token of what it wrote (an S3 ETag, or
+    # the content's hash locally), None when its condition failed ----------------------
+    def create_exclusive(self, path: str, data: bytes) -> str | None:
+        """Create ``path`` only if it does not exist (atomically, with all of ``data`` at
+        once, so a reader never sees it half written); None if it exists."""
         if self.is_s3:
-            bucket, _, key = path.removeprefix("s3://").partition("/")
-            try:
-                self.s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-            except Exception as exc:  # botocore ClientError: PreconditionFailed
-                if "PreconditionFailed" in str(exc) or "412" in str(exc):
-                    return False
-                raise
-            return True
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            return self._s3_put_if(path, data, IfNoneMatch="*")
+        local = self.fs_path(path)
+        parent, name = os.path.split(local)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{name}")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, local)  # fails if ``local`` exists: O_EXCL, with the content complete
         except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            return None
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return _content_token(data)
+
+    def read_versioned(self, path: str) -> Versioned | None:
+        """``path``'s content with its version token (for :meth:`replace_if` and
+        :meth:`delete_if`), or None if it does not exist."""
+        if self.is_s3:
+            key = self._s3_key(path)
+            got = _s3_conditional(lambda: self.s3_client().get_object(**key))
+            return None if got is None else Versioned(got["Body"].read(), got["ETag"])
+        try:
+            with open(self.fs_path(path), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return Versioned(data, _content_token(data))
+
+    def replace_if(self, path: str, token: str, data: bytes) -> str | None:
+        """Replace ``path`` with ``data`` only if it is still the version ``token`` names
+        (compare-and-swap); the new token, or None if it changed or is gone."""
+        if self.is_s3:
+            return self._s3_put_if(path, data, IfMatch=token)
+        with self._local_cas(path) as current:
+            if current is None or current.token != token:
+                return None
+            self.write_bytes(path, data)  # a rename: readers see the old or the new content
+        return _content_token(data)
+
+    def delete_if(self, path: str, token: str) -> bool:
+        """Delete ``path`` only if it is still the version ``token`` names; False if it
+        changed or is gone (so a late delete never removes what someone else wrote since)."""
+        if self.is_s3:
+            key = self._s3_key(path)
+            return (
+                _s3_conditional(lambda: self.s3_client().delete_object(**key, IfMatch=token))
+                is not None
+            )
+        with self._local_cas(path) as current:
+            if current is None or current.token != token:
+                return False
+            os.unlink(self.fs_path(path))
         return True
+
+    @contextmanager
+    def _local_cas(self, path: str) -> Iterator[Versioned | None]:
+        """``path``'s current version, read while holding an exclusive ``flock`` on a hidden
+        sibling: every conditional change of ``path`` on a local root holds it from its
+        compare to its write. The kernel releases it when the holder exits, however it dies.
+        (Creation needs no guard: ``os.link`` is exclusive on its own.)"""
+        parent, name = os.path.split(self.fs_path(path))
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(os.path.join(parent, f".{name}.cas"), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self.read_versioned(path)
+        finally:
+            os.close(fd)  # releases the flock
 
     def open(self, path: str, mode: str = "rb") -> IO:
         """A file under the root; writing creates its folder first (objects need none)."""

@@ -23,6 +23,7 @@ from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.regions import HALO_DEG, RegionGrid, RegionIdError
 from ocr_resources.layout import InputSpec
 from ocr_resources.storage.regions import RegionReader
+from ocr_resources.storage.vector import covering_extents, meets
 
 # cells kept around a region's window in a projected input (its read takes a margin for the
 # gap-fill and the warp's neighbourhood; generous, so a change that can matter is never missed)
@@ -156,14 +157,10 @@ class InputFingerprints(RegionReader):
         """Per region, the footer's row groups whose bbox covering meets the region."""
         with self.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
-        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-        bbox = {k: names.index(f"bbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")}
         groups = []
-        for g in range(meta.num_row_groups):
+        for g, extent in enumerate(covering_extents(meta, "bbox")):
             rg = meta.row_group(g)
             stats = [rg.column(i).statistics for i in range(rg.num_columns)]
-            box = {k: stats[i] for k, i in bbox.items()}
-            extent = (box["xmin"].min, box["ymin"].min, box["xmax"].max, box["ymax"].max)
             detail = [
                 rg.num_rows,
                 rg.total_byte_size,
@@ -180,13 +177,12 @@ class InputFingerprints(RegionReader):
         parts: dict[str, list[str]] = {}
         for region_id in region_ids:
             region = grid.region(region_id)
+            window = (region.lon0, region.lat0, region.lon1, region.lat1)
+            # a group without statistics is read by every region (read_geoparquet_within)
             parts[region_id] = [
                 stamp
-                for (xmin, ymin, xmax, ymax), stamp in groups
-                if xmin <= region.lon1
-                and xmax >= region.lon0
-                and ymin <= region.lat1
-                and ymax >= region.lat0
+                for extent, stamp in groups
+                if extent is None or meets(np.array(extent), window)
             ]
         return parts
 

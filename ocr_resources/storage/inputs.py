@@ -4,10 +4,13 @@ naming the input, what was expected and what was found."""
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Collection
-from typing import Any, NoReturn
+import uuid
+from collections.abc import Callable, Collection
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
+import dask.array
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -15,13 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import shapely
 import xarray as xr
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_resources.layout import InputSpec
-from ocr_resources.storage.vector import VectorStore
+from ocr_resources.storage.geoparquet import BBOX_FIELDS, geoparquet_crs
+from ocr_resources.storage.raster_store import StoredArray
+from ocr_resources.storage.vector import Extent, VectorStore, covering_extents, meets
 
 
 class InputDataError(ValueError):
@@ -39,12 +45,118 @@ class InputDataError(ValueError):
         return f"input {self.asset!r} at {self.path}: {self.problem}"
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def without_input_traceback(fn: Callable[P, T]) -> Callable[P, T]:
+    """``fn``, its ``InputDataError`` raised without the frames below ``fn``.
+
+    An input error is a refusal of the data, not a fault of the code: its message names the
+    input and what is wrong. The library frames under it (zarr, dask, xarray: ~40 lines) say
+    nothing more and would bury that message, once per log line that prints the error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except InputDataError as exc:
+            raise exc.with_traceback(None) from None
+
+    return wrapper
+
+
 def _names(names: Collection[Any]) -> str:
     return ", ".join(repr(str(n)) for n in names) or "none"
 
 
 def _crs_name(crs: CRS) -> str:
     return crs.to_string() if crs.to_epsg() else crs.name
+
+
+def _box(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.9g}" for v in values) + "]"
+
+
+def _covers(box: np.ndarray, bounds: np.ndarray, eps: float) -> np.ndarray:
+    """Which boxes contain the bounds in the same row (NaN in a box never does).
+
+    GeoParquet 1.1 lets a covering bbox be FLOAT: a writer that rounds to nearest instead of
+    outward leaves it inside the geometry by up to half a float step, so one step of the
+    column's type, relative to the coordinate, is tolerated (~1.5 m at 120° in float32; a
+    DOUBLE bbox must hold the bounds to ~1e-14°)."""
+    slack = eps * np.abs(bounds)
+    low = box[:, :2] <= bounds[:, :2] + slack[:, :2]
+    high = box[:, 2:] >= bounds[:, 2:] - slack[:, 2:]
+    return low.all(axis=1) & high.all(axis=1)
+
+
+def _bbox_values(bbox: pa.StructArray) -> np.ndarray:
+    """A covering bbox column as float64 ``(xmin, ymin, xmax, ymax)`` rows (a missing box is
+    NaN)."""
+    fields = dict(zip([f.name for f in bbox.type], bbox.flatten(), strict=True))
+    return np.column_stack(
+        [fields[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in BBOX_FIELDS]
+    )
+
+
+def _bbox_eps(schema: pa.Schema, bbox: str) -> float:
+    """The machine epsilon of a covering bbox column's stored type (FLOAT or DOUBLE)."""
+    return float(np.finfo(schema.field(bbox).type.field("xmin").type.to_pandas_dtype()).eps)
+
+
+class CheckedChunks:
+    """A lazily opened input variable, read for dask a block (a stored chunk) at a time.
+
+    A block that fails to read is looked into: when a stored object under it is fetched whole
+    and still does not decode, the input is corrupt — an ``InputDataError`` naming the store
+    and the chunk key, permanent, so the step fails at once instead of retrying. Anything
+    else (a network error, a timeout, an object that decodes when fetched again) is raised
+    as it came and stays retryable."""
+
+    def __init__(self, variable: xr.Variable, spec: InputSpec, stored: StoredArray) -> None:
+        self._variable, self._spec, self._stored = variable, spec, stored
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def chunked(self) -> xr.Variable:
+        """The variable as a dask array chunked as stored (what ``open_zarr(chunks={})``
+        gives), every block read through ``__getitem__``; attributes and encoding kept."""
+        preferred = self._variable.encoding["preferred_chunks"]
+        data = dask.array.from_array(
+            self,
+            chunks=tuple(preferred[d] for d in self._variable.dims),
+            name=f"{self._spec.asset}-{self._stored.name}-{uuid.uuid4().hex}",
+            fancy=False,
+            meta=np.empty((0,) * self.ndim, self.dtype),
+        )
+        return self._variable.copy(deep=False, data=data)
+
+    def __getitem__(self, key: tuple[slice | int, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self._variable[key].values)
+        except Exception:
+            bad = self._undecodable(key)
+            if not bad:
+                raise  # as it came: retryable
+        keys = ", ".join(repr(k) for k, _ in bad)
+        which = f"chunk {keys} that does not" if len(bad) == 1 else f"chunks {keys} that do not"
+        raise InputDataError(
+            self._spec.asset,
+            self._spec.path,
+            f"expected every stored chunk to decode, got {which} ({bad[0][1]})",
+        )
+
+    def _undecodable(self, key: tuple[slice | int, ...]) -> list[tuple[str, str]]:
+        """The stored objects under the block ``key`` that do not decode; none when they
+        cannot even be fetched (an I/O error is not the data's fault)."""
+        selection = tuple(
+            slice(*k.indices(n)[:2]) if isinstance(k, slice) else slice(k, k + 1)
+            for k, n in zip(key, self.shape, strict=True)
+        )
+        try:
+            return self._stored.undecodable(selection)
+        except Exception:
+            return []
 
 
 class InputReader(VectorStore):
@@ -73,16 +185,21 @@ class InputReader(VectorStore):
             )
 
     def open_input(self, path: str, variables: tuple[str, ...] = ()) -> xr.Dataset:
-        """A Zarr input opened lazily (chunked as stored) and checked against its spec
+        """A Zarr input opened lazily (dask, chunked as stored) and checked against its spec
         (variables, dims, dtype, CRS), so a broken input fails here, by name, before any step
-        computes or writes."""
+        computes or writes; a stored chunk that does not decode when it is read is an
+        ``InputDataError`` naming it (:class:`CheckedChunks`)."""
         spec = self.layout.input_spec(path)
         self._require_exists(spec, "a Zarr store")
         try:
-            ds = xr.open_zarr(
+            # lazy but not chunked: each data variable is chunked below, read through
+            # CheckedChunks
+            ds = xr.open_dataset(
                 path,
+                engine="zarr",
                 consolidated=False,
-                chunks={},
+                chunks=None,
+                cache=False,
                 decode_coords="all",
                 storage_options=self.storage_options or None,
             )
@@ -91,7 +208,15 @@ class InputReader(VectorStore):
                 spec.asset, path, f"expected a Zarr store, got one that cannot be opened ({exc})"
             ) from exc
         self._check_raster(spec, ds, variables)
-        return ds
+        store = self.fs_path(path)
+        return ds.assign(
+            {
+                name: CheckedChunks(
+                    ds[name].variable, spec, StoredArray(self.fs, store, name)
+                ).chunked()
+                for name in ds.data_vars
+            }
+        )
 
     @staticmethod
     def _check_raster(spec: InputSpec, ds: xr.Dataset, requested: tuple[str, ...]) -> None:
@@ -174,17 +299,22 @@ class InputReader(VectorStore):
             refuse(f"expected column 'GEOID' as text, got {geoid}")
         return schema
 
-    def _read_geoparquet(self, spec: InputSpec, **kwargs: Any) -> gpd.GeoDataFrame:
-        """A checked vector input, read; GEOIDs of the documented length only."""
+    def _read_geoparquet(self, spec: InputSpec) -> gpd.GeoDataFrame:
+        """A checked vector input, read whole; GEOIDs of the documented length only."""
         self._geoparquet_schema(spec)
         try:
-            gdf = gpd.read_parquet(spec.path, filesystem=self.fs, **kwargs)
+            gdf = gpd.read_parquet(spec.path, filesystem=self.fs)
         except pa.ArrowInvalid as exc:
             raise InputDataError(
                 spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
             ) from exc
-        lengths = gdf["GEOID"].astype("string").str.len().fillna(-1)
-        wrong = gdf["GEOID"][lengths != spec.geoid_length]
+        self._check_geoids(spec, gdf["GEOID"])
+        return gdf
+
+    @staticmethod
+    def _check_geoids(spec: InputSpec, geoids: pd.Series) -> None:
+        lengths = geoids.astype("string").str.len().fillna(-1)
+        wrong = geoids[lengths != spec.geoid_length]
         if len(wrong):
             raise InputDataError(
                 spec.asset,
@@ -192,7 +322,141 @@ class InputReader(VectorStore):
                 f"expected {spec.geoid_length}-character GEOIDs, got {len(wrong)} of another "
                 f"length, e.g. {_names(pd.unique(wrong)[:3])}",
             )
+
+    def read_geoparquet_within(self, spec: InputSpec, window: Extent) -> gpd.GeoDataFrame:
+        """The rows of a checked vector input whose geometry's bounding box meets ``window``
+        (edges included), read a row group at a time; GEOIDs of the documented length only.
+
+        The covering bbox only picks row groups (by their footer statistics); rows are picked
+        by their decoded geometry, and in every row group read, each row's bbox is checked
+        against its geometry and the group's statistics against all of them. A filter on the
+        bbox column would silently drop a row whose corrupt bbox no longer meets the window,
+        before its geometry is ever read; here a disagreement is an ``InputDataError``. Memory
+        holds one batch plus the rows kept, never the file."""
+        schema = self._geoparquet_schema(spec)
+        geo = json.loads(schema.metadata[b"geo"])
+        geometry = geo["primary_column"]
+        covering = geo["columns"][geometry].get("covering", {}).get("bbox", {}).get("xmin")
+        bbox = covering[0] if covering else None
+        eps = _bbox_eps(schema, bbox) if bbox else 0.0
+        meta = self.parquet_metadata(spec.path)
+        extents = covering_extents(meta, bbox) if bbox else [None] * meta.num_row_groups
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        kept: list[pa.RecordBatch] = []
+        shapes: list[np.ndarray] = []
+        for group, extent in enumerate(extents):
+            if extent is not None and not meets(np.array(extent), window):
+                continue
+            row = int(starts[group])
+            spanned = np.array([np.inf, np.inf, -np.inf, -np.inf])
+            try:
+                for batch in self.iter_batches(spec.path, row_groups=[group]):
+                    shape = self._decode_geometry(spec, group, batch.column(geometry))
+                    bounds = shapely.bounds(shape)
+                    if bbox:
+                        self._check_covering(spec, group, row, batch.column(bbox), bounds, eps)
+                    if not np.isnan(bounds).all():
+                        spanned[:2] = np.fmin(spanned[:2], np.nanmin(bounds[:, :2], axis=0))
+                        spanned[2:] = np.fmax(spanned[2:], np.nanmax(bounds[:, 2:], axis=0))
+                    inside = meets(bounds, window)
+                    kept.append(batch.filter(pa.array(inside)))
+                    shapes.append(shape[inside])
+                    row += batch.num_rows
+            except pa.ArrowInvalid as exc:
+                raise InputDataError(
+                    spec.asset,
+                    spec.path,
+                    f"expected a readable Parquet file, got an error in row group {group} ({exc})",
+                ) from exc
+            except OSError:  # a page that does not decompress, or an I/O error on the way
+                problem = self.undecodable_row_group(spec.path, group)
+                if problem is None:
+                    raise  # as it came: retryable
+                raise InputDataError(
+                    spec.asset,
+                    spec.path,
+                    f"expected row groups that decode, got row group {group} that does not "
+                    f"({problem})",
+                ) from None
+            if extent is not None and np.isfinite(spanned).all():
+                self._check_statistics(spec, group, np.array(extent), spanned, eps)
+        gdf = self._geodataframe(schema, kept, shapes, geometry, bbox)
+        self._check_geoids(spec, gdf["GEOID"])
         return gdf
+
+    @staticmethod
+    def _decode_geometry(spec: InputSpec, group: int, wkb: pa.Array) -> np.ndarray:
+        try:
+            return shapely.from_wkb(wkb.to_numpy(zero_copy_only=False))
+        except shapely.errors.GEOSException as exc:
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected WKB geometries, got one in row group {group} that cannot be "
+                f"decoded ({exc})",
+            ) from None
+
+    @staticmethod
+    def _check_covering(
+        spec: InputSpec,
+        group: int,
+        first_row: int,
+        bbox: pa.StructArray,
+        bounds: np.ndarray,
+        eps: float,
+    ) -> None:
+        """Each row's covering bbox contains its geometry's bounds (a row without a geometry
+        has nothing to cover); vectorised over the batch."""
+        box = _bbox_values(bbox)
+        wrong = np.flatnonzero(~_covers(box, bounds, eps) & ~np.isnan(bounds).any(axis=1))
+        if wrong.size:
+            rows = ", ".join(str(first_row + i) for i in wrong[:5])
+            more = ", …" if wrong.size > 5 else ""
+            first = wrong[0]
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected a covering bbox that contains each row's geometry, got "
+                f"{wrong.size} row(s) in row group {group} whose bbox does not (rows "
+                f"{rows}{more}); row {first_row + first}: bbox {_box(box[first])}, geometry "
+                f"bounds {_box(bounds[first])}",
+            )
+
+    @staticmethod
+    def _check_statistics(
+        spec: InputSpec, group: int, extent: np.ndarray, spanned: np.ndarray, eps: float
+    ) -> None:
+        """The row group's footer statistics contain the geometries read from it: readers
+        skip row groups by them, so statistics that are too small lose rows elsewhere."""
+        if not _covers(extent[None], spanned[None], eps)[0]:
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected the bbox statistics of row group {group} to contain its rows' "
+                f"geometries, got statistics {_box(extent)} for geometries spanning "
+                f"{_box(spanned)}",
+            )
+
+    @staticmethod
+    def _geodataframe(
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+        shapes: list[np.ndarray],
+        geometry: str,
+        bbox: str | None,
+    ) -> gpd.GeoDataFrame:
+        """The kept rows as GeoPandas reads GeoParquet: the columns in their stored order
+        without the covering bbox, the geometry with the file's CRS."""
+        table = pa.Table.from_batches(batches) if batches else schema.empty_table()
+        frame = table.drop_columns([c for c in (geometry, bbox) if c]).to_pandas()
+        names = [n for n in schema.names if n != bbox]
+        series = gpd.GeoSeries(
+            np.concatenate(shapes) if shapes else np.array([], dtype=object),
+            index=frame.index,
+            crs=geoparquet_crs(schema),
+        )
+        frame.insert(names.index(geometry), geometry, series)
+        return gpd.GeoDataFrame(frame, geometry=geometry)
 
     def read_census(self, level: str) -> gpd.GeoDataFrame:
         return self._read_geoparquet(self.layout.input_spec(self.layout.census(level)))

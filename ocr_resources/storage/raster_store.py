@@ -3,13 +3,18 @@ outputs: templates, region windows, whole stores and the pyramid's tree."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import dask.array
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.buffer import Buffer
+from zarr.buffer import default_buffer_prototype
 
 from ocr_assets.science.regions import Region, RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
@@ -20,6 +25,57 @@ from ocr_resources.storage.files import FileStore
 INNER_CHUNKS_PER_SHARD_SIDE = 4
 # How every Zarr output is written: v3, no consolidated metadata (objects appear one by one)
 ZARR_FORMAT = {"consolidated": False, "zarr_format": 3}
+
+# an array's metadata documents: Zarr v3, else v2
+_ARRAY_METADATA = ("zarr.json", ".zarray")
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One array of a Zarr store as the objects it is stored in (chunks, or shards), for
+    telling a chunk that does not decode from a read that failed on the way.
+
+    Plain values (an fsspec filesystem pickles), so it travels to Dask workers."""
+
+    fs: fsspec.AbstractFileSystem
+    store: str  # the store's path as ``fs`` names it
+    name: str  # the array's path in the store
+
+    def undecodable(self, selection: tuple[slice, ...]) -> list[tuple[str, str]]:
+        """The objects under ``selection`` (explicit start/stop slices of the array) whose
+        bytes are fetched whole but do not decode, as (key in the store, decoder's error).
+
+        Each object is fetched, then decoded from memory with the array's own metadata, so
+        only its bytes can fail there. A fetch that fails raises (an I/O error says nothing
+        about the data); an absent object is the fill value, which always decodes."""
+        objects = {d: b for d in _ARRAY_METADATA if (b := self._fetch(d)) is not None}
+        array = zarr.open_array(zarr.storage.MemoryStore(store_dict=objects), mode="r")
+        size = array.shards or array.chunks
+        spans = [
+            range(s.start // n, (s.stop - 1) // n + 1) for s, n in zip(selection, size, strict=True)
+        ]
+        bad = []
+        for index in itertools.product(*spans):
+            key = array.metadata.encode_chunk_key(index)
+            data = self._fetch(key)
+            if data is None:
+                continue
+            objects[key] = data
+            whole = tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, size, strict=True))
+            try:
+                array[whole]
+            except Exception as exc:  # whatever the codec raises: the bytes do not decode
+                bad.append((f"{self.name}/{key}", f"{type(exc).__name__}: {exc}"))
+            del objects[key]
+        return bad
+
+    def _fetch(self, key: str) -> Buffer | None:
+        """An object of the array, whole, or None when it does not exist."""
+        try:
+            data = self.fs.cat_file(f"{self.store}/{self.name}/{key}")
+        except FileNotFoundError:
+            return None
+        return default_buffer_prototype().buffer.from_bytes(data)
 
 
 class RasterStore(FileStore):

@@ -124,10 +124,11 @@ class RegionReader(InputReader):
             )
 
     def read_buildings(self, region: Region) -> gpd.GeoDataFrame:
-        """Buildings whose bounding box meets the region (GeoParquet covering-bbox filter)."""
+        """Buildings whose bounding box meets the region, their covering bbox checked against
+        their geometry in every row group read (a corrupt bbox is refused, never trusted)."""
         spec = self.layout.input_spec(self.layout.buildings)
-        return self._read_geoparquet(
-            spec, bbox=(region.lon0, region.lat0, region.lon1, region.lat1)
+        return self.read_geoparquet_within(
+            spec, (region.lon0, region.lat0, region.lon1, region.lat1)
         )
 
     def crs_wkt_4326(self) -> str:

@@ -3,14 +3,16 @@ a time, so memory is set by the batch size and never by the number of rows."""
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ from pmtiles.reader import Reader
 
 from ocr_assets.science.regions import sort_region_ids
 from ocr_resources.storage.files import FileStore
-from ocr_resources.storage.geoparquet import GeoParquetWriter
+from ocr_resources.storage.geoparquet import BBOX_FIELDS, GeoParquetWriter
 
 REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
 # Rows per record batch where a table is streamed (buildings, census units): memory is set by
@@ -33,6 +35,72 @@ GEOPARQUET_OPTIONS: dict[str, Any] = {
     # a region file holds a batch, not the whole region
     "row_group_size": BATCH_ROWS,
 }
+
+Extent = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax)
+
+
+def meets(boxes: np.ndarray, window: Extent) -> np.ndarray:
+    """Which boxes (``(xmin, ymin, xmax, ymax)`` along the last axis) meet ``window``, edges
+    included, as GeoPandas' bbox filter: the one rule for "a region reads this row group"
+    and "this row is the region's"."""
+    west, south, east, north = window
+    return (
+        (boxes[..., 0] <= east)
+        & (boxes[..., 2] >= west)
+        & (boxes[..., 1] <= north)
+        & (boxes[..., 3] >= south)
+    )
+
+
+def covering_extents(metadata: pq.FileMetaData, column: str) -> list[Extent | None]:
+    """Each row group's extent as its footer states it: the statistics of the covering bbox
+    struct ``column`` (least ``xmin`` and ``ymin``, greatest ``xmax`` and ``ymax``); None
+    where a statistic is missing (the group cannot be skipped by its extent)."""
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    index = {name: paths.index(f"{column}.{name}") for name in BBOX_FIELDS}
+    extents: list[Extent | None] = []
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        stats = {name: group.column(i).statistics for name, i in index.items()}
+        if not all(s is not None and s.has_min_max for s in stats.values()):
+            extents.append(None)
+            continue
+        lows = (float(stats["xmin"].min), float(stats["ymin"].min))
+        extents.append((*lows, float(stats["xmax"].max), float(stats["ymax"].max)))
+    return extents
+
+
+class _FetchedRanges(io.RawIOBase):
+    """A file of which only some byte ranges are in memory, for pyarrow to read: a read
+    outside them raises ``LookupError``, which no decoder raises, so it is never taken for
+    corrupt bytes."""
+
+    def __init__(self, size: int, ranges: dict[int, bytes]) -> None:
+        self._size, self._ranges, self._position = size, ranges, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._size - self._position
+        size = left if size is None or size < 0 else min(size, left)
+        for start, data in self._ranges.items():
+            if start <= self._position and self._position + size <= start + len(data):
+                offset = self._position - start
+                self._position += size
+                return data[offset : offset + size]
+        raise LookupError(f"bytes {self._position}–{self._position + size} were not fetched")
 
 
 class VectorStore(FileStore):
@@ -69,15 +137,19 @@ class VectorStore(FileStore):
             writer.close()
 
     def iter_batches(
-        self, path: str, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS
+        self,
+        path: str,
+        columns: list[str] | None = None,
+        batch_rows: int = BATCH_ROWS,
+        row_groups: Iterable[int] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """A Parquet file's rows as record batches of at most ``batch_rows`` (one row group
-        in memory at a time)."""
+        """A Parquet file's rows (of ``row_groups`` only, if given) as record batches of at
+        most ``batch_rows`` (one row group in memory at a time)."""
         with self.fs.open(path, "rb") as f:
             source = pq.ParquetFile(f)
             # a reader per row group: one reader over all of them keeps memory for each group
             # it has read (bench/scale.py measures it)
-            for group in range(source.num_row_groups):
+            for group in range(source.num_row_groups) if row_groups is None else row_groups:
                 yield from source.iter_batches(
                     batch_size=batch_rows, row_groups=[group], columns=columns
                 )
@@ -123,6 +195,40 @@ class VectorStore(FileStore):
         with self.fs.open(path, "rb") as f:
             return pq.read_schema(f)
 
-    def parquet_rows(self, path: str) -> int:
+    def undecodable_row_group(self, path: str, group: int) -> str | None:
+        """Why row group ``group`` of a Parquet file does not decode, or None when it does.
+
+        The group's bytes and the footer are fetched whole, then decoded from memory, so only
+        the bytes can fail there: a read that failed on the way (network, timeout) decodes
+        here and gets None, as does a fetch that fails (an I/O error says nothing about the
+        data)."""
+        try:
+            metadata = self.parquet_metadata(path)
+            size = self.size(path)
+            columns = [metadata.row_group(group).column(i) for i in range(metadata.num_columns)]
+            starts = [c.dictionary_page_offset or c.data_page_offset for c in columns]
+            end = max(s + c.total_compressed_size for s, c in zip(starts, columns, strict=True))
+            # pyarrow reads a file's last 64 KiB first, then the footer
+            tail = min(size, max(1 << 16, metadata.serialized_size + 8))
+            ranges = {
+                min(starts): self.fs.cat_file(path, min(starts), end),
+                size - tail: self.fs.cat_file(path, size - tail, size),
+            }
+        except Exception:
+            return None
+        try:
+            for _ in pq.ParquetFile(_FetchedRanges(size, ranges)).iter_batches(row_groups=[group]):
+                pass
+        except LookupError:  # pyarrow wanted bytes besides the group's: cannot tell
+            return None
+        except Exception as exc:  # whatever the decoder raises: the bytes do not decode
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def parquet_metadata(self, path: str) -> pq.FileMetaData:
+        """A Parquet file's footer: row groups, their sizes and column statistics."""
         with self.fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
+            return pq.ParquetFile(f).metadata
+
+    def parquet_rows(self, path: str) -> int:
+        return self.parquet_metadata(path).num_rows

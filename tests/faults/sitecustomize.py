@@ -7,6 +7,11 @@ an OOM kill or a lost VM would. Nothing here is imported when the variable is un
   y1_x1) in the raster store, half written
 - ``parquet_write``: that region's GeoParquet file, half written
 - ``pmtiles_build``: the buildings PMTiles archive, half written by "tippecanoe"
+- ``after_region_event``: a region run's process, just after its ``region_buildings``
+  materialization is recorded (before the run ends)
+- ``deploy_during_consolidation``: the deploy process, killed by the step process that
+  consolidates the buildings; that step lives on as an orphan for ``OCR_TEST_ORPHAN_SECONDS``
+  (every inherited file closed), doing nothing more
 """
 
 import os
@@ -75,7 +80,76 @@ def _pmtiles_build() -> None:
     subprocess.run = run
 
 
+def _after_region_event() -> None:
+    import dagster as dg
+
+    original = dg.DagsterInstance.handle_new_event
+
+    def handle_new_event(self, event, *args, **kwargs):
+        original(self, event, *args, **kwargs)
+        data = event.dagster_event
+        if (
+            data is not None
+            and data.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+            and data.asset_key == dg.AssetKey("region_buildings")
+        ):
+            _die()
+
+    dg.DagsterInstance.handle_new_event = handle_new_event
+
+
+class _WrapOnImport:
+    """Wraps ``module.name`` with ``wrap`` as soon as ``module`` is imported."""
+
+    def __init__(self, module: str, name: str, wrap) -> None:
+        self.module, self.name, self.wrap = module, name, wrap
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+        import sys
+
+        if fullname != self.module:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        original = spec.loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            setattr(module, self.name, self.wrap(getattr(module, self.name)))
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _deploy_during_consolidation() -> None:
+    import sys
+    import time
+
+    def wrap(consolidate):
+        def consolidate_as_orphan(*args, **kwargs):
+            deploy = os.getppid()
+            with open(f"/proc/{deploy}/cmdline", "rb") as f:
+                if b"deploy" not in f.read():  # never the test runner: a step subprocess only
+                    raise RuntimeError("deploy_during_consolidation needs a step subprocess")
+            os.kill(deploy, signal.SIGKILL)
+            # an orphan holding no pipe of the test's (so the killed deploy's output ends) and
+            # doing nothing more: only the next deploy's recovery ends it
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 65536)
+            time.sleep(float(os.environ.get("OCR_TEST_ORPHAN_SECONDS", "60")))
+            os._exit(1)
+
+        return consolidate_as_orphan
+
+    sys.meta_path.insert(0, _WrapOnImport("ocr_assets.buildings", "consolidate_buildings", wrap))
+
+
 INJECT = {
+    "after_region_event": _after_region_event,
+    "deploy_during_consolidation": _deploy_during_consolidation,
     "raster_write": _raster_write,
     "parquet_write": _parquet_write,
     "pmtiles_build": _pmtiles_build,

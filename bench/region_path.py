@@ -1,0 +1,354 @@
+"""One full-size region the way a user pays for it: materialized through Dagster, its inputs
+read cold from disk, then warm (issue: the whole-region figure leaves out what a user pays).
+
+    .venv/bin/python -m bench.region_path                  # full size: ~4 min to write the
+                                                           # inputs, then a cold and a warm
+                                                           # run of ~1 min each (6 min)
+    .venv/bin/python -m bench.region_path --pairs 3        # three cold/warm pairs (~10 min)
+    .venv/bin/python -m bench.region_path --size quarter   # 3000 × 2250 regions (~2 min)
+    .venv/bin/python -m bench.region_path --size sample    # the embedded sample (~1.5 min)
+    .venv/bin/python -m bench.region_path --chunking generated   # the generator's own chunks
+
+``bench.run``'s "whole region" times the model and the writes on inputs generated in memory,
+both fields one after the other, every store warm. Here nothing is left out:
+
+1. A subprocess writes full-size inputs with the sample generator (``bench.ui_path.FULL``: a
+   1 × 2 grid of 6000 × 4500-pixel regions, 120k buildings; the region ``y0_x0`` is measured,
+   its window cut at the grid's edges: 6000 × 5040 pixels, 0.77 of an interior window), then
+   (``--chunking design``, the default) rewrites the two stores whose chunking the generator
+   sets differently from the real inputs and which decide what a region reads: the wind
+   distribution in 1000 × 1000 × 8 chunks (DESIGN §3; the generator chunks it like a region,
+   6000 × 4500 × 8 = 864 MB a chunk at full size) and the 270 m BP in the published
+   6000 × 4500-cell chunks (README, "the published warp": the warp is tiled by the subset's
+   chunks, so the generator's 64 × 64 cells give 7,426 tiles of 64 × 64 pixels a field at
+   full size, the published chunks 72 tiles of 845 × 622). It also runs the model once on a
+   tiny window so numba's on-disk cache is filled: the runs time the model, not the compiler.
+2. ``cold``: every input file is fsync'ed and dropped from the page cache
+   (``posix_fadvise(DONTNEED)``; the bytes still cached are counted with ``mincore`` before
+   the run, ~0), then ``dagster asset materialize`` of the region's two assets runs in a new
+   storage root and instance — process start, definitions, the input check and fingerprints,
+   the cluster, both fields side by side as the asset schedules them, the building read,
+   writes, preview, Dagster's events.
+3. ``warm``: the same again, in another new root and instance, without the eviction (the
+   inputs are as cached as the cold run left them).
+4. The disk's share on its own: every input file read once after an eviction, then again.
+
+For each run: the command's wall time, the peak RSS (and anonymous memory) of its whole
+process tree sampled every 50 ms, the CPU other processes used meanwhile (the machine is
+shared), and the breakdown from the instance: time before the run starts, the run outside
+the step, the step outside the compute session (input check, fingerprints, raster template,
+cluster shutdown), the session outside the region's own work (cluster start, scheduling), and
+the region's stages (``seconds_per_stage``, ``seconds_per_field_stage`` of its
+materialization). One JSON line per invocation is appended to
+``bench/region_path_results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import psutil
+import xarray as xr
+
+from bench.scale import GIB, MIB, TreeSampler, measured
+from bench.synthetic import WIND_STORE_CHUNK, WIND_VARIABLE, compile_model
+from bench.ui_path import (
+    FULL,
+    ROOT,
+    SAMPLE,
+    environment,
+    materialize_argv,
+    own_work,
+    region_ids,
+)
+from ocr_jobs.deploy import open_instance
+from ocr_resources.layout import YEARS
+from ocr_resources.sample_data import SampleSpec, write_sample_data
+from ocr_resources.storage import OcrStorage
+
+SIZES: dict[str, SampleSpec] = {
+    "sample": SAMPLE,
+    "quarter": replace(FULL, chunk_lat=3000, chunk_lon=2250, n_buildings=30_000),
+    "full": FULL,
+}
+# the published 270 m stores' chunks along (y, x), from the first row and column (README)
+PUBLISHED_BP_CHUNK = (6000, 4500)
+RESULTS = Path(__file__).with_name("region_path_results.jsonl")
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_LIBC.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    """Every regular file under ``folder`` (symlinks not followed)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = Path(parent) / name
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def _cached_pages(fd: int, size: int) -> int:
+    """Pages of the open file ``fd`` in the page cache (``mincore`` on a mapping of it; the
+    mapping itself reads nothing)."""
+    address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address == _MAP_FAILED:
+        raise OSError(ctypes.get_errno(), "mmap failed")
+    try:
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        if _LIBC.mincore(address, size, vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return int(np.count_nonzero(np.frombuffer(vector, np.uint8) & 1))
+    finally:
+        _LIBC.munmap(address, size)
+
+
+def cached_bytes(folder: Path) -> tuple[int, int]:
+    """(bytes in the page cache, bytes in all) of the files under ``folder``: tells whether a
+    run will read its inputs from disk or from memory."""
+    cached = total = 0
+    for path in _files(folder):
+        size = path.stat().st_size
+        if size == 0:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            cached += min(size, _cached_pages(fd, size) * mmap.PAGESIZE)
+        finally:
+            os.close(fd)
+        total += size
+    return cached, total
+
+
+def evict(folder: Path) -> int:
+    """Drop every file under ``folder`` from the page cache, so the next read comes from
+    disk; returns the bytes advised. Dirty pages are not dropped by ``DONTNEED``, so each file
+    is fsync'ed first (freshly generated inputs are dirty)."""
+    total = 0
+    for path in _files(folder):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        total += path.stat().st_size
+    return total
+
+
+def read_seconds(folder: Path) -> float:
+    """Seconds to read every file under ``folder`` once, a MiB at a time: with ``evict``
+    before it, what reading the inputs from disk costs at most (a run reads only its
+    window's chunks)."""
+    start = time.perf_counter()
+    for path in _files(folder):
+        with path.open("rb", buffering=0) as f:
+            while f.read(MIB):
+                pass
+    return time.perf_counter() - start
+
+
+def design_chunking(storage: OcrStorage) -> None:
+    """Rewrite the wind store in ``WIND_STORE_CHUNK``-pixel square chunks (all directions in
+    each) and the 270 m BP stores in the published chunks: the real inputs' layout, which
+    sets how much a region reads and decodes and how the warp is tiled. Values, coordinates
+    and attributes are kept; each store is swapped into place whole."""
+    layout = storage.layout
+    plan = {
+        layout.wind: (WIND_VARIABLE, (WIND_STORE_CHUNK, WIND_STORE_CHUNK, None)),
+        **{layout.bp_270m(year): ("BP", PUBLISHED_BP_CHUNK) for year in YEARS},
+    }
+    for path, (name, chunks) in plan.items():
+        ds = xr.open_zarr(path, consolidated=False)
+        sizes = ds[name].shape
+        shape = tuple(s if c is None else c for c, s in zip(chunks, sizes, strict=True))
+        # dask chunks must tile the stored ones; a stored chunk may be larger than the array
+        ds = ds.chunk(dict(zip(ds[name].dims, map(min, shape, sizes), strict=True)))
+        for variable in ds.variables.values():
+            variable.encoding = {}
+        storage.write_zarr(ds, path, {name: {"chunks": shape}})
+
+
+def generate(folder: str, size: str, chunking: str) -> dict:
+    """The inputs under ``folder`` (run in a subprocess: generating them takes several GB that
+    the measured runs should not find in use)."""
+    start = time.perf_counter()
+    storage = OcrStorage(root=folder)
+    write_sample_data(storage, SIZES[size])
+    written = time.perf_counter() - start
+    if chunking == "design":
+        design_chunking(storage)
+    compile_model()
+    return {
+        "write_s": round(written, 1),
+        "rechunk_s": round(time.perf_counter() - start - written, 1),
+        "input_gib": round(cached_bytes(Path(folder) / "input")[1] / GIB, 2),
+    }
+
+
+def region_record(home: Path, region: str) -> dict:
+    """What the run recorded in its instance: the span of the run and of its step, the
+    compute session's seconds and the region's own stages (its materialization's metadata)."""
+    with open_instance(home) as instance:
+        raster = instance.fetch_materializations(dg.AssetKey("region_risk_raster"), limit=1)
+        buildings = instance.fetch_materializations(dg.AssetKey("region_buildings"), limit=1)
+        run = instance.get_run_records(limit=1)[0]
+        steps = instance.get_run_step_stats(run.dagster_run.run_id)
+    (record,) = raster.records
+    if record.partition_key != region:
+        raise RuntimeError(f"expected a materialization of {region}, got {record.partition_key}")
+    meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    fields = meta["seconds_per_field_stage"]
+    return {
+        "run_s": run.end_time - run.start_time,
+        "step_s": sum(s.end_time - s.start_time for s in steps),
+        "compute_s": meta["compute_seconds"],
+        "vm_type": meta["vm_type"],
+        "window_pixels": meta["window_pixels"],
+        "buildings_written": buildings.records[0]
+        .asset_materialization.metadata["buildings_written"]
+        .value,
+        "seconds_per_stage": meta["seconds_per_stage"],
+        "seconds_per_field_stage": fields,
+        "fields_sum_s": round(sum(sum(f.values()) for f in fields.values()), 2),
+    }
+
+
+def materialize_measured(inputs: Path, folder: Path, region: str, mode: str, n: int) -> dict:
+    """``dagster asset materialize`` of ``region`` in a new storage root and instance over
+    ``inputs``, cold (inputs evicted first) or warm; its times, memory and breakdown."""
+    env, home = environment(inputs, folder, f"{mode}{n}")
+    if mode == "cold":
+        evict(inputs / "input")
+    cached, total = cached_bytes(inputs / "input")
+    process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
+    log = folder / f"{mode}{n}.log"
+    start = time.perf_counter()
+    with log.open("w") as out:
+        argv = materialize_argv(region)
+        proc = subprocess.Popen(argv, cwd=ROOT, env=process_env, stdout=out, stderr=out)
+        sampler = TreeSampler.until_done(proc)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+    record = region_record(home, region)
+    work = own_work(home)[region]
+    rss, anon = sampler.peak
+    return {
+        "mode": mode,
+        "inputs_cached_before_mib": round(cached / MIB),
+        "inputs_mib": round(total / MIB),
+        "wall_s": round(wall, 2),
+        "before_run_s": round(wall - record["run_s"], 2),
+        "run_outside_step_s": round(record["run_s"] - record["step_s"], 2),
+        "step_outside_compute_s": round(record["step_s"] - record["compute_s"], 2),
+        "cluster_and_scheduling_s": round(record["compute_s"] - work, 2),
+        "own_work_s": round(work, 2),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in record.items()},
+        "peak_rss_gib": round(rss / GIB, 2),
+        "peak_anon_gib": round(anon / GIB, 2),
+        "tree_cpu_s": round(sampler.cpu_s, 1),
+        "other_processes_cpu_s": round(sampler.other_cpu_s, 1),
+    }
+
+
+SUMMARY = (
+    "wall_s",
+    "before_run_s",
+    "run_outside_step_s",
+    "step_outside_compute_s",
+    "cluster_and_scheduling_s",
+    "own_work_s",
+    "peak_rss_gib",
+    "other_processes_cpu_s",
+    "inputs_cached_before_mib",
+)
+
+
+def summary(runs: list[dict]) -> str:
+    """The runs side by side: totals, then each stage and each field's stages."""
+    rows = [(k, [r[k] for r in runs]) for k in SUMMARY]
+    for stage in runs[0]["seconds_per_stage"]:
+        rows.append((f"  {stage}", [r["seconds_per_stage"].get(stage) for r in runs]))
+    for year, stages in runs[0]["seconds_per_field_stage"].items():
+        for stage in stages:
+            values = [r["seconds_per_field_stage"][year].get(stage) for r in runs]
+            rows.append((f"    field {year} {stage}", values))
+    header = f"{'':32}" + "".join(f"{r['mode']:>10}" for r in runs)
+    return "\n".join([header, *(f"{k:32}" + "".join(f"{v:>10}" for v in vs) for k, vs in rows)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument("--chunking", choices=("design", "generated"), default="design")
+    parser.add_argument("--pairs", type=int, default=1, help="cold/warm pairs to run")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(generate(*args.one[1:])))
+        return
+    if args.pairs < 1:
+        parser.error(f"--pairs: expected at least 1 cold/warm pair, got {args.pairs}")
+    spec = SIZES[args.size]
+    region = region_ids(spec)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        inputs = folder / "inputs"
+        argv = [sys.executable, "-m", "bench.region_path", "--one", "generate", str(inputs)]
+        generated, _, _ = measured([*argv, args.size, args.chunking], folder, "generate")
+        print(f"inputs: {generated}", flush=True)
+        runs = []
+        for n in range(args.pairs):
+            for mode in ("cold", "warm"):
+                runs.append(materialize_measured(inputs, folder, region, mode, n))
+                print(json.dumps(runs[-1]), flush=True)
+        evict(inputs / "input")
+        reads = {mode: round(read_seconds(inputs / "input"), 2) for mode in ("cold", "warm")}
+        print(f"every input file read once, s: {reads}")
+    print(summary(runs))
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "size": args.size,
+        "region_shape": [spec.chunk_lat, spec.chunk_lon],
+        "chunking": args.chunking,
+        "region": region,
+        "cpus": len(os.sched_getaffinity(0)),
+        "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "inputs": generated,
+        "read_all_inputs_s": reads,
+        "runs": runs,
+    }
+    with open(args.out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What the instance records about the region partitions: the latest ``region_buildings``
+materialization of each region in this environment, with its metadata.
+
+The deploy reads it to tell materialized regions from remaining ones; the consolidation reads
+it to know which region files must exist, and with how many rows.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from ocr_assets.constants import REGION_BUILDINGS
+from ocr_resources.storage import OcrStorage
+
+PAGE = 10_000
+
+
+def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> dict[str, dict]:
+    """Regions whose latest ``region_buildings`` materialization in ``instance`` wrote this
+    storage's path (so another production version's or model variant's runs don't count),
+    with that materialization's metadata values (its provenance and row count among them)."""
+    latest: dict[str, dict[str, Any]] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetKey(REGION_BUILDINGS), limit=PAGE, cursor=cursor, ascending=False
+        )
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization.partition and materialization.partition not in latest:
+                latest[materialization.partition] = {
+                    k: v.value for k, v in materialization.metadata.items()
+                }
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return {
+        region: meta
+        for region, meta in latest.items()
+        if str(meta.get("path")) == storage.layout.region_buildings(region)
+    }
+
+
+def recompute_hint(region_ids: list[str]) -> str:
+    """How a user recomputes named regions, without wiping the environment."""
+    flags = " ".join(f"--recompute {r}" for r in region_ids)
+    return (
+        f"recompute them with `ocr deploy --env-file <env file> {flags}` (or materialize "
+        "those partitions of region_risk_raster and region_buildings in the UI)"
+    )
+
+
+class RegionFilesError(ValueError):
+    """A materialized region's file is missing or does not hold the rows its materialization
+    recorded: consolidating without it would drop its buildings silently."""
+
+
+def checked_region_files(storage: OcrStorage, materialized: dict[str, dict]) -> list[str]:
+    """The materialized regions, each checked to have its buildings file with the row count its
+    materialization recorded (a footer read per file); raises RegionFilesError naming every
+    region that does not, and how to recompute it."""
+    problems, bad = [], []
+    for region, meta in sorted(materialized.items()):
+        path = storage.layout.region_buildings(region)
+        expected = meta.get("buildings_written")
+        try:
+            rows = storage.parquet_rows(path)
+        except FileNotFoundError:
+            problems.append(f"region {region}: {path} is missing")
+            bad.append(region)
+            continue
+        except (OSError, ValueError) as exc:  # unreadable: truncated or corrupt (ArrowInvalid)
+            problems.append(f"region {region}: {path} is unreadable ({exc})")
+            bad.append(region)
+            continue
+        if expected is not None and rows != expected:
+            problems.append(
+                f"region {region}: {path} has {rows} rows, its materialization wrote {expected}"
+            )
+            bad.append(region)
+    if problems:
+        raise RegionFilesError("; ".join(problems) + "; " + recompute_hint(bad))
+    return sorted(materialized)
+
+
+def record_region_files(
+    instance: dg.DagsterInstance, storage: OcrStorage, regions: list[str]
+) -> None:
+    """Record region buildings files written outside Dagster (a benchmark's generated
+    regions, files restored from a backup) as materialized, with their row counts, so the
+    consolidation takes them."""
+    for region in regions:
+        path = storage.layout.region_buildings(region)
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                REGION_BUILDINGS,
+                partition=region,
+                metadata={
+                    "path": dg.MetadataValue.path(path),
+                    "buildings_written": storage.parquet_rows(path),
+                },
+            )
+        )
