@@ -22,7 +22,7 @@ from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
 from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
 from ocr_resources.compute import OcrCompute
 from ocr_resources.scratch import scratch_dir
-from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
 
 
 def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
@@ -71,24 +71,6 @@ def _numbered(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> pa.Record
     )
 
 
-def _even_batches(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The same rows in batches of exactly ``batch_rows`` (the last one shorter): the files'
-    row groups then depend on the rows alone, not on how DuckDB's threads cut its result."""
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
-        while batch.num_rows:
-            take = min(batch_rows - held, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            held += take
-            batch = batch.slice(take)
-            if held == batch_rows:
-                yield pa.concat_batches(pending)
-                pending, held = [], 0
-    if held:
-        yield pa.concat_batches(pending)
-
-
 def _by_geoid(
     batches: Iterator[pa.RecordBatch], schema: pa.Schema, scratch: Path, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
@@ -108,7 +90,7 @@ def _by_geoid(
                 columns = [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)]
                 yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
-        yield from _even_batches(cast_back(), batch_rows)
+        yield from even_batches(cast_back(), batch_rows)
     finally:
         con.close()
 

@@ -23,7 +23,7 @@ from ocr_assets.science.statistics import (
 )
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
-from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
 from ocr_resources.storage.geoparquet import geoparquet_crs
 
 
@@ -132,7 +132,9 @@ def _write_summary_statistics(
             writer = files.enter_context(
                 storage.geoparquet_writer(path, schema, geoparquet_crs(census.schema))
             )
-            for batch in reader:
+            # batches of exactly batch_rows: row groups that do not depend on how DuckDB cuts
+            # the sorted result (on one thread in batch_rows, on more at its partitions)
+            for batch in even_batches(reader, batch_rows):
                 writer.write(batch)
             con.unregister("census_scan")
             rows[level] = writer.rows

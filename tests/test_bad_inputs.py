@@ -440,7 +440,10 @@ SETTINGS_ERROR = "error in the environment's settings ({env}):"
 MALFORMED = (
     "is malformed; expected an id like 'y2_x3', a range like 'y2_x3-x5' or 'y1-y3_x2', or 'all'"
 )
-EITHER = "error: give --region-id or --recompute (one or more), or --all-region-ids, but not --region-id with --all-region-ids"
+EITHER = (
+    "error: give --region-id or --recompute (one or more), or --all-region-ids, but not "
+    "--region-id with --all-region-ids"
+)
 PRODUCTION = {"ENVIRONMENT": "production", "VERSION": "1.0.0"}
 CLI_CASES: dict[str, CliCase] = {
     "all_region_ids_and_ids": CliCase(("--all-region-ids", "--region-id", "y0_x0"), EITHER),

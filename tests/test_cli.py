@@ -35,7 +35,7 @@ def test_deploy_needs_exactly_one_kind_of_selection(tmp_path, sample_root):
     both = runner.invoke(
         app, ["deploy", "--env-file", env, "--all-region-ids", "--region-id", "y0_x0"]
     )
-    assert both.exit_code == 2 and "either --region-id" in both.output
+    assert both.exit_code == 2 and "give --region-id or --recompute" in both.output
     neither = runner.invoke(app, ["deploy", "--env-file", env])
     assert neither.exit_code == 2
     other_risk = runner.invoke(

@@ -17,11 +17,13 @@ import os
 from fractions import Fraction
 
 import duckdb
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import shapely
 
 from ocr_assets import statistics as statistics_asset
 from ocr_assets.science.sampling import VALUE_RANGES
@@ -191,3 +193,56 @@ def test_written_statistics_are_byte_identical_across_runs(env_root, monkeypatch
     with pytest.raises(duckdb.InvalidInputException, match="every bp_2011 finite"):
         statistics_asset.write_summary_statistics(storage)
     assert _digests(storage) == digests
+
+
+def _grid_census(storage: OcrStorage, n_blocks: int) -> np.ndarray:
+    """Five census levels: ``n_blocks`` square blocks in tracts of 10 000 in one county of
+    one state; returns the block GEOIDs."""
+    tracts = np.arange(n_blocks) // 10_000
+    block = np.char.add(
+        np.char.add("06001", np.char.zfill((tracts + 1).astype(str), 6)),
+        np.char.zfill((np.arange(n_blocks) % 10_000).astype(str), 4),
+    )
+    x, y = np.arange(n_blocks) % 500 * 1e-3, np.arange(n_blocks) // 500 * 1e-3
+    whole = shapely.box(0, 0, 0.5, y.max() + 1e-3)
+    units = {
+        "nation": ({"GEOID": ["US"]}, [whole]),
+        "states": ({"GEOID": ["06"], "STUSPS": ["CA"]}, [whole]),
+        "counties": ({"GEOID": ["06001"]}, [whole]),
+        "tracts": ({"GEOID": sorted({g[:11] for g in block})}, [whole] * (tracts[-1] + 1)),
+        "blocks": ({"GEOID": block}, shapely.box(x, y, x + 1e-3, y + 1e-3)),
+    }
+    for level, (columns, geometry) in units.items():
+        names = {"NAME": [f"{level} {i}" for i in range(len(geometry))]}
+        frame = gpd.GeoDataFrame(columns | names, geometry=geometry, crs="EPSG:4326")
+        storage.write_geoparquet(frame, storage.layout.census(level))
+    return block
+
+
+def test_row_groups_do_not_depend_on_the_thread_count(tmp_path, monkeypatch):
+    """130 000 blocks (more than one of DuckDB's 122 880-row sort partitions), written on one
+    thread and on four: the same bytes. DuckDB hands the sorted result over in batches of
+    65 536 rows on one thread but cut at its partitions on more (65 536, 57 344, ...), and
+    each batch was a row group of the file."""
+    storage = OcrStorage(root=str(tmp_path), environment="local")
+    geoids = _grid_census(storage, 130_000)
+    path = storage.layout.consolidated_buildings
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(_buildings(geoids, seed=5), path, row_group_size=BATCH_ROWS)
+    digests = []
+    for threads in (1, 4):
+
+        def connect_with_threads(threads: int = threads) -> duckdb.DuckDBPyConnection:
+            con = connect()
+            con.execute(f"SET threads = {threads}")
+            return con
+
+        monkeypatch.setattr(statistics_asset, "connect", connect_with_threads)
+        assert statistics_asset.write_summary_statistics(storage)["blocks"] == geoids.size
+        digests.append(_digests(storage))
+    assert digests[0] == digests[1]
+    groups = pq.ParquetFile(storage.layout.region_summary_stats("blocks")).metadata
+    assert [groups.row_group(i).num_rows for i in range(groups.num_row_groups)] == [
+        *[BATCH_ROWS] * (geoids.size // BATCH_ROWS),
+        geoids.size % BATCH_ROWS,
+    ]

@@ -225,12 +225,12 @@ class RegionRange:
 
     def __str__(self) -> str:
         """``y0-y4_x0-x5``: the spec form of these rows and columns."""
-        last_row, last_column = self.rows[-1], self.columns[-1]
-        rows = f"y{self.rows.start}" + (f"-y{last_row}" if last_row != self.rows.start else "")
-        columns = f"x{self.columns.start}" + (
-            f"-x{last_column}" if last_column != self.columns.start else ""
-        )
-        return f"{rows}_{columns}"
+
+        def span(axis: str, indices: range) -> str:
+            first, last = indices[0], indices[-1]
+            return f"{axis}{first}" + (f"-{axis}{last}" if last != first else "")
+
+        return f"{span('y', self.rows)}_{span('x', self.columns)}"
 
 
 def parse_region_spec(spec: str) -> RegionRange:

@@ -17,7 +17,7 @@ from ocr_resources.storage.fingerprints import InputFingerprints
 from ocr_resources.storage.inputs import InputDataError
 from ocr_resources.storage.raster_store import RasterStore
 from ocr_resources.storage.regions import wind_row_blocks
-from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS
+from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, even_batches
 
 __all__ = [
     "BATCH_ROWS",
@@ -25,6 +25,7 @@ __all__ = [
     "InputDataError",
     "OcrStorage",
     "StorageRootError",
+    "even_batches",
     "wind_row_blocks",
 ]
 

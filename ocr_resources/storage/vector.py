@@ -232,3 +232,21 @@ class VectorStore(FileStore):
 
     def parquet_rows(self, path: str) -> int:
         return self.parquet_metadata(path).num_rows
+
+
+def even_batches(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly ``batch_rows`` (the last one shorter): the files'
+    row groups then depend on the rows alone, not on how DuckDB's threads cut its result."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(batch_rows - held, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            held += take
+            batch = batch.slice(take)
+            if held == batch_rows:
+                yield pa.concat_batches(pending)
+                pending, held = [], 0
+    if held:
+        yield pa.concat_batches(pending)

@@ -71,7 +71,8 @@ def _pmtiles_build() -> None:
 
     def run(argv, *args, **kwargs):
         if str(argv[0]).endswith("tippecanoe") and "buildings.pmtiles" in " ".join(argv):
-            output = argv[argv.index("-o") + 1]
+            # tippecanoe runs in its scratch folder on relative names
+            output = os.path.join(kwargs.get("cwd") or "", argv[argv.index("-o") + 1])
             with open(output, "wb") as f:
                 f.write(b"PMTiles\x03" + b"\0" * 1000)  # a header and nothing else
             _die()
