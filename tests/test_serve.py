@@ -262,20 +262,25 @@ def test_archives_on_s3_are_served_the_same_way(tmp_path, web_dir, monkeypatch):
         moto.stop()
 
 
-def test_ocr_serve_command_serves_the_environment(tmp_path, storage):
-    """The CLI as a user runs it (real page folder): prints its URL, serves page and archives."""
-    if serve.missing_vendor_files():
-        pytest.skip("the map page's libraries are not installed (make web)")
+def start_ocr_serve(tmp_path, storage) -> subprocess.Popen:
+    """``ocr serve`` on a free port for ``storage``'s local environment, its output on a pipe."""
     env_file = tmp_path / "local.env"
     env_file.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={storage.root}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "ocr_jobs.cli", "serve", "--env-file", str(env_file), "--port=0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**env, "COLUMNS": "200"},
     )
+
+
+def test_ocr_serve_command_serves_the_environment(tmp_path, storage):
+    """The CLI as a user runs it (real page folder): prints its URL, serves page and archives."""
+    if serve.missing_vendor_files():
+        pytest.skip("the map page's libraries are not installed (make web)")
+    proc = start_ocr_serve(tmp_path, storage)
     try:
         deadline, url = time.monotonic() + 60, None
         while url is None and time.monotonic() < deadline:

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import errno
 import http.client
-import os
 import re
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -194,16 +191,7 @@ def test_ocr_serve_logs_request_paths_as_text(tmp_path, storage):
     markup, the print raised and the request was dropped with a traceback."""
     if base.serve.missing_vendor_files():
         pytest.skip("the map page's libraries are not installed (make web)")
-    env_file = tmp_path / "local.env"
-    env_file.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={storage.root}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ocr_jobs.cli", "serve", "--env-file", str(env_file), "--port=0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**env, "COLUMNS": "200"},
-    )
+    proc = base.start_ocr_serve(tmp_path, storage)
     try:
         port = None
         while port is None:
