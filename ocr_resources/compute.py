@@ -332,8 +332,10 @@ class OcrCompute(ConfigurableResource):
             threads_per_worker=1,
             processes=self.local_processes,
             memory_limit=int(available * 0.8 / workers),
-            # loopback, any free port (no clashes); off by default: it costs ~0.7 s a start
-            dashboard_address="127.0.0.1:0" if self.local_dashboard else None,
+            # the scheduler's HTTP routes on loopback, any free port (no clashes); the Dask
+            # dashboard on them only when asked for: it costs ~0.7 s a start
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": self.local_dashboard},
             silence_logs=logging.WARNING,
             **network,
         )
