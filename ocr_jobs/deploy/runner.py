@@ -81,7 +81,10 @@ def _step_processes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[ps
         entry = record.event_log_entry.dagster_event.event_specific_data.metadata.get("pid")
         try:
             process = psutil.Process(int(entry.value))
-            if process.create_time() >= started and record.timestamp >= started:
+            # a step process (multiprocessing's spawn or forkserver child) started for this
+            # run, not a later process that reuses the pid of one long finished
+            step_child = "multiprocessing" in " ".join(process.cmdline())
+            if step_child and process.create_time() >= started and record.timestamp >= started:
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, AttributeError):
             continue
@@ -105,9 +108,10 @@ def recover_dead_runs(
             continue
         orphans = _step_processes(instance, run)
         for process in orphans:
-            for member in [*process.children(recursive=True), process]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    member.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for member in [*process.children(recursive=True), process]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        member.kill()
         psutil.wait_procs(orphans, timeout=10)
         stopped = f"; {len(orphans)} orphaned step process(es) stopped" if orphans else ""
         instance.report_run_failed(run, f"{reason} (pid {run.tags[OWNER_TAGS[1]]}){stopped}")
