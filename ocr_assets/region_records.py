@@ -55,31 +55,32 @@ class RegionFilesError(ValueError):
     recorded: consolidating without it would drop its buildings silently."""
 
 
+def _region_file_problem(storage: OcrStorage, region: str, meta: dict) -> str | None:
+    """What is wrong with a materialized region's buildings file, if anything."""
+    path = storage.layout.region_buildings(region)
+    try:
+        rows = storage.parquet_rows(path)
+    except FileNotFoundError:
+        return f"region {region}: {path} is missing"
+    except (OSError, ValueError) as exc:  # unreadable: truncated or corrupt (ArrowInvalid)
+        return f"region {region}: {path} is unreadable ({exc})"
+    expected = meta.get("buildings_written")
+    if expected is not None and rows != expected:
+        return f"region {region}: {path} has {rows} rows, its materialization wrote {expected}"
+    return None
+
+
 def checked_region_files(storage: OcrStorage, materialized: dict[str, dict]) -> list[str]:
     """The materialized regions, each checked to have its buildings file with the row count its
     materialization recorded (a footer read per file); raises RegionFilesError naming every
     region that does not, and how to recompute it."""
-    problems, bad = [], []
-    for region, meta in sorted(materialized.items()):
-        path = storage.layout.region_buildings(region)
-        expected = meta.get("buildings_written")
-        try:
-            rows = storage.parquet_rows(path)
-        except FileNotFoundError:
-            problems.append(f"region {region}: {path} is missing")
-            bad.append(region)
-            continue
-        except (OSError, ValueError) as exc:  # unreadable: truncated or corrupt (ArrowInvalid)
-            problems.append(f"region {region}: {path} is unreadable ({exc})")
-            bad.append(region)
-            continue
-        if expected is not None and rows != expected:
-            problems.append(
-                f"region {region}: {path} has {rows} rows, its materialization wrote {expected}"
-            )
-            bad.append(region)
+    problems = {
+        region: problem
+        for region, meta in sorted(materialized.items())
+        if (problem := _region_file_problem(storage, region, meta))
+    }
     if problems:
-        raise RegionFilesError("; ".join(problems) + "; " + recompute_hint(bad))
+        raise RegionFilesError("; ".join(problems.values()) + "; " + recompute_hint(list(problems)))
     return sorted(materialized)
 
 

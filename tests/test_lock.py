@@ -309,6 +309,9 @@ def test_a_heartbeat_never_overwrites_a_lock_taken_over(storage):
     assert lock_record(storage)["id"] == taker.owner["id"]
     assert stalled.lost and "taker" in stalled.lost
     assert lines[-1].startswith("this deployment lost its lock")
+    with pytest.raises(DeployError, match="lost its lock and stopped"):
+        stalled.check()  # the deploy stops at its next phase instead of writing beside another
+    taker.check()
     stalled.release()
     assert lock_record(storage)["id"] == taker.owner["id"]
     taker.release()

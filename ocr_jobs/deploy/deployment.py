@@ -249,6 +249,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                     f"{len(report.remaining)} region(s) in {len(runs)} run(s) of up to "
                     f"{settings.regions_per_run} (OCR_REGIONS_PER_RUN), one cluster each"
                 )
+            lock.check()
             progress.regions_started(len(report.remaining))
             outcomes = run_partitions(
                 home,
@@ -264,6 +265,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
             ]
             if result.region_failures or options.regions_only:
                 return result
+            lock.check()
             if resume:
                 progress.say(f"resuming the failed {job} run {resume} from its failed steps")
             outcome = execute(
@@ -272,6 +274,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
             if not outcome.success:
                 result.downstream_error = f"{job}: {outcome.error}"
                 return result
+        lock.check()
         if settings.environment == "production":
             result.pointer = publish_pointer(storage)
         return result

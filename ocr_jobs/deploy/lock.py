@@ -206,6 +206,12 @@ class DeploymentLock:
         except ValueError:
             return None
 
+    def check(self) -> None:
+        """Raise DeployError when the lock is no longer ours (broken or taken over): a
+        deployment must not go on writing beside another one."""
+        if self.lost:
+            raise DeployError(f"this deployment lost its lock and stopped: {self.lost}")
+
     def beat(self) -> bool:
         """One heartbeat: a fresh time in the lock, written only over our own last version.
         False (``lost`` says why, ``say`` too) when someone else holds the lock now."""
