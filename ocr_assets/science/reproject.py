@@ -229,10 +229,15 @@ def corrected_warp(subset: xr.DataArray, latitude: np.ndarray, longitude: np.nda
 rasterio.session.boto3 = None
 
 
+# odc-geo hands rasterio bare arrays with explicit transforms, which rasterio warns about
+# needlessly. Filtered once for the process: ``warnings.catch_warnings`` is not thread-safe,
+# and the fields of several regions warp on threads at once (one thread's exit restored the
+# filters while another warped, and the warning reached the console).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
 @contextmanager
 def in_memory_rasterio() -> Iterator[None]:
-    """GDAL for in-memory warps, computed synchronously in this thread; odc-geo hands rasterio
-    bare arrays with explicit transforms, which rasterio warns about needlessly."""
-    with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    """GDAL for in-memory warps, computed synchronously in this thread."""
+    with dask.config.set(scheduler="synchronous"):
         yield
