@@ -40,3 +40,25 @@ def local_settings(env_root):
     from ocr_resources.settings import OcrSettings
 
     return OcrSettings(storage_root=env_root, environment="local")
+
+
+# Modules of whole deploys, a daemon, a browser, longest first: they start first, so that the
+# two test workers (make test: -n 2) do not end the suite with one long test each
+LONG_FIRST = (
+    "test_faults",
+    "test_deploy",
+    "test_recovery",
+    "test_backfill",
+    "test_staleness",
+    "test_map_page",
+    "test_cli_hardening",
+    "test_postgres_instance",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)

@@ -29,6 +29,7 @@ from ocr_jobs.deploy import output_locations
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import OcrSettings, load_settings
 from tests.test_deploy import _local_env, ocr
+from tests.test_faults import _with_fault
 
 HUGE_RANGE = "y0-y99999_x0-x99999"  # 10^10 ids: ~18 GB once expanded
 # the sample's regions with data span rows 0-4 and columns 0-5
@@ -241,13 +242,15 @@ def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
     """SIGINT to the deploy's whole process group, as a terminal's Ctrl-C sends it, while a
     region run computes. Before: exit 130 with no word of it, and KeyboardInterrupt tracebacks
     from the region workers. Now one line, exit 130, no traceback, the lock released: the next
-    deploy is not blocked and does the regions, and its summary lists only region outputs."""
+    deploy is not blocked and does the regions, and its summary lists only region outputs.
+    The region's step stalls for 120 s (a fault): Dagster answers an interrupted step with
+    its retry policy, so a deploy that let its worker go on would outlast the timeout."""
     env, root = _local_env(tmp_path, sample_root)
     args = ("deploy", "--region-id", "y1_x1-x2", "--regions-only")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
     deploy = subprocess.Popen(
         [sys.executable, "-m", "ocr_jobs.cli", *args, "--env-file", str(env)],
-        env={**environ, "COLUMNS": "200"},
+        env={**environ, **_with_fault("stall_regions"), "COLUMNS": "200"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,7 +260,7 @@ def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
         logs = tmp_path / "dagster-homes" / "local" / "logs" / "deploy-*.log"
         _wait_for(logs, "region_risk - STEP_START", deploy, timeout=300)
         os.killpg(deploy.pid, signal.SIGINT)
-        out, err = deploy.communicate(timeout=120)
+        out, err = deploy.communicate(timeout=60)
     finally:
         if deploy.poll() is None:
             os.killpg(deploy.pid, signal.SIGKILL)
@@ -275,7 +278,7 @@ def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
 
     again = ocr(*args, env_file=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "remaining: 2" in again.stdout  # interrupted at its start: the run did neither
+    assert "remaining: 2" in again.stdout  # interrupted mid-run (stalled): it did neither
     assert "2/2 done 2  failed 0" in again.stdout
     assert "region buildings:" in again.stdout
     for downstream in ("consolidated buildings", "summary statistics", ".pmtiles"):

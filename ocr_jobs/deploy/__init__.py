@@ -28,12 +28,12 @@ from ocr_jobs.deploy.plan import (
     plan_deploy,
 )
 from ocr_jobs.deploy.runner import (
+    RegionWorkers,
     RunOutcome,
     execute,
     instance_home,
     open_instance,
     reconstructable_job,
-    run_partitions,
 )
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "DeploymentLock",
     "DryRun",
     "RegionReport",
+    "RegionWorkers",
     "RunOutcome",
     "check_storage",
     "dry_run",
@@ -58,6 +59,5 @@ __all__ = [
     "publish_pointer",
     "reconstructable_job",
     "run_deploy",
-    "run_partitions",
     "wipe_records",
 ]

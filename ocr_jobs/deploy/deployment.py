@@ -3,6 +3,7 @@ storage checks, lock, (wipe), the regions that remain, downstream, (pointer), un
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,13 +27,13 @@ from ocr_jobs.deploy.plan import (
     stale_regions,
 )
 from ocr_jobs.deploy.runner import (
+    RegionWorkers,
     RunOutcome,
     execute,
     failed_run_to_resume,
     instance_home,
     open_instance,
     recover_dead_runs,
-    run_partitions,
 )
 from ocr_jobs.jobs import (
     DOWNSTREAM_CORE_JOB,
@@ -175,7 +176,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     try:
         defs = build_definitions(settings)
         valid_all = region_partitions(settings).get_partition_keys()
-        with open_instance(home) as instance:
+        with open_instance(home) as instance, contextlib.ExitStack() as stack:
             recovered = recover_dead_runs(instance)
             if recovered:
                 progress.say(
@@ -192,6 +193,13 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
             result_log = logging.file
             done = materialized_regions(instance, storage)
             valid = plan.selection.valid
+            workers = stack.enter_context(
+                RegionWorkers(home, settings, REGION_JOB, settings.deploy_parallel, logging)
+            )
+            # regions that run whatever the inputs' versions say: their workers start now, so
+            # their imports overlap the observation below
+            certain = [r for r in valid if r not in done or r in plan.recompute]
+            workers.start(len(region_runs(valid_all, certain, settings.regions_per_run)))
             stale = stale_regions(
                 {r: done[r] for r in valid if r in done},
                 observe_inputs(instance, settings, storage, logging),
@@ -251,15 +259,8 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 )
             lock.check()
             progress.regions_started(len(report.remaining))
-            outcomes = run_partitions(
-                home,
-                settings,
-                REGION_JOB,
-                runs,
-                settings.deploy_parallel,
-                progress.region_finished,
-                logging,
-            )
+            outcomes = workers.run(runs, progress.region_finished)
+            workers.close()
             result.region_failures = [
                 f"{o.partition}: {o.error}" for o in outcomes if not o.success
             ]

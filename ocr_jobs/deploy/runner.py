@@ -15,8 +15,10 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from logging import shutdown as shutdown_logging
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -271,7 +273,7 @@ def _serve_runs(
     Ctrl-C is the deploy's to report: a worker starts with SIGINT ignored (no traceback from
     its start-up imports), then leaves the terminal's session, so neither it nor Dagster's
     helper processes see the terminal's Ctrl-C. The deploy stops it with :data:`STOP_SIGNAL`
-    instead (:func:`run_partitions`), which ends a worker still starting and, from here on,
+    instead (:class:`RegionWorkers`), which ends a worker still starting and, from here on,
     interrupts its run quietly (:func:`_interrupt_quietly`)."""
     os.setsid()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -281,11 +283,19 @@ def _serve_runs(
             while (regions := conn.recv()) is not None:
                 conn.send(execute_regions(instance, settings, job_name, regions, logging))
     except (KeyboardInterrupt, EOFError):  # stopped, or the deploy is gone
-        return
+        pass
+    # Every run is recorded and the instance closed: the interpreter's own teardown of the
+    # scientific stack (~2 s, which the deploy would wait for) has nothing left to do.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    shutdown_logging()
+    os._exit(0)
 
 
-# how an interrupted deploy stops its workers (its default action ends one still starting)
+# how an interrupted deploy stops its workers (its default action ends one still starting),
+# and how long it waits for them before it kills them
 STOP_SIGNAL = signal.SIGUSR1
+STOP_GRACE_SECONDS = 3.0
 
 
 def _interrupt_quietly(signum: int, frame: Any) -> None:
@@ -321,48 +331,98 @@ class _Worker:
     regions: list[str] | None = None  # the regions of the run it is doing
 
 
-def run_partitions(
-    home: Path,
-    settings: OcrSettings,
-    job_name: str,
-    runs: list[list[str]],
-    max_parallel: int,
-    on_done: Callable[[RunOutcome], None] | None = None,
-    logging: RunLogging = DEFAULT_LOGGING,
-) -> list[RunOutcome]:
-    """Each list of consecutive regions as one Dagster run in the instance at ``home``, at most
-    ``max_parallel`` runs at a time, in worker processes; an outcome per region. A worker that
-    dies (killed, out of memory) fails only the run it was doing, which is recorded failed; a
-    fresh worker takes its place."""
-    partitions = [r for run in runs for r in run]
-    context = multiprocessing.get_context("spawn")
-    waiting = list(reversed(runs))
-    workers: list[_Worker] = []
-    outcomes: list[RunOutcome] = []
+class RegionWorkers:
+    """Worker processes for the region runs of one deployment.
 
-    def start_worker() -> _Worker:
-        conn, child = context.Pipe()
-        process = context.Process(
-            target=_serve_runs, args=(child, str(home), settings, job_name, logging)
-        )
-        with _sigint_ignored():
-            process.start()
-        child.close()
-        return _Worker(process, conn)
+    A worker pays its imports (~4 s) before its first run; :meth:`start` lets the deploy
+    start them while it still observes the inputs, so that time overlaps its own. Leaving
+    the ``with`` block ends every worker: one still starting is stopped, one idle is told
+    to finish."""
 
-    def finish(worker: _Worker, finished: list[RunOutcome]) -> None:
-        worker.regions = None
-        for outcome in finished:
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
+    def __init__(
+        self,
+        home: Path,
+        settings: OcrSettings,
+        job_name: str,
+        max_parallel: int,
+        logging: RunLogging = DEFAULT_LOGGING,
+    ) -> None:
+        self._args = (str(home), settings, job_name, logging)
+        self._home = home
+        self._max = max(1, max_parallel)
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._used = False
 
-    # opening the instance creates its storage once, before workers race to create its tables
-    with open_instance(home) as instance:
-        try:
+    def __enter__(self) -> RegionWorkers:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self.close(interrupted=kind is KeyboardInterrupt)
+
+    def close(self, interrupted: bool = False) -> None:
+        """End every worker: an idle one finishes; one interrupted or never given a run is
+        stopped (it left the terminal's session, so the deploy's Ctrl-C did not reach it).
+
+        A stopped worker gets :data:`STOP_GRACE_SECONDS` to end its run, then is killed:
+        Dagster answers an interrupted step with its retry policy (made for preempted
+        machines), so a region run would go on after the user's Ctrl-C. The runs of a killed
+        worker are recorded failed here, as any dead worker's are."""
+        stop = interrupted or not self._used
+        for worker in self._workers:
+            if not worker.process.is_alive():
+                continue
+            if stop:
+                os.kill(worker.process.pid, STOP_SIGNAL)
+            else:
+                with contextlib.suppress(BrokenPipeError):  # ending already (Ctrl-C)
+                    worker.conn.send(None)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()) if stop else None)
+        killed = [w for w in self._workers if w.process.is_alive()]
+        for worker in killed:
+            worker.process.kill()
+            worker.process.join()
+        if killed:
+            with open_instance(self._home) as instance:
+                recover_dead_runs(instance, "the deployment was interrupted")
+        self._workers.clear()
+
+    def start(self, count: int) -> None:
+        """Up to ``count`` workers (at most the parallel limit) starting now."""
+        while len(self._workers) < min(count, self._max):
+            conn, child = self._context.Pipe()
+            process = self._context.Process(target=_serve_runs, args=(child, *self._args))
+            with _sigint_ignored():
+                process.start()
+            child.close()
+            self._workers.append(_Worker(process, conn))
+
+    def run(
+        self,
+        runs: list[list[str]],
+        on_done: Callable[[RunOutcome], None] | None = None,
+    ) -> list[RunOutcome]:
+        """Each list of consecutive regions as one Dagster run, at most the parallel limit at
+        a time; an outcome per region. A worker that dies (killed, out of memory) fails only
+        the run it was doing, which is recorded failed; a fresh worker takes its place."""
+        self._used = True
+        partitions = [r for run in runs for r in run]
+        waiting = list(reversed(runs))
+        workers = self._workers
+        outcomes: list[RunOutcome] = []
+
+        def finish(worker: _Worker, finished: list[RunOutcome]) -> None:
+            worker.regions = None
+            for outcome in finished:
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+
+        with open_instance(self._home) as instance:
             while waiting or any(w.regions for w in workers):
-                while waiting and len(workers) < max(1, max_parallel):
-                    workers.append(start_worker())
+                self.start(len(workers) + len(waiting) - sum(w.regions is None for w in workers))
                 for worker in workers:
                     if worker.regions is None and waiting:
                         worker.regions = waiting.pop()
@@ -384,15 +444,4 @@ def run_partitions(
                         recover_dead_runs(instance, error)
                         finish(worker, [RunOutcome(r, False, "", error) for r in regions])
                         workers.remove(worker)
-        except KeyboardInterrupt:  # the workers left the terminal's session: stop them
-            for worker in workers:
-                if worker.process.is_alive():
-                    os.kill(worker.process.pid, STOP_SIGNAL)
-            raise
-        finally:
-            for worker in workers:
-                if worker.process.is_alive():
-                    with contextlib.suppress(BrokenPipeError):  # ending already (Ctrl-C)
-                        worker.conn.send(None)
-                    worker.process.join()
-    return sorted(outcomes, key=lambda o: partitions.index(o.partition))
+        return sorted(outcomes, key=lambda o: partitions.index(o.partition))

@@ -12,6 +12,8 @@ an OOM kill or a lost VM would. Nothing here is imported when the variable is un
 - ``deploy_during_consolidation``: the deploy process, killed by the step process that
   consolidates the buildings; that step lives on as an orphan for ``OCR_TEST_ORPHAN_SECONDS``
   (every inherited file closed), doing nothing more
+- ``stall_regions``: a region run's step waits ``OCR_TEST_STALL_SECONDS`` (default 120)
+  before computing its regions, so a test can interrupt it mid-run, never after it is done
 """
 
 import os
@@ -148,12 +150,27 @@ def _deploy_during_consolidation() -> None:
     sys.meta_path.insert(0, _WrapOnImport("ocr_assets.buildings", "consolidate_buildings", wrap))
 
 
+def _stall_regions() -> None:
+    import sys
+    import time
+
+    def wrap(run_regions):
+        def stalled(*args, **kwargs):
+            time.sleep(float(os.environ.get("OCR_TEST_STALL_SECONDS", "120")))
+            return run_regions(*args, **kwargs)
+
+        return stalled
+
+    sys.meta_path.insert(0, _WrapOnImport("ocr_assets.regions", "run_regions", wrap))
+
+
 INJECT = {
     "after_region_event": _after_region_event,
     "deploy_during_consolidation": _deploy_during_consolidation,
     "raster_write": _raster_write,
     "parquet_write": _parquet_write,
     "pmtiles_build": _pmtiles_build,
+    "stall_regions": _stall_regions,
 }
 if FAULT:
     INJECT[FAULT]()
