@@ -54,8 +54,10 @@ serve: setup web
 	$(BIN)/ocr serve --env-file envs/local.env --check >/dev/null || $(MAKE) run
 	$(BIN)/ocr serve --env-file envs/local.env --open
 
+# three test workers on two cores: the end-to-end tests wait on subprocesses and servers; a
+# module's tests stay on one worker (its fixtures, such as a deployment, are made once)
 test: lint validate tools/node_modules web
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port)
 PORT ?= 3000

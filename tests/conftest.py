@@ -43,15 +43,24 @@ def local_settings(env_root):
 
 
 # Modules of whole deploys, a daemon, a browser, longest first: they start first, so that the
-# two test workers (make test: -n 2) do not end the suite with one long test each
+# test workers (make test: one module per worker at a time) do not end the suite with one
+# long module each
 LONG_FIRST = (
-    "test_faults",
     "test_deploy",
+    "test_faults",
     "test_recovery",
+    "test_compute",
+    "test_dagster_regions",
+    "test_map_page",
     "test_backfill",
     "test_staleness",
-    "test_map_page",
     "test_cli_hardening",
+    "test_workflows",
+    "test_ui_conventions",
+    "test_graph",
+    "test_pyramid",
+    "test_raster_store",
+    "test_determinism",
     "test_postgres_instance",
 )
 

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
+import numpy as np
 import pytest
+import zarr
 
+from ocr_assets.science.scoring import RISK_COLORS, risk_score
 from ocr_jobs.serve import map_site, missing_vendor_files, serve_in_thread
 from ocr_resources.storage import OcrStorage
 
@@ -80,7 +83,7 @@ def deployed(tmp_path_factory, sample_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
     start = time.perf_counter()
     done = subprocess.run(
-        [*OCR, "deploy", "--env-file", str(env_file), "--region-id", REGIONS],
+        [*OCR, "deploy", "--env-file", str(env_file), "--region-id", REGIONS, "--create-pyramid"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -172,6 +175,93 @@ def _click(page, lon: float, lat: float) -> str:
     return popup.inner_text()
 
 
+def _surface_pixel(storage: OcrStorage, zoom: int, margin: int) -> dict:
+    """A pyramid pixel of level ``zoom`` inside a (2·margin+1)² block of one colour per year,
+    with different colours in 2011 and 2047: its centre (lon, lat) and both colours, worked
+    out here from the stored values with the score function and the colour table."""
+    from pyproj import Transformer
+
+    level = zarr.open_group(storage.layout.pyramid, mode="r")[str(zoom)]
+    scores = {}
+    for year in ("2011", "2047"):
+        values = level[f"rps_{year}"][:]
+        shown = np.isfinite(values) & (values > 0)
+        scores[year] = np.where(shown, risk_score(np.where(shown, values, 0)), -1)
+    ny, nx = scores["2011"].shape
+    for i in range(margin, ny - margin):
+        for j in range(margin, nx - margin):
+            block = {
+                y: s[i - margin : i + margin + 1, j - margin : j + margin + 1]
+                for y, s in scores.items()
+            }
+            a, b = block["2011"], block["2047"]
+            if (
+                a.min() >= 1
+                and (a == a[0, 0]).all()
+                and (b == b[0, 0]).all()
+                and a[0, 0] != b[0, 0]
+            ):
+                to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+                lon, lat = to_lonlat.transform(float(level["x"][j]), float(level["y"][i]))
+                rgb = {y: _hex_rgb(RISK_COLORS[int(block[y][0, 0])]) for y in block}
+                return {"lon": lon, "lat": lat, **rgb}
+    raise AssertionError(f"no uniform block of {2 * margin + 1} pixels at level {zoom}")
+
+
+def _hex_rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _canvas_rgb(page, lon: float, lat: float) -> tuple[tuple[int, int, int], set]:
+    """The canvas's colour at a place, and every colour on it (a screenshot, read back)."""
+    from PIL import Image
+
+    x, y = page.evaluate(
+        "([lon, lat]) => { const p = map.project([lon, lat]); return [p.x, p.y]; }", [lon, lat]
+    )
+    image = Image.open(io.BytesIO(page.locator("canvas").screenshot())).convert("RGB")
+    colors = {c for _, c in image.getcolors(VIEWPORT["width"] * VIEWPORT["height"])}
+    return image.getpixel((round(x), round(y))), colors
+
+
+def _close(a: tuple, b: tuple, tolerance: int = 3) -> bool:
+    return all(abs(p - q) <= tolerance for p, q in zip(a, b, strict=True))
+
+
+def _check_surface(page, storage: OcrStorage, figures: dict) -> None:
+    """The risk surface alone (every other layer hidden, opacity 1): at map zoom 10 (level 11
+    tiles, one pixel per screen pixel) and 14 (past the finest level 13: its tiles enlarged),
+    the screen shows the pyramid's colour where the sample has risk, and the year toggle
+    turns it into the other year's colour."""
+    page.evaluate("ocrMap.closePopup()")
+    page.evaluate(
+        "() => { for (const l of map.getStyle().layers) if (!l.id.startsWith('surface-') "
+        "&& l.id !== 'background') map.setLayoutProperty(l.id, 'visibility', 'none'); "
+        "ocrMap.setSurfaceOpacity(1); }"
+    )
+    risk_colors = {_hex_rgb(c) for c in RISK_COLORS[1:]}
+    seen = {}
+    for map_zoom, level, margin in ((10, 11, 3), (14, 13, 2)):
+        pixel = _surface_pixel(storage, level, margin)
+        _view(page, pixel["lon"], pixel["lat"], map_zoom)
+        found, colors = _canvas_rgb(page, pixel["lon"], pixel["lat"])
+        assert _close(found, pixel["2011"]), (map_zoom, found, pixel)
+        assert len(colors & risk_colors) >= 3, (map_zoom, sorted(colors)[:20])
+        page.check("#year-2047")
+        page.evaluate("ocrMap.settle()")
+        found, _ = _canvas_rgb(page, pixel["lon"], pixel["lat"])
+        assert _close(found, pixel["2047"]), (map_zoom, found, pixel)
+        page.check("#year-2011")
+        page.evaluate("ocrMap.settle()")
+        seen[f"map zoom {map_zoom} (level {level})"] = [list(pixel["2011"]), list(pixel["2047"])]
+    figures["surface_colours_2011_2047"] = seen
+    page.evaluate(
+        "() => { for (const l of map.getStyle().layers) "
+        "map.setLayoutProperty(l.id, 'visibility', l.id === 'surface-2047' ? 'none' : 'visible'); "
+        "ocrMap.setSurfaceOpacity(0.8); }"
+    )
+
+
 def test_map_page_in_chromium(deployed):
     _require(Path(CHROMIUM).is_file(), f"no chromium at {CHROMIUM} (.ci/run installs it)")
     _require(not missing_vendor_files(), "the map page's libraries are missing (make web)")
@@ -261,8 +351,25 @@ def test_map_page_in_chromium(deployed):
             assert "Building" in text and f"{target['rps_2011']:.3f}" in text, text
             assert target["GEOID"][:11] in text
 
+            # the risk surface under the vector layers, then without it (the pyramid is
+            # optional): the page says so and works as before
+            _check_surface(page, storage, figures)
+            plain = map_site(storage)
+            plain.raster, plain.config = None, {**plain.config, "raster": None}
+            with serve_in_thread(plain) as without:
+                other = browser.new_page(viewport=VIEWPORT)
+                other.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+                other.goto(without.url)
+                other.wait_for_function("window.ocrMap !== undefined", timeout=30_000)
+                other.evaluate("ocrMap.settle()")
+                assert "no risk surface" in other.locator("#surface-note").inner_text()
+                assert other.evaluate("map.getLayer('surface-2011') === undefined")
+                _view(other, *centre, 9.5)
+                assert _rendered(other, "tracts-fill")
+                other.close()
+
             # the picture for the README: the whole sample with a tract's popup open
-            page.evaluate("document.querySelectorAll('.maplibregl-popup').forEach(p => p.remove())")
+            page.evaluate("ocrMap.closePopup()")
             _view(page, *centre, 11.4)
             _click(page, point.x, point.y)
             page.evaluate("ocrMap.settle()")

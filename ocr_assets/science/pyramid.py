@@ -102,6 +102,44 @@ def tile_grid_origin(box: GeoBox) -> tuple[int, int]:
     )
 
 
+def level_origin(zoom: int, first_x: float, first_y: float) -> tuple[int, int]:
+    """(row, column) of a stored level's first pixel in the global pixel grid of ``zoom``,
+    from its first pixel centre's EPSG:3857 coordinates (what the level stores as x, y)."""
+    res = level_resolution(zoom)
+    return (
+        round((WEB_MERCATOR_HALF - first_y) / res - 0.5),
+        round((first_x + WEB_MERCATOR_HALF) / res - 0.5),
+    )
+
+
+def level_bounds(zoom: int, origin: tuple[int, int], shape: tuple[int, int]) -> list[float]:
+    """(west, south, east, north) in degrees of a level's pixels at ``origin`` of ``zoom``."""
+    res = level_resolution(zoom)
+    (row, col), (ny, nx) = origin, shape
+    xs = [col * res - WEB_MERCATOR_HALF, (col + nx) * res - WEB_MERCATOR_HALF]
+    ys = [WEB_MERCATOR_HALF - (row + ny) * res, WEB_MERCATOR_HALF - row * res]
+    to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    (west, east), (south, north) = to_lonlat.transform(xs, ys)
+    return [float(west), float(south), float(east), float(north)]
+
+
+def tile_window(
+    origin: tuple[int, int], shape: tuple[int, int], x: int, y: int
+) -> tuple[Window, Window] | None:
+    """For tile (x, y) of a level at ``origin`` with ``shape``: the level's pixels under the
+    tile and where they go in the tile's 256 × 256; None if the tile misses the level."""
+    top, left = y * TILE_SIZE - origin[0], x * TILE_SIZE - origin[1]
+    rows = slice(max(0, top), min(shape[0], top + TILE_SIZE))
+    cols = slice(max(0, left), min(shape[1], left + TILE_SIZE))
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return None
+    into = (
+        slice(rows.start - top, rows.stop - top),
+        slice(cols.start - left, cols.stop - left),
+    )
+    return (rows, cols), into
+
+
 def nested_window(coarse: GeoBox, fine: GeoBox, part: Window) -> Window | None:
     """The pixels of level ``fine`` inside pixels ``part`` of the coarser level ``coarse``:
     levels are aligned to the global tile grid, so every fine pixel lies in one coarse pixel."""

@@ -23,6 +23,8 @@ RISK_COLORS: tuple[str, ...] = (
     "#560a36",
 )
 assert len(RISK_COLORS) == N_SCORES  # one colour per score, shared by previews and the map
+# the same colours as RGB bytes, indexed by score
+RISK_RGB = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in RISK_COLORS], np.uint8)
 
 
 def risk_score(rps: np.ndarray) -> np.ndarray:
@@ -43,3 +45,15 @@ def risk_score(rps: np.ndarray) -> np.ndarray:
 def score_histogram(rps: np.ndarray) -> np.ndarray:
     """Counts of scores 0–10 (index = score); sums to the number of values."""
     return np.bincount(risk_score(rps).astype(np.int64).ravel(), minlength=N_SCORES)
+
+
+def score_rgba(rps: np.ndarray) -> np.ndarray:
+    """RGBA bytes (``rps.shape + (4,)``) of each value's score colour, as the map draws the
+    risk surface: transparent where the value is missing (NaN) or 0 (no risk), so what lies
+    under the raster shows through there."""
+    values = np.asarray(rps)
+    shown = np.isfinite(values) & (values > 0)
+    rgba = np.zeros((*values.shape, 4), np.uint8)
+    rgba[shown, :3] = RISK_RGB[risk_score(values[shown])]
+    rgba[shown, 3] = 255
+    return rgba

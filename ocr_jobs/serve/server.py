@@ -8,7 +8,9 @@ cannot.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -19,9 +21,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ocr_jobs.serve.ranges import ByteRange, RangeNotSatisfiable, parse_range
+from ocr_jobs.serve.raster import RASTER_VARIABLES
 from ocr_jobs.serve.site import MapSite, ServedFile
 
 HOST = "127.0.0.1"
+# a tile's address: digits of bounded length only (z ≤ 99, x and y < 2^z are checked after)
+TILE_PATH = re.compile(
+    r"/tiles/(?P<variable>\w{1,32})/(?P<z>\d{1,2})/(?P<x>\d{1,9})/(?P<y>\d{1,9})\.png"
+)
 CHUNK_BYTES = 1 << 20  # a whole-file GET streams in pieces of this size
 # file errors that mean "no such file" to a client: a name longer than the file system takes
 # (ENAMETOOLONG) or one that runs through a file (ENOTDIR) cannot name anything served
@@ -32,7 +39,8 @@ FORBIDDEN_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
 class MapRequestHandler(BaseHTTPRequestHandler):
-    """GET/HEAD for ``/``, ``/config.json``, ``/static/…`` and ``/pmtiles/<name>.pmtiles``."""
+    """GET/HEAD for ``/``, ``/config.json``, ``/static/…``, ``/pmtiles/<name>.pmtiles`` and
+    ``/tiles/<variable>/<z>/<x>/<y>.png``."""
 
     server: MapServer
     protocol_version = "HTTP/1.1"  # keep-alive: a map fetches many small ranges
@@ -95,6 +103,8 @@ class MapRequestHandler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, "no such archive")
             else:
                 self._send_file(served, body)
+        elif path.startswith("/tiles/"):
+            self._send_tile(path, body)
         elif path.startswith("/static/"):
             served = site.static(path.removeprefix("/static/"))
             if served is None:
@@ -127,6 +137,48 @@ class MapRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(data)
+
+    def _send_tile(self, path: str, body: bool) -> None:
+        """``/tiles/<variable>/<z>/<x>/<y>.png`` of the risk surface: 200 with the PNG, 204
+        where the tile has no data, 304 when the client's copy is current, 404 for a tile
+        that cannot exist (unknown variable or level, x or y off the world)."""
+        tiles = self.server.site.raster
+        found = TILE_PATH.fullmatch(path)
+        if tiles is None or found is None or found["variable"] not in RASTER_VARIABLES:
+            self._error(HTTPStatus.NOT_FOUND, "no such tile")
+            return
+        z, x, y = (int(found[k]) for k in ("z", "x", "y"))
+        if z not in tiles.zooms() or x >= 2**z or y >= 2**z:
+            self._error(HTTPStatus.NOT_FOUND, "no such tile")
+            return
+        tag = hashlib.sha1(f"{tiles.stamp}|{path}".encode()).hexdigest()[:20]
+        etag = f'"{tag}"'
+        if self.headers.get("If-None-Match") == etag:
+            self._send_empty(HTTPStatus.NOT_MODIFIED, etag)
+            return
+        png = tiles.png(found["variable"], z, x, y)
+        if png is None:
+            self._send_empty(HTTPStatus.NO_CONTENT, etag)
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(png)))
+        self._cache_headers(etag)
+        self.end_headers()
+        if body:
+            self.wfile.write(png)
+
+    def _send_empty(self, status: HTTPStatus, etag: str) -> None:
+        self.send_response(status)
+        self._cache_headers(etag)
+        if status != HTTPStatus.NOT_MODIFIED:
+            self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _cache_headers(self, etag: str) -> None:
+        """Kept by the browser, checked again on each use: a redeploy changes the ETag."""
+        self.send_header("ETag", etag)
+        self.send_header("Cache-Control", "no-cache")
 
     def _send_file(self, served: ServedFile, body: bool) -> None:
         size, etag = served.stat()

@@ -1,5 +1,6 @@
-"""What ``ocr serve`` serves: the map page's folder, one environment's PMTiles archives, and the
-page's configuration (zooms, score bins, colours) from the same tables the pipeline uses.
+"""What ``ocr serve`` serves: the map page's folder, one environment's PMTiles archives, the
+risk surface's PNG tiles (``raster.py``), and the page's configuration (zooms, score bins,
+colours) from the same tables the pipeline uses.
 
 The page's libraries are files on local disk (``make web`` copies them from npm into
 ``ocr_jobs/serve/web/vendor``); nothing is fetched from a CDN. Archives are read through the
@@ -19,6 +20,7 @@ import numpy as np
 
 from ocr_assets.science.scoring import RISK_COLORS, SCORE_EDGES
 from ocr_assets.tiles import TILESETS
+from ocr_jobs.serve.raster import RASTER_VARIABLES, PyramidTiles
 from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
 
@@ -73,12 +75,14 @@ class ServedFile:
 
 @dataclass
 class MapSite:
-    """What the server serves: the page's folder, the archives by name, the page's config."""
+    """What the server serves: the page's folder, the archives by name, the risk surface's
+    tiles (when the environment has a pyramid), the page's config."""
 
     archives: dict[str, ServedFile]
     config: dict[str, Any]
     web_dir: Path = WEB_DIR
     missing: list[str] = field(default_factory=list)
+    raster: PyramidTiles | None = None
 
     def static(self, relative: str) -> ServedFile | None:
         """A file under the page's folder, or None if the path would leave it."""
@@ -97,12 +101,17 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def page_config(storage: OcrStorage, available: list[str]) -> dict[str, Any]:
+def page_config(
+    storage: OcrStorage, available: list[str], raster: PyramidTiles | None = None
+) -> dict[str, Any]:
     """What the page needs from Python, so the map and the pipeline cannot disagree.
 
     ``score_edges`` are the binning function's edges in float32 — the precision RPS is
     stored in — so a building on an edge gets the same score on the map as in the tables.
+    ``raster`` is the risk surface's tile source (null without a pyramid): zooms past its
+    finest level draw that level's tiles enlarged.
     """
+    zooms = raster.zooms() if raster else []
     return {
         "environment": storage.environment,
         "version": storage.version,
@@ -110,6 +119,14 @@ def page_config(storage: OcrStorage, available: list[str]) -> dict[str, Any]:
         "zooms": {name: list(ARCHIVE_ZOOMS[name]) for name in available},
         "score_edges": [float(e) for e in SCORE_EDGES.astype(np.float32)],
         "colors": list(RISK_COLORS),
+        "raster": {
+            "tiles": {v[-4:]: f"/tiles/{v}/{{z}}/{{x}}/{{y}}.png" for v in RASTER_VARIABLES},
+            "minzoom": zooms[0],
+            "maxzoom": zooms[-1],
+            "bounds": raster.bounds(),
+        }
+        if zooms
+        else None,
     }
 
 
@@ -138,4 +155,9 @@ def map_site(storage: OcrStorage, web_dir: Path = WEB_DIR) -> MapSite:
             f"no PMTiles under {storage.layout.vector_prefix}/pmtiles; materialize the tiles "
             "first (`make run`, or `ocr deploy` for this environment)"
         )
-    return MapSite(archives, page_config(storage, list(archives)), web_dir, missing)
+    pyramid = storage.layout.pyramid
+    raster = (
+        PyramidTiles(fs, storage.fs_path(pyramid)) if fs.isfile(f"{pyramid}/zarr.json") else None
+    )
+    config = page_config(storage, list(archives), raster)
+    return MapSite(archives, config, web_dir, missing, raster)

@@ -1,4 +1,5 @@
-// The wildfire risk map: MapLibre GL JS reading the environment's PMTiles through `ocr serve`.
+// The wildfire risk map: MapLibre GL JS reading the environment's PMTiles and the risk surface's
+// PNG tiles through `ocr serve`.
 // Everything it loads comes from that server (libraries, outline, archives): no CDN, no basemap.
 import * as maplibregl from "./vendor/maplibre-gl.mjs";
 
@@ -11,16 +12,22 @@ const REGION_LEVELS = [
   { level: "counties", minzoom: 5, maxzoom: 8, label: "county" },
   { level: "tracts", minzoom: 8, maxzoom: 24, label: "tract" },
 ];
+// The risk surface: PNG tiles of the pyramid, one source per year, under every vector layer;
+// past the finest level MapLibre draws that level's tiles enlarged (the source's maxzoom).
+const SURFACE = (y) => `surface-${y}`;
 const CENTROIDS = { minzoom: 11, maxzoom: 14 };
 const BUILDINGS = { minzoom: 14 };
 const YEARS = ["2011", "2047"];
 
 const sharedView = Boolean(location.hash); // #zoom/lat/lon from a shared link wins over fitting
 const config = await (await fetch("/config.json")).json();
+// with a surface under them, census areas are a lighter tint so the surface reads through
+const areaTint = config.raster ? 0.5 : 1;
 const colors = config.colors;
 const edges = config.score_edges;
 let year = "2011";
 let lastClick = null;
+let surfaceOpacity = Number(document.getElementById("surface-opacity").value);
 
 const protocol = new Protocol();
 maplibregl.addProtocol("pmtiles", protocol.tile);
@@ -64,6 +71,26 @@ function style(states) {
     { id: "background", type: "background", paint: { "background-color": "#dde5ea" } },
     { id: "land", type: "fill", source: "outline", paint: { "fill-color": "#fbfaf7" } },
   ];
+  if (config.raster) {
+    const { tiles, minzoom, maxzoom, bounds } = config.raster;
+    for (const y of YEARS) {
+      sources[SURFACE(y)] = {
+        type: "raster",
+        tiles: [`${location.origin}${tiles[y]}`],
+        tileSize: 256,
+        minzoom,
+        maxzoom,
+        bounds,
+      };
+      layers.push({
+        id: SURFACE(y),
+        type: "raster",
+        source: SURFACE(y),
+        layout: { visibility: y === year ? "visible" : "none" },
+        paint: { "raster-opacity": surfaceOpacity, "raster-resampling": "nearest", "raster-fade-duration": 0 },
+      });
+    }
+  }
   if (has("regions")) {
     sources.regions = { type: "vector", url: `pmtiles://${archiveUrl("regions")}` };
     for (const { level, minzoom, maxzoom } of REGION_LEVELS) {
@@ -77,8 +104,8 @@ function style(states) {
         paint: {
           "fill-color": colorExpression("mean_rps_2011"),
           "fill-opacity": level === "tracts"
-            ? ["interpolate", ["linear"], ["zoom"], 10, 0.85, 11, 0.45, 13, 0.25, 14, 0.1]
-            : 0.85,
+            ? ["interpolate", ["linear"], ["zoom"], 10, 0.85 * areaTint, 11, 0.45 * areaTint, 13, 0.25 * areaTint, 14, 0.1 * areaTint]
+            : 0.85 * areaTint,
         },
       });
       layers.push({
@@ -130,6 +157,9 @@ function setYear(value) {
   for (const id of COLORED_LAYERS) {
     if (!map.getLayer(id)) continue;
     map.setPaintProperty(id, id === "centroids" ? "circle-color" : "fill-color", paintFor(id));
+  }
+  for (const y of YEARS) {
+    if (map.getLayer(SURFACE(y))) map.setLayoutProperty(SURFACE(y), "visibility", y === year ? "visible" : "none");
   }
   renderLegend();
   if (lastClick) showPopup(lastClick.lngLat, lastClick.features);
@@ -238,6 +268,21 @@ for (const id of CLICKABLE) {
 document.querySelectorAll('input[name="year"]').forEach((input) => {
   input.addEventListener("change", () => setYear(input.value));
 });
+function setSurfaceOpacity(value) {
+  surfaceOpacity = Math.min(1, Math.max(0, Number(value)));
+  document.getElementById("surface-opacity").value = String(surfaceOpacity);
+  for (const y of YEARS) {
+    if (map.getLayer(SURFACE(y))) map.setPaintProperty(SURFACE(y), "raster-opacity", surfaceOpacity);
+  }
+}
+document.getElementById("surface-opacity").addEventListener("input", (event) => setSurfaceOpacity(event.target.value));
+const surfaceNote = document.getElementById("surface-note");
+if (config.raster) {
+  surfaceNote.textContent = `mean RPS per pixel, zoom ${config.raster.minzoom}–${config.raster.maxzoom} (enlarged beyond)`;
+} else {
+  document.getElementById("surface-opacity").disabled = true;
+  surfaceNote.textContent = "no risk surface in this environment: the pyramid is optional (ocr deploy --create-pyramid)";
+}
 
 const label = config.version ? `${config.environment} v${config.version}` : config.environment;
 document.getElementById("environment").textContent = `environment: ${label}`;
@@ -265,6 +310,8 @@ window.map = map;
 window.ocrMap = {
   map,
   setYear,
+  setSurfaceOpacity,
+  closePopup: () => { if (popup) popup.remove(); },
   year: () => year,
   firstIdle,
   settle: () => new Promise((resolve) => { map.once("idle", resolve); map.triggerRepaint(); }),
