@@ -86,6 +86,7 @@ class PyramidTiles:
         self._checked = 0.0
         self._group: zarr.Group | None = None
         self._levels: dict[int, Level] = {}
+        self._zooms: list[int] = []
 
     def _open(self) -> zarr.Group:
         """The pyramid's group, reopened (and the cache emptied) when it was replaced."""
@@ -97,6 +98,7 @@ class PyramidTiles:
                 if stamp != self._stamp or self._group is None:
                     store = FsspecStore(_asynchronous(self.fs), read_only=True, path=self.path)
                     self._group = zarr.open_group(store, mode="r")
+                    self._zooms = sorted(int(name) for name in self._group.group_keys())
                     self._levels, self._stamp = {}, stamp
                     self.cache.clear()
             return self._group
@@ -108,12 +110,13 @@ class PyramidTiles:
         return self._stamp or ""
 
     def zooms(self) -> list[int]:
-        return sorted(int(name) for name in self._open().group_keys())
+        self._open()
+        return self._zooms
 
     def level(self, zoom: int) -> Level | None:
         group = self._open()
         if zoom not in self._levels:
-            if str(zoom) not in group:
+            if zoom not in self._zooms:
                 return None
             stored = group[str(zoom)]
             array = stored[RASTER_VARIABLES[0]]

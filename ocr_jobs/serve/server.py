@@ -44,6 +44,9 @@ class MapRequestHandler(BaseHTTPRequestHandler):
 
     server: MapServer
     protocol_version = "HTTP/1.1"  # keep-alive: a map fetches many small ranges
+    # headers and body leave in separate writes: with Nagle's algorithm the body waits for the
+    # client's delayed ACK of the headers (~40 ms a tile)
+    disable_nagle_algorithm = True
     server_version = "ocr-serve"
 
     def do_GET(self) -> None:
