@@ -211,6 +211,9 @@ def test_tile_route_statuses_validators_and_host_check(pyramid):
         again = _get(server, f"/tiles/rps_2011/{ZOOM}/1353/1577.png", {"If-None-Match": etag})
         assert again.status == 304 and again.body == b""
         assert _get(server, f"/tiles/rps_2011/{ZOOM}/1356/1577.png").status == 204
+        # a tile is small and whole: a byte range asked of it is answered with all of it
+        ranged = _get(server, f"/tiles/rps_2011/{ZOOM}/1353/1577.png", {"Range": "bytes=0-9"})
+        assert ranged.status == 200 and ranged.body == ok.body
         for bad in (
             f"/tiles/rps_2012/{ZOOM}/1353/1577.png",  # no such variable
             f"/tiles/rps_2011/{ZOOM + 1}/1353/1577.png",  # no such level
