@@ -426,7 +426,9 @@ class RegionWorkers:
                 for worker in workers:
                     if worker.regions is None and waiting:
                         worker.regions = waiting.pop()
-                        worker.conn.send(worker.regions)
+                        # one that died starting is found by its sentinel below, as any dead
+                        with contextlib.suppress(BrokenPipeError):
+                            worker.conn.send(worker.regions)
                 busy = [w for w in workers if w.regions]
                 ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:

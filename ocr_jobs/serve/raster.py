@@ -146,7 +146,8 @@ class PyramidTiles:
         (cy, cx) = level.chunks
         for iy in range(rows.start // cy, (rows.stop - 1) // cy + 1):
             for ix in range(cols.start // cx, (cols.stop - 1) // cx + 1):
-                chunk = self._chunk(array, (zoom, variable, iy, ix), level, iy, ix)
+                key = (self._stamp, zoom, variable, iy, ix)  # never a replaced pyramid's
+                chunk = self._chunk(array, key, level, iy, ix)
                 if chunk is None:
                     continue
                 found = True
