@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import io
+import shutil
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -25,7 +27,7 @@ from ocr_assets.science.pyramid import (
 from ocr_assets.science.scoring import RISK_COLORS, score_rgba
 from ocr_jobs.serve import serve_in_thread
 from ocr_jobs.serve.raster import PyramidTiles
-from ocr_jobs.serve.site import MapSite
+from ocr_jobs.serve.site import VENDOR_FILES, MapSite, ServeError, map_site
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import BUCKET, s3_endpoint  # noqa: F401  (S3 on a local moto server)
 
@@ -230,3 +232,21 @@ def test_tile_route_statuses_validators_and_host_check(pyramid):
     # an environment without a pyramid has no tiles at all
     with serve_in_thread(MapSite(archives={}, config={})) as server:
         assert _get(server, f"/tiles/rps_2011/{ZOOM}/1353/1577.png").status == 404
+
+
+def test_serve_names_a_pyramid_that_does_not_read_and_runs_without_one(tmp_path, pyramid):
+    storage = OcrStorage(root=str(tmp_path / "data"), environment="local")
+    web = tmp_path / "web"
+    (web / "vendor").mkdir(parents=True)
+    for name in VENDOR_FILES:
+        (web / "vendor" / name).write_text("")
+    archive = Path(storage.layout.pmtiles("regions"))
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"PMTiles")
+    assert map_site(storage, web).config["raster"] is None  # optional: no pyramid, no tiles
+    shutil.copytree(pyramid, storage.layout.pyramid)
+    site = map_site(storage, web)
+    assert site.config["raster"]["maxzoom"] == ZOOM and site.raster is not None
+    Path(storage.layout.pyramid, "zarr.json").write_text("{not json")
+    with pytest.raises(ServeError, match=r"pyramid at .* cannot be read"):
+        map_site(storage, web)

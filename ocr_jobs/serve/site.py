@@ -159,5 +159,11 @@ def map_site(storage: OcrStorage, web_dir: Path = WEB_DIR) -> MapSite:
     raster = (
         PyramidTiles(fs, storage.fs_path(pyramid)) if fs.isfile(f"{pyramid}/zarr.json") else None
     )
-    config = page_config(storage, list(archives), raster)
+    try:
+        config = page_config(storage, list(archives), raster)
+    except (OSError, ValueError, KeyError) as exc:  # zarr's errors are ValueErrors
+        raise ServeError(
+            f"the pyramid at {pyramid} cannot be read ({type(exc).__name__}: {exc}); rebuild it "
+            "(`ocr deploy --create-pyramid --allow-all-processed`) or remove it"
+        ) from exc
     return MapSite(archives, config, web_dir, missing, raster)
