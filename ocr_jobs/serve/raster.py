@@ -87,6 +87,7 @@ class PyramidTiles:
         self._group: zarr.Group | None = None
         self._levels: dict[int, Level] = {}
         self._zooms: list[int] = []
+        self._arrays: dict[tuple[int, str], zarr.Array] = {}
 
     def _open(self) -> zarr.Group:
         """The pyramid's group, reopened (and the cache emptied) when it was replaced."""
@@ -99,7 +100,7 @@ class PyramidTiles:
                     store = FsspecStore(_asynchronous(self.fs), read_only=True, path=self.path)
                     self._group = zarr.open_group(store, mode="r")
                     self._zooms = sorted(int(name) for name in self._group.group_keys())
-                    self._levels, self._stamp = {}, stamp
+                    self._levels, self._arrays, self._stamp = {}, {}, stamp
                     self.cache.clear()
             return self._group
 
@@ -140,7 +141,7 @@ class PyramidTiles:
         if window is None:
             return None
         (rows, cols), (into_rows, into_cols) = window
-        array = self._open()[str(zoom)][variable]
+        array = self._array(zoom, variable)
         tile = np.full((TILE_SIZE, TILE_SIZE), np.nan, np.float32)
         found = False
         (cy, cx) = level.chunks
@@ -158,6 +159,13 @@ class PyramidTiles:
                     into_cols.start + c0 - cols.start : into_cols.start + c1 - cols.start,
                 ] = chunk[r0 - iy * cy : r1 - iy * cy, c0 - ix * cx : c1 - ix * cx]
         return tile if found else None
+
+    def _array(self, zoom: int, variable: str) -> zarr.Array:
+        """The level's array, its metadata read once per pyramid (not once per tile)."""
+        group = self._open()
+        if (zoom, variable) not in self._arrays:
+            self._arrays[zoom, variable] = group[str(zoom)][variable]
+        return self._arrays[zoom, variable]
 
     def _chunk(
         self, array: zarr.Array, key: tuple, level: Level, iy: int, ix: int
