@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.region_path import evict
-from ocr_assets.science.pyramid import TILE_SIZE, level_origin
+from ocr_assets.science.pyramid import TILE_SIZE
+from ocr_jobs.serve.raster import PyramidTiles
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
 
@@ -33,17 +34,15 @@ RESULTS = Path(__file__).with_name("raster_tiles_results.jsonl")
 
 
 def _tiles(storage: OcrStorage, zooms: range) -> list[tuple[int, int, int]]:
-    """Every (z, x, y) tile that covers a level's pixels, at each zoom."""
-    import zarr
-
-    group = zarr.open_group(storage.layout.pyramid, mode="r")
+    """Every (z, x, y) tile that covers a level's pixels, at each zoom (levels as the server
+    reads them)."""
+    pyramid = PyramidTiles(storage.fs, storage.fs_path(storage.layout.pyramid))
     found = []
     for zoom in zooms:
-        if str(zoom) not in group:
+        level = pyramid.level(zoom)
+        if level is None:
             continue
-        level = group[str(zoom)]
-        ny, nx = level["rps_2011"].shape
-        row, col = level_origin(zoom, float(level["x"][0]), float(level["y"][0]))
+        (row, col), (ny, nx) = level.origin, level.shape
         for y in range(row // TILE_SIZE, (row + ny - 1) // TILE_SIZE + 1):
             for x in range(col // TILE_SIZE, (col + nx - 1) // TILE_SIZE + 1):
                 found.append((zoom, x, y))
@@ -133,6 +132,9 @@ def main() -> None:
     with RESULTS.open("a") as out:
         out.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=2))
+    failed = {s for p in passes.values() for s in p["statuses"]} - {200, 204}
+    if failed:
+        raise SystemExit(f"tiles answered with status {sorted(failed)}: see the record above")
 
 
 if __name__ == "__main__":

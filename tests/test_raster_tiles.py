@@ -30,6 +30,7 @@ from ocr_jobs.serve.raster import PyramidTiles
 from ocr_jobs.serve.site import VENDOR_FILES, MapSite, ServeError, map_site
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import BUCKET, s3_endpoint  # noqa: F401  (S3 on a local moto server)
+from tests.test_map_page import _hex_rgb
 
 ZOOM = 12
 # the level's first pixel in the global grid: inside tile (x=1353, y=1577), not on its corner
@@ -39,8 +40,7 @@ CHUNKS = (64, 64)
 
 
 def _rgb(score: int) -> tuple[int, int, int]:
-    color = RISK_COLORS[score]
-    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return _hex_rgb(RISK_COLORS[score])
 
 
 def _write_level(path: str, values: dict[str, np.ndarray], zoom: int = ZOOM) -> None:

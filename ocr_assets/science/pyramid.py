@@ -95,21 +95,20 @@ def window_pieces(
 
 def tile_grid_origin(box: GeoBox) -> tuple[int, int]:
     """(row, column) of a level's first pixel in the global pixel grid of its zoom."""
-    res = box.affine.a
-    return (
-        round((WEB_MERCATOR_HALF - box.affine.f) / res),
-        round((box.affine.c + WEB_MERCATOR_HALF) / res),
-    )
+    return _grid_origin(box.affine.a, box.affine.c, box.affine.f)
+
+
+def _grid_origin(res: float, left: float, top: float) -> tuple[int, int]:
+    """(row, column) in the global pixel grid of pixel size ``res`` of the pixel whose
+    top-left corner is (``left``, ``top``) in EPSG:3857."""
+    return round((WEB_MERCATOR_HALF - top) / res), round((left + WEB_MERCATOR_HALF) / res)
 
 
 def level_origin(zoom: int, first_x: float, first_y: float) -> tuple[int, int]:
     """(row, column) of a stored level's first pixel in the global pixel grid of ``zoom``,
     from its first pixel centre's EPSG:3857 coordinates (what the level stores as x, y)."""
     res = level_resolution(zoom)
-    return (
-        round((WEB_MERCATOR_HALF - first_y) / res - 0.5),
-        round((first_x + WEB_MERCATOR_HALF) / res - 0.5),
-    )
+    return _grid_origin(res, first_x - res / 2, first_y + res / 2)
 
 
 def level_bounds(zoom: int, origin: tuple[int, int], shape: tuple[int, int]) -> list[float]:
