@@ -65,4 +65,4 @@ dev: setup
 	$(BIN)/ocr dev --port $(PORT)
 
 clean:
-	rm -rf .ocr-data .dagster
+	rm -rf .ocr-data .ocr-inputs .dagster

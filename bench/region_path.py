@@ -8,6 +8,8 @@ read cold from disk, then warm (issue: the whole-region figure leaves out what a
     .venv/bin/python -m bench.region_path --size quarter   # 3000 × 2250 regions (~2 min)
     .venv/bin/python -m bench.region_path --size sample    # the embedded sample (~1.5 min)
     .venv/bin/python -m bench.region_path --chunking generated   # the generator's own chunks
+    .venv/bin/python -m bench.region_path --chunking real  # the real inputs' chunks, an
+                                                           # interior region (~20 min)
 
 ``bench.run``'s "whole region" times the model and the writes on inputs generated in memory,
 both fields one after the other, every store warm. Here nothing is left out:
@@ -23,6 +25,16 @@ both fields one after the other, every store warm. Here nothing is left out:
    chunks, so the generator's 64 × 64 cells give 7,426 tiles of 64 × 64 pixels a field at
    full size, the published chunks 72 tiles of 845 × 622). It also runs the model once on a
    tiny window so numba's on-disk cache is filled: the runs time the model, not the compiler.
+   ``--chunking real`` lays the inputs out as the real ones are stored: the wind
+   distribution and every 30 m store in chunks of a region (6000 × 4500 pixels, all eight
+   directions in each wind chunk: 864 MB decoded), the 270 m BP in the published chunks. Its
+   grid is 3 × 3 regions (the generator writes a 2 × 2 grid of 6300 × 4800 pixels, rewritten
+   in region chunks), and the interior region ``y1_x1`` is measured: its 7080 × 5580-pixel
+   window crosses chunk boundaries on every side (3 × 3 wind chunks, the worst case a real
+   region meets). The generator's missing-data corner (its "ocean") is north-east of the
+   grid's diagonal, where an interior region of this grid would mostly lie, so every grid
+   store's values are rotated by 180° (coordinates kept): the measured region is land, with
+   the usual share of non-burnable pixels.
 2. ``cold``: every input file is fsync'ed and dropped from the page cache
    (``posix_fadvise(DONTNEED)``; the bytes still cached are counted with ``mincore`` before
    the run, ~0), then ``dagster asset materialize`` of the region's two assets runs in a new
@@ -64,7 +76,7 @@ import psutil
 import xarray as xr
 
 from bench.scale import GIB, MIB, TreeSampler, measured
-from bench.synthetic import WIND_STORE_CHUNK, WIND_VARIABLE, compile_model
+from bench.synthetic import ARC_SECOND, WIND_STORE_CHUNK, WIND_VARIABLE, compile_model
 from bench.ui_path import (
     FULL,
     ROOT,
@@ -74,6 +86,7 @@ from bench.ui_path import (
     own_work,
     region_ids,
 )
+from ocr_assets.science.regions import HALO_DEG, RegionGrid
 from ocr_jobs.deploy import open_instance
 from ocr_resources.layout import YEARS
 from ocr_resources.sample_data import SampleSpec, write_sample_data
@@ -87,6 +100,10 @@ SIZES: dict[str, SampleSpec] = {
 # the published 270 m stores' chunks along (y, x), from the first row and column (README)
 PUBLISHED_BP_CHUNK = (6000, 4500)
 RESULTS = Path(__file__).with_name("region_path_results.jsonl")
+# ``--chunking real``: pixels of the grid beyond the interior region on its far sides, more
+# than its halo (0.15° = 540 pixels of 1 arc-second), so its window is never cut
+REAL_EDGE = 600
+REAL_REGION = "y1_x1"
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mmap.restype = ctypes.c_void_p
@@ -194,20 +211,93 @@ def design_chunking(storage: OcrStorage) -> None:
         storage.write_zarr(ds, path, {name: {"chunks": shape}})
 
 
+def real_spec(spec: SampleSpec) -> SampleSpec:
+    """The generator's grid for ``--chunking real``: 2 × 2 chunks that, rewritten in
+    ``spec``'s region chunks, hold an interior region (``REAL_REGION``) with ``REAL_EDGE``
+    pixels beyond it on its far sides; buildings as dense as ``spec``'s."""
+    if REAL_EDGE <= HALO_DEG / ARC_SECOND or REAL_EDGE % 2:
+        raise ValueError(f"REAL_EDGE must be even and exceed the halo; got {REAL_EDGE}")
+    lat, lon = spec.chunk_lat + REAL_EDGE // 2, spec.chunk_lon + REAL_EDGE // 2
+    area = spec.chunk_lat * spec.n_chunks_lat * spec.chunk_lon * spec.n_chunks_lon
+    buildings = round(spec.n_buildings * (2 * lat) * (2 * lon) / area)
+    return replace(
+        spec, chunk_lat=lat, chunk_lon=lon, n_chunks_lat=2, n_chunks_lon=2, n_buildings=buildings
+    )
+
+
+def rewrite_store(
+    storage: OcrStorage, path: str, chunks: dict[str, int], rotate: bool = False
+) -> None:
+    """Rewrite the Zarr store at ``path`` with every data variable stored in ``chunks`` (per
+    dim; a dim not named is whole in each chunk), its values rotated by 180° in its first two
+    dims when ``rotate`` (coordinates and attributes kept). Read and written lazily, a chunk
+    at a time, and swapped into place whole."""
+    ds = xr.open_zarr(path, consolidated=False)
+    if rotate:
+        flip = (slice(None, None, -1),) * 2
+        ds = ds.assign({n: v.copy(data=v.data[flip]) for n, v in ds.data_vars.items()})
+    encoding = {
+        name: {"chunks": tuple(chunks.get(d, n) for d, n in zip(v.dims, v.shape, strict=True))}
+        for name, v in ds.data_vars.items()
+    }
+    # dask chunks must tile the stored ones; a stored chunk may be larger than the array
+    ds = ds.chunk({d: min(chunks.get(d, n), n) for d, n in ds.sizes.items()})
+    for variable in ds.variables.values():
+        variable.encoding = {}
+    storage.write_zarr(ds, path, encoding)
+
+
+def real_chunking(storage: OcrStorage, region: tuple[int, int]) -> dict:
+    """Rewrite the grid stores in ``region``-sized chunks (the wind with all directions in
+    each) and the 270 m BP in the published chunks, every store's values rotated (see the
+    module's docstring); returns the wind chunks the measured region's window crosses, checked
+    to be 3 × 3 (its window crosses chunk boundaries on every side)."""
+    layout = storage.layout
+    grid_chunks = {"latitude": region[0], "longitude": region[1]}
+    published = dict(zip(("y", "x"), PUBLISHED_BP_CHUNK, strict=True))
+    plan = {
+        layout.wind: grid_chunks,
+        layout.crps_rps: grid_chunks,
+        **{layout.bp_30m(year): grid_chunks for year in YEARS},
+        **{layout.bp_270m(year): published for year in YEARS},
+    }
+    for path, chunks in plan.items():
+        rewrite_store(storage, path, chunks, rotate=True)
+    wind = xr.open_zarr(layout.wind, consolidated=False)
+    grid = RegionGrid(wind["latitude"].values, wind["longitude"].values, *region)
+    window = grid.window(grid.region(REAL_REGION))
+    crossed = [
+        [s.start // n, (s.stop - 1) // n + 1, s.stop - s.start]
+        for s, n in zip(window, region, strict=True)
+    ]
+    if [b - a for a, b, _ in crossed] != [3, 3]:
+        raise RuntimeError(f"expected a window over 3 × 3 wind chunks, got {crossed}")
+    return {
+        "wind_chunk": list(wind[WIND_VARIABLE].encoding["chunks"]),
+        "window_shape": [size for _, _, size in crossed],
+        "window_wind_chunks": [b - a for a, b, _ in crossed],
+    }
+
+
 def generate(folder: str, size: str, chunking: str) -> dict:
     """The inputs under ``folder`` (run in a subprocess: generating them takes several GB that
     the measured runs should not find in use)."""
     start = time.perf_counter()
     storage = OcrStorage(root=folder)
-    write_sample_data(storage, SIZES[size])
+    spec = SIZES[size]
+    write_sample_data(storage, real_spec(spec) if chunking == "real" else spec)
     written = time.perf_counter() - start
+    layout: dict = {}
     if chunking == "design":
         design_chunking(storage)
+    elif chunking == "real":
+        layout = real_chunking(storage, (spec.chunk_lat, spec.chunk_lon))
     compile_model()
     return {
         "write_s": round(written, 1),
         "rechunk_s": round(time.perf_counter() - start - written, 1),
         "input_gib": round(cached_bytes(Path(folder) / "input")[1] / GIB, 2),
+        **layout,
     }
 
 
@@ -306,9 +396,10 @@ def summary(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="full")
-    parser.add_argument("--chunking", choices=("design", "generated"), default="design")
+    parser.add_argument("--chunking", choices=("design", "generated", "real"), default="design")
     parser.add_argument("--pairs", type=int, default=1, help="cold/warm pairs to run")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--note", help="recorded with the results (what the run compares)")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -316,8 +407,10 @@ def main() -> None:
         return
     if args.pairs < 1:
         parser.error(f"--pairs: expected at least 1 cold/warm pair, got {args.pairs}")
+    if args.chunking == "real" and args.size == "sample":
+        parser.error("--chunking real: the sample's regions are smaller than their halo")
     spec = SIZES[args.size]
-    region = region_ids(spec)[0]
+    region = REAL_REGION if args.chunking == "real" else region_ids(spec)[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         inputs = folder / "inputs"
@@ -335,6 +428,7 @@ def main() -> None:
     print(summary(runs))
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"note": args.note} if args.note else {}),
         "size": args.size,
         "region_shape": [spec.chunk_lat, spec.chunk_lon],
         "chunking": args.chunking,

@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import shapely
 
 from ocr_assets.constants import CLUSTER_POOL, PHASE01_GROUP, REGION_BUILDINGS, REGION_RASTER, YEARS
 from ocr_assets.inputs import (
@@ -29,7 +30,11 @@ from ocr_assets.previews import NO_FINITE_VALUES, png_markdown, raster_preview
 from ocr_assets.science.composite import NegativeWindWeights
 from ocr_assets.science.fire_model import assemble_region_rasters, field_bp
 from ocr_assets.science.model_version import model_code_version
-from ocr_assets.science.sampling import out_of_range, region_buildings_table
+from ocr_assets.science.sampling import (
+    merge_building_rows,
+    out_of_range,
+    region_buildings_table,
+)
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
 from ocr_resources.storage import InputDataError, OcrStorage
@@ -105,7 +110,10 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     if problems:
         raise ValueError(f"values out of their documented range: {problems}")
     with timer.stage("read_buildings"):
-        region_buildings = storage.read_buildings(region)
+        tagged = storage.read_buildings(region)
+        # one row per (building, block) as published: each building once
+        kept = merge_building_rows(shapely.to_wkb(tagged.geometry.values), tagged["GEOID"])
+        region_buildings = tagged.iloc[kept]
     with timer.stage("write_raster"):
         storage.write_region_window(region, rasters)
     with timer.stage("sample_buildings"):
@@ -141,6 +149,9 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     buildings_meta = {
         "path": dg.MetadataValue.path(path),
         "buildings_written": len(table),
+        # rows of the input (one per building and block it intersects) merged into their
+        # building's first row by the smallest block GEOID (docs/inputs.md)
+        "building_rows_merged": len(tagged) - len(kept),
         "buildings_dropped_missing_values": dropped,
         "bytes": size,
         "model_variant": storage.model_variant,

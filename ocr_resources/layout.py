@@ -2,39 +2,223 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 from ocr_assets.science.fire_model import YEARS
 from ocr_assets.science.regions import validate_region_id
-from ocr_assets.science.statistics import CENSUS_LEVELS, unit_geoid_length
+from ocr_assets.science.statistics import CENSUS_LEVELS
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName, semantic_version
 
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 
-_INPUT = "input/fire-risk"
 LATLON = ("latitude", "longitude")
 # An environment name becomes a path segment: a plain lowercase word, never "..", "/" or "".
 ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What DESIGN §3 says one input dataset is, so readers can refuse anything else by name
-    before a step computes or writes."""
+# Containers an input can be in: a raster is an Icechunk repository or plain Zarr ("auto":
+# Icechunk when a repository is at the prefix, else plain Zarr, as the published reader tries)
+RASTER_CONTAINERS = ("auto", "icechunk", "zarr")
+VECTOR_CONTAINERS = ("geoparquet",)
+# GEOIDs of each census level (TIGER): a block's 15 digits may carry a suffix letter
+# (TABBLOCKSUFX), the nation's is "US"
+GEOID_PATTERNS: dict[str, str] = {
+    "nation": "US",
+    "states": r"\d{2}",
+    "counties": r"\d{5}",
+    "tracts": r"\d{11}",
+    "blocks": r"\d{15}[A-Z]?",
+}
+# census columns the pipeline uses, per level (TIGER carries more; they are ignored)
+CENSUS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "nation": ("GEOID", "NAME"),
+    "states": ("GEOID", "STUSPS", "NAME"),
+    "counties": ("GEOID", "NAME"),
+    "tracts": ("GEOID",),
+    "blocks": ("GEOID",),
+}
+# the census as distributed (NAD83) or in WGS 84; never reprojected (they differ by ~1 m and
+# the published pipeline joins on raw coordinates too)
+CENSUS_CRS = ("EPSG:4269", "EPSG:4326")
+# The published buildings' columns the pipeline reads, by the names it uses (the published
+# reader's aliases, ocr/pipeline/process_region.py:17-31); the first name found is read
+BUILDING_COLUMNS: dict[str, tuple[str, ...]] = {
+    "GEOID": ("block_geoid", "GEOID"),
+    "state": ("state_abbrev", "state"),
+    "county": ("county_name", "county"),
+}
 
-    asset: str  # the input's asset key (DESIGN §2), used to name it in errors
-    path: str
-    crs: str
-    variables: tuple[str, ...] = ()  # Zarr: data variables, each with ``dims``
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One input store of the published catalog (ocr/datasets.py at carbonplan/ocr 0a1b285):
+    its place under the input root and what it holds."""
+
+    asset: str  # the input's asset key
+    path: str  # relative to the input root
+    crs: tuple[str, ...]  # accepted CRSs (the first is the documented one)
+    variables: tuple[str, ...] = ()  # rasters: data variables read, each with ``dims``
     dims: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()  # GeoParquet: columns besides the geometry
-    geoid_length: int | None = None
+    geoid_pattern: str | None = None
+
+
+_TENSOR = "input/fire-risk/tensor"
+_VECTOR = "input/fire-risk/vector"
+_RILEY = f"{_TENSOR}/USFS/riley-et-al-2025"
+_WIND = "conus404-ffwi-p99-wind-direction-distribution-30m-4326"
+WIND_DIMS = (*LATLON, "wind_direction")
+
+# Every input by its published catalog name: one table drives paths, checks and overrides.
+INPUT_CATALOG: dict[str, CatalogEntry] = {
+    **{
+        f"riley-et-al-2025-{year}-270m-5070": CatalogEntry(
+            "burn_probability",
+            f"{_RILEY}/{year}-climate-run-270m-5070.icechunk",
+            ("EPSG:5070",),
+            ("BP",),
+            ("y", "x"),
+        )
+        for year in YEARS
+    },
+    **{
+        f"riley-et-al-2025-{year}-30m-4326": CatalogEntry(
+            "burn_probability",
+            f"{_RILEY}/{year}-climate-run-30m-4326.icechunk",
+            ("EPSG:4326",),
+            ("BP",),
+            LATLON,
+        )
+        for year in YEARS
+    },
+    "scott-et-al-2024-30m-4326": CatalogEntry(
+        "conditional_risk",
+        f"{_TENSOR}/USFS/scott-et-al-2024/processed-30m-4326.icechunk",
+        ("EPSG:4326",),
+        ("CRPS", "RPS"),
+        LATLON,
+    ),
+    _WIND: CatalogEntry(
+        "wind_direction_distribution",
+        f"{_TENSOR}/conus404-ffwi/fosberg-fire-weather-index-p99-wind-direction-distribution"
+        "-30m-4326.icechunk",
+        ("EPSG:4326",),
+        ("wind_direction_distribution",),
+        WIND_DIMS,
+    ),
+    "conus-overture-region-id-tagged-buildings": CatalogEntry(
+        "buildings",
+        f"{_VECTOR}/overture-maps/CONUS-overture-region-tagged-buildings-2025-09-24.0.parquet",
+        ("EPSG:4326",),
+        columns=tuple(BUILDING_COLUMNS),
+        geoid_pattern=GEOID_PATTERNS["blocks"],
+    ),
+    **{
+        f"us-census-{level}": CatalogEntry(
+            "census_boundaries",
+            f"{_VECTOR}/census-tiger/{level}/{level}.parquet",
+            CENSUS_CRS,
+            columns=CENSUS_COLUMNS[level],
+            geoid_pattern=GEOID_PATTERNS[level],
+        )
+        for level in CENSUS_LEVELS
+    },
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input store as this deployment reads it: where (the catalog's place under the input
+    root, or an override), in which container and at which Icechunk reference, and what the
+    catalog says it holds, so readers can refuse anything else by name before a step computes
+    or writes."""
+
+    name: str  # the published catalog name
+    path: str  # URI (a local path or s3://bucket/key)
+    entry: CatalogEntry
+    container: str = "auto"
+    # Icechunk: ("branch" | "tag" | "snapshot", value)
+    reference: tuple[str, str] = ("branch", "main")
+
+    @property
+    def asset(self) -> str:
+        return self.entry.asset
+
+    @property
+    def crs(self) -> tuple[str, ...]:
+        return self.entry.crs
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.entry.variables
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return self.entry.dims
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.entry.columns
+
+    @property
+    def geoid_pattern(self) -> str | None:
+        return self.entry.geoid_pattern
 
     @property
     def is_raster(self) -> bool:
-        return bool(self.variables)
+        return bool(self.entry.variables)
+
+
+def _normalised(uri: str) -> str:
+    """A location compared by path segments: ``s3://b/k`` or an absolute local path, with no
+    trailing or doubled separators."""
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.normpath(os.path.abspath(uri))
+
+
+def contains(outer: str, inner: str) -> bool:
+    """Whether location ``inner`` is ``outer`` or lies under it."""
+    outer, inner = _normalised(outer), _normalised(inner)
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+ICECHUNK_REFERENCES = ("branch", "tag", "snapshot")
+
+
+def check_input_override(name: str, override: dict[str, str]) -> None:
+    """One entry of ``OCR_INPUT_OVERRIDES``: a known catalog name, a URI, a container its
+    kind can be in and at most one Icechunk reference; a ValueError naming what is wrong."""
+    if name not in INPUT_CATALOG:
+        raise ValueError(
+            f"input override {name!r} names no input; expected one of {', '.join(INPUT_CATALOG)}"
+        )
+    entry = INPUT_CATALOG[name]
+    containers = RASTER_CONTAINERS if entry.variables else VECTOR_CONTAINERS
+    allowed = {"uri", "container", *ICECHUNK_REFERENCES}
+    unknown = sorted(set(override) - allowed)
+    if unknown:
+        raise ValueError(
+            f"input override {name!r} has unknown key(s) {unknown}; expected {sorted(allowed)}"
+        )
+    if not override.get("uri"):
+        raise ValueError(f"input override {name!r} has no 'uri'; expected a path or s3:// URI")
+    if override.get("container") not in containers:
+        raise ValueError(
+            f"input override {name!r} has container {override.get('container')!r}; expected "
+            f"one of {', '.join(containers)}"
+        )
+    references = [k for k in ICECHUNK_REFERENCES if k in override]
+    if len(references) > 1 or (references and override["container"] == "zarr"):
+        raise ValueError(
+            f"input override {name!r} gives {references}; expected at most one of branch, tag "
+            "or snapshot, and only for an Icechunk (or auto) container"
+        )
 
 
 def _scoped_prefix(base: str) -> property:
@@ -53,9 +237,24 @@ class StorageLayout:
     environment: str
     version: str | None = None
     model_variant: str = DEFAULT_MODEL_VARIANT
+    # where the inputs are (the published catalog's layout under it); None: "<root>-inputs"
+    input_root: str | None = None
+    # per catalog name: {"uri": ..., "container": ..., and one of "branch"/"tag"/"snapshot"}
+    input_overrides: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Names and versions are checked here, before any of them can become a path."""
+        """Names, versions and input locations are checked here, before any of them can
+        become a path: an output root over an input is refused (a wipe must never reach
+        one)."""
+        for name, override in self.input_overrides.items():
+            check_input_override(name, override)
+        for spec in self.input_specs():
+            if contains(self.root, spec.path):
+                raise ValueError(
+                    f"the output root {self.root} contains input {spec.name!r} at {spec.path}; "
+                    "expected an output root apart from every input (set OCR_INPUT_ROOT or "
+                    "OCR_STORAGE_ROOT so neither holds the other's data)"
+                )
         if self.model_variant not in get_args(ModelVariantName):
             raise ValueError(
                 f"model variant {self.model_variant!r} is unknown; expected one of "
@@ -99,74 +298,57 @@ class StorageLayout:
         return self._join(base, self.environment, *parts)
 
     # inputs -------------------------------------------------------------------------
+    @property
+    def inputs_root(self) -> str:
+        """The input root (``OCR_INPUT_ROOT``), by default the output root's sibling."""
+        return (self.input_root or f"{self.root.rstrip('/')}-inputs").rstrip("/")
+
+    def input_spec_named(self, name: str) -> InputSpec:
+        """The input of one catalog name: at its catalog path under the input root, or where
+        its override says."""
+        entry = INPUT_CATALOG[name]
+        override = self.input_overrides.get(name)
+        if override is None:
+            container = "auto" if entry.variables else "geoparquet"
+            return InputSpec(name, f"{self.inputs_root}/{entry.path}", entry, container)
+        reference = next(
+            ((k, override[k]) for k in ICECHUNK_REFERENCES if k in override), ("branch", "main")
+        )
+        return InputSpec(name, override["uri"], entry, override["container"], reference)
+
     def bp_270m(self, year: int) -> str:
-        return self._join(_INPUT, f"tensor/riley-2025/bp_{year}_270m_5070.zarr")
+        return self.input_spec_named(f"riley-et-al-2025-{year}-270m-5070").path
 
     def bp_30m(self, year: int) -> str:
-        return self._join(_INPUT, f"tensor/riley-2025/bp_{year}_30m_4326.zarr")
+        return self.input_spec_named(f"riley-et-al-2025-{year}-30m-4326").path
 
     @property
     def crps_rps(self) -> str:
-        return self._join(_INPUT, "tensor/scott-2024/crps_rps_30m_4326.zarr")
+        return self.input_spec_named("scott-et-al-2024-30m-4326").path
 
     @property
     def wind(self) -> str:
-        return self._join(_INPUT, "tensor/conus404/wind_direction_distribution_30m_4326.zarr")
+        return self.input_spec_named(_WIND).path
 
     @property
     def buildings(self) -> str:
-        return self._join(_INPUT, "vector/buildings/buildings.parquet")
+        return self.input_spec_named("conus-overture-region-id-tagged-buildings").path
 
     def census(self, level: str) -> str:
         if level not in CENSUS_LEVELS:
             raise ValueError(f"census level {level!r} is not one of {CENSUS_LEVELS}")
-        return self._join(_INPUT, f"vector/census/{level}.parquet")
+        return self.input_spec_named(f"us-census-{level}").path
 
     def input_specs(self) -> list[InputSpec]:
-        """Every input with its documented format (DESIGN §3)."""
-        wind_dims = (*LATLON, "wind_direction")
-        return [
-            *(
-                InputSpec("burn_probability", self.bp_270m(y), "EPSG:5070", ("BP",), ("y", "x"))
-                for y in YEARS
-            ),
-            *(
-                InputSpec("burn_probability", self.bp_30m(y), "EPSG:4326", ("BP",), LATLON)
-                for y in YEARS
-            ),
-            InputSpec("conditional_risk", self.crps_rps, "EPSG:4326", ("CRPS", "RPS"), LATLON),
-            InputSpec(
-                "wind_direction_distribution",
-                self.wind,
-                "EPSG:4326",
-                ("wind_direction_distribution",),
-                wind_dims,
-            ),
-            InputSpec(
-                "buildings",
-                self.buildings,
-                "EPSG:4326",
-                columns=("GEOID", "state", "county"),
-                geoid_length=unit_geoid_length("blocks"),
-            ),
-            *(
-                InputSpec(
-                    "census_boundaries",
-                    self.census(lv),
-                    "EPSG:4326",
-                    columns=("GEOID", "NAME", *(("STUSPS",) if lv == "states" else ())),
-                    geoid_length=unit_geoid_length(lv),
-                )
-                for lv in CENSUS_LEVELS
-            ),
-        ]
+        """Every input of the catalog, where this deployment reads it."""
+        return [self.input_spec_named(name) for name in INPUT_CATALOG]
 
     def input_spec(self, path: str) -> InputSpec:
         """The spec of the input at ``path`` (one of :meth:`input_specs`)."""
         for spec in self.input_specs():
             if spec.path == path:
                 return spec
-        raise ValueError(f"{path} is not an input path of DESIGN §3")
+        raise ValueError(f"{path} is not the location of an input of the catalog")
 
     def input_paths(self) -> list[str]:
         return [spec.path for spec in self.input_specs()]

@@ -66,6 +66,12 @@ class OcrSettings(BaseSettings):
 
     environment: Environment = "local"
     storage_root: str = Field(description="local folder or s3://bucket/prefix")
+    # where the inputs are, in the published catalog's layout (default: "<storage root>-inputs");
+    # never the output root or under it
+    input_root: str | None = Field(default=None, description="local folder or s3://bucket[/prefix]")
+    # per catalog name: {"uri": ..., "container": "icechunk"|"zarr"|"auto"|"geoparquet",
+    # optionally one of "branch", "tag", "snapshot"}
+    input_overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
     version: str | None = Field(default=None, description="production only: semantic version")
     process_retries: int = Field(default=2, ge=0, le=10)
     # regions per region run (and so per cluster): a backfill or deploy of N regions makes
@@ -185,9 +191,20 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSe
     a relative local storage root is taken relative to the env file's folder."""
     path = resolve_env_file(env_file)
     settings = OcrSettings(_env_file=path, env_file=str(path), **overrides)
-    root = settings.storage_root
-    if "://" not in root and not Path(root).is_absolute():
+
+    def absolute(location: str | None) -> str | None:
+        if location is None or "://" in location or Path(location).is_absolute():
+            return location
         # lexically, like the path the user wrote: "envs/../.ocr-data" is the checkout's folder
-        root = os.path.normpath(_relative_root_base(path) / root)
-        settings = settings.model_copy(update={"storage_root": root})
-    return settings
+        return os.path.normpath(_relative_root_base(path) / location)
+
+    return settings.model_copy(
+        update={
+            "storage_root": absolute(settings.storage_root),
+            "input_root": absolute(settings.input_root),
+            "input_overrides": {
+                name: {**o, "uri": absolute(o.get("uri")) or ""}
+                for name, o in settings.input_overrides.items()
+            },
+        }
+    )

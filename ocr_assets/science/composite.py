@@ -2,13 +2,15 @@
 
 The composite is accumulated one direction at a time, so the fire model never holds the
 eight spread fields together (1.3 GB each at full size), and keeps the weights only of the
-pixels it is needed on, normalised as they are read (``WindWeights``).
+pixels it is needed on, normalised as they are read (``WindWeights``), one stored chunk's
+part of the window at a time (``WindTile``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -30,25 +32,29 @@ def _accumulate(
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _gather_block(
-    weights: np.ndarray, kept: int, flat: np.ndarray, chosen: np.ndarray
-) -> tuple[int, int]:
-    """Copy the chosen pixels' eight weights (``flat``: pixels × 8), normalised to sum 1 in
-    float64, into ``weights[:, kept:]``, and count the negative fractions among all pixels,
-    in one pass over the block. A pixel whose weights do not sum to more than 0 (all zero,
-    or one NaN) gets NaN weights: it has no valid wind."""
+def _gather_tile(
+    weights: np.ndarray, next_kept: np.ndarray, tile: np.ndarray, chosen: np.ndarray
+) -> int:
+    """Copy the chosen pixels' eight weights (``tile``: rows × cols × 8), normalised to sum 1
+    in float64, into ``weights[:, k]``, ``k`` counting on from ``next_kept[i]`` along each
+    tile row ``i`` (advanced in place), and count the negative fractions among all pixels, in
+    one pass over the tile. A pixel whose weights do not sum to more than 0 (all zero, or one
+    NaN) gets NaN weights: it has no valid wind."""
     negative = 0
-    for p in range(flat.shape[0]):
-        total = 0.0
-        for d in range(DIRECTION_COUNT):
-            w = np.float64(flat[p, d])
-            negative += w < 0
-            total += w
-        if chosen[p]:
+    for i in range(tile.shape[0]):
+        kept = next_kept[i]
+        for j in range(tile.shape[1]):
+            total = 0.0
             for d in range(DIRECTION_COUNT):
-                weights[d, kept] = flat[p, d] / total if total > 0 else np.nan
-            kept += 1
-    return kept, negative
+                w = np.float64(tile[i, j, d])
+                negative += w < 0
+                total += w
+            if chosen[i, j]:
+                for d in range(DIRECTION_COUNT):
+                    weights[d, kept] = tile[i, j, d] / total if total > 0 else np.nan
+                kept += 1
+        next_kept[i] = kept
+    return negative
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -72,6 +78,16 @@ class NegativeWindWeights(ValueError):
         )
 
 
+class WindTile(NamedTuple):
+    """A rectangle of a window's distribution in the stored layout: ``values`` (rows, cols, 8)
+    at pixel ``(row, col)`` of the window. The storage reads a window one stored chunk's part
+    at a time, so that only one decoded chunk (864 MB for the real wind) is alive."""
+
+    row: int
+    col: int
+    values: np.ndarray
+
+
 @dataclass(frozen=True)
 class WindWeights:
     """A window's wind distribution kept only on the pixels the composite uses.
@@ -87,30 +103,73 @@ class WindWeights:
     weights: np.ndarray  # (8, pixels.size) float32, each pixel's normalised: NaN if invalid
 
     @classmethod
-    def gather(cls, blocks: Iterable[np.ndarray], where: np.ndarray) -> WindWeights:
-        """From consecutive row blocks ``(rows, W, 8)`` in the stored layout (directions last)
-        covering ``where``'s shape, kept on the pixels ``where`` is true. A negative fraction
-        anywhere in the blocks raises ``NegativeWindWeights`` with their count."""
+    def gather_tiles(cls, tiles: Iterable[WindTile], where: np.ndarray) -> WindWeights:
+        """From tiles covering ``where``'s shape once, each row's tiles from left to right (a
+        chunk grid in row-major order does), kept on the pixels ``where`` is true: the same
+        weights, bit for bit, whatever the tiling. A pixel's place among the kept ones is its
+        row's start (the chosen pixels of the rows above) plus those chosen left of it in its
+        row, counted on as the row's tiles arrive, so no row needs to be read whole. A
+        negative fraction anywhere in the tiles raises ``NegativeWindWeights`` with their
+        count."""
         pixels = np.flatnonzero(where)
         if pixels.size and pixels[-1] < 2**31:  # half the memory of the indices
             pixels = pixels.astype(np.int32)
         weights = np.empty((DIRECTION_COUNT, pixels.size), dtype=np.float32)
-        (height, width), row, kept, negative = where.shape, 0, 0, 0
-        for block in blocks:
-            stop = row + len(block)
-            if block.ndim != 3 or block.shape[1:] != (width, DIRECTION_COUNT) or stop > height:
+        height, width = where.shape
+        chosen_per_row = np.count_nonzero(where, axis=1)
+        next_kept = np.concatenate(([0], np.cumsum(chosen_per_row)[:-1])).astype(np.int64)
+        filled = np.zeros(height, dtype=np.int64)  # each row's columns gathered so far
+        negative = 0
+        for row, col, values in tiles:
+            rows, cols = values.shape[:2] if values.ndim == 3 else (0, 0)
+            if (
+                values.ndim != 3
+                or values.shape[2] != DIRECTION_COUNT
+                or not (0 <= row <= row + rows <= height and 0 <= col <= col + cols <= width)
+                or (filled[row : row + rows] != col).any()
+            ):
                 raise ValueError(
-                    f"wind distribution blocks must tile a {where.shape} field as "
-                    f"(rows, {width}, 8); got {block.shape} at row {row}"
+                    f"wind distribution tiles must cover a {where.shape} field once, each "
+                    f"row from left to right, as (rows, cols, 8); got {values.shape} at "
+                    f"({row}, {col})"
                 )
-            flat = np.ascontiguousarray(block).reshape(-1, DIRECTION_COUNT)
-            kept, found = _gather_block(weights, kept, flat, where[row:stop].ravel())
-            row, negative = stop, negative + found
-        if row != height:
-            raise ValueError(f"wind distribution blocks cover {row} of the field's {height} rows")
+            span = slice(row, row + rows)
+            negative += _gather_tile(
+                weights, next_kept[span], values, where[span, col : col + cols]
+            )
+            filled[span] += cols
+        if (filled != width).any():
+            raise ValueError(
+                f"wind distribution tiles cover {int(filled.sum())} of the field's "
+                f"{height * width} pixels"
+            )
         if negative:
             raise NegativeWindWeights(negative)
         return cls(where.shape, pixels, weights)
+
+    @classmethod
+    def gather(cls, blocks: Iterable[np.ndarray], where: np.ndarray) -> WindWeights:
+        """From consecutive row blocks ``(rows, W, 8)`` in the stored layout (directions last)
+        covering ``where``'s shape: ``gather_tiles`` of full-width tiles."""
+        height, width = where.shape
+
+        def tiles() -> Iterator[WindTile]:
+            row = 0
+            for block in blocks:
+                stop = row + len(block)
+                if block.ndim != 3 or block.shape[1:] != (width, DIRECTION_COUNT) or stop > height:
+                    raise ValueError(
+                        f"wind distribution blocks must tile a {where.shape} field as "
+                        f"(rows, {width}, 8); got {block.shape} at row {row}"
+                    )
+                yield WindTile(row, 0, block)
+                row = stop
+            if row != height:
+                raise ValueError(
+                    f"wind distribution blocks cover {row} of the field's {height} rows"
+                )
+
+        return cls.gather_tiles(tiles(), where)
 
     @classmethod
     def from_stack(cls, distribution: np.ndarray, where: np.ndarray | None = None) -> WindWeights:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import shapely
 
 from ocr_assets.science.regions import Region, RegionGrid
@@ -17,6 +18,19 @@ RISK_VARIABLES: tuple[str, ...] = (
     "bp_2011_riley",
     "bp_2047_riley",
 )
+
+
+def merge_building_rows(geometry_wkb: np.ndarray, geoid: np.ndarray) -> np.ndarray:
+    """Which rows to keep so each building appears once: the published buildings have one row
+    per (building, census block it intersects); the rows of one building share its geometry
+    (the same WKB bytes). Of each building's rows the one with the lexicographically
+    smallest block GEOID is kept (its state and county with it) — a rule that depends on the
+    rows alone, never on their order. Returns the kept rows' positions, ascending."""
+    if len(geometry_wkb) == 0:
+        return np.empty(0, dtype=np.int64)
+    frame = pd.DataFrame({"wkb": geometry_wkb, "geoid": pd.array(geoid, dtype="string").fillna("")})
+    chosen = frame.sort_values(["wkb", "geoid"], kind="stable").drop_duplicates("wkb")
+    return np.sort(chosen.index.to_numpy())
 
 
 def centroids_deg(geometry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """Summary statistics per census unit (DESIGN §6), aggregated by DuckDB.
 
-A building is counted once per level: its unit is a prefix of its 15-character block GEOID
-(state = [0:2], county = [0:5], tract = [0:11]), never a polygon intersection, so buildings on
-unit borders cannot be double-counted. DuckDB needs no spatial extension for this.
+A building is counted once per level: its unit is a prefix of its block GEOID (15 digits,
+maybe a suffix letter): state = [0:2], county = [0:5], tract = [0:11], block = all of it; never
+a polygon intersection, so buildings on unit borders cannot be double-counted. DuckDB needs no
+spatial extension for this.
 """
 
 from __future__ import annotations
@@ -15,22 +16,18 @@ import pyarrow as pa
 from ocr_assets.science.sampling import VALUE_RANGES
 from ocr_assets.science.scoring import N_SCORES, risk_score
 
-# The census levels (DESIGN §3), each with the length of the block GEOID's prefix that names
-# its unit; the nation is the one unit "US".
+# The census levels (docs/inputs.md), each with the length of the block GEOID's prefix that
+# names its unit; the nation is the one unit "US"; a block is its whole GEOID (15 digits and
+# an optional suffix letter, so 16 keeps it all).
 LEVEL_GEOID_LENGTH: dict[str, int] = {
     "nation": 0,
     "states": 2,
     "counties": 5,
     "tracts": 11,
-    "blocks": 15,
+    "blocks": 16,
 }
 CENSUS_LEVELS: tuple[str, ...] = tuple(LEVEL_GEOID_LENGTH)
 NATION_GEOID = "US"
-
-
-def unit_geoid_length(level: str) -> int:
-    """The length of a census unit's own GEOID at ``level`` (the nation's is "US")."""
-    return LEVEL_GEOID_LENGTH[level] or len(NATION_GEOID)
 
 
 STAT_VARIABLES: tuple[str, ...] = (

@@ -29,14 +29,18 @@ def sample_data(
         ),
     ] = None,
 ) -> None:
-    """Write the embedded sample inputs under the environment's storage root."""
+    """Write the embedded sample inputs under the environment's input root, in the published
+    layout (Icechunk repositories at the catalog's paths)."""
     from ocr_resources.sample_data import SampleSpec, write_sample_data
 
     settings = _settings(env_file)
     spec = SampleSpec(seed=settings.sample_seed if seed is None else seed)  # 0 is a seed
     with interruptible("writing the sample inputs", "run it again to write them all"):
         paths = write_sample_data(_storage(settings), spec)
-    console.print(f"[green]wrote {len(paths)} sample inputs[/] under {settings.storage_root}")
+    storage = _storage(settings)
+    if not storage.is_s3:  # the sample's environment is ready to deploy: its output folder too
+        storage.makedirs(storage.root)
+    console.print(f"[green]wrote {len(paths)} sample inputs[/] under {storage.layout.inputs_root}")
 
 
 @regions_app.command("refresh")

@@ -8,7 +8,10 @@ inputs), ``fingerprints`` (the inputs' data versions per region).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
@@ -39,23 +42,40 @@ class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
     endpoint_url: str | None = None  # an S3-compatible endpoint (e.g. a test server)
     # the fire model's numerics; a non-default variant's outputs live under their own prefix
     model_variant: str = DEFAULT_MODEL_VARIANT
+    # the inputs' root (the published catalog's layout under it; None: "<root>-inputs") and
+    # per-input overrides by catalog name (ocr_resources.layout.check_input_override)
+    input_root: str | None = None
+    input_overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: OcrSettings) -> OcrStorage:
-        """The environment's storage (local folder or S3 bucket, version, model variant)."""
-        return cls(
+        """The environment's storage (local folder or S3 bucket, version, model variant,
+        inputs), its layout checked at once: an output root over an input is refused before
+        anything runs."""
+        storage = cls(
             root=settings.storage_root,
             environment=settings.environment,
             version=settings.version,
             endpoint_url=settings.s3_endpoint_url,
             model_variant=settings.model_variant,
+            input_root=settings.input_root,
+            input_overrides=settings.input_overrides,
         )
+        storage.layout  # noqa: B018 (building the layout checks the roots)
+        return storage
 
     @property
     def layout(self) -> StorageLayout:
-        return StorageLayout(self.root, self.environment, self.version, self.model_variant)
+        return StorageLayout(
+            self.root,
+            self.environment,
+            self.version,
+            self.model_variant,
+            self.input_root,
+            self.input_overrides,
+        )
 
-    def spec(self) -> dict[str, str | None]:
+    def spec(self) -> dict[str, Any]:
         """Plain values to rebuild this resource in a Dask worker (resources do not pickle)."""
         return {
             "root": self.root,
@@ -63,4 +83,6 @@ class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
             "version": self.version,
             "endpoint_url": self.endpoint_url,
             "model_variant": self.model_variant,
+            "input_root": self.input_root,
+            "input_overrides": self.input_overrides,
         }

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import IO, Any, get_args
 
 import fsspec
+import icechunk
 from fsspec.implementations.local import LocalFileSystem
 
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
@@ -36,6 +37,11 @@ class Versioned:
 
     data: bytes
     token: str
+
+
+# Icechunk's own log lines (e.g. its note that local storage is not for concurrent commits)
+# stay out of the pipeline's console: errors are raised as exceptions anyway
+icechunk.set_logs_filter("error")
 
 
 def _content_token(data: bytes) -> str:
@@ -77,6 +83,10 @@ def _normalised(path: str) -> str:
     return f"{scheme}{sep}{posixpath.normpath(rest or '/')}"
 
 
+def _is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
 class FileStore:
     """File operations of :class:`OcrStorage` (a mixin: it uses the resource's fields ``root``,
     ``environment``, ``endpoint_url``, ``model_variant`` and its ``layout``; no fields of its
@@ -89,16 +99,41 @@ class FileStore:
     @property
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for URLs under the root (credentials come from the environment)."""
-        return {"endpoint_url": self.endpoint_url} if self.is_s3 and self.endpoint_url else {}
+        return self.options_for(self.root)
+
+    def options_for(self, url: str) -> dict[str, Any]:
+        """fsspec options for ``url``: the S3 endpoint for an S3 URL (inputs and outputs may
+        be on different kinds of storage)."""
+        return {"endpoint_url": self.endpoint_url} if _is_s3(url) and self.endpoint_url else {}
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return fsspec.core.url_to_fs(self.root, **self.storage_options)[0]
+        return self.fs_for(self.root)
+
+    def fs_for(self, url: str) -> fsspec.AbstractFileSystem:
+        """The filesystem of ``url`` (an input may be local while the outputs are on S3)."""
+        return fsspec.core.url_to_fs(url, **self.options_for(url))[0]
+
+    def icechunk_storage(self, uri: str) -> icechunk.Storage:
+        """Icechunk storage of a repository: S3 (credentials from the environment, as the
+        published reader) or a local folder."""
+        if _is_s3(uri):
+            bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+            endpoint = self.endpoint_url
+            return icechunk.s3_storage(
+                bucket=bucket,
+                prefix=prefix.rstrip("/") or None,
+                endpoint_url=endpoint,
+                allow_http=bool(endpoint and endpoint.startswith("http://")),
+                force_path_style=bool(endpoint),
+                from_env=True,
+            )
+        return icechunk.local_filesystem_storage(self.fs_path(uri))
 
     def fs_path(self, url: str) -> str:
         """``url`` as the filesystem names it (no URL scheme), as pyarrow's fsspec bridge and
         ``fs.find`` results expect: fsspec's public ``url_to_fs`` does the stripping."""
-        return fsspec.core.url_to_fs(url, **self.storage_options)[1]
+        return fsspec.core.url_to_fs(url, **self.options_for(url))[1]
 
     def s3_client(self):
         """boto3 S3 client through dagster-aws, for what fsspec cannot do (conditional puts)."""
@@ -194,17 +229,17 @@ class FileStore:
     def open(self, path: str, mode: str = "rb") -> IO:
         """A file under the root; writing creates its folder first (objects need none)."""
         if "w" in mode:
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        return self.fs.open(path, mode)
+            self.fs_for(path).makedirs(posixpath.dirname(path), exist_ok=True)
+        return self.fs_for(path).open(path, mode)
 
     def size(self, path: str) -> int:
-        return int(self.fs.size(path))
+        return int(self.fs_for(path).size(path))
 
     def makedirs(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)
 
     def read_json(self, path: str) -> Any:
-        with self.fs.open(path, "rb") as f:
+        with self.fs_for(path).open(path, "rb") as f:
             return json.load(f)
 
     def delete(self, path: str) -> None:
@@ -243,25 +278,26 @@ class FileStore:
 
     # generic atomic writes ---------------------------------------------------------------
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        return self.fs_for(path).exists(path)
 
     @contextmanager
     def atomic_path(self, path: str) -> Iterator[str]:
         """A temporary sibling to write to; moved onto ``path`` only if the block succeeds."""
         parent, name = posixpath.split(path)
-        self.fs.makedirs(parent, exist_ok=True)
+        fs = self.fs_for(path)
+        fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
         try:
             yield tmp
-            if not self.fs.isdir(tmp):
-                self.fs.mv(tmp, path)  # a rename, or one object copy on S3
-            elif isinstance(self.fs, LocalFileSystem):
+            if not fs.isdir(tmp):
+                fs.mv(tmp, path)  # a rename, or one object copy on S3
+            elif isinstance(fs, LocalFileSystem):
                 self._replace_local_dir(tmp, path)
             else:
                 self._replace_object_dir(tmp, path)
         finally:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp, recursive=True)
+            if fs.exists(tmp):
+                fs.rm(tmp, recursive=True)
 
     def _replace_local_dir(self, tmp: str, path: str) -> None:
         """Swap a finished directory into place; the old one is removed only afterwards."""

@@ -1,10 +1,12 @@
 """Cheap fingerprints of the inputs, per region: what the inputs' observations report as data
 versions, so Dagster (and ``ocr deploy``) can tell which regions' inputs changed.
 
-Metadata only, never values: a Zarr input is fingerprinted by the objects (chunks or shards)
-its region reads — each object's ETag on S3, else its size and modification time — plus the
-array's own metadata; GeoParquet by the footer's row groups whose bounding box meets the region
-(row count, byte sizes and column statistics). One listing of each store serves every region.
+Never modification times, so rewriting identical bytes changes nothing: an Icechunk input is
+versioned by the snapshot it is read at (its commits are its versions); a plain Zarr input by
+the content of the objects (chunks or shards) its region reads — each object's ETag on S3, else
+a SHA-256 of its bytes — plus the array's own metadata; GeoParquet by the footer's row groups
+whose bounding box meets the region (row count, byte sizes and column statistics). One listing
+of each store serves every region.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from pyproj import CRS, Transformer
 
 from ocr_assets.science.fire_model import YEARS
@@ -35,14 +36,17 @@ def _digest(parts: Iterable[Any]) -> str:
     return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:16]
 
 
-def _stamp(info: dict[str, Any]) -> str:
-    """What changes when an object is rewritten: its ETag on S3, else size and mtime."""
+def _stamp(fs: Any, path: str, info: dict[str, Any]) -> str:
+    """What changes when an object's content changes, and only then: its ETag on S3 (a hash
+    of the bytes the store computed), else a SHA-256 of its bytes."""
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return str(etag).strip('"')
-    return (
-        f"{info.get('size')}-{info.get('mtime') or info.get('LastModified') or info.get('created')}"
-    )
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _projected_window(
@@ -79,7 +83,7 @@ def _index_range(coords: np.ndarray, low: float, high: float) -> tuple[int, int]
     return max(0, start), min(coords.size, stop)
 
 
-def _objects_by_chunk(listing: dict[str, dict[str, Any]], name: str) -> dict[tuple, list[str]]:
+def _objects_by_chunk(listing: dict[str, str], name: str) -> dict[tuple, list[str]]:
     """The stamps of an array's objects by their first two chunk indices (a 3-D array, the
     wind, has one object per trailing chunk), from one listing."""
     found: dict[tuple, list[str]] = {}
@@ -87,7 +91,7 @@ def _objects_by_chunk(listing: dict[str, dict[str, Any]], name: str) -> dict[tup
     for key in sorted(listing):
         if key.startswith(prefix):
             index = key[len(prefix) :].split("/")
-            found.setdefault((index[0], index[1]), []).append(f"{key}:{_stamp(listing[key])}")
+            found.setdefault((index[0], index[1]), []).append(f"{key}:{listing[key]}")
     return found
 
 
@@ -103,11 +107,13 @@ def _in_grid(grid: RegionGrid, region_id: str) -> bool:
 class InputFingerprints(RegionReader):
     """Per-region fingerprints of the inputs (the observations' data versions)."""
 
-    def _listing(self, store: str) -> dict[str, dict[str, Any]]:
-        """Every object of a store by its path inside the store (one listing)."""
-        root = self.fs_path(store)
-        found = self.fs.find(root, detail=True)
-        return {posixpath.relpath(path, root): info for path, info in found.items()}
+    def _listing(self, store: str) -> dict[str, str]:
+        """The stamp of every object of a store by its path inside the store (one listing)."""
+        root, fs = self.fs_path(store), self.fs_for(store)
+        found = fs.find(root, detail=True)
+        return {
+            posixpath.relpath(path, root): _stamp(fs, path, info) for path, info in found.items()
+        }
 
     def _zarr_fingerprints(
         self, spec: InputSpec, grid: RegionGrid, region_ids: list[str]
@@ -115,17 +121,20 @@ class InputFingerprints(RegionReader):
         """Per region, the stamps of the objects of each variable the region's read covers:
         the window with its halo for the 270 m BP and the wind (what the fields read), the
         region alone for the 30 m inputs (CRPS, RPS, BP reference), as ``read_region_inputs``."""
+        snapshot = self.input_snapshot(spec)
+        if snapshot is not None:  # an Icechunk input: the snapshot it is read at
+            return {r: [f"snapshot:{snapshot}"] for r in region_ids}
         listing = self._listing(spec.path)
         windowed = {self.layout.wind, *(self.layout.bp_270m(y) for y in YEARS)}
         halo = HALO_DEG if spec.path in windowed else 0.0
-        projected = not CRS.from_user_input(spec.crs).equals(CRS.from_epsg(4326))
+        projected = not CRS.from_user_input(spec.crs[0]).equals(CRS.from_epsg(4326))
         if projected:
             ds = self.open_input(spec.path, spec.variables)
             ys, xs = ds[spec.dims[0]].values, ds[spec.dims[1]].values
-            to_store = Transformer.from_crs(4326, spec.crs, always_xy=True)
+            to_store = Transformer.from_crs(4326, spec.crs[0], always_xy=True)
         parts: dict[str, list[str]] = {r: [] for r in region_ids}
         for name in spec.variables:
-            array_stamp = _stamp(listing.get(posixpath.join(name, "zarr.json"), {}))
+            array_stamp = listing.get(posixpath.join(name, "zarr.json"), "absent")
             chunk_shape = self._object_shape(spec.path, name)
             objects = _objects_by_chunk(listing, name)
             for region_id in region_ids:
@@ -155,8 +164,7 @@ class InputFingerprints(RegionReader):
         self, path: str, grid: RegionGrid, region_ids: list[str]
     ) -> dict[str, list[str]]:
         """Per region, the footer's row groups whose bbox covering meets the region."""
-        with self.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+        meta = self.parquet_metadata(path)
         groups = []
         for g, extent in enumerate(covering_extents(meta, "bbox")):
             rg = meta.row_group(g)
@@ -205,10 +213,27 @@ class InputFingerprints(RegionReader):
         return {region_id: _digest(stamps) for region_id, stamps in parts.items()}
 
     def input_version(self, asset: str) -> str:
-        """A data version of a whole input: its files' stamps."""
-        stamps = [
-            (spec.path, _stamp(self.fs.info(self.fs_path(spec.path))))
-            for spec in self.layout.input_specs()
-            if spec.asset == asset
-        ]
+        """A data version of a whole input: each store's snapshot (Icechunk) or content
+        (a GeoParquet file's footer: its row groups' sizes and statistics; a Zarr store's
+        objects)."""
+        stamps: list[Any] = []
+        for spec in self.layout.input_specs():
+            if spec.asset != asset:
+                continue
+            if not spec.is_raster:
+                footer = self.parquet_metadata(spec.path)
+                groups = [footer.row_group(g).to_dict() for g in range(footer.num_row_groups)]
+                stamps.append(
+                    (
+                        spec.path,
+                        _digest(
+                            [footer.num_rows, footer.schema.to_arrow_schema().to_string(), groups]
+                        ),
+                    )
+                )
+            else:
+                snapshot = self.input_snapshot(spec)
+                stamps.append(
+                    (spec.path, snapshot or _digest(sorted(self._listing(spec.path).items())))
+                )
         return _digest(stamps)

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import dask.array
 import geopandas as gpd
+import icechunk
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -24,7 +25,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from ocr_assets.science.kernels import DIRECTIONS
-from ocr_resources.layout import InputSpec
+from ocr_resources.layout import BUILDING_COLUMNS, LATLON, InputSpec
 from ocr_resources.storage.geoparquet import BBOX_FIELDS, geoparquet_crs
 from ocr_resources.storage.raster_store import StoredArray
 from ocr_resources.storage.vector import Extent, VectorStore, covering_extents, meets
@@ -105,6 +106,33 @@ def _bbox_eps(schema: pa.Schema, bbox: str) -> float:
     return float(np.finfo(schema.field(bbox).type.field("xmin").type.to_pandas_dtype()).eps)
 
 
+def stored_columns(spec: InputSpec, names: Collection[str]) -> dict[str, str]:
+    """The stored name of each column the pipeline reads (its name → the file's), the first
+    of its accepted names that the file has: the published buildings' ``block_geoid``,
+    ``state_abbrev`` and ``county_name`` are read as ``GEOID``, ``state`` and ``county``."""
+    found = {}
+    for column in spec.columns:
+        for candidate in BUILDING_COLUMNS.get(column, (column,)):
+            if candidate in names:
+                found[column] = candidate
+                break
+    return found
+
+
+def covering_column(schema: pa.Schema, geo: dict[str, Any]) -> str | None:
+    """The covering bbox column: GeoParquet 1.1's covering metadata, else a ``bbox`` struct
+    of xmin/ymin/xmax/ymax as the published buildings carry (DuckDB writes no covering
+    metadata), so row groups are still skipped by their statistics; None: no bbox."""
+    covering = geo["columns"][geo["primary_column"]].get("covering", {}).get("bbox", {})
+    if covering.get("xmin"):
+        return covering["xmin"][0]
+    if "bbox" in schema.names:
+        kind = schema.field("bbox").type
+        if pa.types.is_struct(kind) and {f.name for f in kind} >= set(BBOX_FIELDS):
+            return "bbox"
+    return None
+
+
 class CheckedChunks:
     """A lazily opened input variable, read for dask a block (a stored chunk) at a time.
 
@@ -180,47 +208,96 @@ class InputReader(VectorStore):
             raise InputDataError(
                 spec.asset,
                 spec.path,
-                f"does not exist; expected {kind} (write the sample with `ocr sample-data` "
-                "or ingest the real data to this path)",
+                f"does not exist; expected {kind} (write the sample with `ocr sample-data`, "
+                "point OCR_INPUT_ROOT at the published inputs, or override this input in "
+                "OCR_INPUT_OVERRIDES)",
             )
 
+    def icechunk_session(self, spec: InputSpec) -> icechunk.Session | None:
+        """A read-only session of the input's Icechunk repository at its branch, tag or
+        snapshot; None when its container is plain Zarr (``auto``: no repository there)."""
+        if spec.container == "zarr":
+            return None
+        storage = self.icechunk_storage(spec.path)
+        if not icechunk.Repository.exists(storage):
+            if spec.container == "icechunk":
+                raise InputDataError(
+                    spec.asset, spec.path, "expected an Icechunk repository, got none there"
+                )
+            return None
+        kind, value = spec.reference
+        try:
+            repo = icechunk.Repository.open(storage)
+            if kind == "branch":
+                return repo.readonly_session(branch=value)
+            if kind == "tag":
+                return repo.readonly_session(tag=value)
+            return repo.readonly_session(snapshot_id=value)
+        except icechunk.IcechunkError as exc:
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected an Icechunk repository with {kind} {value!r}, got: {exc}",
+            ) from None
+
     def open_input(self, path: str, variables: tuple[str, ...] = ()) -> xr.Dataset:
-        """A Zarr input opened lazily (dask, chunked as stored) and checked against its spec
-        (variables, dims, dtype, CRS), so a broken input fails here, by name, before any step
-        computes or writes; a stored chunk that does not decode when it is read is an
-        ``InputDataError`` naming it (:class:`CheckedChunks`)."""
+        """A raster input opened lazily (dask, chunked as stored) from its Icechunk repository
+        (read-only session) or plain Zarr store, as the published reader opens it, and checked
+        against its catalog entry (variables, dims, dtype, CRS, latitude direction, wind
+        labels), so a broken input fails here, by name, before any step computes or writes; a
+        stored chunk that does not decode when it is read is an ``InputDataError`` naming it
+        (:class:`CheckedChunks`). Variables come in the catalog's dim order, the wind's
+        directions in the published order N … NW."""
         spec = self.layout.input_spec(path)
-        self._require_exists(spec, "a Zarr store")
+        session = self.icechunk_session(spec)
+        if session is None:
+            self._require_exists(spec, "an Icechunk repository or a Zarr store")
         try:
             # lazy but not chunked: each data variable is chunked below, read through
             # CheckedChunks
             ds = xr.open_dataset(
-                path,
+                session.store if session is not None else path,
                 engine="zarr",
                 consolidated=False,
                 chunks=None,
                 cache=False,
                 decode_coords="all",
-                storage_options=self.storage_options or None,
+                storage_options=None if session is not None else self.options_for(path) or None,
             )
-        except (ValueError, KeyError, TypeError) as exc:  # not Zarr, or unreadable metadata
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
             raise InputDataError(
                 spec.asset, path, f"expected a Zarr store, got one that cannot be opened ({exc})"
             ) from exc
-        self._check_raster(spec, ds, variables)
-        store = self.fs_path(path)
-        return ds.assign(
+        order = self._check_raster(spec, ds, variables)
+        stored = (
+            (lambda name: StoredArray(None, "", name, session.store))
+            if session is not None
+            else (lambda name: StoredArray(self.fs_for(path), self.fs_path(path), name))
+        )
+        ds = ds.assign(
             {
-                name: CheckedChunks(
-                    ds[name].variable, spec, StoredArray(self.fs, store, name)
-                ).chunked()
+                name: CheckedChunks(ds[name].variable, spec, stored(name)).chunked()
                 for name in ds.data_vars
+                if set(ds[name].dims) == set(spec.dims)
             }
         )
+        ds = ds.transpose(*spec.dims, ...)
+        if order is not None:  # the wind: directions in the published order
+            ds = ds.isel(wind_direction=order).assign_coords(wind_direction=list(DIRECTIONS))
+        return ds
+
+    def input_snapshot(self, spec: InputSpec) -> str | None:
+        """The snapshot id an Icechunk input is read at (its data version); None for Zarr."""
+        session = self.icechunk_session(spec)
+        return None if session is None else str(session.snapshot_id)
 
     @staticmethod
-    def _check_raster(spec: InputSpec, ds: xr.Dataset, requested: tuple[str, ...]) -> None:
-        """Variables, their dims and dtype, the CRS and the wind labels of one Zarr input."""
+    def _check_raster(
+        spec: InputSpec, ds: xr.Dataset, requested: tuple[str, ...]
+    ) -> list[int] | None:
+        """Variables, their dims and dtype, the CRS, the latitude/longitude direction and the
+        wind labels of one raster input; returns the wind's direction order (positions of
+        N … NW), None for other inputs."""
 
         def refuse(problem: str) -> NoReturn:
             raise InputDataError(spec.asset, spec.path, problem)
@@ -233,7 +310,7 @@ class InputReader(VectorStore):
             )
         for name in wanted:
             da = ds[name]
-            if da.dims != spec.dims:
+            if sorted(map(str, da.dims)) != sorted(spec.dims):
                 refuse(
                     f"expected variable {name!r} with dims ({', '.join(spec.dims)}), "
                     f"got ({', '.join(map(str, da.dims))})"
@@ -244,20 +321,52 @@ class InputReader(VectorStore):
                 )
         ref = ds.variables.get("spatial_ref")
         wkt = ref.attrs.get("crs_wkt") if ref is not None else None
+        documented = spec.crs[0]
         if not wkt:
+            if spec.dims[:2] != LATLON:  # a projected store says which projection it is in
+                refuse(
+                    f"expected CRS {documented} in the crs_wkt of a 'spatial_ref' coordinate, "
+                    "got none"
+                )
+        else:
+            try:
+                crs = CRS.from_wkt(wkt)
+            except CRSError:
+                refuse(f"expected CRS {documented}, got a crs_wkt that is not a CRS: {wkt[:80]!r}")
+            if not any(
+                crs.equals(CRS.from_user_input(c), ignore_axis_order=True) for c in spec.crs
+            ):
+                refuse(f"expected CRS {documented}, got {_crs_name(crs)}")
+        if spec.dims[:2] == LATLON:
+            for axis in LATLON:
+                values = ds[axis].values if axis in ds.coords else None
+                if values is None or values.ndim != 1 or values.size < 2:
+                    refuse(f"expected a 1-D {axis} coordinate of at least 2 cells, got none")
+                steps = np.diff(values)
+                if not (steps > 0).all():
+                    direction = "descending" if (steps < 0).all() else "not monotonic"
+                    refuse(
+                        f"expected {axis} ascending (as the published 30 m stores are), got "
+                        f"{direction} {axis} ({values[0]:.6f} … {values[-1]:.6f}); "
+                        "sort the store along it (the region grid is read from it)"
+                    )
+        if "wind_direction" not in spec.dims:
+            return None
+        if ds.sizes.get("wind_direction") != len(DIRECTIONS):
             refuse(
-                f"expected CRS {spec.crs} in the crs_wkt of a 'spatial_ref' coordinate, got none"
+                f"expected a wind_direction dimension of {len(DIRECTIONS)} (N … NW), got "
+                f"{ds.sizes.get('wind_direction')}"
             )
-        try:
-            crs = CRS.from_wkt(wkt)
-        except CRSError:
-            refuse(f"expected CRS {spec.crs}, got a crs_wkt that is not a CRS: {wkt[:80]!r}")
-        if not crs.equals(CRS.from_user_input(spec.crs), ignore_axis_order=True):
-            refuse(f"expected CRS {spec.crs}, got {_crs_name(crs)}")
-        if "wind_direction" in spec.dims:
-            labels = [str(v) for v in ds["wind_direction"].values]
-            if labels != list(DIRECTIONS):
-                refuse(f"expected wind_direction labels {_names(DIRECTIONS)}, got {_names(labels)}")
+        if "wind_direction" not in ds.coords:
+            # as published: no coordinate, the slices are N, NE, E, SE, S, SW, W, NW by index
+            return list(range(len(DIRECTIONS)))
+        labels = [str(v) for v in ds["wind_direction"].values]
+        if sorted(labels) != sorted(DIRECTIONS):
+            refuse(
+                f"expected wind_direction labels {_names(DIRECTIONS)} (or no coordinate, "
+                f"as published), got {_names(labels)}"
+            )
+        return [labels.index(d) for d in DIRECTIONS]
 
     def _geoparquet_schema(self, spec: InputSpec) -> pa.Schema:
         """The Parquet schema of a vector input, checked: GeoParquet metadata, CRS, columns."""
@@ -267,7 +376,7 @@ class InputReader(VectorStore):
 
         self._require_exists(spec, "a GeoParquet file")
         try:
-            with self.fs.open(spec.path, "rb") as f:
+            with self.fs_for(spec.path).open(spec.path, "rb") as f:
                 schema = pq.read_schema(f)
         except pa.ArrowInvalid as exc:
             refuse(f"expected a Parquet file, got one that cannot be read ({exc})")
@@ -286,41 +395,48 @@ class InputReader(VectorStore):
             )
         # GeoParquet: no "crs" key means OGC:CRS84 (lon/lat WGS 84); null means unknown
         crs_json = column.get("crs", "OGC:CRS84")
+        expected = " or ".join(spec.crs)
         if crs_json is None:
-            refuse(f"expected CRS {spec.crs}, got an undefined CRS (crs: null)")
+            refuse(f"expected CRS {expected}, got an undefined CRS (crs: null)")
         crs = CRS.from_user_input(crs_json)
-        if not crs.equals(CRS.from_user_input(spec.crs), ignore_axis_order=True):
-            refuse(f"expected CRS {spec.crs}, got {_crs_name(crs)}")
-        missing = [c for c in spec.columns if c not in schema.names]
+        if not any(crs.equals(CRS.from_user_input(c), ignore_axis_order=True) for c in spec.crs):
+            refuse(f"expected CRS {expected}, got {_crs_name(crs)}")
+        stored = stored_columns(spec, schema.names)
+        missing = [
+            " or ".join(repr(n) for n in BUILDING_COLUMNS.get(c, (c,)))
+            for c in spec.columns
+            if c not in stored
+        ]
         if missing:
-            refuse(f"expected column(s) {_names(missing)}, got {_names(schema.names)}")
-        geoid = schema.field("GEOID").type
+            refuse(f"expected column(s) {', '.join(missing)}, got {_names(schema.names)}")
+        geoid = schema.field(stored["GEOID"]).type
         if not (pa.types.is_string(geoid) or pa.types.is_large_string(geoid)):
-            refuse(f"expected column 'GEOID' as text, got {geoid}")
+            refuse(f"expected column {stored['GEOID']!r} as text, got {geoid}")
         return schema
 
     def _read_geoparquet(self, spec: InputSpec) -> gpd.GeoDataFrame:
-        """A checked vector input, read whole; GEOIDs of the documented length only."""
+        """A checked vector input, read whole; GEOIDs of the documented form only."""
         self._geoparquet_schema(spec)
         try:
-            gdf = gpd.read_parquet(spec.path, filesystem=self.fs)
+            gdf = gpd.read_parquet(spec.path, filesystem=self.fs_for(spec.path))
         except pa.ArrowInvalid as exc:
             raise InputDataError(
                 spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
             ) from exc
+        gdf = gdf.rename(columns={v: k for k, v in stored_columns(spec, gdf.columns).items()})
         self._check_geoids(spec, gdf["GEOID"])
         return gdf
 
     @staticmethod
     def _check_geoids(spec: InputSpec, geoids: pd.Series) -> None:
-        lengths = geoids.astype("string").str.len().fillna(-1)
-        wrong = geoids[lengths != spec.geoid_length]
+        form = geoids.astype("string").str.fullmatch(spec.geoid_pattern).fillna(False)
+        wrong = geoids[~form.astype(bool)]
         if len(wrong):
             raise InputDataError(
                 spec.asset,
                 spec.path,
-                f"expected {spec.geoid_length}-character GEOIDs, got {len(wrong)} of another "
-                f"length, e.g. {_names(pd.unique(wrong)[:3])}",
+                f"expected GEOIDs of the form {spec.geoid_pattern}, got {len(wrong)} of "
+                f"another form, e.g. {_names(pd.unique(wrong)[:3])}",
             )
 
     def read_geoparquet_within(self, spec: InputSpec, window: Extent) -> gpd.GeoDataFrame:
@@ -336,9 +452,10 @@ class InputReader(VectorStore):
         schema = self._geoparquet_schema(spec)
         geo = json.loads(schema.metadata[b"geo"])
         geometry = geo["primary_column"]
-        covering = geo["columns"][geometry].get("covering", {}).get("bbox", {}).get("xmin")
-        bbox = covering[0] if covering else None
+        bbox = covering_column(schema, geo)
         eps = _bbox_eps(schema, bbox) if bbox else 0.0
+        stored = stored_columns(spec, schema.names)
+        columns = [*dict.fromkeys([geometry, *filter(None, [bbox]), *stored.values()])]
         meta = self.parquet_metadata(spec.path)
         extents = covering_extents(meta, bbox) if bbox else [None] * meta.num_row_groups
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
@@ -350,7 +467,7 @@ class InputReader(VectorStore):
             row = int(starts[group])
             spanned = np.array([np.inf, np.inf, -np.inf, -np.inf])
             try:
-                for batch in self.iter_batches(spec.path, row_groups=[group]):
+                for batch in self.iter_batches(spec.path, columns, row_groups=[group]):
                     shape = self._decode_geometry(spec, group, batch.column(geometry))
                     bounds = shapely.bounds(shape)
                     if bbox:
@@ -380,7 +497,9 @@ class InputReader(VectorStore):
                 ) from None
             if extent is not None and np.isfinite(spanned).all():
                 self._check_statistics(spec, group, np.array(extent), spanned, eps)
-        gdf = self._geodataframe(schema, kept, shapes, geometry, bbox)
+        read = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+        gdf = self._geodataframe(read, kept, shapes, geometry, bbox)
+        gdf = gdf.rename(columns={v: k for k, v in stored.items()})
         self._check_geoids(spec, gdf["GEOID"])
         return gdf
 
@@ -467,10 +586,11 @@ class InputReader(VectorStore):
         spec = self.layout.input_spec(self.layout.census(level))
         self._geoparquet_schema(spec)
         wrong, examples = 0, []
+        form = f"^(?:{spec.geoid_pattern})$"
         try:
             for batch in self.iter_batches(spec.path, ["GEOID"]):
                 geoid = batch.column(0)
-                bad = pc.fill_null(pc.not_equal(pc.utf8_length(geoid), spec.geoid_length), True)
+                bad = pc.fill_null(pc.invert(pc.match_substring_regex(geoid, form)), True)
                 wrong += pc.sum(bad).as_py() or 0
                 if len(examples) < 3:
                     examples += geoid.filter(bad).to_pylist()[: 3 - len(examples)]
@@ -482,7 +602,7 @@ class InputReader(VectorStore):
             raise InputDataError(
                 spec.asset,
                 spec.path,
-                f"expected {spec.geoid_length}-character GEOIDs, got {wrong} of another "
-                f"length, e.g. {_names(list(dict.fromkeys(examples)))}",
+                f"expected GEOIDs of the form {spec.geoid_pattern}, got {wrong} of another "
+                f"form, e.g. {_names(list(dict.fromkeys(examples)))}",
             )
         return self.parquet_dataset(spec.path)

@@ -3,6 +3,7 @@ outputs: templates, region windows, whole stores and the pyramid's tree."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 
 import dask.array
 import fsspec
+import icechunk
 import numpy as np
 import xarray as xr
 import zarr
 from zarr.abc.buffer import Buffer
+from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
 from ocr_assets.science.regions import Region, RegionGrid
@@ -35,11 +38,13 @@ class StoredArray:
     """One array of a Zarr store as the objects it is stored in (chunks, or shards), for
     telling a chunk that does not decode from a read that failed on the way.
 
-    Plain values (an fsspec filesystem pickles), so it travels to Dask workers."""
+    The objects are fetched through an fsspec filesystem (plain Zarr) or through a Zarr store
+    (an Icechunk session's), both of which pickle, so it travels to Dask workers."""
 
-    fs: fsspec.AbstractFileSystem
+    fs: fsspec.AbstractFileSystem | None
     store: str  # the store's path as ``fs`` names it
     name: str  # the array's path in the store
+    zarr_store: Store | None = None  # fetch through this store instead of ``fs``
 
     def undecodable(self, selection: tuple[slice, ...]) -> list[tuple[str, str]]:
         """The objects under ``selection`` (explicit start/stop slices of the array) whose
@@ -71,6 +76,9 @@ class StoredArray:
 
     def _fetch(self, key: str) -> Buffer | None:
         """An object of the array, whole, or None when it does not exist."""
+        if self.zarr_store is not None:
+            prototype = default_buffer_prototype()
+            return asyncio.run(self.zarr_store.get(f"{self.name}/{key}", prototype))
         try:
             data = self.fs.cat_file(f"{self.store}/{self.name}/{key}")
         except FileNotFoundError:
@@ -91,6 +99,15 @@ class RasterStore(FileStore):
                 storage_options=self.storage_options or None,
                 **ZARR_FORMAT,
             )
+
+    def write_icechunk(self, ds: xr.Dataset, path: str, encoding: dict | None, message: str) -> str:
+        """A whole dataset as one commit on ``main`` of an Icechunk repository at ``path``
+        (created if missing; an existing one gets a new snapshot replacing its content), as
+        the published inputs are written; returns the snapshot id."""
+        repo = icechunk.Repository.open_or_create(self.icechunk_storage(path))
+        session = repo.writable_session("main")
+        ds.to_zarr(session.store, mode="w", encoding=encoding, consolidated=False, zarr_format=3)
+        return str(session.commit(message))
 
     def ensure_raster_store(self, grid: RegionGrid, crs_wkt: str) -> None:
         """Write the CONUS template (metadata and coordinates) if any part is missing.

@@ -109,9 +109,16 @@ class VectorStore(FileStore):
     def write_geoparquet(self, gdf: gpd.GeoDataFrame, path: str) -> int:
         """GeoParquet 1.1 (zstd, covering bbox); returns the byte size written."""
         with self.atomic_path(path) as tmp:
-            gdf.to_parquet(tmp, filesystem=self.fs, **GEOPARQUET_OPTIONS)
-            size = self.fs.size(tmp)
+            gdf.to_parquet(tmp, filesystem=self.fs_for(path), **GEOPARQUET_OPTIONS)
+            size = self.size(tmp)
         return int(size)
+
+    def write_parquet_table(self, table: pa.Table, path: str, row_group_rows: int) -> int:
+        """A pyarrow table as one Parquet file (zstd, its schema metadata kept, e.g. GeoParquet's
+        ``geo``); returns the byte size written."""
+        with self.atomic_open(path) as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=row_group_rows)
+        return self.size(path)
 
     def list_region_buildings(self) -> list[str]:
         """Region ids with a buildings file in this environment (others' files are ignored)."""
@@ -125,8 +132,9 @@ class VectorStore(FileStore):
     def parquet_dataset(self, paths: str | list[str]) -> ds.Dataset:
         """A pyarrow dataset over files or a folder (paths without their URL scheme, as
         pyarrow's fsspec bridge expects)."""
+        first = paths if isinstance(paths, str) else (paths[0] if paths else self.root)
         paths = self.fs_path(paths) if isinstance(paths, str) else [self.fs_path(p) for p in paths]
-        return ds.dataset(paths, format="parquet", filesystem=self.fs)
+        return ds.dataset(paths, format="parquet", filesystem=self.fs_for(first))
 
     @contextmanager
     def geoparquet_writer(self, path: str, schema: pa.Schema, crs: Any) -> Iterator[Any]:
@@ -145,7 +153,7 @@ class VectorStore(FileStore):
     ) -> Iterator[pa.RecordBatch]:
         """A Parquet file's rows (of ``row_groups`` only, if given) as record batches of at
         most ``batch_rows`` (one row group in memory at a time)."""
-        with self.fs.open(path, "rb") as f:
+        with self.fs_for(path).open(path, "rb") as f:
             source = pq.ParquetFile(f)
             # a reader per row group: one reader over all of them keeps memory for each group
             # it has read (bench/scale.py measures it)
@@ -189,10 +197,10 @@ class VectorStore(FileStore):
 
     def read_geoparquet(self, path: str) -> gpd.GeoDataFrame:
         """A whole (small) GeoParquet output, e.g. one level's statistics for a preview."""
-        return gpd.read_parquet(path, filesystem=self.fs)
+        return gpd.read_parquet(path, filesystem=self.fs_for(path))
 
     def parquet_schema(self, path: str) -> pa.Schema:
-        with self.fs.open(path, "rb") as f:
+        with self.fs_for(path).open(path, "rb") as f:
             return pq.read_schema(f)
 
     def undecodable_row_group(self, path: str, group: int) -> str | None:
@@ -211,8 +219,8 @@ class VectorStore(FileStore):
             # pyarrow reads a file's last 64 KiB first, then the footer
             tail = min(size, max(1 << 16, metadata.serialized_size + 8))
             ranges = {
-                min(starts): self.fs.cat_file(path, min(starts), end),
-                size - tail: self.fs.cat_file(path, size - tail, size),
+                min(starts): self.fs_for(path).cat_file(path, min(starts), end),
+                size - tail: self.fs_for(path).cat_file(path, size - tail, size),
             }
         except Exception:
             return None
@@ -227,7 +235,7 @@ class VectorStore(FileStore):
 
     def parquet_metadata(self, path: str) -> pq.FileMetaData:
         """A Parquet file's footer: row groups, their sizes and column statistics."""
-        with self.fs.open(path, "rb") as f:
+        with self.fs_for(path).open(path, "rb") as f:
             return pq.ParquetFile(f).metadata
 
     def parquet_rows(self, path: str) -> int:
