@@ -29,7 +29,7 @@ both fields one after the other, every store warm. Here nothing is left out:
    distribution and every 30 m store in chunks of a region (6000 × 4500 pixels, all eight
    directions in each wind chunk: 864 MB decoded), the 270 m BP in the published chunks. Its
    grid is 3 × 3 regions (the generator writes a 2 × 2 grid of 6300 × 4800 pixels, rewritten
-   in region chunks), and the interior region ``y1_x1`` is measured: its 7080 × 5580-pixel
+   in region chunks), and the interior region ``y1_x1`` is measured: its 6974 × 5474-pixel
    window crosses chunk boundaries on every side (3 × 3 wind chunks, the worst case a real
    region meets). The generator's missing-data corner (its "ocean") is north-east of the
    grid's diagonal, where an interior region of this grid would mostly lie, so every grid
@@ -76,7 +76,7 @@ import psutil
 import xarray as xr
 
 from bench.scale import GIB, MIB, TreeSampler, measured
-from bench.synthetic import ARC_SECOND, WIND_STORE_CHUNK, WIND_VARIABLE, compile_model
+from bench.synthetic import WIND_STORE_CHUNK, WIND_VARIABLE, compile_model
 from bench.ui_path import (
     FULL,
     ROOT,
@@ -89,7 +89,7 @@ from bench.ui_path import (
 from ocr_assets.science.regions import HALO_DEG, RegionGrid
 from ocr_jobs.deploy import open_instance
 from ocr_resources.layout import YEARS
-from ocr_resources.sample_data import SampleSpec, write_sample_data
+from ocr_resources.sample_data import GRID_STEP, SampleSpec, write_sample_data
 from ocr_resources.storage import OcrStorage
 
 SIZES: dict[str, SampleSpec] = {
@@ -99,9 +99,10 @@ SIZES: dict[str, SampleSpec] = {
 }
 # the published 270 m stores' chunks along (y, x), from the first row and column (README)
 PUBLISHED_BP_CHUNK = (6000, 4500)
+PUBLISHED_BP_CHUNKS = dict(zip(("y", "x"), PUBLISHED_BP_CHUNK, strict=True))
 RESULTS = Path(__file__).with_name("region_path_results.jsonl")
 # ``--chunking real``: pixels of the grid beyond the interior region on its far sides, more
-# than its halo (0.15° = 540 pixels of 1 arc-second), so its window is never cut
+# than its halo (0.15°: 487 pixels of the published grid step), so its window is never cut
 REAL_EDGE = 600
 REAL_REGION = "y1_x1"
 
@@ -196,26 +197,17 @@ def design_chunking(storage: OcrStorage) -> None:
     sets how much a region reads and decodes and how the warp is tiled. Values, coordinates
     and attributes are kept; each store is swapped into place whole."""
     layout = storage.layout
-    plan = {
-        layout.wind: (WIND_VARIABLE, (WIND_STORE_CHUNK, WIND_STORE_CHUNK, None)),
-        **{layout.bp_270m(year): ("BP", PUBLISHED_BP_CHUNK) for year in YEARS},
-    }
-    for path, (name, chunks) in plan.items():
-        ds = xr.open_zarr(path, consolidated=False)
-        sizes = ds[name].shape
-        shape = tuple(s if c is None else c for c, s in zip(chunks, sizes, strict=True))
-        # dask chunks must tile the stored ones; a stored chunk may be larger than the array
-        ds = ds.chunk(dict(zip(ds[name].dims, map(min, shape, sizes), strict=True)))
-        for variable in ds.variables.values():
-            variable.encoding = {}
-        storage.write_zarr(ds, path, {name: {"chunks": shape}})
+    square = {"latitude": WIND_STORE_CHUNK, "longitude": WIND_STORE_CHUNK}
+    rewrite_store(storage, layout.wind, square)
+    for year in YEARS:
+        rewrite_store(storage, layout.bp_270m(year), PUBLISHED_BP_CHUNKS)
 
 
 def real_spec(spec: SampleSpec) -> SampleSpec:
     """The generator's grid for ``--chunking real``: 2 × 2 chunks that, rewritten in
     ``spec``'s region chunks, hold an interior region (``REAL_REGION``) with ``REAL_EDGE``
     pixels beyond it on its far sides; buildings as dense as ``spec``'s."""
-    if REAL_EDGE <= HALO_DEG / ARC_SECOND or REAL_EDGE % 2:
+    if REAL_EDGE <= HALO_DEG / GRID_STEP or REAL_EDGE % 2:
         raise ValueError(f"REAL_EDGE must be even and exceed the halo; got {REAL_EDGE}")
     lat, lon = spec.chunk_lat + REAL_EDGE // 2, spec.chunk_lon + REAL_EDGE // 2
     area = spec.chunk_lat * spec.n_chunks_lat * spec.chunk_lon * spec.n_chunks_lon
@@ -225,14 +217,23 @@ def real_spec(spec: SampleSpec) -> SampleSpec:
     )
 
 
+def _open_store(storage: OcrStorage, path: str) -> tuple[xr.Dataset, bool]:
+    """The input store at ``path`` as stored (lazily, chunked as stored), and whether it is an
+    Icechunk repository (else plain Zarr)."""
+    session = storage.icechunk_session(storage.layout.input_spec(path))
+    store = session.store if session is not None else path
+    return xr.open_zarr(store, consolidated=False), session is not None
+
+
 def rewrite_store(
     storage: OcrStorage, path: str, chunks: dict[str, int], rotate: bool = False
 ) -> None:
-    """Rewrite the Zarr store at ``path`` with every data variable stored in ``chunks`` (per
-    dim; a dim not named is whole in each chunk), its values rotated by 180° in its first two
-    dims when ``rotate`` (coordinates and attributes kept). Read and written lazily, a chunk
-    at a time, and swapped into place whole."""
-    ds = xr.open_zarr(path, consolidated=False)
+    """Rewrite the input store at ``path`` (Icechunk or Zarr, as it is) with every data
+    variable stored in ``chunks`` (per dim; a dim not named is whole in each chunk), its values
+    rotated by 180° in their first two dims when ``rotate`` (coordinates and attributes
+    kept). Read and written lazily, a chunk at a time, into a new store swapped into place
+    whole (an Icechunk repository rewritten in place would keep the old chunks on disk)."""
+    ds, icechunk = _open_store(storage, path)
     if rotate:
         flip = (slice(None, None, -1),) * 2
         ds = ds.assign({n: v.copy(data=v.data[flip]) for n, v in ds.data_vars.items()})
@@ -244,7 +245,11 @@ def rewrite_store(
     ds = ds.chunk({d: min(chunks.get(d, n), n) for d, n in ds.sizes.items()})
     for variable in ds.variables.values():
         variable.encoding = {}
-    storage.write_zarr(ds, path, encoding)
+    if icechunk:
+        with storage.atomic_path(path) as tmp:
+            storage.write_icechunk(ds, tmp, encoding, f"bench.region_path: chunks {chunks}")
+    else:
+        storage.write_zarr(ds, path, encoding)
 
 
 def real_chunking(storage: OcrStorage, region: tuple[int, int]) -> dict:
@@ -254,16 +259,15 @@ def real_chunking(storage: OcrStorage, region: tuple[int, int]) -> dict:
     to be 3 × 3 (its window crosses chunk boundaries on every side)."""
     layout = storage.layout
     grid_chunks = {"latitude": region[0], "longitude": region[1]}
-    published = dict(zip(("y", "x"), PUBLISHED_BP_CHUNK, strict=True))
     plan = {
         layout.wind: grid_chunks,
         layout.crps_rps: grid_chunks,
         **{layout.bp_30m(year): grid_chunks for year in YEARS},
-        **{layout.bp_270m(year): published for year in YEARS},
+        **{layout.bp_270m(year): PUBLISHED_BP_CHUNKS for year in YEARS},
     }
     for path, chunks in plan.items():
         rewrite_store(storage, path, chunks, rotate=True)
-    wind = xr.open_zarr(layout.wind, consolidated=False)
+    wind, _ = _open_store(storage, layout.wind)
     grid = RegionGrid(wind["latitude"].values, wind["longitude"].values, *region)
     window = grid.window(grid.region(REAL_REGION))
     crossed = [
@@ -283,7 +287,8 @@ def generate(folder: str, size: str, chunking: str) -> dict:
     """The inputs under ``folder`` (run in a subprocess: generating them takes several GB that
     the measured runs should not find in use)."""
     start = time.perf_counter()
-    storage = OcrStorage(root=folder)
+    # the inputs' root is ``folder``; nothing is written under the output root
+    storage = OcrStorage(root=f"{folder}-outputs", input_root=folder)
     spec = SIZES[size]
     write_sample_data(storage, real_spec(spec) if chunking == "real" else spec)
     written = time.perf_counter() - start
@@ -296,7 +301,7 @@ def generate(folder: str, size: str, chunking: str) -> dict:
     return {
         "write_s": round(written, 1),
         "rechunk_s": round(time.perf_counter() - start - written, 1),
-        "input_gib": round(cached_bytes(Path(folder) / "input")[1] / GIB, 2),
+        "input_gib": round(cached_bytes(Path(folder))[1] / GIB, 2),
         **layout,
     }
 
@@ -333,9 +338,11 @@ def materialize_measured(inputs: Path, folder: Path, region: str, mode: str, n: 
     """``dagster asset materialize`` of ``region`` in a new storage root and instance over
     ``inputs``, cold (inputs evicted first) or warm; its times, memory and breakdown."""
     env, home = environment(inputs, folder, f"{mode}{n}")
+    with env.open("a") as f:  # the inputs' root, apart from the run's output root
+        f.write(f"OCR_INPUT_ROOT={inputs}\n")
     if mode == "cold":
-        evict(inputs / "input")
-    cached, total = cached_bytes(inputs / "input")
+        evict(inputs)
+    cached, total = cached_bytes(inputs)
     process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
     log = folder / f"{mode}{n}.log"
     start = time.perf_counter()
@@ -422,8 +429,8 @@ def main() -> None:
             for mode in ("cold", "warm"):
                 runs.append(materialize_measured(inputs, folder, region, mode, n))
                 print(json.dumps(runs[-1]), flush=True)
-        evict(inputs / "input")
-        reads = {mode: round(read_seconds(inputs / "input"), 2) for mode in ("cold", "warm")}
+        evict(inputs)
+        reads = {mode: round(read_seconds(inputs), 2) for mode in ("cold", "warm")}
         print(f"every input file read once, s: {reads}")
     print(summary(runs))
     result = {

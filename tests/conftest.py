@@ -28,10 +28,11 @@ def sample_grid(sample_storage):
 
 @pytest.fixture
 def env_root(tmp_path, sample_root) -> str:
-    """A fresh storage root whose inputs are the session's sample (linked, read only)."""
+    """A fresh storage root whose inputs are the session's sample: its default input root
+    (the sibling ``<root>-inputs``) links to the sample's, read only."""
     import os
 
-    os.symlink(os.path.join(sample_root, "input"), tmp_path / "input")
+    os.symlink(f"{sample_root}-inputs", f"{tmp_path}-inputs")
     return str(tmp_path)
 
 

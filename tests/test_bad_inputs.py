@@ -41,6 +41,7 @@ from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
+from tests.sample_inputs import copy_inputs
 from tests.test_deploy import s3_endpoint  # noqa: F401  (a fixture: S3 on a local moto server)
 
 REGION = "y1_x1"  # the region every region-step case runs (it has buildings and data)
@@ -96,7 +97,7 @@ def good_root(tmp_path_factory, sample_root) -> Path:
     """A copy of the sample inputs plus a good deployment's outputs of every kind the cases
     touch: region window and buildings, consolidated buildings, statistics, regions.pmtiles."""
     root = tmp_path_factory.mktemp("bad-inputs-good") / "data"
-    shutil.copytree(Path(sample_root) / "input", root / "input")
+    copy_inputs(sample_root, root)
     storage = OcrStorage(root=str(root), environment="local")
     assert _region_run(storage).success
     consolidate_buildings(storage, [REGION], "0.0.0")

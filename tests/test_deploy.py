@@ -15,6 +15,7 @@ import pytest
 
 from ocr_jobs.deploy import DeployError, DeploymentLock
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import link_inputs
 
 BUCKET = "ocr-test"
 FAKE_AWS = {
@@ -163,8 +164,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
 def _local_env(tmp_path, sample_root, name="local", **values):
     root = tmp_path / "data"
     root.mkdir(exist_ok=True)
-    if not (root / "input").exists():
-        os.symlink(os.path.join(sample_root, "input"), root / "input")
+    link_inputs(sample_root, root)
     return write_env(
         tmp_path / f"{name}.env", ENVIRONMENT=name, STORAGE_ROOT=str(root), **values
     ), root

@@ -33,6 +33,7 @@ from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.scratch import remove_stale_scratch, scratch_dir, scratch_parent
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import link_inputs
 
 REGIONS = ("y1_x2", "y1_x1")  # given out of order: the consolidation orders them itself
 
@@ -52,7 +53,7 @@ def reruns(tmp_path_factory, sample_root) -> dict:
     """Two sample regions, then the whole downstream job (optional assets included) twice
     on them in one instance; every output's digest after each run."""
     root = tmp_path_factory.mktemp("determinism")
-    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    link_inputs(sample_root, root)
     settings = OcrSettings(storage_root=str(root), environment="local")
     defs = build_definitions(settings)
     digests = []

@@ -20,6 +20,7 @@ from ocr_assets.region_records import record_region_files
 from ocr_assets.science.statistics import STAT_VARIABLES
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_CORE_JOB, DOWNSTREAM_JOB, REGION_JOB
+from tests.sample_inputs import link_inputs
 
 FIRST, ADDED = ["y1_x1", "y1_x2"], "y2_x1"
 
@@ -32,12 +33,11 @@ def _nation_count(storage):
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory, sample_root):
     """Regions FIRST + downstream; then region ADDED + downstream again."""
-    import os
 
     from ocr_resources.settings import OcrSettings
 
     root = tmp_path_factory.mktemp("graph")
-    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    link_inputs(sample_root, root)
     settings = OcrSettings(storage_root=str(root), environment="local")
     defs = build_definitions(settings)
     storage = build_resources(settings)["storage"]

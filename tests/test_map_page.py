@@ -26,6 +26,7 @@ import zarr
 from ocr_assets.science.scoring import RISK_COLORS, risk_score
 from ocr_jobs.serve import map_site, missing_vendor_files, serve_in_thread
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import link_inputs
 
 REGIONS = "y0-y1_x0-x3"  # 8 sample regions: every census level, a few hundred buildings
 N_REGIONS = 8
@@ -71,7 +72,7 @@ def deployed(tmp_path_factory, sample_root):
     base = tmp_path_factory.mktemp("map")
     root = base / "data"
     root.mkdir()
-    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    link_inputs(sample_root, root)
     env_file = base / "local.env"
     env_file.write_text(
         "OCR_ENVIRONMENT=local\n"

@@ -10,6 +10,7 @@ import xarray as xr
 
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import link_inputs
 
 
 def _window(region, seed):
@@ -34,7 +35,7 @@ def test_concurrent_region_writes_equal_sequential_writes(env_root, sample_root,
     them one after the other gives, and leave the other regions untouched."""
     ids = ["y0_x0", "y0_x1", "y0_x2", "y1_x0", "y1_x1", "y1_x2", "y2_x0", "y2_x2", "y3_x1", "y3_x0"]
     sequential = tmp_path_factory.mktemp("sequential")
-    os.symlink(os.path.join(sample_root, "input"), sequential / "input")
+    link_inputs(sample_root, sequential)
     for seed, rid in enumerate(ids):
         _write(str(sequential), rid, seed)
     ctx = multiprocessing.get_context("spawn")
@@ -61,7 +62,6 @@ def test_template_rewrite_keeps_written_regions(env_root, sample_grid):
     _write(env_root, "y1_x1", 3)
     storage = OcrStorage(root=env_root)
     # a lost metadata object makes the next writer rewrite the template; data must survive
-    import os
 
     os.remove(f"{storage.layout.raster_store}/rps_2047/zarr.json")
     storage.ensure_raster_store(sample_grid, storage.crs_wkt_4326())

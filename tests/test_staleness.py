@@ -17,6 +17,7 @@ from ocr_jobs.jobs import OBSERVE_JOB, REGION_JOB
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import copy_inputs
 
 # three regions of 600 × 600 pixels (0.17°) in a row: a region's window (halo 0.15°) reaches its
 # neighbours' pixels but not those two regions away, so one input change leaves some regions
@@ -37,9 +38,8 @@ def settings(tmp_path, inputs):
     root = tmp_path / "data"
     root.mkdir()
     # a copy of the inputs: the tests rewrite them
-    import shutil
 
-    shutil.copytree(inputs / "input", root / "input")
+    copy_inputs(inputs, root)
     return OcrSettings(
         storage_root=str(root),
         environment="qa",

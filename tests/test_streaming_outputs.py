@@ -29,6 +29,7 @@ from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.geoparquet import GeoParquetWriter
 from tests import legacy_outputs as legacy
+from tests.sample_inputs import link_inputs
 
 REGIONS = ("y1_x1", "y1_x2", "y2_x1")
 VERSION = "local-unversioned"
@@ -39,7 +40,7 @@ def storages(tmp_path_factory, sample_root) -> dict[str, OcrStorage]:
     """Three sample regions computed by the region job and consolidated; the same
     consolidated file under a second environment for the legacy writers."""
     root = tmp_path_factory.mktemp("streaming")
-    os.symlink(os.path.join(sample_root, "input"), root / "input")
+    link_inputs(sample_root, root)
     settings = OcrSettings(storage_root=str(root), environment="local")
     job = build_definitions(settings).resolve_job_def(REGION_JOB)
     with dg.instance_for_test() as instance:

@@ -138,6 +138,7 @@ class WindWeights:
                 weights, next_kept[span], values, where[span, col : col + cols]
             )
             filled[span] += cols
+            del values  # before the next tile is read: one tile alive, not two
         if (filled != width).any():
             raise ValueError(
                 f"wind distribution tiles cover {int(filled.sum())} of the field's "

@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import WindComposite, WindWeights, combine
+from ocr_assets.science.composite import WindComposite, WindTile, WindWeights, combine
 from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
 from ocr_assets.science.parallel import release_freed_memory
 from ocr_assets.science.reproject import Bounds, subset_projected
@@ -18,9 +18,10 @@ from ocr_assets.science.timing import StageTimer
 from ocr_assets.science.variants import DEFAULT_VARIANT, Blur, model_variant
 
 YEARS: tuple[int, ...] = (2011, 2047)
-# The wind distribution as row blocks of (rows, longitude, wind_direction), top to bottom, made
-# fresh by each call: the storage resource reads them from the stored layout (DESIGN §3).
-WindBlocks = Callable[[], Iterable[np.ndarray]]
+# The wind distribution as tiles of (rows, cols, wind_direction) at their place in the window,
+# each row's from left to right, made fresh by each call: the storage resource reads them from
+# the stored layout (DESIGN §3), one stored chunk's part at a time.
+WindTiles = Callable[[], Iterable[WindTile]]
 
 
 @dataclass
@@ -36,26 +37,26 @@ class RegionInputs:
     cols: slice
     bounds: Bounds  # the region's pixel edges ± halo, not cut at the grid's edge
     bp_270m: dict[int, xr.DataArray]
-    wind: np.ndarray | WindBlocks  # the window's: (8, H, W) in memory, or row blocks
+    wind: np.ndarray | WindTiles  # the window's: (8, H, W) in memory, or stored tiles
     crps: np.ndarray  # region
     rps_scott: np.ndarray  # region
     bp_riley: dict[int, np.ndarray] = field(default_factory=dict)  # region, 30 m reference
 
 
-def wind_weights(wind: np.ndarray | WindBlocks, where: np.ndarray) -> WindWeights:
+def wind_weights(wind: np.ndarray | WindTiles, where: np.ndarray) -> WindWeights:
     """The wind distribution on the pixels ``where`` says, from an in-memory ``(8, H, W)``
-    array or from row blocks in the stored layout: only the kept pixels' weights and one
-    block are ever in memory."""
+    array or from tiles in the stored layout: only the kept pixels' weights and one tile
+    are ever in memory."""
     if isinstance(wind, np.ndarray):
         return WindWeights.from_stack(wind, where)
-    weights = WindWeights.gather(wind(), where)
-    release_freed_memory()  # the blocks' buffers, before the spreading allocates
+    weights = WindWeights.gather_tiles(wind(), where)
+    release_freed_memory()  # the tiles' buffers, before the spreading allocates
     return weights
 
 
 def wind_adjusted_bp(
     bp30: np.ndarray,
-    wind: np.ndarray | WindBlocks,
+    wind: np.ndarray | WindTiles,
     latitude: np.ndarray,
     longitude: np.ndarray,
     timer: StageTimer | None = None,

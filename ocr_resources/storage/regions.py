@@ -4,15 +4,15 @@ to one region's window, as the fire model takes them (DESIGN §4–5)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import dask.array
 import geopandas as gpd
 import numpy as np
 import xarray as xr
 
-from ocr_assets.science.composite import GATHER_ROWS, NegativeWindWeights
-from ocr_assets.science.fire_model import YEARS, RegionInputs
+from ocr_assets.science.composite import GATHER_ROWS, NegativeWindWeights, WindTile
+from ocr_assets.science.fire_model import YEARS, RegionInputs, WindTiles
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid, valid_region_ids_from_mask
 from ocr_resources.storage.inputs import InputDataError, InputReader
@@ -20,20 +20,42 @@ from ocr_resources.storage.inputs import InputDataError, InputReader
 WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
 
 
-def wind_row_blocks(wind: xr.DataArray) -> Callable[[], Iterator[np.ndarray]]:
-    """The stored ``(latitude, longitude, wind_direction)`` window as a source of row blocks,
-    read one chunk row at a time (a fixed number of rows when not chunked): the fire model
-    keeps only the pixels it needs, so one block is ever in memory."""
+def wind_tiles(wind: xr.DataArray) -> WindTiles:
+    """The stored ``(latitude, longitude, wind_direction)`` window as a source of tiles: the
+    window's part of one stored chunk (one dask block, chunked as stored) per read, in
+    row-major chunk order. A real wind chunk is 864 MB decoded, and zarr decodes the chunks
+    of one selection concurrently, so a read of more than one chunk's part would hold several
+    at once; the fire model keeps the pixels it needs from each tile before the next is read,
+    so memory does not grow with the window. Read in the calling thread (a region's field
+    already runs on a worker). An in-memory (unchunked) window comes as full-width bands of
+    ``GATHER_ROWS`` rows."""
     if wind.dims != WIND_DIMS:
         raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
-    rows = len(wind)
-    edges = np.cumsum((0, *wind.chunks[0])) if wind.chunks else [*range(0, rows, GATHER_ROWS), rows]
+    height, width = wind.shape[:2]
+    data = wind.data if wind.chunks else None
+    if isinstance(data, dask.array.Array):
+        rows, cols = (np.cumsum((0, *c)).tolist() for c in data.chunks[:2])
+    else:
+        rows, cols = [*range(0, height, GATHER_ROWS), height], [0, width]
 
-    def blocks() -> Iterator[np.ndarray]:
-        for a, b in itertools.pairwise(edges):
-            yield np.asarray(wind[a:b].values)
+    def read(r: slice, c: slice) -> np.ndarray:
+        if isinstance(data, dask.array.Array):
+            return np.asarray(data[r, c].compute(scheduler="sync"))
+        return np.asarray(wind[r, c].values)
 
-    return blocks
+    def tiles() -> Iterator[WindTile]:
+        for (r0, r1), (c0, c1) in itertools.product(
+            itertools.pairwise(rows), itertools.pairwise(cols)
+        ):
+            yield WindTile(r0, c0, read(slice(r0, r1), slice(c0, c1)))
+
+    return tiles
+
+
+def wind_row_blocks(wind: xr.DataArray) -> WindTiles:
+    """The window's wind as the fire model reads it: ``wind_tiles`` (the name the region
+    reader and the benches call; it read whole chunk rows once)."""
+    return wind_tiles(wind)
 
 
 class RegionReader(InputReader):
