@@ -1,4 +1,5 @@
-"""External inputs (DESIGN §3), shown in the lineage; read only."""
+"""External inputs (docs/inputs.md: the published catalog's stores under the input root),
+shown in the lineage; read only."""
 
 from __future__ import annotations
 
@@ -15,23 +16,26 @@ _INPUTS: dict[str, tuple[str, str]] = {
     "burn_probability": (
         "zarr",
         "Riley et al. (2025) burn probability ~2011 and ~2047: 270 m EPSG:5070 grids and a 30 m "
-        "EPSG:4326 reference copy.",
+        "EPSG:4326 reference copy (Icechunk repositories, riley-et-al-2025-*).",
     ),
     "conditional_risk": (
         "zarr",
-        "Scott et al. (2024) CRPS and RPS on the 30 m grid; its chunks define the regions.",
+        "Scott et al. (2024) CRPS and RPS on the 30 m grid (scott-et-al-2024-30m-4326); its "
+        "chunks define the regions.",
     ),
     "wind_direction_distribution": (
         "zarr",
-        "CONUS404 fraction of fire-weather hours with wind from each of 8 directions.",
+        "CONUS404 fraction of fire-weather hours with wind from each of 8 directions "
+        "(N … NW by index, as published).",
     ),
     "buildings": (
         "parquet",
-        "Building footprints (GeoParquet, EPSG:4326) with census block GEOIDs.",
+        "Overture building footprints tagged with census blocks (GeoParquet, one row per "
+        "building and block it intersects; each building is read once).",
     ),
     "census_boundaries": (
         "parquet",
-        "Census nation, states, counties, tracts and blocks (GeoParquet, EPSG:4326).",
+        "TIGER census nation, states, counties, tracts and blocks (GeoParquet, NAD83).",
     ),
 }
 # the inputs a region reads: observed per region (a data version per partition)

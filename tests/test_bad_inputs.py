@@ -24,11 +24,13 @@ import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import shapely
 import xarray as xr
 from pyproj import CRS
 from typer.testing import CliRunner
 
 from ocr_assets.buildings import consolidate_buildings
+from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
 from ocr_assets.science.tiling import REGIONS_ZOOM
@@ -38,7 +40,7 @@ from ocr_jobs import cli
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.region_catalog import load_valid_region_ids
-from ocr_resources.sample_data import SampleSpec
+from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 from tests.sample_inputs import copy_inputs
@@ -97,8 +99,9 @@ def good_root(tmp_path_factory, sample_root) -> Path:
     """A copy of the sample inputs plus a good deployment's outputs of every kind the cases
     touch: region window and buildings, consolidated buildings, statistics, regions.pmtiles."""
     root = tmp_path_factory.mktemp("bad-inputs-good") / "data"
-    copy_inputs(sample_root, root)
     storage = OcrStorage(root=str(root), environment="local")
+    # plain Zarr rasters (the reader takes them as it takes Icechunk): the cases rewrite them
+    write_sample_data(storage, SampleSpec(), container="zarr")
     assert _region_run(storage).success
     consolidate_buildings(storage, [REGION], "0.0.0")
     write_summary_statistics(storage)
@@ -110,6 +113,7 @@ def good_root(tmp_path_factory, sample_root) -> Path:
 def root(tmp_path, good_root) -> Path:
     """This test's own copy of the good root (inputs are real copies, safe to break)."""
     shutil.copytree(good_root, tmp_path / "data")
+    copy_inputs(good_root, tmp_path / "data")
     return tmp_path / "data"
 
 
@@ -127,7 +131,9 @@ def rewrite_zarr(path: str, change: Callable[[xr.Dataset], xr.Dataset]) -> None:
 
 
 def rewrite_parquet(path: str, change: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]) -> None:
-    change(gpd.read_parquet(path)).to_parquet(path, write_covering_bbox=True, index=False)
+    """Replace a GeoParquet input by ``change`` of its rows (its bbox column written anew)."""
+    frame = gpd.read_parquet(path).drop(columns="bbox", errors="ignore")
+    change(frame).to_parquet(path, write_covering_bbox=True, index=False)
 
 
 def with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
@@ -149,7 +155,7 @@ def without_crs(ds: xr.Dataset) -> xr.Dataset:
 
 
 def lowercase_labels(ds: xr.Dataset) -> xr.Dataset:
-    labels = np.array([str(d).lower() for d in ds.wind_direction.values], dtype=object)
+    labels = np.array([d.lower() for d in DIRECTIONS], dtype=object)
     return ds.assign_coords(wind_direction=labels)
 
 
@@ -164,7 +170,7 @@ def negative_wind(ds: xr.Dataset) -> xr.Dataset:
 def one_short_geoid(buildings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """One building of the region gets a 14-character GEOID."""
     inside = sample_region().contains(*centroids_deg(buildings.geometry.values))
-    buildings.loc[np.flatnonzero(inside)[0], "GEOID"] = "06003000100100"
+    buildings.loc[np.flatnonzero(inside)[0], "block_geoid"] = "06003000100100"
     return buildings
 
 
@@ -204,13 +210,17 @@ def _buildings(s: OcrStorage) -> str:
     return s.layout.buildings
 
 
-FROM_SAMPLE = "(write the sample with `ocr sample-data` or ingest the real data to this path)"
+FROM_SAMPLE = (
+    "(write the sample with `ocr sample-data`, point OCR_INPUT_ROOT at the published inputs, "
+    "or override this input in OCR_INPUT_OVERRIDES)"
+)
+BLOCK_FORM = r"\d{15}[A-Z]?"
 INPUT_CASES: dict[str, InputCase] = {
     "missing_zarr_input": InputCase(
         "wind_direction_distribution",
         _wind,
         remove,
-        f"does not exist; expected a Zarr store {FROM_SAMPLE}",
+        f"does not exist; expected an Icechunk repository or a Zarr store {FROM_SAMPLE}",
     ),
     "missing_parquet_input": InputCase(
         "buildings",
@@ -232,15 +242,16 @@ INPUT_CASES: dict[str, InputCase] = {
     ),
     "raster_without_a_crs": InputCase(
         "burn_probability",
-        lambda s: s.layout.bp_30m(2011),
+        lambda s: s.layout.bp_270m(2011),
         lambda p: rewrite_zarr(p, without_crs),
-        "expected CRS EPSG:4326 in the crs_wkt of a 'spatial_ref' coordinate, got none",
+        "expected CRS EPSG:5070 in the crs_wkt of a 'spatial_ref' coordinate, got none",
     ),
     "wrong_variable_names": InputCase(
         "conditional_risk",
         lambda s: s.layout.crps_rps,
         lambda p: rewrite_zarr(p, lambda ds: ds.rename(CRPS="crps", RPS="rps")),
-        "expected data variable(s) 'CRPS', 'RPS', got 'crps', 'rps'",
+        "expected data variable(s) 'CRPS', 'RPS', got 'BP', 'CFL', 'Exposure', 'FLEP4', "
+        "'FLEP8', 'WHP', 'crps', 'rps'",
     ),
     "wrong_dtype": InputCase(
         "burn_probability",
@@ -259,8 +270,8 @@ INPUT_CASES: dict[str, InputCase] = {
         "wind_direction_distribution",
         _wind,
         lambda p: rewrite_zarr(p, lowercase_labels),
-        "expected wind_direction labels 'N', 'NE', 'E', 'SE', 'S', 'SW', 'W', 'NW', "
-        "got 'n', 'ne', 'e', 'se', 's', 'sw', 'w', 'nw'",
+        "expected wind_direction labels 'N', 'NE', 'E', 'SE', 'S', 'SW', 'W', 'NW' (or no "
+        "coordinate, as published), got 'n', 'ne', 'e', 'se', 's', 'sw', 'w', 'nw'",
     ),
     "wind_not_on_the_grid": InputCase(
         "wind_direction_distribution",
@@ -307,27 +318,32 @@ INPUT_CASES: dict[str, InputCase] = {
     "buildings_without_a_column": InputCase(
         "buildings",
         _buildings,
-        lambda p: rewrite_parquet(p, lambda b: b.drop(columns="county")),
-        "expected column(s) 'county', got 'GEOID', 'state', 'geometry', 'bbox'",
+        lambda p: rewrite_parquet(p, lambda b: b.drop(columns="county_name")),
+        "expected column(s) 'county_name' or 'county', got 'geometry', 'block_geoid', "
+        "'block_group_geoid', 'tract_geoid', 'county_geoid', 'state_fips', 'county_fips', "
+        "'tract_fips', 'block_group_fips', 'block_fips', 'state_abbrev', 'bbox'",
     ),
     "numeric_geoids": InputCase(
         "buildings",
         _buildings,
-        lambda p: rewrite_parquet(p, lambda b: b.assign(GEOID=b.GEOID.astype("int64"))),
-        "expected column 'GEOID' as text, got int64",
+        lambda p: rewrite_parquet(
+            p, lambda b: b.assign(block_geoid=b.block_geoid.str[:15].astype("int64"))
+        ),
+        "expected column 'block_geoid' as text, got int64",
     ),
     "building_geoid_of_the_wrong_length": InputCase(
         "buildings",
         _buildings,
         lambda p: rewrite_parquet(p, one_short_geoid),
-        "expected 15-character GEOIDs, got 1 of another length, e.g. '06003000100100'",
+        f"expected GEOIDs of the form {BLOCK_FORM}, got 1 of another form, "
+        "e.g. '06003000100100'",
         metadata=False,
     ),
     "census_geoids_of_the_wrong_length": InputCase(
         "census_boundaries",
         lambda s: s.layout.census("blocks"),
         lambda p: rewrite_parquet(p, drop_leading_zero),
-        "expected 15-character GEOIDs, got 24 of another length, "
+        f"expected GEOIDs of the form {BLOCK_FORM}, got 24 of another form, "
         "e.g. '60030001001001', '60030001001002', '60030001001003'",
         step="statistics",
         metadata=False,
@@ -401,8 +417,9 @@ def no_values_in_region(storage: OcrStorage) -> int:
         return ds
 
     rewrite_zarr(storage.layout.crps_rps, blank)
-    buildings = gpd.read_parquet(storage.layout.buildings)
-    return int(region.contains(*centroids_deg(buildings.geometry.values)).sum())
+    buildings = gpd.read_parquet(storage.layout.buildings).geometry.values
+    inside = region.contains(*centroids_deg(buildings))
+    return len(set(shapely.to_wkb(buildings[inside])))  # each building once
 
 
 @pytest.mark.parametrize("empty_region", [no_buildings_in_region, no_values_in_region])
@@ -534,8 +551,9 @@ CLI_CASES: dict[str, CliCase] = {
     ),
     "missing_inputs": CliCase(
         ("--all-region-ids",),
-        "error: input 'burn_probability' at {tmp}/empty/input/fire-risk/tensor/riley-2025/"
-        f"bp_2011_270m_5070.zarr: does not exist; expected a Zarr store {FROM_SAMPLE}",
+        "error: input 'burn_probability' at {tmp}/empty-inputs/input/fire-risk/tensor/USFS/"
+        "riley-et-al-2025/2011-climate-run-270m-5070.icechunk: does not exist; expected an "
+        f"Icechunk repository or a Zarr store {FROM_SAMPLE}",
         {"STORAGE_ROOT": "{tmp}/empty"},
     ),
 }

@@ -93,9 +93,9 @@ class WindWeights:
     """A window's wind distribution kept only on the pixels the composite uses.
 
     The fire model needs the weights of the non-burnable pixels only (a third of a window), so
-    a full-size window's distribution (8 × 39.5 M float32, 1.26 GB) is gathered block by block
-    as it is read instead of being held whole: ``weights[d, k]`` is direction ``d`` at flat
-    pixel ``pixels[k]``.
+    a full-size window's distribution (8 × 38 M float32, 1.2 GB) is gathered tile by tile as
+    it is read instead of being held whole: ``weights[d, k]`` is direction ``d`` at flat pixel
+    ``pixels[k]``.
     """
 
     shape: tuple[int, int]

@@ -216,7 +216,12 @@ class InputReader(VectorStore):
     def icechunk_session(self, spec: InputSpec) -> icechunk.Session | None:
         """A read-only session of the input's Icechunk repository at its branch, tag or
         snapshot; None when its container is plain Zarr (``auto``: no repository there)."""
-        if spec.container == "zarr":
+        # nothing there is no repository (and Icechunk's local storage would create the folder)
+        if spec.container == "zarr" or not self.exists(spec.path):
+            if spec.container == "icechunk":
+                raise InputDataError(
+                    spec.asset, spec.path, "does not exist; expected an Icechunk repository"
+                )
             return None
         storage = self.icechunk_storage(spec.path)
         if not icechunk.Repository.exists(storage):
