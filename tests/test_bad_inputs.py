@@ -335,8 +335,7 @@ INPUT_CASES: dict[str, InputCase] = {
         "buildings",
         _buildings,
         lambda p: rewrite_parquet(p, one_short_geoid),
-        f"expected GEOIDs of the form {BLOCK_FORM}, got 1 of another form, "
-        "e.g. '06003000100100'",
+        f"expected GEOIDs of the form {BLOCK_FORM}, got 1 of another form, e.g. '06003000100100'",
         metadata=False,
     ),
     "census_geoids_of_the_wrong_length": InputCase(

@@ -7,7 +7,7 @@ import numpy as np
 import shapely
 
 from ocr_assets.science.regions import Region, RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES, region_buildings_table
+from ocr_assets.science.sampling import RISK_VARIABLES, merge_building_rows, region_buildings_table
 
 
 def test_every_building_in_exactly_one_region(sample_storage, sample_grid):
@@ -16,12 +16,14 @@ def test_every_building_in_exactly_one_region(sample_storage, sample_grid):
     for rid in sample_grid.all_region_ids():
         region = sample_grid.region(rid)
         rasters = {name: np.ones(region.shape, np.float32) for name in RISK_VARIABLES}
-        table, dropped = region_buildings_table(
-            sample_grid, region, rasters, sample_storage.read_buildings(region)
-        )
+        tagged = sample_storage.read_buildings(region)  # one row per (building, block)
+        read = tagged.iloc[
+            merge_building_rows(shapely.to_wkb(tagged.geometry.values), tagged["GEOID"])
+        ]
+        table, dropped = region_buildings_table(sample_grid, region, rasters, read)
         assert dropped == 0
         counts.update(shapely.to_wkb(table.geometry.values))
-    assert len(everything) == 2500
+    assert len(set(shapely.to_wkb(everything.geometry.values))) == 2500  # rows: (building, block)
     assert set(counts) == set(shapely.to_wkb(everything.geometry.values))
     assert set(counts.values()) == {1}
 

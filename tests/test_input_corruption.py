@@ -317,9 +317,8 @@ def test_on_s3_a_corrupt_chunk_is_named_and_buildings_are_read_checked(
     """The same reads against S3 (a moto server): the chunk is fetched again by key through
     the storage's filesystem, and the buildings are read a row group at a time."""
     storage = OcrStorage(root=f"s3://{BUCKET}/corruption", endpoint_url=s3_endpoint)
-    for path in (sample_storage.layout.crps_rps, sample_storage.layout.buildings):
-        target = path.replace(sample_storage.root, storage.root)
-        storage.fs.put(path, storage.fs_path(target), recursive=True)
+    # plain Zarr on S3 (its chunks are objects to break by key)
+    write_sample_data(storage, SampleSpec(), container="zarr")
     chunk = f"{storage.layout.crps_rps}/CRPS/c/1/1"
     data = bytearray(storage.fs.cat_file(storage.fs_path(chunk)))
     data[20:60] = b"\xab" * 40

@@ -12,12 +12,13 @@ from ocr_assets.science.regions import (
     validate_region_id,
 )
 from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.sample_data import GRID_STEP
 
 
 def test_grid_comes_from_the_input_chunking(sample_grid):
     assert (sample_grid.chunk_lat, sample_grid.chunk_lon) == (120, 90)
     assert sample_grid.n_chunks == (5, 6)
-    assert sample_grid.dlat == pytest.approx(1 / 3600)
+    assert sample_grid.dlat == pytest.approx(GRID_STEP, rel=1e-9)  # the published step
 
 
 def test_region_slices_and_edges_tile_the_grid(sample_grid):

@@ -74,7 +74,9 @@ def test_layout_paths():
     assert local.region_summary_stats("tracts") == (
         "/data/intermediate/fire-risk/vector/qa/region-summary-stats/tracts_summary_stats.parquet"
     )
-    assert local.bp_270m(2047) == "/data/input/fire-risk/tensor/riley-2025/bp_2047_270m_5070.zarr"
+    assert local.bp_270m(2047) == (  # the published catalog's path under the input root
+        "/data-inputs/input/fire-risk/tensor/USFS/riley-et-al-2025/2047-climate-run-270m-5070.icechunk"
+    )
     assert all("/qa" in p for p in local.environment_prefixes())
     with pytest.raises(ValueError, match="census level"):
         local.census("zipcodes")

@@ -29,7 +29,7 @@ REGIONS = [f"y0_x{x}" for x in range(3)]
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("stale-inputs")
-    write_sample_data(OcrStorage(root=str(root)), SPEC)
+    write_sample_data(OcrStorage(root=str(root)), SPEC, container="zarr")  # rewritten in place
     return root
 
 
