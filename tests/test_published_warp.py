@@ -124,7 +124,7 @@ def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sample_subset(sample_storage, sample_grid):
-    region = sample_grid.region("y2_x2")
+    region = sample_grid.region("y0_x0")  # a region where a boundary pixel moves
     inputs = sample_storage.read_region_inputs(sample_grid, region, fields=(2011,), reference=False)
     subset = subset_projected(inputs.bp_270m[2011], inputs.bounds)
     return inputs, subset
