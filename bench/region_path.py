@@ -9,7 +9,7 @@ read cold from disk, then warm (issue: the whole-region figure leaves out what a
     .venv/bin/python -m bench.region_path --size sample    # the embedded sample (~1.5 min)
     .venv/bin/python -m bench.region_path --chunking generated   # the generator's own chunks
     .venv/bin/python -m bench.region_path --chunking real  # the real inputs' chunks, an
-                                                           # interior region (~20 min)
+                                                           # interior region (~9 min)
 
 ``bench.run``'s "whole region" times the model and the writes on inputs generated in memory,
 both fields one after the other, every store warm. Here nothing is left out:
@@ -26,15 +26,16 @@ both fields one after the other, every store warm. Here nothing is left out:
    full size, the published chunks 72 tiles of 845 × 622). It also runs the model once on a
    tiny window so numba's on-disk cache is filled: the runs time the model, not the compiler.
    ``--chunking real`` lays the inputs out as the real ones are stored: the wind
-   distribution and every 30 m store in chunks of a region (6000 × 4500 pixels, all eight
-   directions in each wind chunk: 864 MB decoded), the 270 m BP in the published chunks. Its
-   grid is 3 × 3 regions (the generator writes a 2 × 2 grid of 6300 × 4800 pixels, rewritten
-   in region chunks), and the interior region ``y1_x1`` is measured: its 6974 × 5474-pixel
-   window crosses chunk boundaries on every side (3 × 3 wind chunks, the worst case a real
-   region meets). The generator's missing-data corner (its "ocean") is north-east of the
-   grid's diagonal, where an interior region of this grid would mostly lie, so every grid
-   store's values are rotated by 180° (coordinates kept): the measured region is land, with
-   the usual share of non-burnable pixels.
+   distribution and every 30 m store in chunks of a region (6000 × 4500 pixels; a wind chunk
+   holds all eight directions, 864 MB decoded), the 270 m BP in the published chunks. Its
+   grid is 12600 × 9600 pixels, 3 × 3 regions, and the interior region ``y1_x1`` is measured:
+   its 6974 × 5474-pixel window crosses chunk boundaries on every side (3 × 3 wind chunks, the
+   worst a real region meets). The generator holds a grid in float64 several times over
+   (~25 GB at this size), so it writes only the grid's north-east quadrant (6300 × 4800
+   pixels, 89 % of the measured region, with its census and buildings) and every raster is
+   mirrored onto the other three quadrants, which meet at the quadrant's south-west corner:
+   the measured region is the generator's land, its "ocean" corner in the grid's outer
+   corners (~4 min).
 2. ``cold``: every input file is fsync'ed and dropped from the page cache
    (``posix_fadvise(DONTNEED)``; the bytes still cached are counted with ``mincore`` before
    the run, ~0), then ``dagster asset materialize`` of the region's two assets runs in a new
@@ -66,11 +67,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import dask.array
 import numpy as np
 import psutil
 import xarray as xr
@@ -203,20 +205,6 @@ def design_chunking(storage: OcrStorage) -> None:
         rewrite_store(storage, layout.bp_270m(year), PUBLISHED_BP_CHUNKS)
 
 
-def real_spec(spec: SampleSpec) -> SampleSpec:
-    """The generator's grid for ``--chunking real``: 2 × 2 chunks that, rewritten in
-    ``spec``'s region chunks, hold an interior region (``REAL_REGION``) with ``REAL_EDGE``
-    pixels beyond it on its far sides; buildings as dense as ``spec``'s."""
-    if REAL_EDGE <= HALO_DEG / GRID_STEP or REAL_EDGE % 2:
-        raise ValueError(f"REAL_EDGE must be even and exceed the halo; got {REAL_EDGE}")
-    lat, lon = spec.chunk_lat + REAL_EDGE // 2, spec.chunk_lon + REAL_EDGE // 2
-    area = spec.chunk_lat * spec.n_chunks_lat * spec.chunk_lon * spec.n_chunks_lon
-    buildings = round(spec.n_buildings * (2 * lat) * (2 * lon) / area)
-    return replace(
-        spec, chunk_lat=lat, chunk_lon=lon, n_chunks_lat=2, n_chunks_lon=2, n_buildings=buildings
-    )
-
-
 def _open_store(storage: OcrStorage, path: str) -> tuple[xr.Dataset, bool]:
     """The input store at ``path`` as stored (lazily, chunked as stored), and whether it is an
     Icechunk repository (else plain Zarr)."""
@@ -226,17 +214,17 @@ def _open_store(storage: OcrStorage, path: str) -> tuple[xr.Dataset, bool]:
 
 
 def rewrite_store(
-    storage: OcrStorage, path: str, chunks: dict[str, int], rotate: bool = False
+    storage: OcrStorage,
+    path: str,
+    chunks: dict[str, int],
+    transform: Callable[[xr.Dataset], xr.Dataset] | None = None,
 ) -> None:
-    """Rewrite the input store at ``path`` (Icechunk or Zarr, as it is) with every data
-    variable stored in ``chunks`` (per dim; a dim not named is whole in each chunk), its values
-    rotated by 180° in their first two dims when ``rotate`` (coordinates and attributes
-    kept). Read and written lazily, a chunk at a time, into a new store swapped into place
+    """Rewrite the input store at ``path`` (Icechunk or Zarr, as it is), ``transform``ed,
+    with every data variable stored in ``chunks`` (per dim; a dim not named is whole in each
+    chunk). Read and written lazily, a chunk at a time, into a new store swapped into place
     whole (an Icechunk repository rewritten in place would keep the old chunks on disk)."""
     ds, icechunk = _open_store(storage, path)
-    if rotate:
-        flip = (slice(None, None, -1),) * 2
-        ds = ds.assign({n: v.copy(data=v.data[flip]) for n, v in ds.data_vars.items()})
+    ds = transform(ds) if transform is not None else ds
     encoding = {
         name: {"chunks": tuple(chunks.get(d, n) for d, n in zip(v.dims, v.shape, strict=True))}
         for name, v in ds.data_vars.items()
@@ -252,34 +240,90 @@ def rewrite_store(
         storage.write_zarr(ds, path, encoding)
 
 
-def real_chunking(storage: OcrStorage, region: tuple[int, int]) -> dict:
-    """Rewrite the grid stores in ``region``-sized chunks (the wind with all directions in
-    each) and the 270 m BP in the published chunks, every store's values rotated (see the
-    module's docstring); returns the wind chunks the measured region's window crosses, checked
-    to be 3 × 3 (its window crosses chunk boundaries on every side)."""
+def _mirrored(data: dask.array.Array) -> dask.array.Array:
+    """``data`` (rows south to north, columns west to east first) as the north-east quadrant
+    of a 2 × 2 grid whose other quadrants are its mirror images: the quadrants meet at its
+    south-west corner, so the grid's middle is the generator's land, its "ocean" corner
+    (north-east of its diagonal) mirrored into the grid's outer corners."""
+    south = dask.array.concatenate([data[::-1, ::-1], data[::-1, :]], axis=1)
+    north = dask.array.concatenate([data[:, ::-1], data], axis=1)
+    return dask.array.concatenate([south, north], axis=0)
+
+
+def _mirror_grid(ds: xr.Dataset, coords: dict[str, np.ndarray]) -> xr.Dataset:
+    """Every data variable of ``ds`` ``_mirrored`` onto the 2 × 2 grid of ``coords`` (its two
+    leading dims: the north-east quadrant's coordinates extended south and west); attributes
+    and the other coordinates kept."""
+    dims = tuple(coords)
+    if any(v.dims[:2] != dims for v in ds.data_vars.values()):
+        raise ValueError(f"expected every data variable's leading dims to be {dims}")
+    others = {k: c.variable for k, c in ds.coords.items() if k not in dims}
+    return xr.Dataset(
+        {n: (v.dims, _mirrored(v.data), v.attrs) for n, v in ds.data_vars.items()},
+        coords={**others, **{d: (d, coords[d], ds[d].attrs) for d in dims}},
+        attrs=ds.attrs,
+    )
+
+
+def _extended(axis: np.ndarray) -> np.ndarray:
+    """An evenly spaced ascending axis preceded by as many steps again."""
+    return axis[0] + (axis[1] - axis[0]) * np.arange(-axis.size, axis.size)
+
+
+def real_inputs(storage: OcrStorage, spec: SampleSpec) -> dict:
+    """The inputs of ``--chunking real`` (see the module's docstring) for regions of
+    ``spec``'s size: the generator writes the grid's north-east quadrant (a region plus
+    ``REAL_EDGE // 2`` pixels each way; its census and buildings, as dense as ``spec``'s), then
+    every raster store is mirrored onto the whole 2 × 2 grid and stored in the real chunks.
+    Generating the whole grid at once would take ~25 GB. Returns the layout the measured
+    region meets, checked: its window crosses 3 × 3 wind chunks."""
+    region = (spec.chunk_lat, spec.chunk_lon)
+    if min(REAL_EDGE, *region) <= HALO_DEG / GRID_STEP or REAL_EDGE % 2:
+        raise ValueError(f"expected an even REAL_EDGE and regions wider than the halo: {spec}")
+    quadrant = (region[0] + REAL_EDGE // 2, region[1] + REAL_EDGE // 2)
+    area = spec.chunk_lat * spec.n_chunks_lat * spec.chunk_lon * spec.n_chunks_lon
+    north_east = replace(
+        spec,
+        south=spec.south + quadrant[0] * GRID_STEP,
+        west=spec.west + quadrant[1] * GRID_STEP,
+        chunk_lat=quadrant[0],
+        chunk_lon=quadrant[1],
+        n_chunks_lat=1,
+        n_chunks_lon=1,
+        n_buildings=round(spec.n_buildings * quadrant[0] * quadrant[1] / area),
+    )
+    write_sample_data(storage, north_east)
+    grid_spec = replace(
+        north_east, south=spec.south, west=spec.west, n_chunks_lat=2, n_chunks_lon=2
+    )
+    grid_coords = {"latitude": grid_spec.latitude, "longitude": grid_spec.longitude}
     layout = storage.layout
-    grid_chunks = {"latitude": region[0], "longitude": region[1]}
-    plan = {
-        layout.wind: grid_chunks,
-        layout.crps_rps: grid_chunks,
-        **{layout.bp_30m(year): grid_chunks for year in YEARS},
-        **{layout.bp_270m(year): PUBLISHED_BP_CHUNKS for year in YEARS},
-    }
-    for path, chunks in plan.items():
-        rewrite_store(storage, path, chunks, rotate=True)
-    wind, _ = _open_store(storage, layout.wind)
+    for path in (layout.wind, layout.crps_rps, *(layout.bp_30m(year) for year in YEARS)):
+        rewrite_store(
+            storage,
+            path,
+            dict(zip(grid_coords, region, strict=True)),
+            lambda ds: _mirror_grid(ds, grid_coords),
+        )
+    for year in YEARS:
+        rewrite_store(
+            storage,
+            layout.bp_270m(year),
+            PUBLISHED_BP_CHUNKS,
+            lambda ds: _mirror_grid(ds, {d: _extended(ds[d].values) for d in ("y", "x")}),
+        )
+    wind = _open_store(storage, layout.wind)[0][WIND_VARIABLE]
     grid = RegionGrid(wind["latitude"].values, wind["longitude"].values, *region)
     window = grid.window(grid.region(REAL_REGION))
-    crossed = [
-        [s.start // n, (s.stop - 1) // n + 1, s.stop - s.start]
-        for s, n in zip(window, region, strict=True)
-    ]
-    if [b - a for a, b, _ in crossed] != [3, 3]:
-        raise RuntimeError(f"expected a window over 3 × 3 wind chunks, got {crossed}")
+    crossed = [(s.stop - 1) // n - s.start // n + 1 for s, n in zip(window, region, strict=True)]
+    cut = any(s.start == 0 or s.stop == n for s, n in zip(window, wind.shape, strict=False))
+    if cut or crossed != [3, 3]:
+        raise RuntimeError(f"expected an uncut window over 3 × 3 wind chunks, got {window}")
     return {
-        "wind_chunk": list(wind[WIND_VARIABLE].encoding["chunks"]),
-        "window_shape": [size for _, _, size in crossed],
-        "window_wind_chunks": [b - a for a, b, _ in crossed],
+        "grid_shape": list(wind.shape[:2]),
+        "wind_chunk": list(wind.encoding["chunks"]),
+        "window_shape": [s.stop - s.start for s in window],
+        "window_wind_chunks": crossed,
     }
 
 
@@ -289,14 +333,14 @@ def generate(folder: str, size: str, chunking: str) -> dict:
     start = time.perf_counter()
     # the inputs' root is ``folder``; nothing is written under the output root
     storage = OcrStorage(root=f"{folder}-outputs", input_root=folder)
-    spec = SIZES[size]
-    write_sample_data(storage, real_spec(spec) if chunking == "real" else spec)
+    spec, layout = SIZES[size], {}
+    if chunking == "real":  # written and rechunked in one
+        layout = real_inputs(storage, spec)
+    else:
+        write_sample_data(storage, spec)
     written = time.perf_counter() - start
-    layout: dict = {}
     if chunking == "design":
         design_chunking(storage)
-    elif chunking == "real":
-        layout = real_chunking(storage, (spec.chunk_lat, spec.chunk_lon))
     compile_model()
     return {
         "write_s": round(written, 1),

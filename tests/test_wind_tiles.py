@@ -16,6 +16,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
 from ocr_assets.science.composite import NegativeWindWeights, WindTile, WindWeights
+from ocr_resources.storage import regions
 from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks, wind_tiles
 
 NAME = "wind_direction_distribution"
@@ -140,6 +141,27 @@ def test_tiles_must_cover_the_field_once_row_by_row():
         WindWeights.gather_tiles([tile(*lower), tile(*upper)], where),
         WindWeights.from_stack(np.moveaxis(values, -1, 0)),
     )
+
+
+def test_a_gather_that_stops_early_frees_the_read_slot():
+    """The storage reads one chunk at a time per process, holding its read slot while a tile
+    is gathered: a gather that fails on a tile frees it at once, even while its traceback
+    (which keeps the tile source alive) is kept, so the region's other field goes on."""
+    stored = xr.DataArray(_stored((10, 10), seed=1), dims=WIND_DIMS)
+    stored = stored.chunk({"latitude": 5, "longitude": 5})
+    with pytest.raises(ValueError, match="must cover a") as raised:
+        WindWeights.gather_tiles(wind_tiles(stored)(), np.ones((10, 4), bool))
+    acquired: list[bool] = []
+
+    def other_field() -> None:
+        acquired.append(regions._WIND_READ.acquire(timeout=5))
+        if acquired[-1]:
+            regions._WIND_READ.release()
+
+    thread = threading.Thread(target=other_field)
+    thread.start()
+    thread.join()
+    assert acquired == [True] and raised.value is not None
 
 
 class CountingStore(WrapperStore[LocalStore]):

@@ -9,6 +9,7 @@ part of the window at a time (``WindTile``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,6 +63,20 @@ def _scatter(out: np.ndarray, pixels: np.ndarray, total: np.ndarray, valid: np.n
     """``out[pixels[k]] = total[k]`` where the pixel's wind is valid, NaN elsewhere."""
     for k in range(pixels.size):
         out[pixels[k]] = total[k] if not np.isnan(valid[k]) else np.nan
+
+
+@contextmanager
+def _closing(tiles: Iterable[WindTile]) -> Iterator[Iterator[WindTile]]:
+    """An iterator over ``tiles``, closed however the gather ends: a tile source may hold
+    something between tiles (the storage's read slot), freed even when a gather stops early
+    and its traceback keeps the source alive."""
+    iterator = iter(tiles)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 class NegativeWindWeights(ValueError):
@@ -120,25 +135,26 @@ class WindWeights:
         next_kept = np.concatenate(([0], np.cumsum(chosen_per_row)[:-1])).astype(np.int64)
         filled = np.zeros(height, dtype=np.int64)  # each row's columns gathered so far
         negative = 0
-        for row, col, values in tiles:
-            rows, cols = values.shape[:2] if values.ndim == 3 else (0, 0)
-            if (
-                values.ndim != 3
-                or values.shape[2] != DIRECTION_COUNT
-                or not (0 <= row <= row + rows <= height and 0 <= col <= col + cols <= width)
-                or (filled[row : row + rows] != col).any()
-            ):
-                raise ValueError(
-                    f"wind distribution tiles must cover a {where.shape} field once, each "
-                    f"row from left to right, as (rows, cols, 8); got {values.shape} at "
-                    f"({row}, {col})"
+        with _closing(tiles) as source:
+            for row, col, values in source:
+                rows, cols = values.shape[:2] if values.ndim == 3 else (0, 0)
+                if (
+                    values.ndim != 3
+                    or values.shape[2] != DIRECTION_COUNT
+                    or not (0 <= row <= row + rows <= height and 0 <= col <= col + cols <= width)
+                    or (filled[row : row + rows] != col).any()
+                ):
+                    raise ValueError(
+                        f"wind distribution tiles must cover a {where.shape} field once, each "
+                        f"row from left to right, as (rows, cols, 8); got {values.shape} at "
+                        f"({row}, {col})"
+                    )
+                span = slice(row, row + rows)
+                negative += _gather_tile(
+                    weights, next_kept[span], values, where[span, col : col + cols]
                 )
-            span = slice(row, row + rows)
-            negative += _gather_tile(
-                weights, next_kept[span], values, where[span, col : col + cols]
-            )
-            filled[span] += cols
-            del values  # before the next tile is read: one tile alive, not two
+                filled[span] += cols
+                del values  # before the next tile is read: one tile alive, not two
         if (filled != width).any():
             raise ValueError(
                 f"wind distribution tiles cover {int(filled.sum())} of the field's "

@@ -4,6 +4,7 @@ to one region's window, as the fire model takes them (DESIGN §4–5)."""
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 
 import dask.array
@@ -20,15 +21,25 @@ from ocr_resources.storage.inputs import InputDataError, InputReader
 WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
 
 
+# One stored wind chunk read and gathered at a time in this process. A region's fields run side
+# by side as threads of one process (the local backend) and read the same chunks; reading a
+# real one (6000 × 4500 × 8) holds ~2 GB at once (its compressed bytes, the 864 MB it decodes
+# to, the window's part copied out of it), so two fields reading at once took a full-size
+# region to 4.2 GB (bench.region_path --chunking real). Reentrant: a thread may read a window
+# inside another.
+_WIND_READ = threading.RLock()
+
+
 def wind_tiles(wind: xr.DataArray) -> WindTiles:
     """The stored ``(latitude, longitude, wind_direction)`` window as a source of tiles: the
     window's part of one stored chunk (one dask block, chunked as stored) per read, in
-    row-major chunk order. A real wind chunk is 864 MB decoded, and zarr decodes the chunks
-    of one selection concurrently, so a read of more than one chunk's part would hold several
-    at once; the fire model keeps the pixels it needs from each tile before the next is read,
-    so memory does not grow with the window. Read in the calling thread (a region's field
-    already runs on a worker). An in-memory (unchunked) window comes as full-width bands of
-    ``GATHER_ROWS`` rows."""
+    row-major chunk order. Zarr decodes the chunks of one selection concurrently, so a read
+    of more than one chunk's part would hold several; the fire model keeps the pixels it needs
+    from each tile before asking for the next, so memory does not grow with the window, and
+    the process reads one tile at a time (``_WIND_READ``, held until the next tile is asked
+    for or the source is closed). Read in the calling thread (a region's field already runs
+    on a worker). An in-memory (unchunked) window comes as full-width bands of
+    ``GATHER_ROWS`` rows, with no lock (nothing is decoded)."""
     if wind.dims != WIND_DIMS:
         raise ValueError(f"wind distribution dims must be {WIND_DIMS}; got {wind.dims}")
     height, width = wind.shape[:2]
@@ -38,16 +49,17 @@ def wind_tiles(wind: xr.DataArray) -> WindTiles:
     else:
         rows, cols = [*range(0, height, GATHER_ROWS), height], [0, width]
 
-    def read(r: slice, c: slice) -> np.ndarray:
-        if isinstance(data, dask.array.Array):
-            return np.asarray(data[r, c].compute(scheduler="sync"))
-        return np.asarray(wind[r, c].values)
-
     def tiles() -> Iterator[WindTile]:
         for (r0, r1), (c0, c1) in itertools.product(
             itertools.pairwise(rows), itertools.pairwise(cols)
         ):
-            yield WindTile(r0, c0, read(slice(r0, r1), slice(c0, c1)))
+            if isinstance(data, dask.array.Array):
+                with _WIND_READ:  # until the next tile is asked for: while this one is gathered
+                    values = data[r0:r1, c0:c1].compute(scheduler="sync")
+                    yield WindTile(r0, c0, np.asarray(values))
+                    del values
+            else:
+                yield WindTile(r0, c0, np.asarray(wind[r0:r1, c0:c1].values))
 
     return tiles
 
