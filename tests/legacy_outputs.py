@@ -104,7 +104,10 @@ def write_analysis_files(storage: OcrStorage, version: str) -> dict[str, int]:
         stats = read_summary_statistics(storage, level)
         for column in HISTOGRAM_COLUMNS:
             stats[column] = [list(map(int, h)) for h in stats[column]]
-        storage.write_text(storage.layout.region_analysis(level, "geojson"), stats.to_json())
+        # the census coordinates as they are (NAD83 as TIGER has it), no "crs" member: RFC 7946
+        # GeoJSON, as OCR writes it with ST_AsGeoJSON (GeoPandas adds one for a non-WGS 84 CRS)
+        plain = stats.set_crs(4326, allow_override=True)
+        storage.write_text(storage.layout.region_analysis(level, "geojson"), plain.to_json())
         table = pd.DataFrame(stats.drop(columns="geometry"))
         for column in HISTOGRAM_COLUMNS:
             table[column] = [json.dumps(h) for h in table[column]]
