@@ -65,7 +65,7 @@ from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.science.timing import StageTimer
 from ocr_assets.tiles import TILESETS, build_tileset, tippecanoe_binary, write_flatgeobuf
 from ocr_resources.storage import OcrStorage
-from ocr_resources.storage.regions import wind_row_blocks
+from ocr_resources.storage.regions import wind_tiles
 
 FULL_WINDOW = (7080, 5580)
 SIZES = {"1/4": (3540, 2790), "1/2": (3540, 5580), "full": FULL_WINDOW}
@@ -226,7 +226,7 @@ def bench_field(size: str, directory: str, check: bool) -> dict:
     timer = StageTimer()
     compile_model()
     with meter.stage("field"):
-        out = wind_adjusted_bp(bp30, wind_row_blocks(wind), latitude, longitude, timer)
+        out = wind_adjusted_bp(bp30, wind_tiles(wind), latitude, longitude, timer)
     result = {
         "size": size,
         "window": list(SIZES[size]),

@@ -23,7 +23,7 @@ from ocr_assets.science.fire_model import YEARS, RegionInputs, wind_adjusted_bp
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid
 from ocr_assets.science.reproject import window_edges
-from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks
+from ocr_resources.storage.regions import WIND_DIMS, wind_tiles
 
 ARC_SECOND = 1 / 3600
 FULL_REGION = (6000, 4500)
@@ -111,7 +111,7 @@ def compile_model() -> None:
     caches them on disk), so what a benchmark times next is the model, not the compiler."""
     inputs = window_field((300, 300))
     wind = xr.DataArray(np.moveaxis(inputs["wind"], 0, -1), dims=WIND_DIMS)
-    wind_adjusted_bp(inputs["bp30"], wind_row_blocks(wind), inputs["latitude"], inputs["longitude"])
+    wind_adjusted_bp(inputs["bp30"], wind_tiles(wind), inputs["latitude"], inputs["longitude"])
 
 
 def _bp_270m(rng: np.random.Generator, latitude: np.ndarray, longitude: np.ndarray) -> dict:
@@ -165,7 +165,7 @@ def synthetic_region(
         cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
         bounds=region.bounds(HALO_DEG),
         bp_270m=_bp_270m(rng, latitude, longitude),
-        wind=wind_row_blocks(_stored(wind_distribution(rng, window), wind_path)),
+        wind=wind_tiles(_stored(wind_distribution(rng, window), wind_path)),
         crps=crps,
         rps_scott=(crps * 0.02 * smooth_noise(rng, region_shape, 100)).astype(np.float32),
         bp_riley={y: burn_probability(rng, region_shape, 9) for y in YEARS},

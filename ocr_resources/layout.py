@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
@@ -59,7 +60,7 @@ class CatalogEntry:
     its place under the input root and what it holds."""
 
     asset: str  # the input's asset key
-    path: str  # relative to the input root
+    catalog_path: str  # relative to the input root
     crs: tuple[str, ...]  # accepted CRSs (the first is the documented one)
     variables: tuple[str, ...] = ()  # rasters: data variables read, each with ``dims``
     dims: tuple[str, ...] = ()
@@ -130,47 +131,22 @@ INPUT_CATALOG: dict[str, CatalogEntry] = {
 }
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One input store as this deployment reads it: where (the catalog's place under the input
-    root, or an override), in which container and at which Icechunk reference, and what the
-    catalog says it holds, so readers can refuse anything else by name before a step computes
+@dataclass(frozen=True, kw_only=True)
+class InputSpec(CatalogEntry):
+    """One input store as this deployment reads it: its catalog entry, where it is (the
+    catalog's place under the input root, or an override), in which container and at which
+    Icechunk reference, so readers can refuse anything else by name before a step computes
     or writes."""
 
     name: str  # the published catalog name
     path: str  # URI (a local path or s3://bucket/key)
-    entry: CatalogEntry
     container: str = "auto"
     # Icechunk: ("branch" | "tag" | "snapshot", value)
     reference: tuple[str, str] = ("branch", "main")
 
     @property
-    def asset(self) -> str:
-        return self.entry.asset
-
-    @property
-    def crs(self) -> tuple[str, ...]:
-        return self.entry.crs
-
-    @property
-    def variables(self) -> tuple[str, ...]:
-        return self.entry.variables
-
-    @property
-    def dims(self) -> tuple[str, ...]:
-        return self.entry.dims
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.entry.columns
-
-    @property
-    def geoid_pattern(self) -> str | None:
-        return self.entry.geoid_pattern
-
-    @property
     def is_raster(self) -> bool:
-        return bool(self.entry.variables)
+        return bool(self.variables)
 
 
 def _normalised(uri: str) -> str:
@@ -306,15 +282,22 @@ class StorageLayout:
     def input_spec_named(self, name: str) -> InputSpec:
         """The input of one catalog name: at its catalog path under the input root, or where
         its override says."""
-        entry = INPUT_CATALOG[name]
+        entry = dataclasses.asdict(INPUT_CATALOG[name])
         override = self.input_overrides.get(name)
         if override is None:
-            container = "auto" if entry.variables else "geoparquet"
-            return InputSpec(name, f"{self.inputs_root}/{entry.path}", entry, container)
+            path = f"{self.inputs_root}/{entry['catalog_path']}"
+            container = "auto" if entry["variables"] else "geoparquet"
+            return InputSpec(**entry, name=name, path=path, container=container)
         reference = next(
             ((k, override[k]) for k in ICECHUNK_REFERENCES if k in override), ("branch", "main")
         )
-        return InputSpec(name, override["uri"], entry, override["container"], reference)
+        return InputSpec(
+            **entry,
+            name=name,
+            path=override["uri"],
+            container=override["container"],
+            reference=reference,
+        )
 
     def bp_270m(self, year: int) -> str:
         return self.input_spec_named(f"riley-et-al-2025-{year}-270m-5070").path

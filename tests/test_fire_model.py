@@ -105,7 +105,7 @@ def test_stored_wind_read_in_chunk_rows_gives_the_same_field():
     to the one computed from the whole (8, H, W) distribution."""
     import xarray as xr
 
-    from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks
+    from ocr_resources.storage.regions import WIND_DIMS, wind_tiles
 
     lat = 38 + (np.arange(300) + 0.5) / 3600
     lon = -120 + (np.arange(260) + 0.5) / 3600
@@ -113,7 +113,7 @@ def test_stored_wind_read_in_chunk_rows_gives_the_same_field():
     stored = xr.DataArray(np.moveaxis(wind, 0, -1), dims=WIND_DIMS)
     whole = wind_adjusted_bp(bp, wind, lat, lon)
     for layout in (stored.chunk({"latitude": 70, "longitude": 100}), stored):
-        blocks = wind_row_blocks(layout)
+        blocks = wind_tiles(layout)
         np.testing.assert_array_equal(wind_adjusted_bp(bp, blocks, lat, lon), whole)
     with pytest.raises(ValueError, match="dims must be"):
-        wind_adjusted_bp(bp, wind_row_blocks(stored.transpose("wind_direction", ...)), lat, lon)
+        wind_adjusted_bp(bp, wind_tiles(stored.transpose("wind_direction", ...)), lat, lon)

@@ -123,7 +123,7 @@ def test_the_sample_is_in_the_published_layout(sample_storage: OcrStorage) -> No
     the buildings and census files at theirs."""
     layout = sample_storage.layout
     for name, entry in INPUT_CATALOG.items():
-        path = Path(f"{layout.inputs_root}/{entry.path}")
+        path = Path(f"{layout.inputs_root}/{entry.catalog_path}")
         assert path.exists(), name
         if entry.variables:
             assert not (path / "zarr.json").exists()

@@ -17,7 +17,7 @@ from zarr.storage import LocalStore, WrapperStore
 
 from ocr_assets.science.composite import NegativeWindWeights, WindTile, WindWeights
 from ocr_resources.storage import regions
-from ocr_resources.storage.regions import WIND_DIMS, wind_row_blocks, wind_tiles
+from ocr_resources.storage.regions import WIND_DIMS, wind_tiles
 
 NAME = "wind_direction_distribution"
 
@@ -85,7 +85,7 @@ def test_tiles_gather_bit_identical_to_row_blocks_and_stack(shape, chunks, windo
     _assert_same(tiled, WindWeights.from_stack(np.moveaxis(whole, -1, 0), where))
     everywhere = np.ones(where.shape, bool)
     _assert_same(
-        WindWeights.gather_tiles(wind_row_blocks(cut)(), everywhere),
+        WindWeights.gather_tiles(wind_tiles(cut)(), everywhere),
         WindWeights.from_stack(np.moveaxis(whole, -1, 0)),
     )
 

@@ -19,7 +19,7 @@ from ocr_resources.storage.files import StorageRootError
 from ocr_resources.storage.fingerprints import InputFingerprints
 from ocr_resources.storage.inputs import InputDataError
 from ocr_resources.storage.raster_store import RasterStore
-from ocr_resources.storage.regions import wind_row_blocks
+from ocr_resources.storage.regions import wind_tiles
 from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, even_batches
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "OcrStorage",
     "StorageRootError",
     "even_batches",
-    "wind_row_blocks",
+    "wind_tiles",
 ]
 
 

@@ -83,16 +83,40 @@ def _index_range(coords: np.ndarray, low: float, high: float) -> tuple[int, int]
     return max(0, start), min(coords.size, stop)
 
 
-def _objects_by_chunk(listing: dict[str, str], name: str) -> dict[tuple, list[str]]:
-    """The stamps of an array's objects by their first two chunk indices (a 3-D array, the
-    wind, has one object per trailing chunk), from one listing."""
+def _objects_by_chunk(keys: list[str], name: str) -> dict[tuple, list[str]]:
+    """An array's object keys by their first two chunk indices (a 3-D array, the wind, has
+    one object per trailing chunk)."""
     found: dict[tuple, list[str]] = {}
     prefix = f"{name}/c/"
-    for key in sorted(listing):
+    for key in sorted(keys):
         if key.startswith(prefix):
             index = key[len(prefix) :].split("/")
-            found.setdefault((index[0], index[1]), []).append(f"{key}:{listing[key]}")
+            found.setdefault((index[0], index[1]), []).append(key)
     return found
+
+
+class _ObjectStamps:
+    """The content stamps of a store's objects (one listing), each computed when first asked
+    for: a region's fingerprint hashes only the objects it reads, once per observation."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self._fs, self._root = fs, root
+        self._info = {
+            posixpath.relpath(path, root): info for path, info in fs.find(root, detail=True).items()
+        }
+        self._stamps: dict[str, str] = {}
+
+    def keys(self) -> list[str]:
+        return list(self._info)
+
+    def stamp(self, key: str) -> str:
+        """``key:stamp`` of one object; ``key:absent`` when the store has no such object."""
+        if key not in self._info:
+            return f"{key}:absent"
+        if key not in self._stamps:
+            path = posixpath.join(self._root, key)
+            self._stamps[key] = _stamp(self._fs, path, self._info[key])
+        return f"{key}:{self._stamps[key]}"
 
 
 def _in_grid(grid: RegionGrid, region_id: str) -> bool:
@@ -107,14 +131,6 @@ def _in_grid(grid: RegionGrid, region_id: str) -> bool:
 class InputFingerprints(RegionReader):
     """Per-region fingerprints of the inputs (the observations' data versions)."""
 
-    def _listing(self, store: str) -> dict[str, str]:
-        """The stamp of every object of a store by its path inside the store (one listing)."""
-        root, fs = self.fs_path(store), self.fs_for(store)
-        found = fs.find(root, detail=True)
-        return {
-            posixpath.relpath(path, root): _stamp(fs, path, info) for path, info in found.items()
-        }
-
     def _zarr_fingerprints(
         self, spec: InputSpec, grid: RegionGrid, region_ids: list[str]
     ) -> dict[str, list[str]]:
@@ -124,7 +140,7 @@ class InputFingerprints(RegionReader):
         snapshot = self.input_snapshot(spec)
         if snapshot is not None:  # an Icechunk input: the snapshot it is read at
             return {r: [f"snapshot:{snapshot}"] for r in region_ids}
-        listing = self._listing(spec.path)
+        listing = _ObjectStamps(self.fs_for(spec.path), self.fs_path(spec.path))
         windowed = {self.layout.wind, *(self.layout.bp_270m(y) for y in YEARS)}
         halo = HALO_DEG if spec.path in windowed else 0.0
         projected = not CRS.from_user_input(spec.crs[0]).equals(CRS.from_epsg(4326))
@@ -134,16 +150,16 @@ class InputFingerprints(RegionReader):
             to_store = Transformer.from_crs(4326, spec.crs[0], always_xy=True)
         parts: dict[str, list[str]] = {r: [] for r in region_ids}
         for name in spec.variables:
-            array_stamp = listing.get(posixpath.join(name, "zarr.json"), "absent")
+            array_stamp = listing.stamp(posixpath.join(name, "zarr.json"))
             chunk_shape = self._object_shape(spec.path, name)
-            objects = _objects_by_chunk(listing, name)
+            objects = _objects_by_chunk(listing.keys(), name)
             for region_id in region_ids:
                 region = grid.region(region_id)
                 if projected:
                     rows, cols = _projected_window(region.bounds(halo), to_store, ys, xs)
                 else:  # the 30 m inputs share the region grid (their reads check it)
                     rows, cols = grid.window(region, halo)
-                parts[region_id].append(f"{name}:{array_stamp}")
+                parts[region_id].append(array_stamp)
                 if rows.stop <= rows.start or cols.stop <= cols.start:
                     continue
                 for i in range(rows.start // chunk_shape[0], (rows.stop - 1) // chunk_shape[0] + 1):
@@ -151,8 +167,8 @@ class InputFingerprints(RegionReader):
                         cols.start // chunk_shape[1], (cols.stop - 1) // chunk_shape[1] + 1
                     ):
                         # an absent object is the fill value, and says so
-                        stamps = objects.get((str(i), str(j))) or [f"{name}/c/{i}/{j}:absent"]
-                        parts[region_id] += stamps
+                        keys = objects.get((str(i), str(j))) or [f"{name}/c/{i}/{j}"]
+                        parts[region_id] += [listing.stamp(k) for k in keys]
         return parts
 
     def _object_shape(self, store: str, name: str) -> tuple[int, ...]:
@@ -213,27 +229,17 @@ class InputFingerprints(RegionReader):
         return {region_id: _digest(stamps) for region_id, stamps in parts.items()}
 
     def input_version(self, asset: str) -> str:
-        """A data version of a whole input: each store's snapshot (Icechunk) or content
-        (a GeoParquet file's footer: its row groups' sizes and statistics; a Zarr store's
-        objects)."""
+        """A data version of a whole input that is not read per region (the census: one
+        GeoParquet file per level): each file's footer, its row groups' sizes and column
+        statistics, so rewriting the same rows changes nothing."""
         stamps: list[Any] = []
         for spec in self.layout.input_specs():
             if spec.asset != asset:
                 continue
-            if not spec.is_raster:
-                footer = self.parquet_metadata(spec.path)
-                groups = [footer.row_group(g).to_dict() for g in range(footer.num_row_groups)]
-                stamps.append(
-                    (
-                        spec.path,
-                        _digest(
-                            [footer.num_rows, footer.schema.to_arrow_schema().to_string(), groups]
-                        ),
-                    )
-                )
-            else:
-                snapshot = self.input_snapshot(spec)
-                stamps.append(
-                    (spec.path, snapshot or _digest(sorted(self._listing(spec.path).items())))
-                )
+            if spec.is_raster:
+                raise ValueError(f"{asset} is read per region: use region_input_versions")
+            footer = self.parquet_metadata(spec.path)
+            groups = [footer.row_group(g).to_dict() for g in range(footer.num_row_groups)]
+            schema = footer.schema.to_arrow_schema().to_string()
+            stamps.append((spec.path, _digest([footer.num_rows, schema, groups])))
         return _digest(stamps)

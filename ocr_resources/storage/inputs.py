@@ -133,6 +133,25 @@ def covering_column(schema: pa.Schema, geo: dict[str, Any]) -> str | None:
     return None
 
 
+def _wrong_geoids(spec: InputSpec, geoids: pa.Array) -> tuple[int, list[str | None]]:
+    """How many GEOIDs are not of the input's documented form (a missing one counts), and
+    up to three of them, first seen first."""
+    bad = pc.fill_null(
+        pc.invert(pc.match_substring_regex(geoids, f"^(?:{spec.geoid_pattern})$")), True
+    )
+    return pc.sum(bad).as_py() or 0, list(dict.fromkeys(geoids.filter(bad).to_pylist()))[:3]
+
+
+def _refuse_geoids(spec: InputSpec, wrong: int, examples: list[str | None]) -> None:
+    if wrong:
+        raise InputDataError(
+            spec.asset,
+            spec.path,
+            f"expected GEOIDs of the form {spec.geoid_pattern}, got {wrong} of another form, "
+            f"e.g. {_names(list(dict.fromkeys(examples))[:3])}",
+        )
+
+
 class CheckedChunks:
     """A lazily opened input variable, read for dask a block (a stored chunk) at a time.
 
@@ -216,15 +235,11 @@ class InputReader(VectorStore):
     def icechunk_session(self, spec: InputSpec) -> icechunk.Session | None:
         """A read-only session of the input's Icechunk repository at its branch, tag or
         snapshot; None when its container is plain Zarr (``auto``: no repository there)."""
-        # nothing there is no repository (and Icechunk's local storage would create the folder)
-        if spec.container == "zarr" or not self.exists(spec.path):
-            if spec.container == "icechunk":
-                raise InputDataError(
-                    spec.asset, spec.path, "does not exist; expected an Icechunk repository"
-                )
+        if spec.container == "zarr":
             return None
-        storage = self.icechunk_storage(spec.path)
-        if not icechunk.Repository.exists(storage):
+        # nothing there is no repository (and Icechunk's local storage would create the folder)
+        storage = self.icechunk_storage(spec.path) if self.exists(spec.path) else None
+        if storage is None or not icechunk.Repository.exists(storage):
             if spec.container == "icechunk":
                 raise InputDataError(
                     spec.asset, spec.path, "expected an Icechunk repository, got none there"
@@ -287,8 +302,10 @@ class InputReader(VectorStore):
             }
         )
         ds = ds.transpose(*spec.dims, ...)
-        if order is not None:  # the wind: directions in the published order
-            ds = ds.isel(wind_direction=order).assign_coords(wind_direction=list(DIRECTIONS))
+        if order is not None:  # the wind: directions in the published order, labelled
+            if order != sorted(order):
+                ds = ds.isel(wind_direction=order)
+            ds = ds.assign_coords(wind_direction=list(DIRECTIONS))
         return ds
 
     def input_snapshot(self, spec: InputSpec) -> str | None:
@@ -434,15 +451,8 @@ class InputReader(VectorStore):
 
     @staticmethod
     def _check_geoids(spec: InputSpec, geoids: pd.Series) -> None:
-        form = geoids.astype("string").str.fullmatch(spec.geoid_pattern).fillna(False)
-        wrong = geoids[~form.astype(bool)]
-        if len(wrong):
-            raise InputDataError(
-                spec.asset,
-                spec.path,
-                f"expected GEOIDs of the form {spec.geoid_pattern}, got {len(wrong)} of "
-                f"another form, e.g. {_names(pd.unique(wrong)[:3])}",
-            )
+        wrong, examples = _wrong_geoids(spec, pa.array(geoids.astype("string")))
+        _refuse_geoids(spec, wrong, examples)
 
     def read_geoparquet_within(self, spec: InputSpec, window: Extent) -> gpd.GeoDataFrame:
         """The rows of a checked vector input whose geometry's bounding box meets ``window``
@@ -591,23 +601,13 @@ class InputReader(VectorStore):
         spec = self.layout.input_spec(self.layout.census(level))
         self._geoparquet_schema(spec)
         wrong, examples = 0, []
-        form = f"^(?:{spec.geoid_pattern})$"
         try:
             for batch in self.iter_batches(spec.path, ["GEOID"]):
-                geoid = batch.column(0)
-                bad = pc.fill_null(pc.invert(pc.match_substring_regex(geoid, form)), True)
-                wrong += pc.sum(bad).as_py() or 0
-                if len(examples) < 3:
-                    examples += geoid.filter(bad).to_pylist()[: 3 - len(examples)]
+                count, found = _wrong_geoids(spec, batch.column(0))
+                wrong, examples = wrong + count, [*examples, *found][:3]
         except pa.ArrowInvalid as exc:
             raise InputDataError(
                 spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
             ) from exc
-        if wrong:
-            raise InputDataError(
-                spec.asset,
-                spec.path,
-                f"expected GEOIDs of the form {spec.geoid_pattern}, got {wrong} of another "
-                f"form, e.g. {_names(list(dict.fromkeys(examples)))}",
-            )
+        _refuse_geoids(spec, wrong, examples)
         return self.parquet_dataset(spec.path)

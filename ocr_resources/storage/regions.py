@@ -64,12 +64,6 @@ def wind_tiles(wind: xr.DataArray) -> WindTiles:
     return tiles
 
 
-def wind_row_blocks(wind: xr.DataArray) -> WindTiles:
-    """The window's wind as the fire model reads it: ``wind_tiles`` (the name the region
-    reader and the benches call; it read whole chunk rows once)."""
-    return wind_tiles(wind)
-
-
 class RegionReader(InputReader):
     """Region reads of :class:`OcrStorage`: each input checked as it is opened."""
 
@@ -114,7 +108,7 @@ class RegionReader(InputReader):
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
             bounds=region.bounds(halo_deg),
             bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
-            wind=wind_row_blocks(self._read_wind(grid, window)) if fields else no_wind,
+            wind=wind_tiles(self._read_wind(grid, window)) if fields else no_wind,
             crps=empty,
             rps_scott=empty,
         )
