@@ -162,6 +162,13 @@ def test_an_icechunk_input_is_read_at_its_tag_and_versioned_by_snapshot(
     )
     assert tagged.input_snapshot(tagged.layout.input_spec_named(name)) == first
     assert tagged.open_input(spec.path)["CRPS"][0, 0].values.item() != 99.0
+    missing = OcrStorage(
+        root=str(root),
+        environment="qa",
+        input_overrides={name: {"uri": spec.path, "container": "icechunk", "tag": "v9"}},
+    )
+    with pytest.raises(InputDataError, match=r"with tag 'v9', got ref not found `?v9`?$"):
+        missing.open_input(spec.path)
     assert tagged.region_input_versions("conditional_risk", [REGION]) == {REGION: versions[REGION]}
     assert inputs.exists()
 

@@ -246,18 +246,20 @@ class InputReader(VectorStore):
                 )
             return None
         kind, value = spec.reference
+        repo = icechunk.Repository.open(storage)  # an I/O error here stays retryable
         try:
-            repo = icechunk.Repository.open(storage)
             if kind == "branch":
                 return repo.readonly_session(branch=value)
             if kind == "tag":
                 return repo.readonly_session(tag=value)
             return repo.readonly_session(snapshot_id=value)
-        except icechunk.IcechunkError as exc:
+        except icechunk.IcechunkError as exc:  # no such branch, tag or snapshot
             raise InputDataError(
                 spec.asset,
                 spec.path,
-                f"expected an Icechunk repository with {kind} {value!r}, got: {exc}",
+                # Icechunk's message ends with the cause under a trace of its own frames
+                f"expected an Icechunk repository with {kind} {value!r}, got "
+                f"{str(exc).strip().splitlines()[-1].strip(' `->')}",
             ) from None
 
     def open_input(self, path: str, variables: tuple[str, ...] = ()) -> xr.Dataset:
