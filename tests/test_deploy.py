@@ -113,7 +113,8 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
 ):
     root = f"s3://{BUCKET}/deploy"
     fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
-    fs.put(f"{sample_root}/input", f"{BUCKET}/deploy/input", recursive=True)
+    # the sample's inputs (Icechunk repositories and GeoParquet) at the default input root
+    fs.put(f"{sample_root}-inputs/input", f"{BUCKET}/deploy-inputs/input", recursive=True)
     other = f"{BUCKET}/deploy/output/fire-risk/vector/staging/keep.txt"
     fs.pipe_file(other, b"staging's own file")
     env = write_env(
@@ -158,7 +159,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     assert fs.exists(lay.region_buildings("y1_x1"))
     assert not fs.exists(lay.region_buildings("y1_x2"))  # wiped, not recomputed
     assert not fs.exists(lay.consolidated_buildings)
-    assert fs.exists(f"{BUCKET}/deploy/input/fire-risk/vector/buildings/buildings.parquet")
+    assert fs.exists(lay.buildings) and fs.exists(lay.crps_rps)  # inputs: never wiped
 
 
 def _local_env(tmp_path, sample_root, name="local", **values):

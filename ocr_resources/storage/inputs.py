@@ -517,6 +517,11 @@ class InputReader(VectorStore):
         read = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
         gdf = self._geodataframe(read, kept, shapes, geometry, bbox)
         gdf = gdf.rename(columns={v: k for k, v in stored.items()})
+        documented = CRS.from_user_input(spec.crs[0])
+        if documented.equals(gdf.crs, ignore_axis_order=True):
+            # e.g. OGC:CRS84 (a GeoParquet without a CRS, as DuckDB writes the published
+            # buildings) is EPSG:4326 in lon/lat order: outputs say EPSG:4326, as OCR's do
+            gdf = gdf.set_crs(documented, allow_override=True)
         self._check_geoids(spec, gdf["GEOID"])
         return gdf
 
