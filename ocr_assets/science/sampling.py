@@ -8,13 +8,14 @@ import shapely
 
 from ocr_assets.science.regions import Region, RegionGrid
 
+# the 8 risk variables in the published order (the raster template's and the region files')
 RISK_VARIABLES: tuple[str, ...] = (
+    "rps_scott",
     "rps_2011",
     "rps_2047",
     "bp_2011",
     "bp_2047",
     "crps_scott",
-    "rps_scott",
     "bp_2011_riley",
     "bp_2047_riley",
 )
