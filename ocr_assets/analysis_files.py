@@ -1,98 +1,117 @@
-"""`regional_analysis_files` (phase 02, optional): each level's statistics → stats.geojson
-and stats.csv (with a ``# key: value`` header)."""
+"""`regional_analysis_files` (phase 02, optional): each level's statistics → ``stats.csv`` and
+``stats.geojson`` in ``region-analysis/<folder>/``, as published (PUBLISHED §4.5): the CSV opens
+with one ``# key: value`` line per vector metadata key, the GeoJSON has a ``metadata`` member."""
 
 import csv
 import json
 from collections.abc import Iterator
+from typing import TextIO
 
 import dagster as dg
 import pyarrow as pa
 import pyogrio
 import shapely
-import shapely.geometry
 
 from ocr_assets.constants import PHASE02_GROUP, REGIONAL_ANALYSIS_FILES
-from ocr_assets.science.statistics import (
-    CENSUS_LEVELS,
-)
-from ocr_assets.statistics import region_risk_summary_stats, statistics_batches
-from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
+from ocr_assets.science.statistics import CENSUS_LEVELS, SCORED
+from ocr_assets.statistics import region_risk_summary_stats, statistics_batches, statistics_schema
+from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.publication import vector_metadata
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
+# statistics columns the published analysis files leave out, per level: the nation's NAME
+# (ocr/pipeline/write_aggregated_region_analysis_files.py:22-26 names no nation NAME)
+LEFT_OUT: dict[str, tuple[str, ...]] = {"nation": ("NAME",)}
 
-def _feature_lines(batch: pa.RecordBatch, first_id: int) -> Iterator[str]:
-    """GeoJSON features of a batch, as GeoPandas' ``to_json`` writes them (id = row number)."""
-    geometries = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
-    properties = batch.drop_columns(["geometry"]).to_pylist()
-    for i, (props, geometry) in enumerate(zip(properties, geometries, strict=True)):
-        feature = {
-            "id": str(first_id + i),
-            "type": "Feature",
-            "properties": props,
-            "geometry": shapely.geometry.mapping(geometry),
-        }
-        yield json.dumps(feature)
+
+def analysis_columns(level: str) -> list[str]:
+    """A level's CSV columns and GeoJSON property keys, in order: the statistics' columns
+    without the polygon (and without :data:`LEFT_OUT`)."""
+    dropped = {"geometry", *LEFT_OUT.get(level, ())}
+    return [n for n in statistics_schema(level).names if n not in dropped]
+
+
+def metadata_lines(version: str | None) -> str:
+    """The CSV's first lines: ``# key: value`` for each vector metadata key, in order."""
+    return "".join(f"# {k}: {v}\n" for k, v in vector_metadata(version).items())
+
+
+def _histogram_text(counts: list[int]) -> str:
+    """A histogram as the published CSV holds it: DuckDB's JSON text (no spaces)."""
+    return json.dumps(counts, separators=(",", ":"))
+
+
+def _rows(batch: pa.RecordBatch, columns: list[str]) -> list[dict]:
+    return batch.select(columns).to_pylist()
+
+
+def _features(rows: list[dict], batch: pa.RecordBatch) -> Iterator[str]:
+    """The GeoJSON features of a batch: ``type``, ``properties``, ``geometry``; no ``id``."""
+    geometries = shapely.to_geojson(
+        shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+    )
+    for properties, geometry in zip(rows, geometries, strict=True):
+        properties_json = json.dumps(properties)
+        yield f'{{"type": "Feature", "properties": {properties_json}, "geometry": {geometry}}}'
+
+
+def _write_level(
+    storage: OcrStorage,
+    level: str,
+    version: str | None,
+    csv_file: TextIO,
+    geojson: TextIO,
+    batch_rows: int,
+) -> int:
+    """Both files of a level in one pass over its statistics, a batch at a time."""
+    columns = analysis_columns(level)
+    metadata = json.dumps(vector_metadata(version))
+    geojson.write(f'{{"type": "FeatureCollection", "metadata": {metadata}, "features": [')
+    csv_file.write(metadata_lines(version))
+    out = csv.writer(csv_file, lineterminator="\n")
+    out.writerow(columns)
+    rows = 0
+    for batch in statistics_batches(storage, level, batch_rows):
+        records = _rows(batch, columns)
+        for feature in _features(records, batch):
+            geojson.write(feature if rows == 0 else ", " + feature)
+            rows += 1
+        for record in records:
+            out.writerow(_histogram_text(record[c]) if c in SCORED else record[c] for c in columns)
+    geojson.write("]}")
+    return rows
 
 
 def write_analysis_files(
-    storage: OcrStorage, version: str, batch_rows: int = BATCH_ROWS
+    storage: OcrStorage, version: str | None, batch_rows: int = BATCH_ROWS
 ) -> dict[str, int]:
-    """Per level: ``stats.geojson`` (FeatureCollection) and ``stats.csv`` with ``# key: value``
-    header lines, both streamed from the statistics file a batch at a time."""
+    """Per level: ``stats.csv`` and ``stats.geojson``, streamed from the statistics file a
+    batch at a time, each written to a temporary name and moved into place when complete."""
     written: dict[str, int] = {}
+    layout = storage.layout
     for level in CENSUS_LEVELS:
-        total = storage.parquet_rows(storage.layout.region_summary_stats(level))
-        with storage.atomic_open(storage.layout.region_analysis(level, "geojson"), "w") as f:
-            f.write('{"type": "FeatureCollection", "features": [')
-            rows = 0
-            for batch in statistics_batches(storage, level, batch_rows):
-                for line in _feature_lines(batch, rows):
-                    f.write(line if rows == 0 else ", " + line)
-                    rows += 1
-            f.write("]}")
-        header = {"level": level, "rows": total, **dataset_metadata(version, "ODbL-1.0")}
-        with storage.atomic_open(storage.layout.region_analysis(level, "csv"), "w") as f:
-            f.write("".join(f"# {k}: {v}\n" for k, v in header.items()))
-            out = csv.writer(f, lineterminator="\n")
-            names = None
-            for batch in statistics_batches(storage, level, batch_rows):
-                table = batch.drop_columns(["geometry"])
-                if names is None:
-                    names = table.schema.names
-                    out.writerow(names)
-                for row in table.to_pylist():
-                    out.writerow(_csv_value(row[n]) for n in names)
-            if names is None:
-                out.writerow(_statistics_schema_names(storage, level))
-        written[level] = total
+        with (
+            storage.atomic_open(layout.region_analysis(level, "csv"), "w") as csv_file,
+            storage.atomic_open(layout.region_analysis(level, "geojson"), "w") as geojson,
+        ):
+            written[level] = _write_level(storage, level, version, csv_file, geojson, batch_rows)
     return written
-
-
-def _csv_value(value: object) -> object:
-    """A cell as pandas' ``to_csv`` writes it: lists as JSON, missing as empty."""
-    if isinstance(value, list):
-        return json.dumps(value)
-    return "" if value is None else value
-
-
-def _statistics_schema_names(storage: OcrStorage, level: str) -> list[str]:
-    schema = storage.parquet_schema(storage.layout.region_summary_stats(level))
-    return [n for n in schema.names if n not in ("geometry", "bbox")]
 
 
 @step_asset(
     REGIONAL_ANALYSIS_FILES,
     PHASE02_GROUP,
     [region_risk_summary_stats],
-    "Optional: stats.geojson and stats.csv (with # key: value header) per level.",
+    "Optional: stats.csv (with # key: value metadata lines) and stats.geojson (with a "
+    "metadata member) per level, in region-analysis/{block,tracts,counties,states,nation}.",
     {"geojson", "csv"},
     optional=True,
 )
 def regional_analysis_files(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
 ):
-    step = run_step(context, storage, compute, write_analysis_files, dataset_version(storage))
+    step = run_step(context, storage, compute, write_analysis_files, storage.version)
     return step.materialize(
         folder=dg.MetadataValue.path(
             storage.layout.region_analysis("nation", "csv").rsplit("/", 2)[0]
@@ -103,15 +122,28 @@ def regional_analysis_files(
 
 @dg.asset_check(asset=regional_analysis_files)
 def analysis_files_match_stats(storage: OcrStorage) -> dg.AssetCheckResult:
-    """Each level's GeoJSON and CSV hold exactly the statistics' rows (GDAL counts the
-    GeoJSON's features with its streaming parser; the CSV is read row by row)."""
+    """Each level's CSV and GeoJSON hold exactly the statistics' rows, with the published
+    metadata lines, columns and members (GDAL counts the GeoJSON's features with its
+    streaming parser; the CSV is read line by line; nothing is loaded whole)."""
     problems = []
+    expected_lines = metadata_lines(storage.version).splitlines()
     for level in CENSUS_LEVELS:
         expected = storage.parquet_rows(storage.layout.region_summary_stats(level))
         with storage.local_copy(storage.layout.region_analysis(level, "geojson")) as path:
             features = pyogrio.read_info(path, force_feature_count=True)["features"]
+            with open(path) as f:
+                head = f.read(4096)
+        if not head.startswith('{"type": "FeatureCollection", "metadata": '):
+            problems.append(f"{level}: geojson does not open with type and metadata members")
         with storage.open(storage.layout.region_analysis(level, "csv"), "r") as f:
-            rows = sum(1 for _ in csv.reader(line for line in f if not line.startswith("#"))) - 1
+            lines = (line.rstrip("\n") for line in f)
+            header = [next(lines, "") for _ in expected_lines]
+            names = next(csv.reader([next(lines, "")]))
+            rows = sum(1 for _ in csv.reader(lines))
+        if header != expected_lines:
+            problems.append(f"{level}: csv metadata lines {header}")
+        if names != analysis_columns(level):
+            problems.append(f"{level}: csv columns {names}")
         if not features == rows == expected:
             problems.append(f"{level}: geojson {features}, csv {rows}, stats {expected}")
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": problems or ["none"]})

@@ -19,8 +19,9 @@ from ocr_assets.constants import PHASE02_GROUP, REGION_BUILDINGS
 from ocr_assets.region_records import RegionFilesError, checked_region_files, materialized_regions
 from ocr_assets.science.regions import sort_region_ids
 from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
-from ocr_assets.step import dataset_metadata, dataset_version, run_step, step_asset
+from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
 
@@ -49,6 +50,20 @@ def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
 # Sorting the buildings for the partitioned copy spills to disk beyond this (DuckDB's limit).
 SORT_MEMORY_LIMIT = "256MB"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition of a missing value, as pyarrow names it
+# a county's file in the partitioned copy, as DuckDB names its first file (consumers glob
+# ``buildings.parquet/**/data_*.parquet``, PUBLISHED §4.3)
+PARTITION_FILE = "data_0.parquet"
+# the columns of the region files, the consolidated file and the partitioned copy, in the
+# published order (PUBLISHED §4.2): the partition keys state_fips / county_fips are in the
+# hive paths only, never in the files
+BUILDINGS_COLUMNS: tuple[str, ...] = (
+    *RISK_VARIABLES,
+    "GEOID",
+    "state",
+    "county",
+    "geometry",
+    "bbox",
+)
 # a building's position in the consolidated file: the sort's tie-break between the many
 # buildings of one block (DuckDB's parallel sort does not keep the input order of equal keys)
 POSITION = "consolidated_position"
@@ -98,7 +113,7 @@ def _by_geoid(
 def _write_by_county(
     storage: OcrStorage, batches: Iterator[pa.RecordBatch], schema: pa.Schema, root: str
 ) -> int:
-    """Hive partitions ``state_fips=SS/county_fips=CCC/part-0.parquet`` from batches sorted by
+    """Hive partitions ``state_fips=SS/county_fips=CCC/data_0.parquet`` from batches sorted by
     GEOID: one file open at a time, each run of a county written as it comes.
 
     (pyarrow's partitioned dataset writer keeps every partition's file open and queues rows
@@ -114,7 +129,7 @@ def _write_by_county(
                 if writer is None or key != current:
                     open_file.close()
                     state, rest = (key[:2], key[2:]) if key is not None else (HIVE_NULL,) * 2
-                    path = f"{root}/state_fips={state}/county_fips={rest}/part-0.parquet"
+                    path = f"{root}/state_fips={state}/county_fips={rest}/{PARTITION_FILE}"
                     sink = open_file.enter_context(storage.open(path, "wb"))
                     writer = open_file.enter_context(
                         pq.ParquetWriter(sink, schema, compression="zstd")
@@ -125,19 +140,28 @@ def _write_by_county(
 
 
 def consolidate_buildings(
-    storage: OcrStorage, region_ids: list[str], version: str, batch_rows: int = BATCH_ROWS
+    storage: OcrStorage, region_ids: list[str], version: str | None, batch_rows: int = BATCH_ROWS
 ) -> dict:
     """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region.
 
     Row order is fixed, so two runs on the same region files write the same bytes: the
     consolidated file holds the regions in id order (``sort_region_ids``, whatever order
     they are given in), each in its file's order; the partitioned copy is sorted by GEOID,
-    then by that consolidated order."""
+    then by that consolidated order.
+
+    Every file's metadata is the region files' ``geo`` (bbox widened to all of them) and the
+    7 published vector keys (:func:`vector_metadata`, ``version`` None = ``unversioned``);
+    ``_common_metadata`` is the files' schema with that metadata, as published."""
     layout = storage.layout
     paths = [layout.region_buildings(r) for r in sort_region_ids(region_ids)]
     dataset = storage.parquet_dataset(paths)
+    if tuple(dataset.schema.names) != BUILDINGS_COLUMNS:
+        raise ValueError(
+            f"region buildings files have columns {dataset.schema.names}, expected "
+            f"{list(BUILDINGS_COLUMNS)} (the published order)"
+        )
     metadata = {b"geo": _geo_metadata(dataset, paths)} | {
-        k.encode(): v.encode() for k, v in dataset_metadata(version, "ODbL-1.0").items()
+        k.encode(): v.encode() for k, v in vector_metadata(version).items()
     }
     schema = dataset.schema.with_metadata(metadata)
 
@@ -200,9 +224,7 @@ def buildings_geoparquet(
             f"left out region files no materialization records (a run that did not finish): "
             f"{', '.join(unrecorded)}"
         )
-    step = run_step(
-        context, storage, compute, consolidate_buildings, regions, dataset_version(storage)
-    )
+    step = run_step(context, storage, compute, consolidate_buildings, regions, storage.version)
     result = step.result
     context.log.info(f"consolidated {result['rows']} buildings from {len(regions)} regions")
     return step.materialize(
@@ -233,10 +255,16 @@ def buildings_counts_agree(
 
 @dg.asset_check(asset=buildings_geoparquet, blocking=True)
 def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
-    """float32 risk variables, string GEOID, GeoParquet 1.1 covering bbox, documented ranges."""
+    """Published column order, float32 risk variables, string GEOID, GeoParquet 1.1 covering
+    bbox, the 7 vector metadata keys, documented ranges."""
     path = storage.layout.consolidated_buildings
     schema = storage.parquet_schema(path)
-    problems = [
+    problems = [] if tuple(schema.names) == BUILDINGS_COLUMNS else [f"columns {schema.names}"]
+    expected = vector_metadata(storage.version)
+    stored = {k.decode(): v.decode() for k, v in schema.metadata.items() if k != b"geo"}
+    if stored != expected:
+        problems.append(f"metadata {sorted(stored)} is not the published {list(expected)}")
+    problems += [
         f"{v} is {schema.field(v).type}"
         for v in RISK_VARIABLES
         if str(schema.field(v).type) != "float"

@@ -16,13 +16,14 @@ from ocr_assets.previews import choropleth_level, choropleth_preview, png_markdo
 from ocr_assets.science.statistics import (
     CENSUS_LEVELS,
     SCORED,
-    STAT_VARIABLES,
+    STATISTICS_COLUMNS,
     connect,
     statistics_query,
     units_query,
 )
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.layout import CENSUS_COLUMNS
 from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
 from ocr_resources.storage.geoparquet import geoparquet_crs
 
@@ -48,19 +49,19 @@ def _census_problem(con: duckdb.DuckDBPyConnection, level: str) -> str | None:
     return None
 
 
-def _statistics_schema(census: pa.Schema) -> pa.Schema:
-    """The statistics file's columns: the census unit's GEOID, NAME (STUSPS) and polygon,
-    then the statistics (DESIGN §6)."""
-    keys = [
-        census.field(n).with_type(pa.large_string())
-        for n in ("GEOID", "NAME", "STUSPS")
-        if n in census.names
-    ]
-    stats = [pa.field("building_count", pa.int64())]
-    for v in STAT_VARIABLES:
-        stats += [pa.field(f"mean_{v}", pa.float64()), pa.field(f"median_{v}", pa.float64())]
-    stats += [pa.field(c, pa.list_(pa.int64())) for c in SCORED]
-    return pa.schema([*keys, pa.field("geometry", pa.binary()), *stats])
+def statistics_schema(level: str) -> pa.Schema:
+    """A level's statistics columns in the published order (PUBLISHED §4.4): GEOID, the unit's
+    names (counties NAME; states STUSPS, NAME; nation NAME), the count, the 7 means, the 7
+    medians, the 2 histograms, the unit's polygon last. No covering bbox: the published
+    files have none, and a few thousand units need no row-group filter."""
+    types = {"building_count": pa.int64(), **dict.fromkeys(SCORED, pa.list_(pa.int64()))}
+    return pa.schema(
+        [
+            *(pa.field(n, pa.large_string()) for n in CENSUS_COLUMNS[level]),
+            *(pa.field(c, types.get(c, pa.float64())) for c in STATISTICS_COLUMNS),
+            pa.field("geometry", pa.binary()),
+        ]
+    )
 
 
 def _numbered_census(
@@ -68,7 +69,7 @@ def _numbered_census(
 ) -> pa.RecordBatchReader:
     """A census level's key columns and polygons with their row number in the file, read a
     batch at a time in file order."""
-    columns = [n for n in schema.names if n in ("GEOID", "NAME", "STUSPS", "geometry")]
+    columns = [*CENSUS_COLUMNS[level], "geometry"]
 
     def batches() -> Iterator[pa.RecordBatch]:
         start = 0
@@ -117,20 +118,22 @@ def _write_summary_statistics(
     rows: dict[str, int] = {}
     with ExitStack() as files:
         for level, census in censuses.items():
-            schema = _statistics_schema(census.schema)
-            keys = ", ".join(f"c.{f.name}" for f in schema if f.name in census.schema.names)
+            schema = statistics_schema(level)
+            names = ", ".join(f"c.{n}" for n in CENSUS_COLUMNS[level])
             sql, params = statistics_query(level)
             con.register("census_scan", _numbered_census(storage, level, schema, batch_rows))
             # in the census file's order, as the unit polygons come (tippecanoe's dropping of
             # tiny polygons at low zooms depends on the order it reads them in)
             reader = con.sql(
-                f"SELECT {keys}, s.* EXCLUDE (GEOID) FROM census_scan c "
+                f"SELECT {names}, s.* EXCLUDE (GEOID), c.geometry FROM census_scan c "
                 f"JOIN ({sql}) s ON c.GEOID = s.GEOID ORDER BY c.census_row",
                 params=params,
             ).to_arrow_reader(batch_rows)
             path = storage.layout.region_summary_stats(level)
             writer = files.enter_context(
-                storage.geoparquet_writer(path, schema, geoparquet_crs(census.schema))
+                storage.geoparquet_writer(
+                    path, schema, geoparquet_crs(census.schema), covering=False
+                )
             )
             # batches of exactly batch_rows: row groups that do not depend on how DuckDB cuts
             # the sorted result (on one thread in batch_rows, on more at its partitions)
@@ -149,10 +152,8 @@ def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame
 def statistics_batches(
     storage: OcrStorage, level: str, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """A level's statistics without the covering ``bbox``, a batch at a time."""
-    path = storage.layout.region_summary_stats(level)
-    columns = [n for n in storage.parquet_schema(path).names if n != "bbox"]
-    return storage.iter_batches(path, columns, batch_rows)
+    """A level's statistics (every column), a batch at a time."""
+    return storage.iter_batches(storage.layout.region_summary_stats(level), None, batch_rows)
 
 
 @step_asset(

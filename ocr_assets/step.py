@@ -1,7 +1,6 @@
 """The one way a phase 02/03 asset is declared (its profile, pool and group), runs its step and
-reports it, and what every output says about itself."""
+reports it."""
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,29 +11,6 @@ import dagster as dg
 from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG
 from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import OcrStorage
-
-PROVIDER = "Open Climate Risk on Dagster (after CarbonPlan's Open Climate Risk)"
-SOURCES = [
-    "Riley et al. (2025) burn probability, RDS-2025-0006",
-    "Scott et al. (2024) conditional risk to potential structures, RDS-2020-0016-2",
-    "CONUS404 fire-weather wind direction distribution",
-    "Building footprints (Overture Maps) and US Census TIGER/Line boundaries",
-]
-
-
-def dataset_metadata(version: str, license_id: str) -> dict[str, str]:
-    """Licence, provider, version and sources, as written into the files' own metadata."""
-    return {
-        "license": license_id,
-        "provider": PROVIDER,
-        "version": version,
-        "sources": json.dumps(SOURCES),
-    }
-
-
-def dataset_version(storage: OcrStorage) -> str:
-    """The version files carry: production's semantic version, else ``<env>-unversioned``."""
-    return storage.version or f"{storage.environment}-unversioned"
 
 
 @dataclass

@@ -34,6 +34,8 @@ GEOID_PATTERNS: dict[str, str] = {
     "tracts": r"\d{11}",
     "blocks": r"\d{15}[A-Z]?",
 }
+# the analysis files' folder of a level where it is not the level's name (PUBLISHED §4.5)
+ANALYSIS_FOLDERS: dict[str, str] = {"blocks": "block"}
 # census columns the pipeline uses, per level (TIGER carries more; they are ignored)
 CENSUS_COLUMNS: dict[str, tuple[str, ...]] = {
     "nation": ("GEOID", "NAME"),
@@ -367,7 +369,10 @@ class StorageLayout:
     partitioned_buildings = _under("vector_prefix", "geoparquet/buildings.parquet")
 
     def region_analysis(self, level: str, ext: str) -> str:
-        return f"{self.vector_prefix}/region-analysis/{level}/stats.{ext}"
+        """``region-analysis/<folder>/stats.<ext>``: the folder is the level's, except blocks'
+        (``block``, singular, as published; its public URLs say so)."""
+        folder = ANALYSIS_FOLDERS.get(level, level)
+        return f"{self.vector_prefix}/region-analysis/{folder}/stats.{ext}"
 
     def pmtiles(self, name: str) -> str:
         if name not in PMTILES_NAMES:

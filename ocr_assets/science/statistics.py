@@ -9,12 +9,11 @@ spatial extension for this.
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ocr_assets.science.sampling import VALUE_RANGES
-from ocr_assets.science.scoring import N_SCORES, risk_score
+from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
 
 # The census levels (docs/inputs.md), each with the length of the block GEOID's prefix that
 # names its unit; the nation is the one unit "US"; a block is its whole GEOID (15 digits and
@@ -40,6 +39,11 @@ STAT_VARIABLES: tuple[str, ...] = (
     "bp_2047_riley",
 )
 SCORED: dict[str, str] = {"risk_score_2011_hist": "rps_2011", "risk_score_2047_hist": "rps_2047"}
+# the statistics' columns after GEOID and the unit's names, in the published order
+# (PUBLISHED §4.4): the count, the 7 means, the 7 medians, the 2 histograms
+MEAN_COLUMNS: dict[str, str] = {f"{v}_mean": v for v in STAT_VARIABLES}
+MEDIAN_COLUMNS: dict[str, str] = {f"{v}_median": v for v in STAT_VARIABLES}
+STATISTICS_COLUMNS: tuple[str, ...] = ("building_count", *MEAN_COLUMNS, *MEDIAN_COLUMNS, *SCORED)
 
 
 # Means are exact sums: each float32 value times 2**SUM_SCALE_BITS is added as a 128-bit
@@ -84,16 +88,8 @@ def order_free_median(variable: str) -> str:
     return f"median({variable})::DOUBLE + 0.0"
 
 
-def _score_udf(values: pa.Array) -> pa.Array:
-    """DuckDB vectorised UDF wrapping the one binning function."""
-    return pa.array(risk_score(values.to_numpy(zero_copy_only=False)).astype(np.int8))
-
-
 def connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    # FLOAT: the stored float32 precision, so bin edges match the values' own rounding
-    con.create_function("risk_score", _score_udf, ["FLOAT"], "TINYINT", type="arrow")
-    return con
+    return duckdb.connect()
 
 
 def _level_check(level: str) -> int:
@@ -108,28 +104,47 @@ def _unit(level: str) -> tuple[str, dict[str, object]]:
     return "CASE WHEN $len = 0 THEN $nation ELSE substr(GEOID, 1, $len) END", params
 
 
+def published_histogram(variable: str) -> str:
+    """SQL of ``variable``'s 11-count histogram as the published statistics build it: the
+    count of zeros, then DuckDB's ``histogram`` of the nonzero values over
+    :data:`HISTOGRAM_BOUNDARIES` (bins (previous, boundary]), its counts in order, resized to
+    10 (no nonzero value: ten zeros; the overflow bin past the last boundary dropped).
+
+    The boundaries are a list literal, as the published SQL has them: DuckDB casts a literal
+    to the values' type (float32, so 0.035 is 0.0350000001 and a stored 0.035 is in its
+    bin), while a DOUBLE[] parameter would compare the values as doubles instead."""
+    boundaries = "[" + ", ".join(repr(b) for b in HISTOGRAM_BOUNDARIES) + "]"
+    nonzero = (
+        f"coalesce(map_values(histogram({variable}, {boundaries}) "
+        f"FILTER (WHERE {variable} <> 0)), [])"
+    )
+    return (
+        f"list_concat([count(*) FILTER (WHERE {variable} = 0)], "
+        f"list_resize({nonzero}, {len(HISTOGRAM_BOUNDARIES)}, 0))::BIGINT[]"
+    )
+
+
 def statistics_query(level: str) -> tuple[str, dict[str, object]]:
     """SQL (and its parameters) of one level's statistics over the scan ``buildings_scan``:
-    one row per unit with buildings. Histograms are counted per score in the same pass, so
-    one scan of the buildings gives the whole level. Every statistic is the same whatever
-    order DuckDB's threads meet the rows in (:func:`exact_mean`, :func:`order_free_median`).
-    Column names come from the constants above; values are parameters, never SQL text."""
+    one row per unit with buildings, columns GEOID then :data:`STATISTICS_COLUMNS`, all in
+    one pass over the buildings. Every statistic is the same whatever order DuckDB's threads
+    meet the rows in (:func:`exact_mean`, :func:`order_free_median`, counts). Column names
+    come from the constants above; values are parameters, never SQL text (the histogram
+    boundaries are constants: :func:`published_histogram`)."""
     unit, params = _unit(level)
     params = {**params, **MEAN_PARAMETERS}
-    scores = ", ".join(f"risk_score({variable}) AS {column}" for column, variable in SCORED.items())
     aggregates = ", ".join(
-        f"{exact_mean(v)} AS mean_{v}, {order_free_median(v)} AS median_{v}" for v in STAT_VARIABLES
-    )
-    histograms = ", ".join(
-        "["
-        + ", ".join(f"count(*) FILTER (WHERE {column} = {s})" for s in range(N_SCORES))
-        + f"]::BIGINT[] AS {column}"
-        for column in SCORED
+        [
+            "count(*)::BIGINT AS building_count",
+            *(f"{exact_mean(v)} AS {c}" for c, v in MEAN_COLUMNS.items()),
+            *(f"{order_free_median(v)} AS {c}" for c, v in MEDIAN_COLUMNS.items()),
+            *(f"{published_histogram(v)} AS {c}" for c, v in SCORED.items()),
+        ]
     )
     sql = (
-        f"SELECT GEOID, count(*)::BIGINT AS building_count, {aggregates}, {histograms} "
-        f"FROM (SELECT {unit} AS GEOID, {', '.join(STAT_VARIABLES)}, {scores} "
-        "FROM buildings_scan) GROUP BY GEOID"
+        f"SELECT GEOID, {aggregates} "
+        f"FROM (SELECT {unit} AS GEOID, {', '.join(STAT_VARIABLES)} FROM buildings_scan) "
+        "GROUP BY GEOID"
     )
     return sql, params
 

@@ -38,10 +38,13 @@ class GeoParquetWriter:
     """Record batches with a WKB ``geometry`` column → one GeoParquet 1.1 file.
 
     ``schema`` is the output schema without the ``bbox`` column (added last, as GeoPandas
-    writes it); batches are cast to it, so column types are the schema's, not the source's.
+    writes it, unless ``covering`` is False); batches are cast to it, so column types are the
+    schema's, not the source's.
     """
 
-    def __init__(self, sink: BinaryIO, schema: pa.Schema, crs: Any) -> None:
+    def __init__(
+        self, sink: BinaryIO, schema: pa.Schema, crs: Any, covering: bool = True
+    ) -> None:
         field = schema.field(GEOMETRY).with_metadata(
             {
                 b"ARROW:extension:name": b"geoarrow.wkb",
@@ -49,7 +52,8 @@ class GeoParquetWriter:
             }
         )
         base = schema.set(schema.get_field_index(GEOMETRY), field).remove_metadata()
-        self.schema = base.append(pa.field("bbox", BBOX_TYPE))
+        self.schema = base.append(pa.field("bbox", BBOX_TYPE)) if covering else base
+        self.covering = covering
         self.crs = crs
         self.rows = 0
         self.types: set[str] = set()
@@ -61,11 +65,14 @@ class GeoParquetWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         geometry = shapely.from_wkb(batch.column(GEOMETRY).to_numpy(zero_copy_only=False))
         bounds = shapely.bounds(geometry)
-        bbox = pa.StructArray.from_arrays(
-            [pa.array(bounds[:, i]) for i in range(4)], names=list(BBOX_FIELDS)
-        )
         columns = [batch.column(f.name).cast(f.type) for f in self.schema if f.name != "bbox"]
-        self._writer.write_batch(pa.RecordBatch.from_arrays([*columns, bbox], schema=self.schema))
+        if self.covering:
+            columns.append(
+                pa.StructArray.from_arrays(
+                    [pa.array(bounds[:, i]) for i in range(4)], names=list(BBOX_FIELDS)
+                )
+            )
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
         if len(bounds):
             self.bounds[:2] = np.minimum(self.bounds[:2], np.nanmin(bounds[:, :2], axis=0))
             self.bounds[2:] = np.maximum(self.bounds[2:], np.nanmax(bounds[:, 2:], axis=0))
@@ -80,7 +87,8 @@ class GeoParquetWriter:
         }
         if self.rows:
             column["bbox"] = [float(v) for v in self.bounds]
-        column["covering"] = {"bbox": {name: ["bbox", name] for name in BBOX_FIELDS}}
+        if self.covering:
+            column["covering"] = {"bbox": {name: ["bbox", name] for name in BBOX_FIELDS}}
         geo = json.dumps(
             {"primary_column": GEOMETRY, "columns": {GEOMETRY: column}, "version": "1.1.0"}
         )

@@ -137,10 +137,12 @@ class VectorStore(FileStore):
         return ds.dataset(paths, format="parquet", filesystem=self.fs_for(first))
 
     @contextmanager
-    def geoparquet_writer(self, path: str, schema: pa.Schema, crs: Any) -> Iterator[Any]:
+    def geoparquet_writer(
+        self, path: str, schema: pa.Schema, crs: Any, covering: bool = True
+    ) -> Iterator[Any]:
         """A :class:`GeoParquetWriter` on ``path``: batches in, one atomic GeoParquet out."""
         with self.atomic_open(path) as f:
-            writer = GeoParquetWriter(f, schema, crs)
+            writer = GeoParquetWriter(f, schema, crs, covering)
             yield writer
             writer.close()
 
