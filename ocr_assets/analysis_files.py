@@ -11,6 +11,7 @@ import dagster as dg
 import pyarrow as pa
 import pyogrio
 import shapely
+from shapely.geometry import mapping
 
 from ocr_assets.constants import PHASE02_GROUP, REGIONAL_ANALYSIS_FILES
 from ocr_assets.science.statistics import CENSUS_LEVELS, SCORED
@@ -48,12 +49,10 @@ def _rows(batch: pa.RecordBatch, columns: list[str]) -> list[dict]:
 
 def _features(rows: list[dict], batch: pa.RecordBatch) -> Iterator[str]:
     """The GeoJSON features of a batch: ``type``, ``properties``, ``geometry``; no ``id``."""
-    geometries = shapely.to_geojson(
-        shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
-    )
+    geometries = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
     for properties, geometry in zip(rows, geometries, strict=True):
-        properties_json = json.dumps(properties)
-        yield f'{{"type": "Feature", "properties": {properties_json}, "geometry": {geometry}}}'
+        feature = {"type": "Feature", "properties": properties, "geometry": mapping(geometry)}
+        yield json.dumps(feature)
 
 
 def _write_level(

@@ -15,27 +15,31 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import shapely
+from shapely.geometry import mapping
 
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_assets.science.scoring import N_SCORES
+from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
 from ocr_assets.science.statistics import (
     LEVEL_GEOID_LENGTH,
     NATION_GEOID,
     SCORED,
     STAT_VARIABLES,
+    STATISTICS_COLUMNS,
     connect,
 )
 from ocr_assets.science.tiling import TileLayer, centroid_properties, tippecanoe_command
-from ocr_assets.step import dataset_metadata
 from ocr_assets.tiles import HISTOGRAM_COLUMNS, tippecanoe_binary
-from ocr_resources.layout import CENSUS_LEVELS
+from ocr_resources.layout import CENSUS_COLUMNS, CENSUS_LEVELS
+from ocr_resources.publication import vector_metadata
 from ocr_resources.storage import OcrStorage
 
 
 def level_statistics(
     con: duckdb.DuckDBPyConnection, buildings: pa.Table | object, level: str
 ) -> pd.DataFrame:
-    """One row per unit with buildings: GEOID, building_count, mean_* / median_*, histograms.
+    """One row per unit with buildings: GEOID, building_count, <var>_mean / <var>_median,
+    histograms (zeros, then the nonzero values in the published bins (previous, edge], in
+    float32, counted with numpy).
 
     ``buildings`` is anything DuckDB can scan (a pyarrow Table or Dataset) with GEOID and the
     statistic variables. Column names come from the constants above; values are parameters.
@@ -45,30 +49,34 @@ def level_statistics(
     length = LEVEL_GEOID_LENGTH[level]
     con.register("buildings_scan", buildings)
     aggregates = ", ".join(
-        f"avg({v})::DOUBLE AS mean_{v}, median({v})::DOUBLE AS median_{v}" for v in STAT_VARIABLES
+        [f"avg({v})::DOUBLE AS {v}_mean" for v in STAT_VARIABLES]
+        + [f"median({v})::DOUBLE AS {v}_median" for v in STAT_VARIABLES]
     )
     unit = "CASE WHEN $len = 0 THEN $nation ELSE substr(GEOID, 1, $len) END"
+    params = {"len": length, "nation": NATION_GEOID}
     stats = con.execute(
         f"SELECT {unit} AS GEOID, count(*) AS building_count, {aggregates} "
         "FROM buildings_scan GROUP BY 1 ORDER BY 1",
-        {"len": length, "nation": NATION_GEOID},
+        params,
     ).df()
+    values = con.execute(
+        f"SELECT {unit} AS GEOID, {', '.join(SCORED.values())} FROM buildings_scan", params
+    ).df()
+    edges = np.array(HISTOGRAM_BOUNDARIES, np.float32)
     for column, variable in SCORED.items():
-        counts = con.execute(
-            f"SELECT {unit} AS GEOID, risk_score({variable}) AS score, count(*) AS n "
-            "FROM buildings_scan GROUP BY 1, 2",
-            {"len": length, "nation": NATION_GEOID},
-        ).df()
-        table = counts.pivot_table(index="GEOID", columns="score", values="n", fill_value=0)
-        table = table.reindex(columns=range(N_SCORES), fill_value=0).reindex(stats["GEOID"])
-        stats[column] = [row.astype(np.int64).tolist() for row in table.to_numpy()]
+        hists = {}
+        for geoid, group in values.groupby("GEOID"):
+            v = group[variable].to_numpy(np.float32)
+            bins = np.bincount(np.searchsorted(edges, v[v != 0], side="left"), minlength=11)
+            hists[geoid] = [int((v == 0).sum()), *map(int, bins[:10])]
+        stats[column] = [hists[g] for g in stats["GEOID"]]
     con.unregister("buildings_scan")
     stats["building_count"] = stats["building_count"].astype(np.int64)
     return stats
 
 
 def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
-    """One GeoParquet per census level: statistics joined to the unit's name and polygon.
+    """One GeoParquet per census level: statistics joined to the unit's names and polygon.
 
     Every level is computed (and its census input checked) before the first is written, so a
     bad census level leaves all earlier statistics as they were, not a mix of old and new.
@@ -79,17 +87,22 @@ def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
     for level in CENSUS_LEVELS:
         stats = level_statistics(con, buildings, level)
         census = storage.read_census(level)
-        keep = ["GEOID", "NAME", *(["STUSPS"] if "STUSPS" in census else []), "geometry"]
-        units = census[keep].merge(stats, on="GEOID", how="inner", validate="one_to_one")
+        names = list(CENSUS_COLUMNS[level])
+        units = census[[*names, "geometry"]].merge(
+            stats, on="GEOID", how="inner", validate="one_to_one"
+        )
         missing = set(stats["GEOID"]) - set(units["GEOID"])
         if missing:
             raise ValueError(
                 f"{len(missing)} {level} GEOID(s) of buildings are not in the census input, "
                 f"e.g. {sorted(missing)[:3]}"
             )
-        tables[level] = gpd.GeoDataFrame(units, crs=census.crs)
+        ordered = units[[*names, *STATISTICS_COLUMNS, "geometry"]]
+        tables[level] = gpd.GeoDataFrame(ordered, crs=census.crs)
     for level, table in tables.items():
-        storage.write_geoparquet(table, storage.layout.region_summary_stats(level))
+        path = storage.layout.region_summary_stats(level)
+        with storage.atomic_path(path) as tmp:
+            table.to_parquet(tmp, compression="zstd", schema_version="1.1.0", index=False)
     return {level: len(table) for level, table in tables.items()}
 
 
@@ -97,22 +110,32 @@ def read_summary_statistics(storage, level):
     return gpd.read_parquet(storage.layout.region_summary_stats(level), filesystem=storage.fs)
 
 
-def write_analysis_files(storage: OcrStorage, version: str) -> dict[str, int]:
-    """Per level: ``stats.geojson`` and ``stats.csv`` with ``# key: value`` header lines."""
+def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, int]:
+    """Per level: ``stats.csv`` (``# key: value`` lines, then pandas' CSV) and
+    ``stats.geojson`` (type, metadata, features), each built whole in memory."""
     written: dict[str, int] = {}
+    metadata = vector_metadata(version)
     for level in CENSUS_LEVELS:
         stats = read_summary_statistics(storage, level)
+        columns = [c for c in stats.columns if c != "geometry"]
+        if level == "nation":
+            columns.remove("NAME")
         for column in HISTOGRAM_COLUMNS:
             stats[column] = [list(map(int, h)) for h in stats[column]]
-        # the census coordinates as they are (NAD83 as TIGER has it), no "crs" member: RFC 7946
-        # GeoJSON, as OCR writes it with ST_AsGeoJSON (GeoPandas adds one for a non-WGS 84 CRS)
-        plain = stats.set_crs(4326, allow_override=True)
-        storage.write_text(storage.layout.region_analysis(level, "geojson"), plain.to_json())
-        table = pd.DataFrame(stats.drop(columns="geometry"))
+        records = pd.DataFrame(stats[columns]).to_dict("records")
+        collection = {
+            "type": "FeatureCollection",
+            "metadata": metadata,
+            "features": [
+                {"type": "Feature", "properties": r, "geometry": mapping(g)}
+                for r, g in zip(records, stats.geometry, strict=True)
+            ],
+        }
+        storage.write_text(storage.layout.region_analysis(level, "geojson"), json.dumps(collection))
+        table = pd.DataFrame(stats[columns])
         for column in HISTOGRAM_COLUMNS:
-            table[column] = [json.dumps(h) for h in table[column]]
-        header = {"level": level, "rows": len(table), **dataset_metadata(version, "ODbL-1.0")}
-        lines = "".join(f"# {k}: {v}\n" for k, v in header.items())
+            table[column] = [json.dumps(h, separators=(",", ":")) for h in table[column]]
+        lines = "".join(f"# {k}: {v}\n" for k, v in metadata.items())
         storage.write_text(
             storage.layout.region_analysis(level, "csv"), lines + table.to_csv(index=False)
         )

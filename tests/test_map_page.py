@@ -334,7 +334,7 @@ def test_map_page_in_chromium(deployed):
             after = page.evaluate("map.getPaintProperty('centroids', 'circle-color')")
             tracts = page.evaluate("map.getPaintProperty('tracts-fill', 'fill-color')")
             assert "rps_2011" in json.dumps(before) and "rps_2047" in json.dumps(after)
-            assert "mean_rps_2047" in json.dumps(tracts)
+            assert "rps_2047_mean" in json.dumps(tracts)
             assert page.evaluate("ocrMap.year()") == "2047"
             assert page.locator("#legend-year").inner_text() == "2047"
             assert page.locator("canvas").screenshot() != before_pixels  # colours changed

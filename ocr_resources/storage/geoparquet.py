@@ -42,9 +42,7 @@ class GeoParquetWriter:
     schema's, not the source's.
     """
 
-    def __init__(
-        self, sink: BinaryIO, schema: pa.Schema, crs: Any, covering: bool = True
-    ) -> None:
+    def __init__(self, sink: BinaryIO, schema: pa.Schema, crs: Any, covering: bool = True) -> None:
         field = schema.field(GEOMETRY).with_metadata(
             {
                 b"ARROW:extension:name": b"geoarrow.wkb",

@@ -57,7 +57,7 @@ function scoreOf(rps) {
 
 function paintFor(layerId) {
   if (layerId === "buildings" || layerId === "centroids") return colorExpression(`rps_${year}`);
-  return colorExpression(`mean_rps_${year}`);
+  return colorExpression(`rps_${year}_mean`);
 }
 
 async function outline() {
@@ -102,7 +102,7 @@ function style(states) {
         minzoom,
         maxzoom,
         paint: {
-          "fill-color": colorExpression("mean_rps_2011"),
+          "fill-color": colorExpression("rps_2011_mean"),
           "fill-opacity": level === "tracts"
             ? ["interpolate", ["linear"], ["zoom"], 10, 0.85 * areaTint, 11, 0.45 * areaTint, 13, 0.25 * areaTint, 14, 0.1 * areaTint]
             : 0.85 * areaTint,
@@ -205,10 +205,10 @@ function unitHtml(feature) {
   }
   const rows = [
     ["buildings", p.building_count, 0],
-    [`mean RPS ${year} (%)`, p[`mean_rps_${year}`], 3],
-    [`median RPS ${year} (%)`, p[`median_rps_${year}`], 3],
-    [`mean BP ${year}`, p[`mean_bp_${year}`], 4],
-    ["mean CRPS (%)", p.mean_crps_scott, 2],
+    [`mean RPS ${year} (%)`, p[`rps_${year}_mean`], 3],
+    [`median RPS ${year} (%)`, p[`rps_${year}_median`], 3],
+    [`mean BP ${year}`, p[`bp_${year}_mean`], 4],
+    ["mean CRPS (%)", p.crps_scott_mean, 2],
   ];
   return `<h3>${escape(level ? level.label : "area")}: ${escape(p.NAME ?? "")}</h3>` +
     `<div>GEOID <code class="geoid">${escape(p.GEOID)}</code></div>` +
