@@ -74,6 +74,13 @@ def test_layout_paths():
     assert local.region_summary_stats("tracts") == (
         "/data/intermediate/fire-risk/vector/qa/region-summary-stats/tracts_summary_stats.parquet"
     )
+    # the analysis files' block folder is singular, as published; the other levels' are not
+    assert local.region_analysis("blocks", "csv") == (
+        "/data/output/fire-risk/vector/qa/region-analysis/block/stats.csv"
+    )
+    assert local.region_analysis("tracts", "geojson").endswith(
+        "/region-analysis/tracts/stats.geojson"
+    )
     assert local.bp_270m(2047) == (  # the published catalog's path under the input root
         "/data-inputs/input/fire-risk/tensor/USFS/riley-et-al-2025/2047-climate-run-270m-5070.icechunk"
     )
