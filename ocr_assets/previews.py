@@ -116,7 +116,7 @@ def choropleth_preview(units: gpd.GeoDataFrame, level: str) -> bytes:
     fig = Figure(figsize=(9.0, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, year in zip(axes, YEARS, strict=True):
-        classes = _scores(units[f"mean_rps_{year}"].to_numpy(np.float64)).filled(0)
+        classes = _scores(units[f"rps_{year}_mean"].to_numpy(np.float64)).filled(0)
         colors = [RISK_COLORS[c] for c in classes]
         gpd.GeoSeries(simplified, crs=units.crs).plot(
             ax=ax, color=colors, edgecolor="white", linewidth=0.3

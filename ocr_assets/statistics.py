@@ -58,7 +58,7 @@ def _statistics_schema(census: pa.Schema) -> pa.Schema:
     ]
     stats = [pa.field("building_count", pa.int64())]
     for v in STAT_VARIABLES:
-        stats += [pa.field(f"mean_{v}", pa.float64()), pa.field(f"median_{v}", pa.float64())]
+        stats += [pa.field(f"{v}_mean", pa.float64()), pa.field(f"{v}_median", pa.float64())]
     stats += [pa.field(c, pa.list_(pa.int64())) for c in SCORED]
     return pa.schema([*keys, pa.field("geometry", pa.binary()), *stats])
 

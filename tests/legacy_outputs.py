@@ -45,7 +45,7 @@ def level_statistics(
     length = LEVEL_GEOID_LENGTH[level]
     con.register("buildings_scan", buildings)
     aggregates = ", ".join(
-        f"avg({v})::DOUBLE AS mean_{v}, median({v})::DOUBLE AS median_{v}" for v in STAT_VARIABLES
+        f"avg({v})::DOUBLE AS {v}_mean, median({v})::DOUBLE AS {v}_median" for v in STAT_VARIABLES
     )
     unit = "CASE WHEN $len = 0 THEN $nation ELSE substr(GEOID, 1, $len) END"
     stats = con.execute(

@@ -125,7 +125,7 @@ def test_statistics_tables(graph):
         stats = gpd.read_parquet(lay.region_summary_stats(level))
         assert stats["building_count"].sum() == total
         for v in STAT_VARIABLES:
-            assert f"mean_{v}" in stats and f"median_{v}" in stats
+            assert f"{v}_mean" in stats and f"{v}_median" in stats
         assert all(len(h) == 11 for h in stats["risk_score_2011_hist"])
         assert ("STUSPS" in stats) == (level == "states")
         assert stats.geometry.notna().all()
@@ -135,7 +135,7 @@ def test_statistics_tables(graph):
         "SELECT avg(rps_2011) FROM read_parquet(?)", [lay.consolidated_buildings]
     ).fetchone()[0]
     nation = gpd.read_parquet(lay.region_summary_stats("nation"))
-    assert nation["mean_rps_2011"].iloc[0] == pytest.approx(mean, rel=1e-9)
+    assert nation["rps_2011_mean"].iloc[0] == pytest.approx(mean, rel=1e-9)
 
 
 def test_adding_a_region_adds_exactly_its_buildings(graph):

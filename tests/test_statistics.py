@@ -32,14 +32,14 @@ def test_hand_computed_means_medians_histograms():
     counties = level_statistics(con, table, "counties").set_index("GEOID")
     a = counties.loc["06003"]
     assert a["building_count"] == 3
-    assert a["mean_rps_2011"] == pytest.approx((0 + 0.01 + 0.02) / 3, rel=1e-6)
-    assert a["median_rps_2011"] == pytest.approx(0.01, rel=1e-6)
+    assert a["rps_2011_mean"] == pytest.approx((0 + 0.01 + 0.02) / 3, rel=1e-6)
+    assert a["rps_2011_median"] == pytest.approx(0.01, rel=1e-6)
     assert a["risk_score_2011_hist"] == [1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
     assert counties.loc["06005", "risk_score_2011_hist"] == [0] * 10 + [1]
     nation = level_statistics(con, table, "nation")
     assert nation["GEOID"].tolist() == ["US"] and nation["building_count"].tolist() == [5]
     assert nation["risk_score_2011_hist"][0] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1]
-    assert nation["median_rps_2011"][0] == pytest.approx(0.01, rel=1e-6)
+    assert nation["rps_2011_median"][0] == pytest.approx(0.01, rel=1e-6)
     states = level_statistics(con, table, "states").set_index("GEOID")
     assert states["building_count"].to_dict() == {"06": 4, "32": 1}
     tracts = level_statistics(con, table, "tracts").set_index("GEOID")

@@ -59,7 +59,7 @@ def test_previews_are_large_enough_to_read():
     from shapely.geometry import box
 
     units = gpd.GeoDataFrame(
-        {"mean_rps_2011": [0.0, 0.5], "mean_rps_2047": [0.1, 2.0]},
+        {"rps_2011_mean": [0.0, 0.5], "rps_2047_mean": [0.1, 2.0]},
         geometry=[box(0, 0, 1, 1), box(1, 0, 2, 1)],
         crs="EPSG:4326",
     )

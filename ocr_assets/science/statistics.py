@@ -118,7 +118,7 @@ def statistics_query(level: str) -> tuple[str, dict[str, object]]:
     params = {**params, **MEAN_PARAMETERS}
     scores = ", ".join(f"risk_score({variable}) AS {column}" for column, variable in SCORED.items())
     aggregates = ", ".join(
-        f"{exact_mean(v)} AS mean_{v}, {order_free_median(v)} AS median_{v}" for v in STAT_VARIABLES
+        f"{exact_mean(v)} AS {v}_mean, {order_free_median(v)} AS {v}_median" for v in STAT_VARIABLES
     )
     histograms = ", ".join(
         "["
