@@ -273,3 +273,38 @@ def test_region_features_carry_their_statistics_under_numeric_keys(tiles):
                     assert json.loads(props[key]) == row[column] and len(row[column]) == 11
                 else:
                     assert props[key] == row[column], (level, geoid, column)
+
+
+def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_target(tmp_path):
+    """put_pmtiles rewrites the header and metadata only: every tile reads back the same; an
+    archive it cannot lay out is refused by name and the previous target stays."""
+    storage = OcrStorage(root=str(tmp_path))
+    square = shapely.box(-120.5, 38.0, -120.4, 38.1)
+    gdf = gpd.GeoDataFrame(
+        {name: np.full(3, 0.5, np.float32) for name in BUILDING_KEYS.values()},
+        geometry=[shapely.affinity.translate(square, i, 0) for i in range(3)],
+        crs="EPSG:4326",
+    )
+    storage.write_geoparquet(gdf, storage.layout.consolidated_buildings)
+    build_tileset(storage, TILESET_BY_ARCHIVE["buildings"])
+    target = storage.layout.pmtiles("buildings")
+    with open(target, "rb") as f:
+        reader = Reader(MmapSource(f))
+        before = dict(all_tiles(reader.get_bytes))
+    moved = str(tmp_path / "again.pmtiles")
+    storage.put_pmtiles(target, moved, {"notice": "x" * 5000, "key_map": {"risk": {}}})
+    with open(moved, "rb") as f:
+        reader = Reader(MmapSource(f))
+        assert dict(all_tiles(reader.get_bytes)) == before
+        metadata = reader.metadata()
+    assert metadata["notice"] == "x" * 5000 and metadata["key_map"] == {"risk": {}}
+    assert metadata["name"] == "building" and metadata["license_name"] == "ODBL"
+
+    kept = Path(moved).read_bytes()
+    shuffled = bytearray(Path(target).read_bytes())
+    shuffled[8:16] = (200).to_bytes(8, "little")  # the root directory no longer after the header
+    bad = tmp_path / "bad.pmtiles"
+    bad.write_bytes(bytes(shuffled))
+    with pytest.raises(ValueError, match=r"bad\.pmtiles: expected a PMTiles v3 archive laid out"):
+        storage.put_pmtiles(str(bad), moved, {})
+    assert Path(moved).read_bytes() == kept
