@@ -63,7 +63,7 @@ from ocr_assets.science.sampling import RISK_VARIABLES, region_buildings_table
 from ocr_assets.science.spreading import ITERATIONS
 from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.science.timing import StageTimer
-from ocr_assets.tiles import TILESETS, build_tileset, tippecanoe_binary, write_flatgeobuf
+from ocr_assets.tiles import TILESETS, build_tileset, tippecanoe_binary, write_layer
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.regions import wind_tiles
 
@@ -299,8 +299,8 @@ def bench_region(count: int, variant: str = "published") -> dict:
 
 
 def bench_tiles(n_buildings: int) -> dict:
-    """Each building tile step (read GeoParquet, write FlatGeobuf, tippecanoe, move into
-    place) against tippecanoe alone on the same FlatGeobuf with the same options."""
+    """Each building tile step (read GeoParquet, write GeoJSON lines, tippecanoe, move into
+    place) against tippecanoe alone on the same GeoJSON lines with the same flags."""
     out: dict = {}
     with tempfile.TemporaryDirectory() as root:
         *_, buildings = synthetic_region(
@@ -315,16 +315,16 @@ def bench_tiles(n_buildings: int) -> dict:
         storage.write_geoparquet(table, storage.layout.consolidated_buildings)
         for spec in (t for t in TILESETS if t.upstream == "buildings_geoparquet"):
             start = time.perf_counter()
-            build_tileset(storage, spec.archive, spec.layers, spec.zoom, spec.tippecanoe_options)
+            build_tileset(storage, spec)
             step = time.perf_counter() - start
-            fgb = Path(root) / f"{spec.archive}.fgb"
-            write_flatgeobuf(spec.layers(storage)["risk"], fgb)
+            lines = Path(root) / f"{spec.archive}.ndjson"
+            write_layer(spec.layers(storage, spec)["risk"], lines)
             argv = tippecanoe_command(
                 tippecanoe_binary(),
                 Path(root) / "alone.pmtiles",
-                [TileLayer("risk", fgb)],
-                spec.zoom,
-                spec.tippecanoe_options,
+                spec.name,
+                [TileLayer("risk", lines)],
+                spec.flags,
             )
             start = time.perf_counter()
             subprocess.run(argv, check=True, capture_output=True)

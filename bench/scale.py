@@ -339,17 +339,11 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
 
 # tippecanoe alone on the same features -----------------------------------------------------
 def tippecanoe_alone(root: str, scratch: str) -> dict:
-    """Per tileset: write its layers to FlatGeobuf (timed apart), then tippecanoe alone with
-    the tileset's zooms and options; wall time and peak RSS of tippecanoe."""
+    """Per tileset: write its layers to GeoJSON lines (timed apart), then tippecanoe alone
+    with the tileset's flags; wall time and peak RSS of tippecanoe."""
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.science.tiling import TileLayer, tippecanoe_command
-    from ocr_assets.tiles import (
-        TILESETS,
-        building_layers,
-        regional_layers,
-        tippecanoe_binary,
-        write_flatgeobuf,
-    )
+    from ocr_assets.tiles import TILESETS, tippecanoe_binary, write_layer
     from ocr_resources.storage import OcrStorage
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
@@ -358,22 +352,17 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
         folder = Path(scratch) / spec.archive
         folder.mkdir(parents=True)
         start = time.perf_counter()
-        # the step's own layer sources and FlatGeobuf writer: the same features, same order
-        if spec.archive == "regions":
-            sources = regional_layers(storage)
-        else:
-            sources = building_layers(storage, centroids=spec.archive == "building_centroids")
-        layers = [TileLayer(name, folder / f"{name}.fgb") for name in sources]
-        features = {
-            layer.name: write_flatgeobuf(sources[layer.name], layer.source) for layer in layers
-        }
+        # the step's own layer sources and writer: the same features, same order
+        sources = spec.layers(storage, spec)
+        layers = [TileLayer(name, folder / f"{name}.ndjson") for name in sources]
+        features = {layer.name: write_layer(sources[layer.name], layer.source) for layer in layers}
         write_s = time.perf_counter() - start
         argv = tippecanoe_command(
             tippecanoe_binary(),
             folder / f"{spec.archive}.pmtiles",
+            spec.name,
             layers,
-            spec.zoom,
-            spec.tippecanoe_options,
+            spec.flags,
         )
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -383,15 +372,14 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
             raise RuntimeError(f"tippecanoe alone failed: {proc.stderr.read()[-2000:]!r}")
         out[spec.key] = {
             "features": features,
-            "fgb_write_s": round(write_s, 2),
-            "fgb_mib": round(sum(p.stat().st_size for p in folder.glob("*.fgb")) / MIB, 1),
+            "lines_write_s": round(write_s, 2),
+            "lines_mib": round(sum(p.stat().st_size for p in folder.glob("*.ndjson")) / MIB, 1),
             "tippecanoe_s": round(alone_s, 2),
             "tippecanoe_peak_rss_mib": round(sampler.peak[0] / MIB),
             "tippecanoe_peak_anon_mib": round(sampler.peak[1] / MIB),
             "tippecanoe_cpu_s": round(sampler.cpu_s, 1),
             "other_cpu_s": round(sampler.other_cpu_s, 1),
-            "zoom": list(spec.zoom),
-            "options": list(spec.tippecanoe_options),
+            "flags": list(spec.flags),
         }
         shutil.rmtree(folder)
     return out
@@ -542,7 +530,7 @@ def print_config(result: dict) -> None:
         print(
             f"   {key}: step {step['wall_s']:.1f} s vs tippecanoe alone "
             f"{alone['tippecanoe_s']:.1f} s = {step['wall_s'] / alone['tippecanoe_s']:.2f}× "
-            f"(FlatGeobuf write {alone['fgb_write_s']:.1f} s, {alone['fgb_mib']} MiB; "
+            f"(GeoJSON lines write {alone['lines_write_s']:.1f} s, {alone['lines_mib']} MiB; "
             f"tippecanoe peak {alone['tippecanoe_peak_rss_mib']:,} MiB)"
         )
     if "storage_mib" in result:

@@ -1,67 +1,68 @@
-"""PMTiles for the web map (DESIGN §2, §6), generated from one table (``TILESETS``).
+"""The three PMTiles archives as OCR publishes them (PUBLISHED §4.6), from one table
+(``TILESETS``): layer and tileset names, numeric keys, tippecanoe flags, centroid rule.
 
-- `regional_pmtiles` (phase02): `region_risk_summary_stats` → `regions.pmtiles`, a layer per level
+- `regional_pmtiles` (phase02): `region_risk_summary_stats` → `regions.pmtiles`, a layer per
+  census level
 - `building_centroid_pmtiles` (phase03): `buildings_geoparquet` → `building_centroids.pmtiles`
-- `building_pmtiles` (phase03): `buildings_geoparquet` → `buildings.pmtiles` (layer `risk`)
+- `building_pmtiles` (phase03): `buildings_geoparquet` → `buildings.pmtiles`
+
+Each layer is streamed, a batch at a time, into newline-delimited GeoJSON features in a scratch
+folder (the input OCR gives tippecanoe), tiled, and moved into place with its key map and the
+vector products' metadata in the archive's metadata.
 """
 
-import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
+from typing import IO, Any
 
 import dagster as dg
+import duckdb
+import numpy as np
 import pyarrow as pa
-import pyogrio
 import shapely
-import shapely.geometry
 
 from ocr_assets.constants import PHASE03_GROUP
-from ocr_assets.science.statistics import (
-    CENSUS_LEVELS,
-    SCORED,
-)
 from ocr_assets.science.tiling import (
-    BUILDING_PROPERTIES,
-    BUILDINGS_ZOOM,
-    CENTROIDS_ZOOM,
-    REGIONS_ZOOM,
+    BBOX,
+    BUILDING_FLAGS,
+    BUILDING_KEYS,
+    CENTROID_DECIMALS,
+    CENTROID_FLAGS,
+    CENTROID_KEYS,
+    REGION_FLAGS,
+    REGION_KEYS,
+    REGION_LEVEL_NAMES,
     TileLayer,
-    centroid_properties,
+    centroid_rows,
+    feature_lines,
+    key_map,
+    region_key_map,
     tippecanoe_command,
 )
-from ocr_assets.statistics import statistics_batches
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
+from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
-HISTOGRAM_COLUMNS = tuple(SCORED)
-
-
 # argv[0] of tippecanoe, recorded in the archive's metadata: its name, not this machine's path
 TIPPECANOE = "tippecanoe"
+BUILDING_LAYER = "risk"
+# tippecanoe's minimum zoom when no -Z is given
+DEFAULT_MIN_ZOOM = 0
 
 
 class ToolMissingError(RuntimeError):
     """An external program the step needs is not installed."""
 
 
-@dataclass(frozen=True)
-class LayerSource:
-    """One tile layer: its features as record batches with a WKB ``geometry`` column, made
-    when tiling starts (a fresh stream each time it is called)."""
-
-    schema: pa.Schema
-    batches: Callable[[], Iterator[pa.RecordBatch]]
-    # FlatGeobuf's spatial index puts the features in Hilbert-curve order, the order tippecanoe
-    # then reads them in (which decides the tiny polygons it keeps at low zooms); it holds
-    # memory per feature while the file is written (bench/scale.py), so only small layers use it
-    spatial_index: bool = False
+# A tile layer's GeoJSON Feature lines in batches, made when tiling starts (a fresh stream
+# each time it is called)
+LayerSource = Callable[[], Iterator[pa.Array]]
 
 
 def tippecanoe_binary() -> str:
@@ -91,193 +92,206 @@ def _unwrapped(program: str) -> str:
     return str(binary) if binary.is_file() else program
 
 
-def write_flatgeobuf(source: LayerSource, path: Path) -> int:
-    """Stream a layer into a FlatGeobuf file; the feature count."""
+def write_lines(lines: pa.Array, f: IO[bytes]) -> None:
+    """A string array's text as it is in memory (each element ends its own line)."""
+    if lines.null_count:
+        raise ValueError("a feature line is null")
+    width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
+    offsets = np.frombuffer(lines.buffers()[1], width)[lines.offset : lines.offset + len(lines) + 1]
+    if len(lines):
+        f.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
+
+
+def write_layer(source: LayerSource, path: Path) -> int:
+    """Stream a layer into a newline-delimited GeoJSON file; the feature count."""
     count = 0
-
-    def counted() -> Iterator[pa.RecordBatch]:
-        nonlocal count
-        for batch in source.batches():
-            count += batch.num_rows
-            yield batch
-
-    pyogrio.write_arrow(
-        pa.RecordBatchReader.from_batches(source.schema, counted()),
-        str(path),
-        driver="FlatGeobuf",
-        geometry_name="geometry",
-        geometry_type="Unknown",
-        crs="EPSG:4326",
-        layer_options={"SPATIAL_INDEX": "YES" if source.spatial_index else "NO"},
-    )
+    with open(path, "wb") as f:
+        for lines in source():
+            write_lines(lines, f)
+            count += len(lines)
     return count
-
-
-def build_pmtiles(
-    storage: OcrStorage,
-    name: str,
-    layers: dict[str, LayerSource],
-    zoom: tuple[int, int],
-    extra: tuple[str, ...] = (),
-) -> dict:
-    """Stream each layer to FlatGeobuf in a scratch folder, tile it, move the archive into
-    place.
-
-    The scratch folder is removed afterwards, and by the next tile step if this process is
-    killed (``scratch_dir``). tippecanoe writes its command line into the archive's metadata
-    (``generator_options``) and names the tileset after the output path, so it runs inside
-    the scratch folder on relative names, as plain ``tippecanoe``: the same inputs give the
-    same archive, byte for byte, wherever and whenever it runs.
-    """
-    binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
-    with scratch_dir(f"pmtiles-{name}") as scratch:
-        sources, features = [], {}
-        for layer, source in layers.items():
-            path = Path(f"{layer}.fgb")
-            features[layer] = write_flatgeobuf(source, scratch / path)
-            sources.append(TileLayer(layer, path))
-        output = Path(f"{name}.pmtiles")
-        argv = tippecanoe_command(TIPPECANOE, output, sources, zoom, extra)
-        done = subprocess.run(
-            argv, executable=binary, cwd=scratch, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"tippecanoe failed for {name} ({done.returncode}): {done.stderr[-2000:]}"
-            )
-        size = storage.put_file(str(scratch / output), storage.layout.pmtiles(name))
-    return {"bytes": size, "layers": list(layers), "features": features}
-
-
-def build_tileset(
-    storage: OcrStorage,
-    name: str,
-    layers: Callable[[OcrStorage], dict[str, LayerSource]],
-    zoom: tuple[int, int],
-    extra: tuple[str, ...] = (),
-) -> dict:
-    """Describe the layers and tile them (one call, so it can run on a remote worker)."""
-    return build_pmtiles(storage, name, layers(storage), zoom, extra)
-
-
-def building_layers(
-    storage: OcrStorage, centroids: bool = False, batch_rows: int = BATCH_ROWS
-) -> dict[str, LayerSource]:
-    """The ``risk`` layer from the consolidated buildings, a batch at a time: polygons, or
-    centroid points where both RPS > 0 with values rounded to 3 decimals."""
-    path = storage.layout.consolidated_buildings
-    columns = [*BUILDING_PROPERTIES, "geometry"]
-    source = storage.parquet_schema(path)
-    if not centroids:
-        schema = pa.schema([source.field(c).remove_metadata() for c in columns])
-        return {
-            "risk": LayerSource(schema, lambda: storage.iter_batches(path, columns, batch_rows))
-        }
-
-    def points() -> Iterator[pa.RecordBatch]:
-        for batch in storage.iter_batches(path, columns, batch_rows):
-            values = {
-                k: batch.column(k).to_numpy(zero_copy_only=False) for k in BUILDING_PROPERTIES
-            }
-            rounded, keep = centroid_properties(values)
-            polygons = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
-            wkb = shapely.to_wkb(shapely.centroid(polygons[keep]))
-            yield pa.RecordBatch.from_arrays(
-                [*(pa.array(rounded[k]) for k in BUILDING_PROPERTIES), pa.array(wkb, pa.binary())],
-                schema=point_schema,
-            )
-
-    point_schema = pa.schema(
-        [
-            *(pa.field(k, pa.float64()) for k in BUILDING_PROPERTIES),
-            pa.field("geometry", pa.binary()),
-        ]
-    )
-    return {"risk": LayerSource(point_schema, points)}
-
-
-def regional_layers(storage: OcrStorage, batch_rows: int = BATCH_ROWS) -> dict[str, LayerSource]:
-    """One layer per census level from its statistics file, a batch at a time; histograms as
-    JSON text (FlatGeobuf has no list type)."""
-
-    def level_layer(level: str) -> LayerSource:
-        path = storage.layout.region_summary_stats(level)
-        names = [n for n in storage.parquet_schema(path).names if n != "bbox"]
-        stored = storage.parquet_schema(path)
-        schema = pa.schema(
-            [
-                pa.field(n, pa.string())
-                if n in HISTOGRAM_COLUMNS
-                else stored.field(n).remove_metadata()
-                for n in names
-            ]
-        )
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            for batch in statistics_batches(storage, level, batch_rows):
-                columns = [
-                    pa.array([json.dumps(h) for h in batch.column(n).to_pylist()], pa.string())
-                    if n in HISTOGRAM_COLUMNS
-                    else batch.column(n)
-                    for n in names
-                ]
-                yield pa.RecordBatch.from_arrays(columns, schema=schema)
-
-        return LayerSource(schema, batches, spatial_index=True)
-
-    return {level: level_layer(level) for level in CENSUS_LEVELS}
-
-
-# tippecanoe's FlatGeobuf reader passes integer and float32 attributes on as strings, which a
-# map cannot colour by; typing them keeps them numbers in the tiles
-NUMBERS = tuple(f"--attribute-type={name}:float" for name in BUILDING_PROPERTIES)
-COUNTS = ("--attribute-type=building_count:int",)
 
 
 @dataclass(frozen=True)
 class Tileset:
+    """One archive: its asset, file, tileset name (``-n``), layers with their key maps, flags
+    and source."""
+
     key: str
-    archive: str
+    archive: str  # the file's name in the layout (PMTILES_NAMES)
+    name: str  # tippecanoe's -n, the metadata's "name"
     upstream: str
-    zoom: tuple[int, int]
-    layers: Callable[[OcrStorage], dict[str, LayerSource]]
-    tippecanoe_options: tuple[str, ...]
+    key_maps: dict[str, dict[str, str]]  # layer → {"0": column, …}, layers in tippecanoe's order
+    keys: tuple[str, ...]  # every key's column, by number (what "0", "1", … hold)
+    flags: tuple[str, ...]
+    min_zoom: int  # what the header must say (-Z, or tippecanoe's default)
+    layers: Callable[..., dict[str, LayerSource]]  # (storage, spec, batch_rows) → layers
     description: str
+    centroids: bool = False  # points where both RPS > 0, values rounded (OCR's centroid rule)
 
     @property
-    def layer_names(self) -> list[str]:
-        return list(CENSUS_LEVELS) if self.archive == "regions" else ["risk"]
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(self.key_maps)
+
+
+def building_layers(
+    storage: OcrStorage, spec: Tileset, batch_rows: int = BATCH_ROWS
+) -> dict[str, LayerSource]:
+    """The ``risk`` layer, one feature per building of the consolidated file (the region
+    files' rows, in region order), a batch at a time: polygons, or centroid points."""
+    path = storage.layout.consolidated_buildings
+    keys = spec.key_maps[BUILDING_LAYER]
+    columns = list(keys.values())
+
+    def lines() -> Iterator[pa.Array]:
+        con = duckdb.connect()
+        for batch in storage.iter_batches(path, [*columns, "geometry"], batch_rows):
+            table = pa.Table.from_batches([batch])
+            if spec.centroids:
+                values = {k: table.column(k).to_numpy() for k in CENTROID_KEYS}
+                table = table.filter(pa.array(centroid_rows(values)))
+            polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+            yield feature_lines(
+                con,
+                table.select(columns),
+                polygons,
+                keys,
+                centroids=spec.centroids,
+                decimals=CENTROID_DECIMALS if spec.centroids else None,
+            )
+
+    return {BUILDING_LAYER: lines}
+
+
+def regional_layers(
+    storage: OcrStorage, spec: Tileset, batch_rows: int = BATCH_ROWS
+) -> dict[str, LayerSource]:
+    """One layer per census level from its statistics file, a batch at a time."""
+
+    def level_layer(level: str) -> LayerSource:
+        path = storage.layout.region_summary_stats(level)
+        keys = spec.key_maps[level]
+        columns = [c for c in keys.values() if c != BBOX]
+        missing = set(columns) - set(storage.parquet_schema(path).names)
+        if missing:
+            raise ValueError(f"{path} has no column(s) {sorted(missing)} for the {level} tiles")
+
+        def lines() -> Iterator[pa.Array]:
+            con = duckdb.connect()
+            for batch in storage.iter_batches(path, [*columns, "geometry"], batch_rows):
+                table = pa.Table.from_batches([batch])
+                polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+                yield feature_lines(con, table.select(columns), polygons, keys)
+
+        return lines
+
+    return {level: level_layer(level) for level in spec.layer_names}
 
 
 TILESETS: tuple[Tileset, ...] = (
     Tileset(
         "regional_pmtiles",
         "regions",
+        "regions",
         "region_risk_summary_stats",
-        REGIONS_ZOOM,
+        {level: region_key_map(level) for level in REGION_LEVEL_NAMES},
+        REGION_KEYS,
+        REGION_FLAGS,
+        DEFAULT_MIN_ZOOM,
         regional_layers,
-        ("--detect-shared-borders", "--no-tile-size-limit", *COUNTS),
-        "Census-unit statistics, one layer per level (nation … blocks).",
+        "Census-unit statistics under numeric keys, one layer per level (counties, tracts, "
+        "blocks, states, nation).",
     ),
     Tileset(
         "building_centroid_pmtiles",
         "building_centroids",
+        "centroid",
         "buildings_geoparquet",
-        CENTROIDS_ZOOM,
-        partial(building_layers, centroids=True),
-        ("-r1", "--drop-densest-as-needed", *NUMBERS),
-        "Building centroids where both RPS > 0, values rounded to 3 decimals (layer risk).",
+        {BUILDING_LAYER: key_map(CENTROID_KEYS)},
+        CENTROID_KEYS,
+        CENTROID_FLAGS,
+        DEFAULT_MIN_ZOOM,
+        building_layers,
+        "Building centroids where both RPS > 0, RPS rounded to 3 decimals (layer risk).",
+        centroids=True,
     ),
     Tileset(
         "building_pmtiles",
         "buildings",
+        "building",
         "buildings_geoparquet",
-        BUILDINGS_ZOOM,
+        {BUILDING_LAYER: key_map(BUILDING_KEYS)},
+        BUILDING_KEYS,
+        BUILDING_FLAGS,
+        6,  # "-Z 6"
         building_layers,
-        ("--drop-densest-as-needed", *NUMBERS),
-        "Building polygons with RPS, BP and CRPS values (layer risk), zoom 6 to street level.",
+        "Building polygons with RPS, BP and CRPS under numeric keys (layer risk), from zoom 6.",
     ),
 )
+TILESET_BY_ARCHIVE: dict[str, Tileset] = {spec.archive: spec for spec in TILESETS}
+
+
+def build_pmtiles(storage: OcrStorage, spec: Tileset, layers: dict[str, LayerSource]) -> dict:
+    """Stream each layer to GeoJSON lines in a scratch folder, tile it, move the archive into
+    place with the key maps and the vector products' metadata added to its metadata.
+
+    The scratch folder is removed afterwards, and by the next tile step if this process is
+    killed (``scratch_dir``). tippecanoe writes its command line into the archive's metadata
+    (``generator_options``), so it runs inside the scratch folder on relative names, as plain
+    ``tippecanoe``: the same inputs give the same archive, byte for byte, wherever it runs.
+    """
+    binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
+    with scratch_dir(f"pmtiles-{spec.archive}") as scratch:
+        sources, features = [], {}
+        for layer, source in layers.items():
+            path = Path(f"{layer}.ndjson")
+            features[layer] = write_layer(source, scratch / path)
+            sources.append(TileLayer(layer, path))
+        output = Path(f"{spec.archive}.pmtiles")
+        argv = tippecanoe_command(TIPPECANOE, output, spec.name, sources, spec.flags)
+        done = subprocess.run(
+            argv, executable=binary, cwd=scratch, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"tippecanoe failed for {spec.archive} ({done.returncode}): {done.stderr[-2000:]}"
+            )
+        target = storage.layout.pmtiles(spec.archive)
+        added = {
+            "key_map": {layer: spec.key_maps[layer] for layer in layers},
+            **vector_metadata(storage.version),
+        }
+        size = storage.put_pmtiles(str(scratch / output), target, added)
+    summary = storage.pmtiles_summary(target)
+    return {
+        "bytes": size,
+        "layers": list(layers),
+        "features": features,
+        "min_zoom": summary["min_zoom"],
+        "max_zoom": summary["max_zoom"],
+    }
+
+
+def build_tileset(storage: OcrStorage, spec: Tileset, batch_rows: int = BATCH_ROWS) -> dict:
+    """Describe the layers and tile them (one call, so it can run on a remote worker)."""
+    return build_pmtiles(storage, spec, spec.layers(storage, spec, batch_rows))
+
+
+def archive_problems(spec: Tileset, summary: dict[str, Any]) -> list[str]:
+    """What the written archive gets wrong against the table: tileset name, layers, key maps,
+    minimum zoom (the maximum is tippecanoe's guess, -zg)."""
+    problems = []
+    if summary["name"] != spec.name:
+        problems.append(f"tileset name {summary['name']!r}, expected {spec.name!r}")
+    if sorted(summary["layers"]) != sorted(spec.layer_names):
+        problems.append(f"layers {summary['layers']}, expected {list(spec.layer_names)}")
+    if summary["min_zoom"] != spec.min_zoom or summary["max_zoom"] < spec.min_zoom:
+        problems.append(
+            f"zooms {summary['min_zoom']}–{summary['max_zoom']}, expected from {spec.min_zoom}"
+        )
+    if summary["key_map"] != spec.key_maps:
+        problems.append(f"key map {summary['key_map']}, expected {spec.key_maps}")
+    return problems
 
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
@@ -286,21 +300,9 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:
-        step = run_step(
-            context,
-            storage,
-            compute,
-            build_tileset,
-            spec.archive,
-            spec.layers,
-            spec.zoom,
-            spec.tippecanoe_options,
-        )
+        step = run_step(context, storage, compute, build_tileset, spec)
         return step.materialize(
-            path=dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)),
-            **step.result,
-            min_zoom=spec.zoom[0],
-            max_zoom=spec.zoom[1],
+            path=dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)), **step.result
         )
 
     return _build
@@ -310,15 +312,17 @@ def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=spec.key,
         name=f"{spec.key}_header_and_layers",
-        description=f"The archive's header says zooms {spec.zoom[0]}–{spec.zoom[1]} and its "
-        f"metadata lists exactly the layers {', '.join(spec.layer_names)}.",
+        description=f"The archive is tileset {spec.name!r} with exactly the layers "
+        f"{', '.join(spec.layer_names)}, minimum zoom {spec.min_zoom}, and each layer's key "
+        "map in its metadata.",
     )
     def _check(storage: OcrStorage) -> dg.AssetCheckResult:
         summary = storage.pmtiles_summary(storage.layout.pmtiles(spec.archive))
-        ok = (summary["min_zoom"], summary["max_zoom"]) == spec.zoom and sorted(
-            summary["layers"]
-        ) == sorted(spec.layer_names)
-        return dg.AssetCheckResult(passed=ok, metadata=summary)
+        problems = archive_problems(spec, summary)
+        return dg.AssetCheckResult(
+            passed=not problems,
+            metadata={**summary, "key_map": str(summary["key_map"]), "problems": str(problems)},
+        )
 
     return _check
 

@@ -5,19 +5,14 @@ kept here only as the reference the streaming writers are compared with on the s
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
-from pathlib import Path
 
 import duckdb
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import shapely
 from shapely.geometry import mapping
 
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
 from ocr_assets.science.statistics import (
     LEVEL_GEOID_LENGTH,
@@ -27,8 +22,6 @@ from ocr_assets.science.statistics import (
     STATISTICS_COLUMNS,
     connect,
 )
-from ocr_assets.science.tiling import TileLayer, centroid_properties, tippecanoe_command
-from ocr_assets.tiles import HISTOGRAM_COLUMNS, tippecanoe_binary
 from ocr_resources.layout import CENSUS_COLUMNS, CENSUS_LEVELS
 from ocr_resources.publication import vector_metadata
 from ocr_resources.storage import OcrStorage
@@ -120,7 +113,7 @@ def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, 
         columns = [c for c in stats.columns if c != "geometry"]
         if level == "nation":
             columns.remove("NAME")
-        for column in HISTOGRAM_COLUMNS:
+        for column in SCORED:
             stats[column] = [list(map(int, h)) for h in stats[column]]
         records = pd.DataFrame(stats[columns]).to_dict("records")
         collection = {
@@ -133,7 +126,7 @@ def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, 
         }
         storage.write_text(storage.layout.region_analysis(level, "geojson"), json.dumps(collection))
         table = pd.DataFrame(stats[columns])
-        for column in HISTOGRAM_COLUMNS:
+        for column in SCORED:
             table[column] = [json.dumps(h, separators=(",", ":")) for h in table[column]]
         lines = "".join(f"# {k}: {v}\n" for k, v in metadata.items())
         storage.write_text(
@@ -141,57 +134,3 @@ def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, 
         )
         written[level] = len(table)
     return written
-
-
-def build_pmtiles(
-    storage: OcrStorage,
-    name: str,
-    layers: dict[str, gpd.GeoDataFrame],
-    zoom: tuple[int, int],
-    extra: tuple[str, ...] = (),
-) -> dict:
-    """Write each layer to FlatGeobuf in a scratch folder, tile it, move the archive into place."""
-    binary = tippecanoe_binary()  # before any work: a missing tool fails the step at once
-    with tempfile.TemporaryDirectory(prefix=f"ocr-{name}-") as scratch:
-        sources = []
-        for layer, gdf in layers.items():
-            path = Path(scratch) / f"{layer}.fgb"
-            gdf.to_file(path, driver="FlatGeobuf")
-            sources.append(TileLayer(layer, path))
-        output = Path(scratch) / f"{name}.pmtiles"
-        argv = tippecanoe_command(binary, output, sources, zoom, extra)
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"tippecanoe failed for {name} ({done.returncode}): {done.stderr[-2000:]}"
-            )
-        size = storage.put_file(str(output), storage.layout.pmtiles(name))
-    return {
-        "bytes": size,
-        "layers": list(layers),
-        "features": {k: len(v) for k, v in layers.items()},
-    }
-
-
-def building_layers(storage: OcrStorage, centroids: bool = False) -> dict[str, gpd.GeoDataFrame]:
-    """The ``risk`` layer: polygons, or centroid points where both RPS > 0 (3 decimals)."""
-    columns = [*RISK_VARIABLES, "GEOID", "geometry"]
-    gdf = gpd.read_parquet(
-        storage.layout.consolidated_buildings, columns=columns, filesystem=storage.fs
-    )
-    props = ["rps_2011", "rps_2047", "bp_2011", "bp_2047", "crps_scott"]
-    if not centroids:
-        return {"risk": gdf[[*props, "geometry"]]}
-    values, keep = centroid_properties({k: gdf[k].to_numpy() for k in props})
-    points = shapely.centroid(gdf.geometry.values[keep])
-    return {"risk": gpd.GeoDataFrame(values, geometry=points, crs=gdf.crs)}
-
-
-def regional_layers(storage: OcrStorage) -> dict[str, gpd.GeoDataFrame]:
-    layers = {}
-    for level in CENSUS_LEVELS:
-        stats = read_summary_statistics(storage, level)
-        for column in HISTOGRAM_COLUMNS:
-            stats[column] = [json.dumps(list(map(int, h))) for h in stats[column]]
-        layers[level] = stats
-    return layers

@@ -33,9 +33,8 @@ from ocr_assets.buildings import consolidate_buildings
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
-from ocr_assets.science.tiling import REGIONS_ZOOM
 from ocr_assets.statistics import write_summary_statistics
-from ocr_assets.tiles import ToolMissingError, build_pmtiles, build_tileset, regional_layers
+from ocr_assets.tiles import TILESET_BY_ARCHIVE, ToolMissingError, build_pmtiles, build_tileset
 from ocr_jobs import cli
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
@@ -105,7 +104,7 @@ def good_root(tmp_path_factory, sample_root) -> Path:
     assert _region_run(storage).success
     consolidate_buildings(storage, [REGION], "0.0.0")
     write_summary_statistics(storage)
-    build_tileset(storage, "regions", regional_layers, REGIONS_ZOOM)
+    build_tileset(storage, TILESET_BY_ARCHIVE["regions"])
     return root
 
 
@@ -616,7 +615,8 @@ def test_missing_tippecanoe_fails_before_any_work_and_keeps_the_archive(
     storage = OcrStorage(root=str(root), environment="local")
     before = snapshot(tmp_path)
     with pytest.raises(ToolMissingError) as raised:
-        build_pmtiles(storage, "regions", regional_layers(storage), REGIONS_ZOOM)
+        regions = TILESET_BY_ARCHIVE["regions"]
+        build_pmtiles(storage, regions, regions.layers(storage, regions))
     assert str(raised.value) == expected
     assert_unchanged(before, tmp_path)
     assert run_cli(("--region-id", "y1_x1"), {}) == (2, f"error: {expected}")

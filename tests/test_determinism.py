@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import shapely
+import shapely.geometry
 from pmtiles.reader import MmapSource, Reader
 
 from ocr_assets import buildings
 from ocr_assets.science.regions import sort_region_ids
-from ocr_assets.tiles import LayerSource, build_pmtiles
+from ocr_assets.tiles import TILESET_BY_ARCHIVE, build_pmtiles
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_JOB, REGION_JOB
 from ocr_resources.layout import PMTILES_NAMES
@@ -81,15 +82,15 @@ def test_a_rerun_writes_every_output_byte_for_byte(reruns):
 
 
 def test_archives_record_no_scratch_path(reruns):
-    """tippecanoe writes its command line and output name into the archive's metadata:
-    they must not carry the run's scratch folder (nor this machine's paths)."""
+    """tippecanoe writes its command line into the archive's metadata: it must not carry the
+    run's scratch folder (nor this machine's paths); the name is the tileset's (-n)."""
     for name in PMTILES_NAMES:
         with open(reruns["storage"].layout.pmtiles(name), "rb") as f:
             metadata = Reader(MmapSource(f)).metadata()
         options = metadata["generator_options"]
         assert options.startswith(f"tippecanoe -o {name}.pmtiles "), options
         assert "/" not in options and tempfile.gettempdir() not in json.dumps(metadata)
-        assert metadata["name"] == f"{name}.pmtiles"
+        assert metadata["name"] == TILESET_BY_ARCHIVE[name].name
 
 
 def _with_position(table: pa.Table) -> pa.Table:
@@ -142,8 +143,7 @@ def test_partitioned_copy_is_the_same_on_every_run(reruns):
 HANGING_TILE_STEP = """
 import sys, time
 from pathlib import Path
-import pyarrow as pa
-from ocr_assets.tiles import LayerSource, build_pmtiles
+from ocr_assets.tiles import TILESET_BY_ARCHIVE, build_pmtiles
 from ocr_resources.storage import OcrStorage
 
 def hang():
@@ -151,19 +151,18 @@ def hang():
     time.sleep(600)
     yield
 
-layer = LayerSource(pa.schema([pa.field("geometry", pa.binary())]), hang)
-build_pmtiles(OcrStorage(root=sys.argv[1]), "buildings", {"risk": layer}, (0, 2))
+spec = TILESET_BY_ARCHIVE["buildings"]
+build_pmtiles(OcrStorage(root=sys.argv[1]), spec, {"risk": hang})
 """
 
 
-def _one_building() -> LayerSource:
+def _one_building():
+    """The ``risk`` layer of one square building (its GeoJSON line)."""
     square = shapely.box(-120.5, 38.0, -120.499, 38.001)
-    schema = pa.schema([pa.field("rps_2011", pa.float32()), pa.field("geometry", pa.binary())])
-    batch = pa.record_batch(
-        [pa.array([1.5], pa.float32()), pa.array([shapely.to_wkb(square)], pa.binary())],
-        schema=schema,
+    line = json.dumps(
+        {"type": "Feature", "properties": {"0": 1.5}, "geometry": shapely.geometry.mapping(square)}
     )
-    return LayerSource(schema, lambda: iter([batch]))
+    return lambda: iter([pa.array([line + "\n"])])
 
 
 def test_a_killed_tile_step_leaves_no_scratch_behind(tmp_path, monkeypatch):
@@ -194,7 +193,7 @@ def test_a_killed_tile_step_leaves_no_scratch_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     storage = OcrStorage(root=str(tmp_path / "data"))
-    result = build_pmtiles(storage, "buildings", {"risk": _one_building()}, (0, 2))
+    result = build_pmtiles(storage, TILESET_BY_ARCHIVE["buildings"], {"risk": _one_building()})
     assert result["features"] == {"risk": 1}
     # ... so the next tile step does: only the (empty) parent of the scratch folders stays
     assert [p.name for p in tmp.iterdir()] == [scratch_parent().name]

@@ -182,38 +182,41 @@ def _decode(path, z, x, y):
 
 
 def test_pmtiles_decode_with_expected_layers_and_properties(graph):
+    """The archives after a region was added: numeric keys (PUBLISHED §4.6), decoded."""
     lay = graph["storage"].layout
     buildings = gpd.read_parquet(lay.consolidated_buildings)
     centre = buildings.geometry.iloc[0].centroid
-    tile, header, _ = _decode(lay.pmtiles("buildings"), 15, *_tile(centre.x, centre.y, 15))
-    assert header["min_zoom"] == 6 and header["max_zoom"] == 16
+    max_zoom = {}
+    for name in ("buildings", "regions"):  # guessed by tippecanoe (-zg)
+        with open(lay.pmtiles(name), "rb") as f:
+            max_zoom[name] = Reader(MmapSource(f)).header()["max_zoom"]
+    z = max_zoom["buildings"]
+    tile, header, metadata = _decode(lay.pmtiles("buildings"), z, *_tile(centre.x, centre.y, z))
+    assert header["min_zoom"] == 6 and metadata["name"] == "building"
     assert set(tile) == {"risk"}
     props = tile["risk"]["features"][0]["properties"]
-    assert {"rps_2011", "rps_2047", "bp_2011", "bp_2047", "crps_scott"} <= set(props)
+    assert set(props) == {str(k) for k in range(7)}
+    assert metadata["key_map"]["risk"]["0"] == "rps_2011"
 
     positive = (
         buildings[(buildings.rps_2011 > 0) & (buildings.rps_2047 > 0)].geometry.iloc[0].centroid
     )
     tile, header, _ = _decode(
-        lay.pmtiles("building_centroids"), 12, *_tile(positive.x, positive.y, 12)
+        lay.pmtiles("building_centroids"), 6, *_tile(positive.x, positive.y, 6)
     )
     assert set(tile) == {"risk"}
-    values = [f["properties"]["rps_2011"] for f in tile["risk"]["features"]]
+    values = [f["properties"]["0"] for f in tile["risk"]["features"]]
     assert all(v > 0 and round(v, 3) == v for v in values)
     assert tile["risk"]["features"][0]["geometry"]["type"] == "Point"
 
-    tile, header, _ = _decode(lay.pmtiles("regions"), 8, *_tile(centre.x, centre.y, 8))
+    z = max_zoom["regions"]
+    tile, header, metadata = _decode(lay.pmtiles("regions"), z, *_tile(centre.x, centre.y, z))
     assert set(tile) == {"nation", "states", "counties", "tracts", "blocks"}
     props = tile["counties"]["features"][0]["properties"]
-    assert {
-        "GEOID",
-        "NAME",
-        "building_count",
-        "rps_2011_mean",
-        "rps_2047_median",
-        "risk_score_2011_hist",
-    } <= set(props)
-    assert len(json.loads(props["risk_score_2011_hist"])) == 11
+    assert {str(k) for k in range(10)} == set(props)  # counties: NAME ("9"), no STUSPS
+    assert metadata["key_map"]["counties"]["9"] == "NAME"
+    assert len(json.loads(props["5"])) == 11
+    assert "10" in tile["states"]["features"][0]["properties"]
 
 
 def test_pyramid_levels_open_and_coarsen(graph):

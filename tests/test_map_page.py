@@ -318,11 +318,13 @@ def test_map_page_in_chromium(deployed):
                 features = _rendered(page, layer)
                 counts[f"z{zoom} {layer}"] = len(features)
                 assert features, f"nothing rendered in {layer} at zoom {zoom}"
+                # numeric keys, as OCR publishes them: "0" building_count and "7" GEOID of a
+                # census unit, "0" rps_2011 of a building or centroid
                 if layer.endswith("-fill"):
-                    assert all(f["building_count"] > 0 and f["GEOID"] for f in features)
+                    assert all(f["0"] > 0 and f["7"] for f in features)
                 else:
-                    assert all(isinstance(f["rps_2011"], float) for f in features), features[:3]
-                    assert all(0 <= f["rps_2011"] <= 100 for f in features)
+                    assert all(isinstance(f["0"], float) for f in features), features[:3]
+                    assert all(0 <= f["0"] <= 100 for f in features)
             figures["rendered_features"] = counts
 
             # the 2011 / 2047 toggle repaints buildings and areas from the other year
@@ -333,8 +335,9 @@ def test_map_page_in_chromium(deployed):
             page.evaluate("ocrMap.settle()")
             after = page.evaluate("map.getPaintProperty('centroids', 'circle-color')")
             tracts = page.evaluate("map.getPaintProperty('tracts-fill', 'fill-color')")
-            assert "rps_2011" in json.dumps(before) and "rps_2047" in json.dumps(after)
-            assert "rps_2047_mean" in json.dumps(tracts)
+            # centroids: "0" rps_2011, "1" rps_2047; census units: "2" rps_2047_mean
+            assert '["get", "0"]' in json.dumps(before) and '["get", "1"]' in json.dumps(after)
+            assert '["get", "2"]' in json.dumps(tracts)
             assert page.evaluate("ocrMap.year()") == "2047"
             assert page.locator("#legend-year").inner_text() == "2047"
             assert page.locator("canvas").screenshot() != before_pixels  # colours changed
@@ -348,6 +351,16 @@ def test_map_page_in_chromium(deployed):
             assert page.locator(".maplibregl-popup svg.histogram rect").count() == 11
             # on a building: its own values, then its tract
             _view(page, point.x, point.y, 15.5)
+            drawn = page.evaluate(
+                "([lon, lat]) => map.queryRenderedFeatures(map.project([lon, lat]), "
+                "{layers: ['buildings']}).map((f) => f.properties)",
+                [point.x, point.y],
+            )
+            published = ("rps_2011", "rps_2047", "bp_2011", "bp_2047", "crps_scott")
+            published += ("bp_2011_riley", "bp_2047_riley")
+            assert drawn and drawn[0] == {
+                str(k): float(target[name]) for k, name in enumerate(published)
+            }, drawn
             text = _click(page, point.x, point.y)
             assert "Building" in text and f"{target['rps_2011']:.3f}" in text, text
             assert target["GEOID"][:11] in text

@@ -35,8 +35,8 @@ VENDOR_FILES: tuple[str, ...] = (
     "topojson-client.min.js",
     "states-10m.json",
 )
-# each archive's zoom range, from the one table that builds the archives
-ARCHIVE_ZOOMS: dict[str, tuple[int, int]] = {t.archive: t.zoom for t in TILESETS}
+# what each archive's numeric property keys hold, from the one table that builds the archives
+ARCHIVE_KEYS: dict[str, tuple[str, ...]] = {t.archive: t.keys for t in TILESETS}
 CONTENT_TYPES = {
     ".mjs": "text/javascript",  # module scripts are refused under any non-JavaScript type
     ".js": "text/javascript",
@@ -116,7 +116,9 @@ def page_config(
         "environment": storage.environment,
         "version": storage.version,
         "archives": {name: f"/pmtiles/{name}.pmtiles" for name in available},
-        "zooms": {name: list(ARCHIVE_ZOOMS[name]) for name in available},
+        # the page finds a property's numeric key here ("rps_2011" → "0"); a key keeps its
+        # number on every layer (a census level without NAME has no "9")
+        "keys": {name: {n: str(i) for i, n in enumerate(ARCHIVE_KEYS[name])} for name in available},
         "score_edges": [float(e) for e in SCORE_EDGES.astype(np.float32)],
         "colors": list(RISK_COLORS),
         "raster": {

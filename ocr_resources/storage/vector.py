@@ -3,11 +3,13 @@ a time, so memory is set by the batch size and never by the number of rows."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pmtiles.reader import Reader
+from pmtiles.tile import Compression, deserialize_header, serialize_header
 
 from ocr_assets.science.regions import sort_region_ids
 from ocr_resources.storage.files import FileStore
@@ -37,6 +40,26 @@ GEOPARQUET_OPTIONS: dict[str, Any] = {
 }
 
 Extent = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax)
+
+HEADER_BYTES = 127  # a PMTiles v3 header
+COPY_BLOCK = 8 * 2**20
+# the archive's own codec for its metadata; gzip without a timestamp, so the same metadata
+# gives the same bytes
+METADATA_CODECS: dict[Compression, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    Compression.NONE: (bytes, bytes),
+    Compression.GZIP: (gzip.decompress, lambda data: gzip.compress(data, mtime=0)),
+}
+
+
+def _canonical_layout(header: dict[str, Any]) -> bool:
+    """The sections in the order tippecanoe (and the spec's writers) put them, back to back."""
+    return (
+        header["root_offset"] == HEADER_BYTES
+        and header["metadata_offset"] == header["root_offset"] + header["root_length"]
+        and header["leaf_directory_offset"] == header["metadata_offset"] + header["metadata_length"]
+        and header["tile_data_offset"]
+        == header["leaf_directory_offset"] + header["leaf_directory_length"]
+    )
 
 
 def meets(boxes: np.ndarray, window: Extent) -> np.ndarray:
@@ -177,8 +200,8 @@ class VectorStore(FileStore):
         )
 
     def pmtiles_summary(self, path: str) -> dict[str, Any]:
-        """A PMTiles archive's zoom range, layer names and size, read by byte ranges (only its
-        header and metadata, however large the archive)."""
+        """A PMTiles archive's zooms, layer names, tileset name and key map, read by byte
+        ranges (only its header and metadata, however large the archive)."""
         with self.fs.open(path, "rb") as f:
 
             def get_bytes(offset: int, length: int) -> bytes:
@@ -188,14 +211,53 @@ class VectorStore(FileStore):
             reader = Reader(get_bytes)
             header = reader.header()
             metadata = reader.metadata()
-        if isinstance(metadata, str | bytes):
-            metadata = json.loads(metadata)
         return {
             "min_zoom": header["min_zoom"],
             "max_zoom": header["max_zoom"],
             "layers": [layer["id"] for layer in metadata.get("vector_layers", [])],
+            "name": metadata.get("name"),
+            "key_map": metadata.get("key_map"),
             "bytes": self.size(path),
         }
+
+    def put_pmtiles(self, local_path: str, path: str, metadata: dict[str, Any]) -> int:
+        """Copy a finished local PMTiles archive into place atomically with ``metadata``
+        merged into its JSON metadata (tippecanoe has no option for members of one's own).
+
+        Only the header and the metadata section change; the directories and tiles are
+        copied as bytes, a block at a time, as the leaf and tile offsets are relative to
+        their sections (PMTiles v3). Returns the byte size written."""
+        with open(local_path, "rb") as src:
+            header = deserialize_header(src.read(HEADER_BYTES))
+            if not _canonical_layout(header):
+                raise ValueError(
+                    f"{local_path}: expected a PMTiles v3 archive laid out as header, root "
+                    f"directory, metadata, leaf directories, tiles; got {header}"
+                )
+            compression = header["internal_compression"]
+            if compression not in METADATA_CODECS:
+                raise ValueError(
+                    f"{local_path}: metadata compressed with {compression.name}, expected one "
+                    f"of {[c.name for c in METADATA_CODECS]}"
+                )
+            decompress, compress = METADATA_CODECS[compression]
+            src.seek(header["root_offset"])
+            root = src.read(header["root_length"])
+            old = json.loads(decompress(src.read(header["metadata_length"])))
+            encoded = compress(json.dumps({**old, **metadata}).encode())
+            moved = len(encoded) - header["metadata_length"]
+            new_header = {
+                **header,
+                "metadata_length": len(encoded),
+                "leaf_directory_offset": header["leaf_directory_offset"] + moved,
+                "tile_data_offset": header["tile_data_offset"] + moved,
+            }
+            with self.atomic_open(path) as out:
+                out.write(serialize_header(new_header))
+                out.write(root)
+                out.write(encoded)
+                shutil.copyfileobj(src, out, COPY_BLOCK)  # leaf directories, then the tiles
+        return self.size(path)
 
     def read_geoparquet(self, path: str) -> gpd.GeoDataFrame:
         """A whole (small) GeoParquet output, e.g. one level's statistics for a preview."""

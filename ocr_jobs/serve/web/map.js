@@ -33,6 +33,10 @@ const protocol = new Protocol();
 maplibregl.addProtocol("pmtiles", protocol.tile);
 const archiveUrl = (name) => `${location.origin}${config.archives[name]}`;
 const has = (name) => name in config.archives;
+// The archives' properties are numeric keys ("0", "1", …, as OCR publishes them); the page
+// config says which key holds which column, per archive.
+const key = (archive, column) => config.keys[archive][column];
+const BUILDING_ARCHIVE = { buildings: "buildings", centroids: "building_centroids" };
 
 // Risk score 0–10 from RPS, with the pipeline's own bin edges (lower-inclusive; 0 only for 0).
 function scoreExpression(property) {
@@ -56,8 +60,8 @@ function scoreOf(rps) {
 }
 
 function paintFor(layerId) {
-  if (layerId === "buildings" || layerId === "centroids") return colorExpression(`rps_${year}`);
-  return colorExpression(`rps_${year}_mean`);
+  if (layerId in BUILDING_ARCHIVE) return colorExpression(key(BUILDING_ARCHIVE[layerId], `rps_${year}`));
+  return colorExpression(key("regions", `rps_${year}_mean`));
 }
 
 async function outline() {
@@ -102,7 +106,7 @@ function style(states) {
         minzoom,
         maxzoom,
         paint: {
-          "fill-color": colorExpression("rps_2011_mean"),
+          "fill-color": paintFor(`${level}-fill`),
           "fill-opacity": level === "tracts"
             ? ["interpolate", ["linear"], ["zoom"], 10, 0.85 * areaTint, 11, 0.45 * areaTint, 13, 0.25 * areaTint, 14, 0.1 * areaTint]
             : 0.85 * areaTint,
@@ -132,7 +136,7 @@ function style(states) {
   };
   if (has("building_centroids")) {
     buildingLayer("building_centroids", "centroids", "circle", CENTROIDS, {
-      "circle-color": colorExpression("rps_2011"),
+      "circle-color": paintFor("centroids"),
       "circle-radius": ["interpolate", ["linear"], ["zoom"], 11, 2, 14, 4.5],
       "circle-stroke-color": "rgba(0, 0, 0, 0.6)",
       "circle-stroke-width": 0.6,
@@ -140,7 +144,7 @@ function style(states) {
   }
   if (has("buildings")) {
     buildingLayer("buildings", "buildings", "fill", BUILDINGS, {
-      "fill-color": colorExpression("rps_2011"),
+      "fill-color": paintFor("buildings"),
       "fill-outline-color": "#3a3a3a",
     });
   }
@@ -195,32 +199,33 @@ function histogramSvg(counts) {
 }
 
 function unitHtml(feature) {
-  const p = feature.properties;
+  const value = (column) => feature.properties[key("regions", column)];
   const level = REGION_LEVELS.find((l) => `${l.level}-fill` === feature.layer.id);
   let histogram = [];
   try {
-    histogram = JSON.parse(p[`risk_score_${year}_hist`] || "[]");
+    // a list property is its JSON text in the tile (tippecanoe stores arrays so)
+    histogram = JSON.parse(value(`risk_score_${year}_hist`) || "[]");
   } catch {
     histogram = [];
   }
   const rows = [
-    ["buildings", p.building_count, 0],
-    [`mean RPS ${year} (%)`, p[`rps_${year}_mean`], 3],
-    [`median RPS ${year} (%)`, p[`rps_${year}_median`], 3],
-    [`mean BP ${year}`, p[`bp_${year}_mean`], 4],
-    ["mean CRPS (%)", p.crps_scott_mean, 2],
+    ["buildings", value("building_count"), 0],
+    [`mean RPS ${year} (%)`, value(`rps_${year}_mean`), 3],
+    [`median RPS ${year} (%)`, value(`rps_${year}_median`), 3],
   ];
-  return `<h3>${escape(level ? level.label : "area")}: ${escape(p.NAME ?? "")}</h3>` +
-    `<div>GEOID <code class="geoid">${escape(p.GEOID)}</code></div>` +
+  return `<h3>${escape(level ? level.label : "area")}: ${escape(value("NAME") ?? "")}</h3>` +
+    `<div>GEOID <code class="geoid">${escape(value("GEOID"))}</code></div>` +
     `<table>${rows.map(([k, v, d]) => `<tr><td>${k}</td><td class="value">${k === "buildings" ? escape(v) : number(v, d)}</td></tr>`).join("")}</table>` +
     `<div class="muted">risk score histogram ${year}</div>${histogramSvg(histogram)}`;
 }
 
 function buildingHtml(feature) {
-  const p = feature.properties;
-  const rows = YEARS.map((y) => [`RPS ${y} (%)`, number(p[`rps_${y}`]), `score ${scoreOf(Number(p[`rps_${y}`]))}`]);
-  rows.push(...YEARS.map((y) => [`BP ${y}`, number(p[`bp_${y}`], 4), ""]));
-  rows.push(["CRPS (%)", number(p.crps_scott, 2), ""]);
+  // centroids carry the two RPS only: the other rows show "–" there
+  const keys = config.keys[BUILDING_ARCHIVE[feature.layer.id]];
+  const value = (column) => (column in keys ? feature.properties[keys[column]] : undefined);
+  const rows = YEARS.map((y) => [`RPS ${y} (%)`, number(value(`rps_${y}`)), `score ${scoreOf(Number(value(`rps_${y}`)))}`]);
+  rows.push(...YEARS.map((y) => [`BP ${y}`, number(value(`bp_${y}`), 4), ""]));
+  rows.push(["CRPS (%)", number(value("crps_scott"), 2), ""]);
   return `<h3>Building</h3><table class="building">${rows.map((r) => `<tr>${r.map((c, i) => `<td class="${i ? "value" : ""}">${c}</td>`).join("")}</tr>`).join("")}</table>`;
 }
 
