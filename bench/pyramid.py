@@ -34,6 +34,7 @@ import numpy as np
 import psutil
 from pyproj import CRS
 
+from ocr_assets import pyramid as pyramid_step
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
 from ocr_assets.science.parallel import worker_threads
 from ocr_assets.science.pyramid import published_levels
@@ -168,8 +169,11 @@ def level_bytes(path: str) -> dict[str, int]:
     return {p.name: tree_bytes(p) for p in sorted(Path(path).iterdir()) if p.is_dir()}
 
 
-def run_writer(root: str) -> dict:
-    """``write_pyramid`` as the asset calls it, timed."""
+def run_writer(root: str, source_chunk: str = "default") -> dict:
+    """``write_pyramid`` as the asset calls it, timed; ``source_chunk`` another dask chunk side
+    of the source (``store``: the raster store's own chunks)."""
+    if source_chunk != "default":
+        pyramid_step.SOURCE_CHUNK_PX = None if source_chunk == "store" else int(source_chunk)
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     start = time.perf_counter()
     result = write_pyramid(storage, published_levels())
@@ -178,6 +182,7 @@ def run_writer(root: str) -> dict:
         "step": WRITER,
         "writer": WRITER,
         "threads": worker_threads(),
+        "source_chunk_px": pyramid_step.SOURCE_CHUNK_PX,
         "seconds": round(seconds, 1),
         "source_px": int(np.prod(storage.open_raster_store()["rps_2011"].shape)),
         "result": result,
@@ -230,11 +235,12 @@ def scratch_root(parent: str | None) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_grid(n: int, parent: str | None) -> Iterator[dict]:
-    """Generate an n × n grid, then the writer in its own process."""
+def run_grid(n: int, parent: str | None, chunks: list[str]) -> Iterator[dict]:
+    """Generate an n × n grid, then the writer in its own process, once per source chunking."""
     with scratch_root(parent) as root:
         yield measured("generate", str(n), root)
-        yield measured(WRITER, root)
+        for chunk in chunks:
+            yield measured(WRITER, root, chunk)
 
 
 # on paper -----------------------------------------------------------------------------------
@@ -252,7 +258,12 @@ def fit(lines: list[dict]) -> dict[str, float]:
 
 def conus_estimate(lines: list[dict]) -> dict:
     """The full 17 × 47 grid from the fitted costs (all 799 regions: missing ones read as NaN)."""
-    mine = [line for line in lines if line.get("writer") == WRITER and "source_px" in line]
+    default = pyramid_step.SOURCE_CHUNK_PX
+    mine = [
+        line
+        for line in lines
+        if line.get("writer") == WRITER and line.get("source_chunk_px", default) == default
+    ]
     costs = fit(mine)
     px = CONUS_REGIONS["all"] * REGION_SHAPE[0] * REGION_SHAPE[1]
     seconds = costs["seconds_fixed"] + costs["seconds_per_px"] * px
@@ -275,12 +286,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", type=int, nargs="+", default=[1, 2, 4], help="n of n × n")
     parser.add_argument("--scratch", help="folder for the temporary stores (default: $TMPDIR)")
+    parser.add_argument(
+        "--source-chunks",
+        nargs="+",
+        default=["default"],
+        help="source dask chunk sides to run the writer with (default: the asset's; "
+        "'store': the raster store's own chunks)",
+    )
     parser.add_argument("--paper", help="JSON lines of a run: print the CONUS estimate")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         what, *rest = args.one
-        result = generate(int(rest[0]), rest[1]) if what == "generate" else run_writer(rest[0])
+        result = generate(int(rest[0]), rest[1]) if what == "generate" else run_writer(*rest)
         print(json.dumps(result))
         return
     if args.paper:
@@ -300,7 +318,7 @@ def main() -> None:
     )
     lines = []
     for n in args.grids:
-        for line in run_grid(n, args.scratch):
+        for line in run_grid(n, args.scratch, args.source_chunks):
             line.setdefault("grid", n)
             lines.append(line)
             print(json.dumps(line), flush=True)

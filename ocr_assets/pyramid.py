@@ -24,10 +24,10 @@ from ocr_resources.storage import OcrStorage
 
 PYRAMID_VARIABLES = ("rps_2011", "rps_2047")
 PYRAMID_CRS = "EPSG:4326"
-# dask chunks of the source the levels are coarsened from: a multiple of 2^11 px per side
-# keeps every level's 2 × 2 blocks inside one chunk up to level 11, so no level is rechunked
-# before it is coarsened (bench/pyramid.py measured this against the store's own chunks)
-SOURCE_CHUNK_PX = 4096
+# dask chunks of the source the levels are coarsened from (None: the store's own chunks): a
+# multiple of 2^11 px per side keeps every 2 × 2 block of levels 0–11 inside one chunk, so no
+# level is rechunked before it is coarsened (bench/pyramid.py measures both)
+SOURCE_CHUNK_PX: int | None = 4096
 
 
 def pyramid_source(store: xr.Dataset) -> xr.Dataset:
@@ -38,7 +38,8 @@ def pyramid_source(store: xr.Dataset) -> xr.Dataset:
     source = source.drop_encoding()
     for name in PYRAMID_VARIABLES:
         source[name].attrs.pop("grid_mapping", None)
-    source = source.chunk({"latitude": SOURCE_CHUNK_PX, "longitude": SOURCE_CHUNK_PX})
+    if SOURCE_CHUNK_PX is not None:
+        source = source.chunk({"latitude": SOURCE_CHUNK_PX, "longitude": SOURCE_CHUNK_PX})
     return source.proj.assign_crs(spatial_ref=CRS.from_user_input(PYRAMID_CRS))
 
 

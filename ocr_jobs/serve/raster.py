@@ -144,7 +144,7 @@ class PyramidTiles:
 
     def values(self, variable: str, zoom: int, x: int, y: int) -> np.ndarray | None:
         """The tile's 256 × 256 values (NaN where the level has none), or None when the tile
-        misses the level or no chunk under it is stored (all missing)."""
+        misses the level or every pixel it samples is missing."""
         levels = self.levels()
         k = choose_level([level.width for level in levels], zoom)
         level = levels[k]
@@ -155,7 +155,6 @@ class PyramidTiles:
             return None
         array = self._array(k, variable)
         tile = np.full((TILE_SIZE, TILE_SIZE), np.nan, np.float32)
-        found = False
         cy, cx = level.chunks
         for iy in np.unique(rows[rows >= 0] // cy):
             into_rows = np.flatnonzero((rows >= 0) & (rows // cy == iy))
@@ -164,12 +163,11 @@ class PyramidTiles:
                 chunk = self._chunk(array, key, level, int(iy), int(ix))
                 if chunk is None:
                     continue
-                found = True
                 into_cols = np.flatnonzero((cols >= 0) & (cols // cx == ix))
                 tile[np.ix_(into_rows, into_cols)] = chunk[
                     np.ix_(rows[into_rows] - iy * cy, cols[into_cols] - ix * cx)
                 ]
-        return tile if found else None
+        return None if np.isnan(tile).all() else tile
 
     def _array(self, k: int, variable: str) -> zarr.Array:
         """The level's array, its metadata read once per pyramid (not once per tile)."""
@@ -204,18 +202,18 @@ class PyramidTiles:
 def _read_levels(group: zarr.Group) -> list[Level]:
     """Every level's coordinates, pixel size and chunks, finest first. A level's pixel size is
     the finest level's spacing times its scale in the root's ``multiscales`` layout."""
-    layout = group.attrs["multiscales"]["layout"]
-    finest = group[layout[0]["asset"]]
-    lon0 = finest["longitude"][:]
-    width0 = float((lon0[-1] - lon0[0]) / (lon0.size - 1))
-    levels = []
-    for entry in layout:
+    levels: list[Level] = []
+    for entry in group.attrs["multiscales"]["layout"]:
         stored = group[entry["asset"]]
+        longitude = stored["longitude"][:]
+        if not levels:
+            width = float((longitude[-1] - longitude[0]) / (longitude.size - 1))
+        scale = float(entry["transform"]["scale"][-1])
         levels.append(
             Level(
                 latitude=stored["latitude"][:],
-                longitude=stored["longitude"][:],
-                width=width0 * float(entry["transform"]["scale"][-1]),
+                longitude=longitude,
+                width=width * scale,
                 chunks=tuple(stored[RASTER_VARIABLES[0]].chunks),
             )
         )
