@@ -256,18 +256,19 @@ def fit(lines: list[dict]) -> dict[str, float]:
     return out
 
 
-def conus_estimate(lines: list[dict]) -> dict:
-    """The full 17 × 47 grid from the fitted costs (all 799 regions: missing ones read as NaN)."""
-    default = pyramid_step.SOURCE_CHUNK_PX
+def conus_estimate(lines: list[dict], chunk: int | None = pyramid_step.SOURCE_CHUNK_PX) -> dict:
+    """The full 17 × 47 grid from the costs fitted over the writer's runs with source chunk side
+    ``chunk`` (all 799 regions: missing ones read as NaN)."""
     mine = [
         line
         for line in lines
-        if line.get("writer") == WRITER and line.get("source_chunk_px", default) == default
+        if line.get("step") == WRITER and line.get("source_chunk_px", "?") == chunk
     ]
     costs = fit(mine)
     px = CONUS_REGIONS["all"] * REGION_SHAPE[0] * REGION_SHAPE[1]
     seconds = costs["seconds_fixed"] + costs["seconds_per_px"] * px
     return {
+        "source_chunk_px": chunk,
         "fit": costs,
         "conus_source_px": px,
         "conus_seconds": round(seconds),
@@ -303,7 +304,10 @@ def main() -> None:
         return
     if args.paper:
         text = Path(args.paper).read_text().splitlines()
-        print(json.dumps(conus_estimate([json.loads(s) for s in text if s.startswith("{")])))
+        lines = [json.loads(s) for s in text if s.startswith("{")]
+        chunks = {line["source_chunk_px"] for line in lines if "source_chunk_px" in line}
+        for chunk in sorted(chunks, key=lambda c: (c is None, c or 0)):
+            print(json.dumps(conus_estimate(lines, chunk)))
         return
     print(
         json.dumps(
@@ -323,6 +327,7 @@ def main() -> None:
             lines.append(line)
             print(json.dumps(line), flush=True)
     print(json.dumps({"writer": WRITER, "step": "conus_estimate", **conus_estimate(lines)}))
+    # (``--paper`` prints the estimate of every source chunking in a run's lines)
 
 
 if __name__ == "__main__":
