@@ -24,8 +24,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import morecantile
+
 from bench.region_path import evict
-from ocr_assets.science.pyramid import TILE_SIZE
 from ocr_jobs.serve.raster import PyramidTiles
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
@@ -34,19 +35,12 @@ RESULTS = Path(__file__).with_name("raster_tiles_results.jsonl")
 
 
 def _tiles(storage: OcrStorage, zooms: range) -> list[tuple[int, int, int]]:
-    """Every (z, x, y) tile that covers a level's pixels, at each zoom (levels as the server
-    reads them)."""
+    """Every (z, x, y) tile over the finest level's bounds at each zoom the server draws."""
     pyramid = PyramidTiles(storage.fs, storage.fs_path(storage.layout.pyramid))
-    found = []
-    for zoom in zooms:
-        level = pyramid.level(zoom)
-        if level is None:
-            continue
-        (row, col), (ny, nx) = level.origin, level.shape
-        for y in range(row // TILE_SIZE, (row + ny - 1) // TILE_SIZE + 1):
-            for x in range(col // TILE_SIZE, (col + nx - 1) // TILE_SIZE + 1):
-                found.append((zoom, x, y))
-    return found
+    west, south, east, north = pyramid.bounds()
+    served = [z for z in zooms if z in pyramid.zooms()]
+    tms = morecantile.tms.get("WebMercatorQuad")
+    return [(t.z, t.x, t.y) for t in tms.tiles(west, south, east, north, served)]
 
 
 def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, float]:

@@ -176,13 +176,12 @@ def _click(page, lon: float, lat: float) -> str:
     return popup.inner_text()
 
 
-def _surface_pixel(storage: OcrStorage, zoom: int, margin: int) -> dict:
-    """A pyramid pixel of level ``zoom`` inside a (2·margin+1)² block of one colour per year,
-    with different colours in 2011 and 2047: its centre (lon, lat) and both colours, worked
-    out here from the stored values with the score function and the colour table."""
-    from pyproj import Transformer
-
-    level = zarr.open_group(storage.layout.pyramid, mode="r")[str(zoom)]
+def _surface_pixel(storage: OcrStorage, level_index: int, margin: int) -> dict:
+    """A pixel of pyramid level ``level_index`` inside a (2·margin+1)² block of one colour per
+    year, with different colours in 2011 and 2047: its centre (lon, lat, the level's stored
+    coordinates) and both colours, worked out here from the stored values with the score
+    function and the colour table."""
+    level = zarr.open_group(storage.layout.pyramid, mode="r")[str(level_index)]
     scores = {}
     for year in ("2011", "2047"):
         values = level[f"rps_{year}"][:]
@@ -202,11 +201,10 @@ def _surface_pixel(storage: OcrStorage, zoom: int, margin: int) -> dict:
                 and (b == b[0, 0]).all()
                 and a[0, 0] != b[0, 0]
             ):
-                to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
-                lon, lat = to_lonlat.transform(float(level["x"][j]), float(level["y"][i]))
+                lon, lat = float(level["longitude"][j]), float(level["latitude"][i])
                 rgb = {y: _hex_rgb(RISK_COLORS[int(block[y][0, 0])]) for y in block}
                 return {"lon": lon, "lat": lat, **rgb}
-    raise AssertionError(f"no uniform block of {2 * margin + 1} pixels at level {zoom}")
+    raise AssertionError(f"no uniform block of {2 * margin + 1} pixels at level {level_index}")
 
 
 def _hex_rgb(color: str) -> tuple[int, int, int]:
@@ -230,10 +228,11 @@ def _close(a: tuple, b: tuple, tolerance: int = 3) -> bool:
 
 
 def _check_surface(page, storage: OcrStorage, figures: dict) -> None:
-    """The risk surface alone (every other layer hidden, opacity 1): at map zoom 10 (level 11
-    tiles, one pixel per screen pixel) and 14 (past the finest level 13: its tiles enlarged),
-    the screen shows the pyramid's colour where the sample has risk, and the year toggle
-    turns it into the other year's colour."""
+    """The risk surface alone (every other layer hidden, opacity 1): at map zoom 10 (z10 tiles,
+    one pixel per screen pixel, drawn from level 2: the sample's 1.109″ pixels × 4 = 4.43″, the
+    coarsest no wider than a z10 tile pixel, 4.94″) and 14 (past z13, the first zoom drawn from
+    level 0: its tiles enlarged), the screen shows the pyramid's colour where the sample has
+    risk, and the year toggle turns it into the other year's colour."""
     page.evaluate("ocrMap.closePopup()")
     page.evaluate(
         "() => { for (const l of map.getStyle().layers) if (!l.id.startsWith('surface-') "
@@ -242,7 +241,7 @@ def _check_surface(page, storage: OcrStorage, figures: dict) -> None:
     )
     risk_colors = {_hex_rgb(c) for c in RISK_COLORS[1:]}
     seen = {}
-    for map_zoom, level, margin in ((10, 11, 3), (14, 13, 2)):
+    for map_zoom, level, margin in ((10, 2, 3), (14, 0, 2)):
         pixel = _surface_pixel(storage, level, margin)
         _view(page, pixel["lon"], pixel["lat"], map_zoom)
         found, colors = _canvas_rgb(page, pixel["lon"], pixel["lat"])

@@ -1,219 +1,163 @@
-"""The pyramid written a bounded window at a time: its window geometry against brute force,
-and its levels against the whole-graph warp (odc-geo's dask path) on a small real store."""
+"""The pyramid's pure parts by hand (level count, which level a tile is drawn from, a tile's
+pixel centres, the level pixel under a point) and the writer's behaviour on a small store
+(fewer levels than published when the grid is too small; a failed write keeps the previous
+pyramid)."""
 
 from __future__ import annotations
 
-import itertools
+import math
+import os
 
+import dask.array
 import numpy as np
 import pytest
-import xarray as xr
-from odc.geo.xr import assign_crs, xr_reproject
 from pyproj import CRS, Transformer
 
-from ocr_assets import pyramid as pyramid_step
-from ocr_assets.pyramid import PYRAMID_VARIABLES, PyramidWindows, write_pyramid
+from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
 from ocr_assets.science.pyramid import (
-    WINDOW_PAD_PX,
-    level_geobox,
-    nested_window,
-    source_window,
-    window_pieces,
+    TILE_SIZE,
+    choose_level,
+    levels_for_shape,
+    native_zoom,
+    pixel_index,
+    published_levels,
+    tile_pixel_centres,
+    tile_resolution,
 )
 from ocr_assets.science.regions import RegionGrid
-from ocr_assets.science.reproject import in_memory_rasterio
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
-REGION = (240, 180)  # (lat, lon) pixels
-GRID = (2, 3)  # regions
-WEST, SOUTH = -120.3, 37.1
 
 
-def _grid() -> RegionGrid:
-    rows, cols = GRID[0] * REGION[0], GRID[1] * REGION[1]
-    return RegionGrid(
-        latitude=SOUTH + (np.arange(rows) + 0.5) * ARC_SECOND,
-        longitude=WEST + (np.arange(cols) + 0.5) * ARC_SECOND,
-        chunk_lat=REGION[0],
-        chunk_lon=REGION[1],
-    )
+def test_published_level_count_is_the_zoom_of_30_m():
+    # WebMercatorQuad's z11 pixel is 76.4 m at the equator, z12's 38.2 m, z13's 19.1 m:
+    # morecantile's zoom_for_res(30) answers 12 (the number OCR passes as its level count)
+    assert published_levels() == 12
+    assert published_levels(1000.0) < published_levels(30.0) < published_levels(5.0)
+
+
+def test_levels_for_shape_stops_where_a_side_reaches_one_pixel():
+    # 2048 px halves 11 times down to 1 px: 12 levels; 2047 only 10 times
+    assert levels_for_shape(12, (2048, 5000)) == 12
+    assert levels_for_shape(12, (2047, 5000)) == 11
+    assert levels_for_shape(12, (600, 540)) == 10  # the sample's grid (540 = 2^9 + 28)
+    assert levels_for_shape(3, (600, 540)) == 3
+    assert levels_for_shape(12, (1, 1)) == 1
+
+
+def test_choose_level_takes_the_coarsest_level_no_wider_than_a_tile_pixel():
+    widths = [ARC_SECOND * 2**k for k in range(12)]  # 1″, 2″, … 2048″
+    # z0: a tile pixel is 360/256 = 1.40625° = 5062.5″: the coarsest level (2048″) fits
+    assert tile_resolution(0) == 1.40625
+    assert choose_level(widths, 0) == 11
+    # z5: 5062.5/32 = 158.2″: 128″ (level 7) fits, 256″ does not
+    assert choose_level(widths, 5) == 7
+    # z12: 1.236″: level 0 (1″); z13: 0.618″: none fits, the finest is drawn enlarged
+    assert choose_level(widths, 12) == 0 and choose_level(widths, 13) == 0
+    # a level exactly as wide as the tile's pixels fits
+    assert choose_level([tile_resolution(4) / 2, tile_resolution(4)], 4) == 1
+    # 5062.5″ / 2^12 < 1″ < 5062.5″ / 2^13: z13 is the first zoom finer than the finest level
+    assert native_zoom(ARC_SECOND) == 13
+    assert native_zoom(tile_resolution(7)) == 7
+
+
+def test_tile_pixel_centres_by_hand_and_against_pyproj():
+    lon, lat = tile_pixel_centres(1, 1, 0)  # the north-east quarter of the world
+    assert lon.shape == lat.shape == (TILE_SIZE,)
+    # columns: 0° to 180° in 256 steps of 180/256°, centres half a step in
+    assert lon[0] == pytest.approx(180 / 512) and lon[-1] == pytest.approx(180 - 180 / 512)
+    # the last row's centre is half a pixel above the equator, 0.5 / 256 of the tile's height:
+    # 1 - 2 × (255.5 / 256) / 2 = 1 / 512 of the way from the equator, lat = atan(sinh(π / 512))
+    assert lat[-1] == pytest.approx(math.degrees(math.atan(math.sinh(math.pi / 512))))
+    assert np.all(np.diff(lat) < 0)  # north first
+    # against pyproj's inverse Web Mercator of the same pixel centres (tile z10 / 163 / 395)
+    z, x, y = 10, 163, 395
+    lon, lat = tile_pixel_centres(z, x, y)
+    half, size = 20037508.342789244, 2 * 20037508.342789244 / (TILE_SIZE * 2**z)
+    mx = -half + (x * TILE_SIZE + np.arange(TILE_SIZE) + 0.5) * size
+    my = half - (y * TILE_SIZE + np.arange(TILE_SIZE) + 0.5) * size
+    to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    want_lon, _ = to_lonlat.transform(mx, np.zeros_like(mx))
+    _, want_lat = to_lonlat.transform(np.zeros_like(my), my)
+    np.testing.assert_allclose(lon, want_lon, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(lat, want_lat, rtol=0, atol=1e-9)
+
+
+def test_pixel_index_by_hand():
+    centres = np.array([10.5, 11.5, 12.5, 13.5])  # pixels [10, 11), [11, 12), … [13, 14)
+    points = np.array([9.99, 10.0, 10.7, 11.0, 12.49, 13.99, 14.0, 20.0])
+    # a point on a shared edge belongs to the pixel above it; past the last edge: -1
+    np.testing.assert_array_equal(pixel_index(centres, 1.0, points), [-1, 0, 0, 1, 2, 3, -1, -1])
+    assert pixel_index(np.array([5.0]), 2.0, np.array([3.9, 4.0, 5.9, 6.0])).tolist() == [
+        -1,
+        0,
+        0,
+        -1,
+    ]
+
+
+# the writer on a small store -----------------------------------------------------------------
+REGION = (120, 150)  # (lat, lon) pixels
+GRID = (2, 3)  # regions: 240 × 450 px, 8 levels at most
 
 
 @pytest.fixture(scope="module")
 def raster_storage(tmp_path_factory) -> OcrStorage:
-    """A 480 × 540 px raster store written by the real code: smooth RPS, zeros, NaN holes."""
+    """A 240 × 450 px raster store written by the real code: RPS in 0–100, zeros, NaN."""
     storage = OcrStorage(root=str(tmp_path_factory.mktemp("pyramid")), environment="local")
-    grid = _grid()
+    rows, cols = GRID[0] * REGION[0], GRID[1] * REGION[1]
+    grid = RegionGrid(
+        latitude=37.1 + (np.arange(rows) + 0.5) * ARC_SECOND,
+        longitude=-120.3 + (np.arange(cols) + 0.5) * ARC_SECOND,
+        chunk_lat=REGION[0],
+        chunk_lon=REGION[1],
+    )
     storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
     rng = np.random.default_rng(7)
-    y, x = np.meshgrid(np.arange(grid.latitude.size), np.arange(grid.longitude.size), indexing="ij")
-    base = 50 + 40 * np.sin(y / 37.0) * np.cos(x / 23.0) + rng.normal(0, 3, y.shape)
-    fields = {}
-    for i, name in enumerate(PYRAMID_VARIABLES):
-        field = np.clip(base * (1 + 0.1 * i), 0, 100).astype(np.float32)
-        field[(y // 40 + x // 50) % 7 == 0] = 0  # non-burnable patches
-        field[(y - 300) ** 2 + (x - 100) ** 2 < 70**2] = np.nan  # water
-        field[:, :25] = np.nan  # the grid's outside
-        fields[name] = field
     for rid in grid.all_region_ids():
         region = grid.region(rid)
-        window = (region.lat_slice, region.lon_slice)
-        empty = np.full(fields["rps_2011"][window].shape, np.nan, np.float32)
+        shape = (REGION[0], REGION[1])
+        values = (100 * rng.random(shape) ** 4).astype(np.float32)
+        values[rng.random(shape) < 0.2] = np.nan
+        values[rng.random(shape) < 0.1] = 0
         storage.write_region_window(
-            region, {v: fields[v][window] if v in fields else empty for v in RISK_VARIABLES}
+            region, {v: values * (1 + 0.1 * (v == "rps_2047")) for v in RISK_VARIABLES}
         )
     return storage
 
 
-def _whole_graph_levels(storage: OcrStorage, max_zoom: int) -> dict[int, xr.Dataset]:
-    """The levels as the previous writer computed them: every level one dask graph."""
-    store = storage.open_raster_store()[list(PYRAMID_VARIABLES)].chunk(4096)
-    lat, lon = store["latitude"].values, store["longitude"].values
-    half = (lat[1] - lat[0]) / 2, (lon[1] - lon[0]) / 2
-    bounds = (lon[0] - half[1], lat[0] - half[0], lon[-1] + half[1], lat[-1] + half[0])
-    source = assign_crs(store.drop_vars("spatial_ref", errors="ignore"), "EPSG:4326")
-    with in_memory_rasterio():
-        return {
-            z: xr_reproject(
-                source, level_geobox(z, bounds), resampling="average", dst_nodata=float("nan")
-            ).compute()
-            for z in range(max_zoom + 1)
-        }
-
-
-@pytest.fixture(scope="module")
-def reference(raster_storage) -> dict[int, xr.Dataset]:
-    return _whole_graph_levels(raster_storage, 13)
-
-
-# windows chosen so that the small run reads many pieces, fills levels chunk by chunk on
-# threads, and still has a shared pass (z0–z9 here)
-SMALL = PyramidWindows(source_px=2**12, shared_level_px=2**12, chunk_px=96)
-
-
-@pytest.mark.parametrize("windows", [PyramidWindows(), SMALL], ids=["default", "small"])
-def test_levels_equal_the_whole_graph_warp(raster_storage, reference, windows, monkeypatch):
-    reads: list[int] = []
-    read = pyramid_step._PyramidSource.read
-
-    def counted(self, name, window):
-        reads.append((window[0].stop - window[0].start) * (window[1].stop - window[1].start))
-        return read(self, name, window)
-
-    monkeypatch.setattr(pyramid_step._PyramidSource, "read", counted)
-    result = write_pyramid(raster_storage, 13, windows)
+def test_a_small_grid_gets_the_levels_it_can_halve_into(raster_storage):
+    result = write_pyramid(raster_storage, published_levels())
+    assert result["levels"] == 8  # 240 px halves 7 times down to 1 px
     tree = raster_storage.open_datatree(raster_storage.layout.pyramid)
-    assert sorted(int(z) for z in tree.children) == list(range(14))
-    assert tree.attrs["multiscales"][0]["datasets"][13] == {
-        "path": "13",
-        "level": 13,
-        "crs": "EPSG:3857",
-    }
-    for zoom, expected in reference.items():
-        level = tree[str(zoom)].to_dataset()
-        assert level.attrs["zoom"] == zoom
-        for coord in ("x", "y"):
-            np.testing.assert_array_equal(level[coord].values, expected[coord].values)
-        for name in PYRAMID_VARIABLES:
-            got, want = level[name].values, expected[name].values
-            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-            # GDAL's average of a pixel may move by an ulp with the window it is given
-            np.testing.assert_allclose(got, want, rtol=2e-7, atol=0, equal_nan=True)
-            chunks = level[name].encoding["chunks"]
-            assert chunks == tuple(min(windows.chunk_px, n) for n in got.shape)
-    assert result["finest_shape"] == list(reference[13]["rps_2011"].shape)
-    if windows is SMALL:
-        assert result["shared_pass_levels"] == list(range(10))
-        # finer levels are read in pieces within the budget (plus the footprint's padding)
-        fine = [px for px in reads if px <= 4 * windows.source_px]
-        assert len(fine) > 100 and max(fine) <= (64 + 2 * WINDOW_PAD_PX + 2) ** 2
-    else:  # every level of this small store is filled from one window per variable
-        assert result["shared_pass_levels"] == list(range(14)) and len(reads) == 2
+    assert sorted(tree.children, key=int) == [str(k) for k in range(8)]
+    assert tree["7"]["rps_2011"].shape == (1, 3)
+    assert set(tree["0"].data_vars) == set(PYRAMID_VARIABLES)
 
 
 def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
-    write_pyramid(raster_storage, 9)
+    write_pyramid(raster_storage, 3)
     path = raster_storage.layout.pyramid
-    before = raster_storage.open_datatree(path)["9"]["rps_2011"].values
+    before = raster_storage.open_datatree(path)["2"]["rps_2011"].values
+    read = OcrStorage.open_raster_store
 
-    def broken(self, name, window):
-        raise OSError("disk gone")
+    def failing_read(self):
+        """The store as read, its rps_2047 failing when a chunk is computed (mid-write)."""
+        store = read(self)
 
-    monkeypatch.setattr(pyramid_step._PyramidSource, "read", broken)
+        def fail(block):
+            raise OSError("disk gone")
+
+        broken = dask.array.map_blocks(fail, store["rps_2047"].data, dtype=np.float32)
+        return store.assign(rps_2047=(store["rps_2047"].dims, broken))
+
+    monkeypatch.setattr(OcrStorage, "open_raster_store", failing_read)
     with pytest.raises(OSError, match="disk gone"):
-        write_pyramid(raster_storage, 13)
+        write_pyramid(raster_storage, 5)
     after = raster_storage.open_datatree(path)
-    assert sorted(int(z) for z in after.children) == list(range(10))
-    np.testing.assert_array_equal(after["9"]["rps_2011"].values, before)
-
-
-# window geometry, against brute force ---------------------------------------------------------
-def _source_geobox(raster_storage):
-    store = raster_storage.open_raster_store()[["rps_2011"]]
-    return assign_crs(store.drop_vars("spatial_ref"), "EPSG:4326").odc.geobox
-
-
-def _centres_3857(box) -> tuple[np.ndarray, np.ndarray]:
-    ny, nx = box.shape
-    a = box.affine
-    return a.c + (np.arange(nx) + 0.5) * a.a, a.f + (np.arange(ny) + 0.5) * a.e
-
-
-@pytest.mark.parametrize(
-    "zoom,part", [(9, (0, 3, 1, 4)), (13, (5, 40, 17, 61)), (11, (2, 9, 0, 3))]
-)
-def test_source_window_holds_every_source_pixel_under_the_output(raster_storage, zoom, part):
-    src = _source_geobox(raster_storage)
-    store = raster_storage.open_raster_store()
-    lat, lon = store["latitude"].values, store["longitude"].values
-    bounds = (lon[0] - 0.5 / 3600, lat[0] - 0.5 / 3600, lon[-1] + 0.5 / 3600, lat[-1] + 0.5 / 3600)
-    dst = level_geobox(zoom, bounds)[slice(part[0], part[1]), slice(part[2], part[3])]
-    window = source_window(src, dst)
-    to_3857 = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
-    x, _ = to_3857.transform(lon, np.full_like(lon, lat.mean()))
-    _, y = to_3857.transform(np.full_like(lat, lon.mean()), lat)
-    (left, bottom, right, top) = dst.extent.boundingbox
-    rows = np.flatnonzero((y > bottom) & (y < top))
-    cols = np.flatnonzero((x > left) & (x < right))
-    assert rows.size and cols.size
-    got_rows = range(window[0].start, window[0].stop)  # indices into the stored latitude
-    assert all(r in got_rows for r in rows)
-    assert all(c in range(window[1].start, window[1].stop) for c in cols)
-    assert len(got_rows) <= rows.size + 2 * WINDOW_PAD_PX + 2
-    assert window[1].stop - window[1].start <= cols.size + 2 * WINDOW_PAD_PX + 2
-
-
-def test_nested_window_is_where_the_fine_pixel_centres_fall(raster_storage):
-    bounds = (-120.3, 37.1, -120.15, 37.2333)
-    for z in (8, 11):
-        coarse, fine = level_geobox(z, bounds), level_geobox(z + 2, bounds)
-        fx, fy = _centres_3857(fine)
-        col_of = np.floor((fx - coarse.affine.c) / coarse.affine.a).astype(int)
-        row_of = np.floor((fy - coarse.affine.f) / coarse.affine.e).astype(int)
-        for r0, c0 in itertools.product(range(coarse.shape[0]), range(coarse.shape[1])):
-            where = nested_window(coarse, fine, (slice(r0, r0 + 1), slice(c0, c0 + 1)))
-            rows, cols = np.flatnonzero(row_of == r0), np.flatnonzero(col_of == c0)
-            if not rows.size or not cols.size:
-                assert where is None
-                continue
-            assert where == (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-
-
-def test_window_pieces_tile_the_part_within_the_budget(raster_storage):
-    src = _source_geobox(raster_storage)
-    bounds = (-120.3, 37.1, -120.15, 37.2333)
-    dst = level_geobox(13, bounds)
-    part = (slice(200, 400), slice(300, 500))
-    pieces = window_pieces(src, dst, part, 40 * 40)
-    covered = np.zeros(tuple(dst.shape), int)
-    for (rows, cols), window in pieces:
-        covered[rows, cols] += 1
-        assert window == source_window(src, dst[rows, cols])
-        pixels = (window[0].stop - window[0].start) * (window[1].stop - window[1].start)
-        assert pixels <= (40 + 2 * WINDOW_PAD_PX + 2) ** 2
-    assert len(pieces) > 4
-    assert (covered[part] == 1).all() and covered.sum() == covered[part].size
-    # a budget larger than the whole footprint: one piece, the part itself
-    assert window_pieces(src, dst, part, 10**9) == [(part, source_window(src, dst[part]))]
+    assert sorted(after.children, key=int) == ["0", "1", "2"]
+    np.testing.assert_array_equal(after["2"]["rps_2011"].values, before)
+    leftovers = [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".tmp")]
+    assert leftovers == []

@@ -1,11 +1,12 @@
-"""The risk surface as map tiles: PNG tiles of the pyramid (``risk_pyramid``), rendered on the
-server from the level whose pixels are the tile's (levels are aligned to the 256-pixel tile
-grid, so a tile is a plain cut of its level: no resampling), coloured by the risk score bins.
+"""The risk surface as map tiles: PNG tiles of the published pyramid (``risk_pyramid``), whose
+levels are EPSG:4326 grids, each the 2 × 2 mean of the one before. A Web Mercator tile is drawn
+from the level whose pixels best fit its zoom, one nearest level pixel per tile pixel (at the
+pixel's centre), coloured by the risk score bins; outside the data it is transparent.
 
 A tile reads only the stored chunks under it, through the storage resource's filesystem
 (local or S3), and keeps the decoded chunks of recent tiles in a bounded cache: neighbouring
-tiles share chunks (a 4096-pixel chunk of a CONUS level holds 256 tiles). A redeploy that
-replaces the pyramid is seen within ``RECHECK_SECONDS`` and empties the cache.
+tiles share chunks. A redeploy that replaces the pyramid is seen within ``RECHECK_SECONDS``
+and empties the cache.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from PIL import Image
 from zarr.storage import FsspecStore
 
-from ocr_assets.science.pyramid import TILE_SIZE, level_bounds, level_origin, tile_window
+from ocr_assets.science.pyramid import (
+    TILE_SIZE,
+    choose_level,
+    native_zoom,
+    pixel_index,
+    tile_pixel_centres,
+)
 from ocr_assets.science.scoring import score_rgba
 
 RASTER_VARIABLES = ("rps_2011", "rps_2047")  # what the pyramid holds (risk_pyramid)
@@ -34,11 +41,16 @@ RECHECK_SECONDS = 2.0  # how often a tile request looks whether the pyramid was 
 
 @dataclass(frozen=True)
 class Level:
-    """One stored level: where its first pixel sits in the global grid, its size, chunks."""
+    """One stored level: its pixel centres (ascending), pixel size in degrees, chunks."""
 
-    origin: tuple[int, int]
-    shape: tuple[int, int]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    width: float
     chunks: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.latitude.size, self.longitude.size
 
 
 class ChunkCache:
@@ -85,8 +97,7 @@ class PyramidTiles:
         self._stamp: str | None = None
         self._checked = 0.0
         self._group: zarr.Group | None = None
-        self._levels: dict[int, Level] = {}
-        self._zooms: list[int] = []
+        self._levels: list[Level] = []
         self._arrays: dict[tuple[int, str], zarr.Array] = {}
 
     def _open(self) -> zarr.Group:
@@ -98,9 +109,9 @@ class PyramidTiles:
                 stamp = _stamp(self.fs.info(f"{self.path}/zarr.json"))
                 if stamp != self._stamp or self._group is None:
                     store = FsspecStore(_asynchronous(self.fs), read_only=True, path=self.path)
-                    self._group = zarr.open_group(store, mode="r")
-                    self._zooms = sorted(int(name) for name in self._group.group_keys())
-                    self._levels, self._arrays, self._stamp = {}, {}, stamp
+                    group = zarr.open_consolidated(store, mode="r")
+                    self._levels = _read_levels(group)
+                    self._group, self._arrays, self._stamp = group, {}, stamp
                     self.cache.clear()
             return self._group
 
@@ -110,68 +121,66 @@ class PyramidTiles:
         self._open()
         return self._stamp or ""
 
-    def zooms(self) -> list[int]:
+    def levels(self) -> list[Level]:
         self._open()
-        return self._zooms
+        return self._levels
 
-    def level(self, zoom: int) -> Level | None:
-        group = self._open()
-        if zoom not in self._levels:
-            if zoom not in self._zooms:
-                return None
-            stored = group[str(zoom)]
-            array = stored[RASTER_VARIABLES[0]]
-            origin = level_origin(zoom, float(stored["x"][0]), float(stored["y"][0]))
-            self._levels[zoom] = Level(origin, tuple(array.shape), tuple(array.chunks))
-        return self._levels[zoom]
+    def zooms(self) -> list[int]:
+        """The zooms tiles are drawn for: 0 up to where the finest level's pixels are reached
+        (past it a map enlarges that zoom's tiles)."""
+        return list(range(native_zoom(self.levels()[0].width) + 1))
 
     def bounds(self) -> list[float]:
         """(west, south, east, north) in degrees of the finest level: where tiles have data."""
-        zoom = self.zooms()[-1]
-        level = self.level(zoom)
-        return level_bounds(zoom, level.origin, level.shape)
+        level = self.levels()[0]
+        half = level.width / 2
+        lat, lon = level.latitude, level.longitude
+        return [
+            float(lon[0] - half),
+            float(lat[0] - half),
+            float(lon[-1] + half),
+            float(lat[-1] + half),
+        ]
 
     def values(self, variable: str, zoom: int, x: int, y: int) -> np.ndarray | None:
         """The tile's 256 × 256 values (NaN where the level has none), or None when the tile
-        misses the level or no chunk under it is stored (all missing)."""
-        level = self.level(zoom)
-        if level is None:
+        misses the level or every pixel it samples is missing."""
+        levels = self.levels()
+        k = choose_level([level.width for level in levels], zoom)
+        level = levels[k]
+        lon, lat = tile_pixel_centres(zoom, x, y)
+        rows = pixel_index(level.latitude, level.width, lat)
+        cols = pixel_index(level.longitude, level.width, lon)
+        if (rows < 0).all() or (cols < 0).all():
             return None
-        window = tile_window(level.origin, level.shape, x, y)
-        if window is None:
-            return None
-        (rows, cols), (into_rows, into_cols) = window
-        array = self._array(zoom, variable)
+        array = self._array(k, variable)
         tile = np.full((TILE_SIZE, TILE_SIZE), np.nan, np.float32)
-        found = False
-        (cy, cx) = level.chunks
-        for iy in range(rows.start // cy, (rows.stop - 1) // cy + 1):
-            for ix in range(cols.start // cx, (cols.stop - 1) // cx + 1):
-                key = (self._stamp, zoom, variable, iy, ix)  # never a replaced pyramid's
-                chunk = self._chunk(array, key, level, iy, ix)
+        cy, cx = level.chunks
+        for iy in np.unique(rows[rows >= 0] // cy):
+            into_rows = np.flatnonzero((rows >= 0) & (rows // cy == iy))
+            for ix in np.unique(cols[cols >= 0] // cx):
+                key = (self._stamp, k, variable, int(iy), int(ix))  # never a replaced pyramid's
+                chunk = self._chunk(array, key, level, int(iy), int(ix))
                 if chunk is None:
                     continue
-                found = True
-                r0, r1 = max(rows.start, iy * cy), min(rows.stop, (iy + 1) * cy)
-                c0, c1 = max(cols.start, ix * cx), min(cols.stop, (ix + 1) * cx)
-                tile[
-                    into_rows.start + r0 - rows.start : into_rows.start + r1 - rows.start,
-                    into_cols.start + c0 - cols.start : into_cols.start + c1 - cols.start,
-                ] = chunk[r0 - iy * cy : r1 - iy * cy, c0 - ix * cx : c1 - ix * cx]
-        return tile if found else None
+                into_cols = np.flatnonzero((cols >= 0) & (cols // cx == ix))
+                tile[np.ix_(into_rows, into_cols)] = chunk[
+                    np.ix_(rows[into_rows] - iy * cy, cols[into_cols] - ix * cx)
+                ]
+        return None if np.isnan(tile).all() else tile
 
-    def _array(self, zoom: int, variable: str) -> zarr.Array:
+    def _array(self, k: int, variable: str) -> zarr.Array:
         """The level's array, its metadata read once per pyramid (not once per tile)."""
         group = self._open()
-        if (zoom, variable) not in self._arrays:
-            self._arrays[zoom, variable] = group[str(zoom)][variable]
-        return self._arrays[zoom, variable]
+        if (k, variable) not in self._arrays:
+            self._arrays[k, variable] = group[str(k)][variable]
+        return self._arrays[k, variable]
 
     def _chunk(
         self, array: zarr.Array, key: tuple, level: Level, iy: int, ix: int
     ) -> np.ndarray | None:
-        """One decoded chunk, one read; None when it holds no value (the pyramid does not
-        store all-missing chunks: zarr answers those with its fill value, NaN)."""
+        """One decoded chunk, one read; None when it holds no value (all-missing chunks are
+        not stored: zarr answers those with its fill value, NaN)."""
         cached = self.cache.get(key)
         if cached is None:
             (cy, cx), (ny, nx) = level.chunks, level.shape
@@ -188,6 +197,27 @@ class PyramidTiles:
         if values is None:
             return None
         return encode_png(score_rgba(values))
+
+
+def _read_levels(group: zarr.Group) -> list[Level]:
+    """Every level's coordinates, pixel size and chunks, finest first. A level's pixel size is
+    the finest level's spacing times its scale in the root's ``multiscales`` layout."""
+    levels: list[Level] = []
+    for entry in group.attrs["multiscales"]["layout"]:
+        stored = group[entry["asset"]]
+        longitude = stored["longitude"][:]
+        if not levels:
+            width = float((longitude[-1] - longitude[0]) / (longitude.size - 1))
+        scale = float(entry["transform"]["scale"][-1])
+        levels.append(
+            Level(
+                latitude=stored["latitude"][:],
+                longitude=longitude,
+                width=width * scale,
+                chunks=tuple(stored[RASTER_VARIABLES[0]].chunks),
+            )
+        )
+    return levels
 
 
 def encode_png(rgba: np.ndarray) -> bytes:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass
 
 import dask.array
@@ -176,15 +175,21 @@ class RasterStore(FileStore):
             storage_options=self.storage_options or None,
         )
 
-    @contextmanager
-    def datatree_writer(self, tree: xr.DataTree, path: str) -> Iterator[zarr.Group]:
-        """The tree's groups, coordinates, attributes and array metadata written from its lazy
-        variables (never computed), then its Zarr group to fill window by window; in place at
-        ``path`` only when the block succeeds."""
+    def write_consolidated_tree(self, tree: xr.DataTree, path: str, encoding: dict) -> None:
+        """A whole tree as Zarr v3 with the root's consolidated metadata, as OCR writes its
+        pyramid (``to_zarr`` then ``zarr.consolidate_metadata``); swapped into place at
+        ``path`` only when complete, so a failed write leaves the previous tree."""
         options = self.storage_options or None
         with self.atomic_path(path) as tmp:
-            tree.to_zarr(tmp, mode="w-", storage_options=options, compute=False, **ZARR_FORMAT)
-            yield zarr.open_group(tmp, mode="r+", storage_options=options)
+            tree.to_zarr(tmp, mode="w", zarr_format=3, encoding=encoding, storage_options=options)
+            store = (
+                zarr.storage.FsspecStore.from_url(tmp, storage_options=options)
+                if self.is_s3
+                else zarr.storage.LocalStore(tmp)
+            )
+            with warnings.catch_warnings():  # "not part of the v3 spec": OCR's map reads it
+                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+                zarr.consolidate_metadata(store)
 
     def open_datatree(self, path: str) -> xr.DataTree:
         """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""
