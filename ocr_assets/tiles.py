@@ -257,9 +257,12 @@ def build_pmtiles(storage: OcrStorage, spec: Tileset, layers: dict[str, LayerSou
                 f"tippecanoe failed for {spec.archive} ({done.returncode}): {done.stderr[-2000:]}"
             )
         target = storage.layout.pmtiles(spec.archive)
+        # the key maps (OCR's archives have none: a reader can then decode the numeric keys)
+        # and the vector products' 7 keys, nested so tippecanoe's own "version" (the TileJSON
+        # tileset version) keeps its meaning
         added = {
             "key_map": {layer: spec.key_maps[layer] for layer in layers},
-            **vector_metadata(storage.version),
+            "metadata": vector_metadata(storage.version),
         }
         size = storage.put_pmtiles(str(scratch / output), target, added)
     summary = storage.pmtiles_summary(target)
