@@ -299,7 +299,7 @@ def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_ta
         assert dict(all_tiles(reader.get_bytes)) == before
         metadata = reader.metadata()
     assert metadata["notice"] == "x" * 5000 and metadata["key_map"] == {"risk": {}}
-    assert metadata["name"] == "building" and metadata["license_name"] == "ODBL"
+    assert metadata["name"] == "building" and metadata["metadata"]["license_name"] == "ODBL"
 
     kept = Path(moved).read_bytes()
     shuffled = bytearray(Path(target).read_bytes())
