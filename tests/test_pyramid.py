@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from odc.geo.xr import assign_crs, xr_reproject
-from pyproj import CRS, Transformer
+from pyproj import Transformer
 
 from ocr_assets import pyramid as pyramid_step
 from ocr_assets.pyramid import PYRAMID_VARIABLES, PyramidWindows, write_pyramid
@@ -46,7 +46,7 @@ def raster_storage(tmp_path_factory) -> OcrStorage:
     """A 480 × 540 px raster store written by the real code: smooth RPS, zeros, NaN holes."""
     storage = OcrStorage(root=str(tmp_path_factory.mktemp("pyramid")), environment="local")
     grid = _grid()
-    storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+    storage.ensure_raster_store(grid)
     rng = np.random.default_rng(7)
     y, x = np.meshgrid(np.arange(grid.latitude.size), np.arange(grid.longitude.size), indexing="ij")
     base = 50 + 40 * np.sin(y / 37.0) * np.cos(x / 23.0) + rng.normal(0, 3, y.shape)
