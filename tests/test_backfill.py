@@ -18,6 +18,7 @@ from ocr_jobs.deploy import instance_home
 from ocr_jobs.deploy.runner import RANGE_TAGS, partition_tags
 from ocr_jobs.jobs import region_runs
 from ocr_resources.settings import load_settings
+from ocr_resources.storage import OcrStorage
 from tests.test_deploy import _local_env, region_commit_blocked
 
 ROOT = Path(__file__).resolve().parents[1]
