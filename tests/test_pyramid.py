@@ -152,7 +152,7 @@ def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
 # window geometry, against brute force ---------------------------------------------------------
 def _source_geobox(raster_storage):
     store = raster_storage.open_raster_store()[["rps_2011"]]
-    return assign_crs(store.drop_vars("spatial_ref"), "EPSG:4326").odc.geobox
+    return assign_crs(store, "EPSG:4326").odc.geobox
 
 
 def _centres_3857(box) -> tuple[np.ndarray, np.ndarray]:
