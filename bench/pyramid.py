@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from pyproj import CRS
 
 from ocr_assets import pyramid as pyramid_step
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
@@ -135,7 +134,7 @@ def generate(n: int, root: str) -> dict:
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     grid = bench_grid(n)
     start = time.perf_counter()
-    storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+    storage.ensure_raster_store(grid)
     fields = risk_fields(grid)
     make = write = 0.0
     nan_share: list[float] = []
@@ -159,7 +158,6 @@ def generate(n: int, root: str) -> dict:
         "write_region_window_s": round(write, 1),
         "nan_share": round(float(np.mean(nan_share)), 3),
         "store_bytes": tree_bytes(storage.layout.raster_store),
-        "rps_bytes": sum(tree_bytes(f"{storage.layout.raster_store}/{v}") for v in RPS),
     }
 
 

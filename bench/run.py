@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import xarray as xr
-from pyproj import CRS
 
 from bench.synthetic import (
     FULL_REGION,
@@ -277,7 +276,7 @@ def bench_region(count: int, variant: str = "published") -> dict:
             with meter.stage(f"assemble_{n}"):
                 rasters = assemble_region_rasters(inputs, fields)
             with meter.stage(f"write_raster_{n}"):
-                storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+                storage.ensure_raster_store(grid)
                 storage.write_region_window(region, rasters)
             with meter.stage(f"sample_buildings_{n}"):
                 table, _ = region_buildings_table(grid, region, rasters, buildings)

@@ -41,6 +41,20 @@ def materialized_regions(instance: dg.DagsterInstance, storage: OcrStorage) -> d
     }
 
 
+def committed_materialized_regions(
+    instance: dg.DagsterInstance, storage: OcrStorage
+) -> tuple[dict[str, dict], list[str]]:
+    """The regions that are done: recorded by ``instance`` (:func:`materialized_regions`) AND
+    committed on ``main`` of the raster store (a ``wrote region_id (<id>)`` commit in its
+    ancestry, as the published pipeline counts a processed region). Returns (those regions
+    with their metadata, the recorded regions whose commit is missing, e.g. after a branch
+    reset or a lost repository: they are to be redone)."""
+    recorded = materialized_regions(instance, storage)
+    committed = storage.committed_regions()
+    done = {r: meta for r, meta in recorded.items() if r in committed}
+    return done, sorted(r for r in recorded if r not in committed)
+
+
 def recompute_hint(region_ids: list[str]) -> str:
     """How a user recomputes named regions, without wiping the environment."""
     flags = " ".join(f"--recompute {r}" for r in region_ids)

@@ -115,7 +115,7 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
         kept = merge_building_rows(shapely.to_wkb(tagged.geometry.values), tagged["GEOID"])
         region_buildings = tagged.iloc[kept]
     with timer.stage("write_raster"):
-        storage.write_region_window(region, rasters)
+        snapshot_id = storage.write_region_window(region, rasters)
     with timer.stage("sample_buildings"):
         table, dropped = region_buildings_table(grid, region, rasters, region_buildings)
     with timer.stage("write_buildings"):
@@ -131,6 +131,10 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     raster = {
         "path": dg.MetadataValue.path(storage.layout.raster_store),
         "region_id": region_id,
+        # the Icechunk snapshot of the region's commit: what a reader opens to see exactly
+        # this write (a run's regions share one MaterializeResult, so it cannot be each
+        # partition's Dagster data version)
+        "snapshot_id": snapshot_id,
         "pixels": int(np.prod(region.shape)),
         "window_pixels": (lat_w.stop - lat_w.start) * (lon_w.stop - lon_w.start),
         "bounds": [region.lon0, region.lat0, region.lon1, region.lat1],
@@ -262,7 +266,7 @@ def build_region_assets(
             storage.check_inputs(REGION_INPUTS)
             grid = storage.region_grid()
             windows = [grid.window(grid.region(r)) for r in region_ids]
-            storage.ensure_raster_store(grid, storage.crs_wkt_4326())
+            storage.ensure_raster_store(grid)
         except InputDataError as exc:
             # a broken input stays broken: fail now instead of retrying with backoff
             raise dg.Failure(

@@ -353,7 +353,7 @@ class StorageLayout:
             self.pyramid_prefix,
         ]
 
-    raster_store = _under("raster_prefix", "risk.zarr")
+    raster_store = _under("raster_prefix", "ocr.icechunk")
 
     region_buildings_dir = _under("intermediate_prefix", "geoparquet-regions")
 

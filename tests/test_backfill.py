@@ -19,7 +19,7 @@ from ocr_jobs.deploy.runner import RANGE_TAGS, partition_tags
 from ocr_jobs.jobs import region_runs
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
-from tests.test_deploy import _local_env
+from tests.test_deploy import _local_env, region_commit_blocked
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = ["y0_x0", "y1_x1", "y1_x2"]
@@ -87,9 +87,13 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
     settings = load_settings(env)
     home = instance_home(settings)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    storage = OcrStorage(root=str(root), environment="qa")
-    blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
-    blocker.mkdir(parents=True)  # region y1_x2 cannot write its shard
+    # region y1_x2's commit to the raster store fails while the blocker exists (in every
+    # process the daemon starts)
+    blocker = tmp_path / "block-y1_x2"
+    blocker.touch()
+    for name, value in region_commit_blocked(blocker).items():
+        kept = os.environ.get(name) if name == "PYTHONPATH" else None
+        monkeypatch.setenv(name, os.pathsep.join(filter(None, [value, kept])))
     daemon = subprocess.Popen(
         [sys.executable, "-c", FAST_DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT,
@@ -126,12 +130,14 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             raster = dg.AssetKey("region_risk_raster")
             # y1_x2 failed; y1_x1, in the same run, is materialized all the same
             assert instance.get_materialized_partitions(raster) == {"y0_x0", "y1_x1"}
+            storage = OcrStorage(root=str(root), environment="qa")
+            assert set(storage.committed_regions()) == {"y0_x0", "y1_x1"}
             assert (
                 instance.get_latest_materialization_event(dg.AssetKey("buildings_geoparquet"))
                 is None
             )
 
-            blocker.rmdir()
+            blocker.unlink()
             again = execute_dagster_graphql(
                 context, REEXECUTE, {"params": {"parentRunId": first, "strategy": "FROM_FAILURE"}}
             ).data["reexecutePartitionBackfill"]
@@ -147,6 +153,7 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             assert partitions == {("y1_x2", "y1_x2"), (None, None)}
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             assert instance.get_materialized_partitions(raster) == set(REGIONS)
+            assert set(storage.committed_regions()) == set(REGIONS)
             assert (
                 instance.get_latest_materialization_event(dg.AssetKey("building_pmtiles"))
                 is not None

@@ -30,6 +30,7 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
         for partition in ("y1_x1", "y1_x2"):
             assert _run(local_settings, partition, instance).success
         assert instance.get_materialized_partitions(RASTER) == {"y1_x1", "y1_x2"}
+        instance_records = instance.fetch_materializations(RASTER, limit=10).records
         assert instance.get_materialized_partitions(BUILDINGS) == {"y1_x1", "y1_x2"}
         for record in instance.fetch_materializations(BUILDINGS, limit=2).records:
             meta = record.asset_materialization.metadata
@@ -50,9 +51,15 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
     from ocr_jobs.definitions import build_resources
 
     storage = build_resources(local_settings)["storage"]
-    store = xr.open_zarr(storage.layout.raster_store, consolidated=False)
-    assert set(RISK_VARIABLES) <= set(store.data_vars)
-    assert "spatial_ref" in store.coords
+    store = storage.open_raster_store()
+    assert list(store.data_vars) == list(RISK_VARIABLES)
+    assert "spatial_ref" not in store.variables  # as published
+    # each region's commit is the snapshot its materialization names
+    committed = storage.committed_regions()
+    assert set(committed) == {"y1_x1", "y1_x2"}
+    for record in instance_records:
+        meta = record.asset_materialization.metadata
+        assert meta["snapshot_id"].value == committed[record.asset_materialization.partition]
     np.testing.assert_array_equal(store["latitude"].values, sample_grid.latitude)
     r1, r_other = sample_grid.region("y1_x1"), sample_grid.region("y3_x0")
     window = store["crps_scott"].values[r1.lat_slice, r1.lon_slice]

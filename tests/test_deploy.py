@@ -15,6 +15,7 @@ import pytest
 
 from ocr_jobs.deploy import DeployError, DeploymentLock
 from ocr_resources.storage import OcrStorage
+from ocr_resources.storage.raster_store import TEMPLATE_MESSAGE
 from tests.sample_inputs import link_inputs
 
 BUCKET = "ocr-test"
@@ -137,7 +138,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     assert rows == consolidated > 0
     for name in ("buildings", "building_centroids", "regions"):
         assert fs.exists(lay.pmtiles(name))
-    assert fs.exists(f"{lay.raster_store}/zarr.json")
+    assert set(storage.committed_regions()) == {"y1_x1", "y1_x2"}
     assert not fs.exists(storage.layout.deployment_lock)  # released
     # the credentials in use reach neither the output, the instance nor any object
     assert "testing-secret-key" not in first.stdout + first.stderr
@@ -158,6 +159,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     assert fs.cat(other) == b"staging's own file"  # another environment: untouched
     assert fs.exists(lay.region_buildings("y1_x1"))
     assert not fs.exists(lay.region_buildings("y1_x2"))  # wiped, not recomputed
+    assert set(storage.committed_regions()) == {"y1_x1"}  # a new repository
     assert not fs.exists(lay.consolidated_buildings)
     assert fs.exists(lay.buildings) and fs.exists(lay.crps_rps)  # inputs: never wiped
 
@@ -171,14 +173,29 @@ def _local_env(tmp_path, sample_root, name="local", **values):
     ), root
 
 
+FAULTS = str(Path(__file__).parent / "faults")
+
+
+def region_commit_blocked(blocker: Path) -> dict[str, str]:
+    """The environment of processes whose commit of region y1_x2 to the raster store fails
+    while ``blocker`` exists (``tests/faults/sitecustomize.py``)."""
+    return {
+        "PYTHONPATH": FAULTS,
+        "OCR_TEST_FAULT": "region_commit_fails",
+        "OCR_TEST_FAULT_REGION": "y1_x2",
+        "OCR_TEST_FAULT_BLOCKER": str(blocker),
+    }
+
+
 def deploy_with_blocked_region(tmp_path, sample_root, retries: int, extra: dict | None = None):
-    """Deploy regions y1_x1 and y1_x2 (regions only) where every write of y1_x2's rps_2011
-    shard fails: a directory stands where it must go. Returns (run, env, storage, blocker)."""
+    """Deploy regions y1_x1 and y1_x2 (regions only) where every commit of y1_x2 to the
+    raster store fails while a blocker file exists. Returns (run, env, storage, blocker)."""
     env, root = _local_env(tmp_path, sample_root)
     storage = OcrStorage(root=str(root), environment="local")
-    blocker = Path(storage.layout.raster_store) / "rps_2011" / "c" / "1" / "2"
-    blocker.mkdir(parents=True)
+    blocker = tmp_path / "block-y1_x2"
+    blocker.touch()
     args = ("--region-id", "y1_x1-x2", "--process-retries", str(retries), "--regions-only")
+    extra = {**region_commit_blocked(blocker), **(extra or {})}
     return ocr("deploy", *args, env_file=env, extra=extra), env, storage, blocker
 
 
@@ -197,7 +214,8 @@ def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, samp
     assert "region y1_x1: done in" in events  # the steps' own log lines too
     assert Path(storage.layout.region_buildings("y1_x1")).exists()
     assert not Path(storage.layout.region_buildings("y1_x2")).exists()
-    blocker.rmdir()
+    assert set(storage.committed_regions()) == {"y1_x1"}  # the failed region left nothing
+    blocker.unlink()
     rerun = ocr("deploy", "--region-id", "y1_x1-x2", "--regions-only", "-v", env_file=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     # -v: the runs' log on the console again (at INFO, as Dagster prints it)
@@ -207,6 +225,29 @@ def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, samp
         and "remaining: 1" in rerun.stdout
     )
     assert Path(storage.layout.region_buildings("y1_x2")).exists()
+
+
+def test_a_region_whose_commit_is_missing_from_the_raster_store_is_redone(tmp_path, sample_root):
+    """Dagster's record alone does not make a region done: its ``wrote region_id`` commit must
+    be on ``main`` (here ``main`` is reset to the template, as a lost commit would leave it)."""
+    env, root = _local_env(tmp_path, sample_root)
+    storage = OcrStorage(root=str(root), environment="local")
+    args = ("deploy", "--region-id", "y1_x1", "--regions-only")
+    first = ocr(*args, env_file=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    written = storage.committed_regions()["y1_x1"]
+    repo = storage.raster_repository()
+    template = next(s.id for s in repo.ancestry(branch="main") if s.message == TEMPLATE_MESSAGE)
+    repo.reset_branch("main", template)
+    second = ocr(*args, env_file=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already materialized in this environment: 0" in second.stdout
+    assert "recorded but not committed in the raster store (redone): 1 (y1_x1)" in second.stdout
+    assert "remaining: 1" in second.stdout
+    assert set(storage.committed_regions()) == {"y1_x1"}
+    assert storage.committed_regions()["y1_x1"] != written
+    third = ocr(*args, env_file=env)
+    assert "remaining: 0" in third.stdout and "nothing to do" in third.stdout
 
 
 def test_concurrent_deploys_one_environment_never_interleave_two_run_side_by_side(

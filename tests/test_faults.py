@@ -14,7 +14,6 @@ import dagster as dg
 import geopandas as gpd
 import numpy as np
 import pytest
-import xarray as xr
 
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
@@ -45,7 +44,7 @@ def _visible_files(folder: Path) -> dict[str, str]:
 
 
 def _region_window(storage: OcrStorage, region_id: str) -> dict[str, np.ndarray]:
-    store = xr.open_zarr(storage.layout.raster_store, consolidated=False)
+    store = storage.open_raster_store()
     region = storage.region_grid().region(region_id)
     return {n: store[n].values[region.lat_slice, region.lon_slice] for n in RISK_VARIABLES}
 
@@ -81,17 +80,20 @@ def _killed_region_is_redone(
     assert killed.returncode == 1, killed.stdout + killed.stderr
     assert "y1_x1" in killed.stdout and "exited with code -9" in killed.stdout
     assert "y1_x2" in storage.list_region_buildings()
-    # nothing partial is visible: no region file, and each variable's window is either
-    # complete or absent (every shard object is replaced atomically)
+    # nothing partial is visible: no region file, and no window (the region's Icechunk
+    # session died uncommitted)
     assert not Path(storage.layout.region_buildings("y1_x1")).exists()
     assert "y1_x1" not in storage.list_region_buildings()
     after_kill = _region_window(storage, "y1_x1")
+    committed_after_kill = set(storage.committed_regions())
     # Dagster records the run as failed (its process died; nobody else would)
     runs = {
         r.tags["dagster/asset_partition_range_start"]: r.status
         for r in _runs(_instance(tmp_path), "region_job")
     }
     assert runs == {"y1_x1": dg.DagsterRunStatus.FAILURE, "y1_x2": dg.DagsterRunStatus.SUCCESS}
+    # the parquet kill came after the region's commit; the raster kill before it
+    assert committed_after_kill == {"y1_x2"} | ({"y1_x1"} if fault == "parquet_write" else set())
     # the next deploy redoes exactly that region, and its outputs equal a clean run's
     rerun = ocr(*args, env_file=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -102,8 +104,9 @@ def _killed_region_is_redone(
     present = [n for n in RISK_VARIABLES if not np.isnan(after_kill[n]).all()]
     for name in present:  # a variable written before the kill is the complete window
         np.testing.assert_array_equal(after_kill[name], clean_window[name])
-    # the raster kill came on the third of eight shard objects; the parquet kill after all
-    assert len(present) == (2 if fault == "raster_write" else len(RISK_VARIABLES))
+    # the raster kill came before the region's commit: nothing of it; the parquet kill after
+    # the commit: all of it
+    assert len(present) == (0 if fault == "raster_write" else len(RISK_VARIABLES))
     assert table.equals(gpd.read_parquet(clean.layout.region_buildings("y1_x1")))
     for name, window in _region_window(storage, "y1_x1").items():
         np.testing.assert_array_equal(window, clean_window[name])

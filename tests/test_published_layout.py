@@ -138,7 +138,8 @@ def test_raster_store_opened_as_the_docs_open_it(published):
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
     session = repo.readonly_session(branch="main")
     ds = xr.open_dataset(session.store, engine="zarr", chunks={})
-    assert list(ds.data_vars) == list(RISK_VARIABLES)
+    # Icechunk lists a group's arrays in its own order (the published store's too)
+    assert sorted(ds.data_vars) == sorted(RISK_VARIABLES)
     assert "spatial_ref" not in ds.variables
     assert ds.attrs["version"] == VERSION and ds.attrs["license_name"] == "CC-BY-4.0"
     commits = {c.id: c.message for c in repo.ancestry(branch="main")}

@@ -41,7 +41,7 @@ def storage(tmp_path_factory) -> OcrStorage:
         chunk_lat=REGION[0],
         chunk_lon=REGION[1],
     )
-    storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+    storage.ensure_raster_store(grid)
     rng = np.random.default_rng(27)
     for rid in grid.all_region_ids():
         region = grid.region(rid)

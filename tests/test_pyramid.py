@@ -11,7 +11,7 @@ import os
 import dask.array
 import numpy as np
 import pytest
-from pyproj import CRS, Transformer
+from pyproj import Transformer
 
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
 from ocr_assets.science.pyramid import (
@@ -114,7 +114,7 @@ def raster_storage(tmp_path_factory) -> OcrStorage:
         chunk_lat=REGION[0],
         chunk_lon=REGION[1],
     )
-    storage.ensure_raster_store(grid, CRS.from_epsg(4326).to_wkt())
+    storage.ensure_raster_store(grid)
     rng = np.random.default_rng(7)
     for rid in grid.all_region_ids():
         region = grid.region(rid)

@@ -1,72 +1,271 @@
-"""The CONUS raster store: template, region windows, concurrent writers."""
+"""The CONUS raster store as published: an Icechunk repository with one template commit and a
+commit per region, written by concurrent processes on a local root and on S3 (a moto server),
+read back by a reader that knows only Icechunk and xarray (as OCR's docs open it)."""
 
 import multiprocessing
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
+import fsspec
+import icechunk
 import numpy as np
+import pytest
 import xarray as xr
 
 from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.publication import raster_attributes
 from ocr_resources.storage import OcrStorage
-from tests.sample_inputs import link_inputs
+from ocr_resources.storage.raster_store import TEMPLATE_MESSAGE, committed_region_ids
+
+BUCKET = "ocr-raster-test"
+AWS = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# moto's S3 API in one thread: its conditional writes check and write in two steps that its
+# threaded server can interleave; S3 itself makes each conditional write atomic
+SERIAL_MOTO = """
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False)
+"""
+REGIONS = ["y0_x0", "y0_x1", "y0_x2", "y0_x3", "y1_x0", "y1_x1", "y1_x2", "y1_x3"]
+NEVER_WRITTEN = "y3_x4"
 
 
-def _window(region, seed):
-    rng = np.random.default_rng(seed)
-    return {name: rng.random(region.shape).astype(np.float32) for name in RISK_VARIABLES}
-
-
-def _write(root: str, region_id: str, seed: int) -> None:
-    storage = OcrStorage(root=root)
-    grid = storage.region_grid()
-    storage.ensure_raster_store(grid, storage.crs_wkt_4326())
-    storage.write_region_window(grid.region(region_id), _window(grid.region(region_id), seed))
-
-
-def _objects(store: Path) -> dict[str, bytes]:
-    """Every object of a Zarr store by relative key (the bytes a reader can see)."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
-
-
-def test_concurrent_region_writes_equal_sequential_writes(env_root, sample_root, tmp_path_factory):
-    """10 regions written by 4 processes at once give byte-for-byte the store that writing
-    them one after the other gives, and leave the other regions untouched."""
-    ids = ["y0_x0", "y0_x1", "y0_x2", "y1_x0", "y1_x1", "y1_x2", "y2_x0", "y2_x2", "y3_x1", "y3_x0"]
-    sequential = tmp_path_factory.mktemp("sequential")
-    link_inputs(sample_root, sequential)
-    for seed, rid in enumerate(ids):
-        _write(str(sequential), rid, seed)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=4, mp_context=ctx) as pool:
-        list(pool.map(_write, [env_root] * len(ids), ids, range(len(ids))))
-    concurrent_store = OcrStorage(root=env_root).layout.raster_store
-    expected_objects = _objects(Path(OcrStorage(root=str(sequential)).layout.raster_store))
-    assert _objects(Path(concurrent_store)) == expected_objects
-    shards = [k for k in expected_objects if k.split("/")[0] in RISK_VARIABLES and "/c/" in k]
-    assert len(shards) == len(ids) * len(RISK_VARIABLES)  # one object per region and variable
-    store = xr.open_zarr(concurrent_store, consolidated=False)
-    grid = OcrStorage(root=env_root).region_grid()
-    for seed, rid in enumerate(ids):
-        region = grid.region(rid)
-        expected = _window(region, seed)
-        for name in RISK_VARIABLES:
-            got = store[name].values[region.lat_slice, region.lon_slice]
-            np.testing.assert_array_equal(got, expected[name], err_msg=f"{rid} {name}")
-    untouched = grid.region("y4_x1")
-    assert np.isnan(store["rps_2011"].values[untouched.lat_slice, untouched.lon_slice]).all()
-
-
-def test_template_rewrite_keeps_written_regions(env_root, sample_grid):
-    _write(env_root, "y1_x1", 3)
-    storage = OcrStorage(root=env_root)
-    # a lost metadata object makes the next writer rewrite the template; data must survive
-
-    os.remove(f"{storage.layout.raster_store}/rps_2047/zarr.json")
-    storage.ensure_raster_store(sample_grid, storage.crs_wkt_4326())
-    store = xr.open_zarr(storage.layout.raster_store, consolidated=False)
-    region = sample_grid.region("y1_x1")
-    np.testing.assert_array_equal(
-        store["rps_2047"].values[region.lat_slice, region.lon_slice], _window(region, 3)["rps_2047"]
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 with the test bucket (credentials are fake)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERIAL_MOTO, str(port)],
+        env={**os.environ, **AWS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    saved = {k: os.environ.get(k) for k in AWS}
+    os.environ.update(AWS)
+    endpoint = f"http://127.0.0.1:{port}"
+    fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True).mkdir(BUCKET)
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(params=["local", "s3"])
+def spec(request, env_root, sample_root) -> dict:
+    """A fresh output root on local disk or on S3, reading the session's sample inputs."""
+    if request.param == "local":
+        return {"root": env_root}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return {
+        "root": f"s3://{BUCKET}/{uuid.uuid4().hex}",
+        "endpoint_url": endpoint,
+        "input_root": f"{sample_root}-inputs",
+    }
+
+
+def _window(region, seed: int) -> dict[str, np.ndarray]:
+    """Values with a NaN share, different per region and variable."""
+    rng = np.random.default_rng(seed)
+    values = {name: rng.random(region.shape).astype(np.float32) for name in RISK_VARIABLES}
+    for v in values.values():
+        v[rng.random(region.shape) < 0.2] = np.nan
+    return values
+
+
+def _write(spec: dict, region_id: str, seed: int, barrier=None) -> str:
+    """One writer process: the template if missing, then its region; the region's snapshot."""
+    storage = OcrStorage(**spec)
+    grid = storage.region_grid()
+    if barrier is not None:
+        barrier.wait()  # every writer starts its template check at once
+    storage.ensure_raster_store(grid)
+    region = grid.region(region_id)
+    return storage.write_region_window(region, _window(region, seed))
+
+
+def _ensure(spec: dict, barrier) -> str:
+    storage = OcrStorage(**spec)
+    grid = storage.region_grid()
+    barrier.wait()
+    return storage.ensure_raster_store(grid)
+
+
+def _write_then_die(spec: dict, region_id: str) -> None:
+    """A writer killed (SIGKILL) after its data is written into its session, before the
+    commit, as an OOM kill or a lost VM would."""
+    icechunk.Session.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    storage = OcrStorage(**spec)
+    grid = storage.region_grid()
+    region = grid.region(region_id)
+    storage.write_region_window(region, _window(region, 99))
+
+
+def _independent_repo(storage: OcrStorage) -> icechunk.Repository:
+    """The repository opened as a user would: Icechunk's own storage constructors."""
+    path = storage.layout.raster_store
+    if path.startswith("s3://"):
+        bucket, _, prefix = path.removeprefix("s3://").partition("/")
+        ic_storage = icechunk.s3_storage(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=storage.endpoint_url,
+            allow_http=True,
+            force_path_style=True,
+            from_env=True,
+        )
+    else:
+        ic_storage = icechunk.local_filesystem_storage(path)
+    return icechunk.Repository.open(ic_storage)
+
+
+def _read(storage: OcrStorage) -> tuple[xr.Dataset, list[str]]:
+    """The dataset on ``main`` and its commit messages (newest first), read independently."""
+    repo = _independent_repo(storage)
+    session = repo.readonly_session("main")
+    ds = xr.open_dataset(session.store, engine="zarr", chunks={})
+    return ds, [s.message for s in repo.ancestry(branch="main")]
+
+
+def test_concurrent_region_commits_lose_nothing(spec):
+    """8 processes race to create the template and commit a region each: one template commit,
+    every region committed exactly once, each region's data as written, the rest NaN."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(len(REGIONS), mp_context=ctx) as pool:
+        barrier = manager.Barrier(len(REGIONS))
+        snapshots = list(
+            pool.map(_write, [spec] * len(REGIONS), REGIONS, range(len(REGIONS)), [barrier] * 8)
+        )
+    storage = OcrStorage(**spec)
+    ds, messages = _read(storage)
+    assert messages[-2:] == [TEMPLATE_MESSAGE, "Repository initialized"]
+    assert Counter(r for m in messages for r in committed_region_ids(m)) == Counter(REGIONS)
+    assert len(messages) == len(REGIONS) + 2  # nothing else was committed
+    assert storage.committed_regions() == dict(zip(REGIONS, snapshots, strict=True))
+    grid = storage.region_grid()
+    for seed, region_id in enumerate(REGIONS):
+        region = grid.region(region_id)
+        window = ds.isel(latitude=region.lat_slice, longitude=region.lon_slice)
+        for name, expected in _window(region, seed).items():
+            np.testing.assert_array_equal(window[name].values, expected, f"{region_id} {name}")
+    never = grid.region(NEVER_WRITTEN)
+    assert np.isnan(ds.isel(latitude=never.lat_slice, longitude=never.lon_slice).to_array()).all()
+
+
+def test_racing_first_writers_commit_one_template(spec):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        barrier = manager.Barrier(4)
+        snapshots = set(pool.map(_ensure, [spec] * 4, [barrier] * 4))
+    _, messages = _read(OcrStorage(**spec))
+    assert messages == [TEMPLATE_MESSAGE, "Repository initialized"]
+    assert len(snapshots) == 1  # every writer returned the one template's snapshot
+
+
+def test_killed_region_writer_leaves_no_data(spec):
+    storage = OcrStorage(**spec)
+    grid = storage.region_grid()
+    template = storage.ensure_raster_store(grid)
+    killed = multiprocessing.get_context("spawn").Process(
+        target=_write_then_die, args=(spec, "y1_x1")
+    )
+    killed.start()
+    killed.join(120)
+    assert killed.exitcode == -signal.SIGKILL
+    ds, messages = _read(storage)
+    assert messages == [TEMPLATE_MESSAGE, "Repository initialized"]
+    region = grid.region("y1_x1")
+    assert np.isnan(ds.isel(latitude=region.lat_slice, longitude=region.lon_slice).to_array()).all()
+    # the next writer is not held up by the dead one (a local root's commit lock died with it)
+    snapshot = _write(spec, "y1_x1", 3)
+    assert storage.committed_regions() == {"y1_x1": snapshot}
+    assert _independent_repo(storage).lookup_branch("main") == snapshot != template
+
+
+def test_stored_layout_is_the_published_one(env_root):
+    """PUBLISHED §4.1: variables, dims, dtype, one chunk per region, NaN fill, attributes,
+    coordinates without ``spatial_ref``, as an independent reader sees them."""
+    storage = OcrStorage(root=env_root, version="1.2.3")
+    grid = storage.region_grid()
+    storage.ensure_raster_store(grid)
+    ds, _ = _read(storage)
+    assert set(ds.data_vars) == set(RISK_VARIABLES) and len(ds.data_vars) == len(RISK_VARIABLES)
+    assert set(ds.coords) == {"latitude", "longitude"} and "spatial_ref" not in ds.variables
+    assert ds.attrs == raster_attributes("1.2.3")
+    step = float(grid.latitude[1] - grid.latitude[0])
+    assert ds["latitude"].attrs == {
+        "units": "degrees_north",
+        "resolution": pytest.approx(-step),
+        "crs": "EPSG:4326",
+    }
+    assert ds["longitude"].attrs == {
+        "units": "degrees_east",
+        "resolution": pytest.approx(float(grid.longitude[1] - grid.longitude[0])),
+        "crs": "EPSG:4326",
+    }
+    np.testing.assert_array_equal(ds["latitude"].values, grid.latitude)
+    assert (np.diff(ds["latitude"].values) > 0).all()  # ascending, as published
+    for name in RISK_VARIABLES:
+        var = ds[name]
+        assert var.dims == ("latitude", "longitude") and var.dtype == np.float32
+        assert var.encoding["chunks"] == (grid.chunk_lat, grid.chunk_lon)
+        assert var.encoding.get("shards") is None
+        assert np.isnan(var.encoding["fill_value"])
+        assert var.attrs == {}  # as observed: the stored variables carry no attributes
+    # our own reader gives the same lazy dataset, in stored chunks and template order
+    ours = storage.open_raster_store()
+    assert list(ours.data_vars) == list(RISK_VARIABLES)
+    assert ours["rps_2011"].chunks == ds["rps_2011"].chunks
+
+
+def test_a_region_whose_commit_is_missing_is_not_committed(env_root):
+    storage = OcrStorage(root=env_root)
+    grid = storage.region_grid()
+    template = storage.ensure_raster_store(grid)
+    first = _write({"root": env_root}, "y1_x1", 1)
+    _write({"root": env_root}, "y1_x2", 2)
+    assert set(storage.committed_regions()) == {"y1_x1", "y1_x2"}
+    _independent_repo(storage).reset_branch("main", first)
+    assert storage.committed_regions() == {"y1_x1": first}
+    _independent_repo(storage).reset_branch("main", template)
+    assert storage.committed_regions() == {}
+    # a region written twice: its latest commit counts
+    _write({"root": env_root}, "y1_x1", 1)
+    again = _write({"root": env_root}, "y1_x1", 5)
+    assert storage.committed_regions() == {"y1_x1": again}
+
+
+def test_commit_messages_parse_as_published():
+    assert committed_region_ids("wrote region_id (y5_x14)") == ["y5_x14"]
+    assert committed_region_ids("wrote region_id (y1_x1),wrote region_id (y1_x2)") == [
+        "y1_x1",
+        "y1_x2",
+    ]
+    # the published reader splits on "," without stripping: " wrote ..." is not a region
+    assert committed_region_ids("wrote region_id (y1_x1), wrote region_id (y1_x2)") == ["y1_x1"]
+    assert committed_region_ids(TEMPLATE_MESSAGE) == []
+    assert committed_region_ids("Repository initialized") == []

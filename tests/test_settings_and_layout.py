@@ -61,7 +61,9 @@ def test_default_env_file_is_local_inside_the_checkout(monkeypatch):
 
 def test_layout_paths():
     lay = StorageLayout("s3://bucket/pre", "production", "1.2.0")
-    assert lay.raster_store == "s3://bucket/pre/output/fire-risk/tensor/production/v1.2.0/risk.zarr"
+    assert (
+        lay.raster_store == "s3://bucket/pre/output/fire-risk/tensor/production/v1.2.0/ocr.icechunk"
+    )
     assert lay.region_buildings("y3_x4") == (
         "s3://bucket/pre/intermediate/fire-risk/vector/production/v1.2.0/geoparquet-regions/y3_x4.parquet"
     )

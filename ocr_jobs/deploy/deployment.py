@@ -14,7 +14,7 @@ import dagster as dg
 
 from ocr_assets.constants import REGION_BUILDINGS, REGION_RASTER
 from ocr_assets.inputs import REGION_INPUTS
-from ocr_assets.region_records import materialized_regions
+from ocr_assets.region_records import committed_materialized_regions
 from ocr_assets.science.model_version import model_code_version
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
@@ -191,7 +191,8 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 )
             logging = _run_logging(home, options.verbose)
             result_log = logging.file
-            done = materialized_regions(instance, storage)
+            # done: recorded by Dagster and committed in the raster store
+            done, uncommitted = committed_materialized_regions(instance, storage)
             valid = plan.selection.valid
             workers = stack.enter_context(
                 RegionWorkers(home, settings, REGION_JOB, settings.deploy_parallel, logging)
@@ -214,6 +215,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 materialized=[r for r in valid if r in done],
                 remaining=[r for r in valid if r not in done or r in redo],
                 stale=stale,
+                uncommitted=[r for r in uncommitted if r in valid],
             )
             result = DeployResult(report, log_file=result_log)
             for line in report.lines():

@@ -137,6 +137,8 @@ class RegionReport:
     remaining: list[str]
     # materialized regions whose inputs or model changed since, with why
     stale: dict[str, list[str]] = field(default_factory=dict)
+    # recorded as materialized, but without their commit in the raster store: redone
+    uncommitted: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         stale = [f"  {r}: {', '.join(why)}" for r, why in self.stale.items()]
@@ -148,6 +150,8 @@ class RegionReport:
             f"invalid: {len(self.selection.invalid)}"
             + (f" ({', '.join(self.selection.invalid)})" if self.selection.invalid else ""),
             f"already materialized in this environment: {len(self.materialized)}",
+            f"recorded but not committed in the raster store (redone): {len(self.uncommitted)}"
+            + (f" ({', '.join(self.uncommitted)})" if self.uncommitted else ""),
             f"stale (inputs or model changed since): {len(self.stale)}",
             *stale,
             f"remaining: {len(self.remaining)}",

@@ -213,16 +213,22 @@ class FileStore:
 
     @contextmanager
     def _local_cas(self, path: str) -> Iterator[Versioned | None]:
-        """``path``'s current version, read while holding an exclusive ``flock`` on a hidden
-        sibling: every conditional change of ``path`` on a local root holds it from its
-        compare to its write. The kernel releases it when the holder exits, however it dies.
+        """``path``'s current version, read while holding the local lock of ``path``: every
+        conditional change of ``path`` on a local root holds it from its compare to its write.
         (Creation needs no guard: ``os.link`` is exclusive on its own.)"""
+        with self.local_lock(path, "cas"):
+            yield self.read_versioned(path)
+
+    @contextmanager
+    def local_lock(self, path: str, kind: str = "lock") -> Iterator[None]:
+        """An exclusive ``flock`` on a hidden sibling of local ``path`` (``.<name>.<kind>``),
+        across processes; the kernel releases it when the holder exits, however it dies."""
         parent, name = os.path.split(self.fs_path(path))
         os.makedirs(parent, exist_ok=True)
-        fd = os.open(os.path.join(parent, f".{name}.cas"), os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(os.path.join(parent, f".{name}.{kind}"), os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield self.read_versioned(path)
+            yield
         finally:
             os.close(fd)  # releases the flock
 

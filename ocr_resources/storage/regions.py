@@ -158,8 +158,3 @@ class RegionReader(InputReader):
         return self.read_geoparquet_within(
             spec, (region.lon0, region.lat0, region.lon1, region.lat1)
         )
-
-    def crs_wkt_4326(self) -> str:
-        """The CRS of the conditional-risk grid, from its ``spatial_ref`` coordinate."""
-        ds = self.open_input(self.layout.crps_rps, ("CRPS",))
-        return str(ds["spatial_ref"].attrs["crs_wkt"])

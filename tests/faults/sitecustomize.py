@@ -3,8 +3,11 @@
 step processes) kills itself with SIGKILL in the middle of one kind of write, as a crash,
 an OOM kill or a lost VM would. Nothing here is imported when the variable is unset.
 
-- ``raster_write``: the third shard object of region ``OCR_TEST_FAULT_REGION`` (default
-  y1_x1) in the raster store, half written
+- ``raster_write``: region ``OCR_TEST_FAULT_REGION`` (default y1_x1) written into its
+  Icechunk session, killed just before its commit
+- ``region_commit_fails``: that region's commit raises ``OSError`` (as a full disk or a
+  denied permission would) while the file ``OCR_TEST_FAULT_BLOCKER`` exists; remove the file
+  and the next attempt succeeds
 - ``parquet_write``: that region's GeoParquet file, half written
 - ``pmtiles_build``: the buildings PMTiles archive, half written by "tippecanoe"
 - ``after_region_event``: a region run's process, just after its ``region_buildings``
@@ -20,34 +23,43 @@ import os
 import signal
 
 FAULT = os.environ.get("OCR_TEST_FAULT", "")
-# the region whose writes die (its raster shards are "c/<iy>/<ix>": one shard per region)
+# the region whose writes die
 REGION = os.environ.get("OCR_TEST_FAULT_REGION", "y1_x1")
-SHARD = "/c/" + REGION[1:].replace("_x", "/")
+REGION_COMMIT = f"wrote region_id ({REGION})"
 
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _on_region_commit(action) -> None:
+    """Runs ``action`` in place of the raster store's commit of ``REGION``."""
+    import icechunk
+
+    original = icechunk.Session.commit
+
+    def commit(self, message, *args, **kwargs):
+        if message == REGION_COMMIT:
+            action()
+        return original(self, message, *args, **kwargs)
+
+    icechunk.Session.commit = commit
+
+
 def _raster_write() -> None:
-    import zarr.storage._local as local
+    _on_region_commit(_die)
 
-    original = local._put
-    written = [0]
 
-    def put(path, value, exclusive=False):
-        if "risk.zarr" in str(path) and str(path).endswith(SHARD):
-            written[0] += 1
-            if written[0] == 3:
-                data = bytes(value.as_buffer_like())
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with local._atomic_write(path, "wb") as f:
-                    f.write(data[: len(data) // 2])
-                    f.flush()
-                    _die()
-        return original(path, value, exclusive=exclusive)
+def _region_commit_fails() -> None:
+    import errno
 
-    local._put = put
+    blocker = os.environ["OCR_TEST_FAULT_BLOCKER"]
+
+    def fail() -> None:
+        if os.path.exists(blocker):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", blocker)
+
+    _on_region_commit(fail)
 
 
 def _parquet_write() -> None:
@@ -168,6 +180,7 @@ INJECT = {
     "after_region_event": _after_region_event,
     "deploy_during_consolidation": _deploy_during_consolidation,
     "raster_write": _raster_write,
+    "region_commit_fails": _region_commit_fails,
     "parquet_write": _parquet_write,
     "pmtiles_build": _pmtiles_build,
     "stall_regions": _stall_regions,
