@@ -32,12 +32,9 @@ SOURCE_CHUNK_PX: int | None = 4096
 
 def pyramid_source(store: xr.Dataset) -> xr.Dataset:
     """The two RPS variables with EPSG:4326 attached through xproj, as OCR passes them to
-    topozarr: no CRS variable of the store's own, no stored encoding carried over (the
-    pyramid's chunks are topozarr's), no attribute naming a dropped variable."""
-    source = store[list(PYRAMID_VARIABLES)].drop_vars("spatial_ref", errors="ignore")
-    source = source.drop_encoding()
-    for name in PYRAMID_VARIABLES:
-        source[name].attrs.pop("grid_mapping", None)
+    topozarr (the store, as published, has no CRS variable), with no stored encoding carried
+    over: the pyramid's chunks are topozarr's."""
+    source = store[list(PYRAMID_VARIABLES)].drop_encoding()
     if SOURCE_CHUNK_PX is not None:
         source = source.chunk({"latitude": SOURCE_CHUNK_PX, "longitude": SOURCE_CHUNK_PX})
     return source.proj.assign_crs(spatial_ref=CRS.from_user_input(PYRAMID_CRS))

@@ -53,6 +53,7 @@ LONG_FIRST = (
     "test_compute",
     "test_dagster_regions",
     "test_map_page",
+    "test_published_layout",
     "test_backfill",
     "test_staleness",
     "test_cli_hardening",

@@ -122,8 +122,9 @@ def test_every_product_where_published(published):
         ),
     }
     # this project's own records beside the products (docs/outputs.md): production's
-    # "current" pointer and the deployment lock's folder
-    ours = {"output/fire-risk/production-current.json"}
+    # "current" pointer, the deployment lock's folder and, on a local root, the raster
+    # store's commit lock beside it
+    ours = {"output/fire-risk/production-current.json", f"{TENSOR}/.ocr.icechunk.commit"}
     files = {f for f in product_files(root) if not f.startswith("_deployments/")}
     hive = {f for f in files if HIVE_FILE.fullmatch(f)}
     assert hive, "no hive partition file named data_0.parquet"
@@ -174,15 +175,10 @@ def test_raster_and_buildings_agree(published):
     )
     ds = xr.open_dataset(repo.readonly_session(branch="main").store, engine="zarr", chunks={})
     region = published["regions"][0]
-    buildings = gpd.read_parquet(root / INTERMEDIATE / "geoparquet-regions" / f"{region}.parquet")
-    assert list(buildings.columns) == [
-        *RISK_VARIABLES,
-        "GEOID",
-        "state",
-        "county",
-        "geometry",
-        "bbox",
-    ]
+    path = root / INTERMEDIATE / "geoparquet-regions" / f"{region}.parquet"
+    published_columns = [*RISK_VARIABLES, "GEOID", "state", "county", "geometry", "bbox"]
+    assert pq.read_schema(path).names == published_columns
+    buildings = gpd.read_parquet(path)
     sample = buildings.head(25)
     centroids = shapely.centroid(sample.geometry.values)
     lon, lat = xr.DataArray(shapely.get_x(centroids)), xr.DataArray(shapely.get_y(centroids))
@@ -230,7 +226,9 @@ def test_statistics_and_analysis_files(published, level):
     metadata = vector_metadata(VERSION)
     assert lines[: len(metadata)] == [f"# {k}: {v}" for k, v in metadata.items()]
     header = lines[len(metadata)].split(",")
-    assert header == [c for c in stats_columns(level) if c != "geometry"]
+    # the published CSV of the nation has no NAME (PUBLISHED §4.5)
+    dropped = {"geometry", "NAME"} if level == "nation" else {"geometry"}
+    assert header == [c for c in stats_columns(level) if c not in dropped]
     assert len(lines) - len(metadata) - 1 == stats.num_rows
     collection = json.loads((folder / "stats.geojson").read_text())
     assert list(collection) == ["type", "metadata", "features"]
