@@ -43,7 +43,6 @@ REGION_REBASE_TRIES = 256
 # chunk is one frame encoded on one thread: the default made the region write 1.3-2× the
 # previous shard write, whose 16 inner chunks encode in parallel (bench/raster_write.py)
 RASTER_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
-REGION_REBASE_TRIES = 256
 
 # an array's metadata documents: Zarr v3, else v2
 _ARRAY_METADATA = ("zarr.json", ".zarray")
