@@ -288,16 +288,16 @@ class RasterStore(FileStore):
         pyramid (``to_zarr`` then ``zarr.consolidate_metadata``); swapped into place at
         ``path`` only when complete, so a failed write leaves the previous tree."""
         options = self.storage_options or None
-        with self.atomic_path(path) as tmp:
+        with self.atomic_path(path) as tmp, warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not part of the v3 spec: OCR's map reads it
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
             tree.to_zarr(tmp, mode="w", zarr_format=3, encoding=encoding, storage_options=options)
             store = (
                 zarr.storage.FsspecStore.from_url(tmp, storage_options=options)
                 if self.is_s3
                 else zarr.storage.LocalStore(tmp)
             )
-            with warnings.catch_warnings():  # "not part of the v3 spec": OCR's map reads it
-                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-                zarr.consolidate_metadata(store)
+            zarr.consolidate_metadata(store)
 
     def open_datatree(self, path: str) -> xr.DataTree:
         """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""
