@@ -24,19 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dask.array
 import numpy as np
+import psutil
 import xarray as xr
 
-from bench.pyramid import PeakSampler, SmoothField, bench_grid, peak_rss_gib, tree_bytes
+from bench.pyramid import GIB, SAMPLE_SECONDS, SmoothField, bench_grid, tree_bytes
 from ocr_assets.science.regions import Region, RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
@@ -46,6 +49,36 @@ RESULTS = Path(__file__).with_name("raster_write_results.jsonl")
 WRITERS = ("shard", "icechunk")
 REGIONS = ("y0_x0", "y0_x1", "y0_x2")  # the first is cold, the others warm
 ENVIRONMENT = "bench"
+
+
+class PeakSampler:
+    """This process's RSS every 50 ms in a thread; ``peak_gib()`` since the last ``reset()``."""
+
+    def __init__(self) -> None:
+        self._proc = psutil.Process()
+        self._peak = self._proc.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def reset(self) -> None:
+        self._peak = self._proc.memory_info().rss
+
+    def peak_gib(self) -> float:
+        return round(max(self._peak, self._proc.memory_info().rss) / GIB, 2)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 # the previous writer (ocr_resources/storage/raster_store.py at 8000885), kept only here ------
