@@ -29,6 +29,7 @@ from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import vector_metadata
 from ocr_resources.region_catalog import load_valid_region_ids
 from tests.test_deploy import _local_env, ocr
+from tests.test_published_vector import NAMES, STATS
 
 VERSION = "1.0.0"
 ENV = "production"
@@ -42,26 +43,15 @@ STATS_LEVELS = ("blocks", "tracts", "counties", "states", "nation")
 HIVE_FILE = re.compile(
     rf"{VECTOR}/geoparquet/buildings\.parquet/state_fips=\d{{2}}/county_fips=\d{{3}}/data_0\.parquet"
 )
-# the stats' columns per level (PUBLISHED §4.4), geometry last
-STAT_VARIABLES = (
-    "rps_2011",
-    "rps_2047",
-    "bp_2011",
-    "bp_2047",
-    "crps_scott",
-    "bp_2011_riley",
-    "bp_2047_riley",
-)
-NAME_COLUMNS = {"counties": ["NAME"], "states": ["STUSPS", "NAME"], "nation": ["NAME"]}
 
 
 def stats_columns(level: str) -> list[str]:
     return [
         "GEOID",
-        *NAME_COLUMNS.get(level, []),
+        *NAMES[level],
         "building_count",
-        *(f"{v}_mean" for v in STAT_VARIABLES),
-        *(f"{v}_median" for v in STAT_VARIABLES),
+        *(f"{v}_mean" for v in STATS),
+        *(f"{v}_median" for v in STATS),
         "risk_score_2011_hist",
         "risk_score_2047_hist",
         "geometry",

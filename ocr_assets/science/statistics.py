@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from ocr_assets.science.sampling import VALUE_RANGES
+from ocr_assets.science.sampling import RISK_VARIABLES, VALUE_RANGES
 from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
 
 # The census levels (docs/inputs.md), each with the length of the block GEOID's prefix that
@@ -29,15 +29,8 @@ CENSUS_LEVELS: tuple[str, ...] = tuple(LEVEL_GEOID_LENGTH)
 NATION_GEOID = "US"
 
 
-STAT_VARIABLES: tuple[str, ...] = (
-    "rps_2011",
-    "rps_2047",
-    "bp_2011",
-    "bp_2047",
-    "crps_scott",
-    "bp_2011_riley",
-    "bp_2047_riley",
-)
+# the published statistics' variables: every risk variable but rps_scott, in the published order
+STAT_VARIABLES: tuple[str, ...] = tuple(v for v in RISK_VARIABLES if v != "rps_scott")
 SCORED: dict[str, str] = {"risk_score_2011_hist": "rps_2011", "risk_score_2047_hist": "rps_2047"}
 # the statistics' columns after GEOID and the unit's names, in the published order
 # (PUBLISHED §4.4): the count, the 7 means, the 7 medians, the 2 histograms

@@ -17,17 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
+from ocr_assets.science.statistics import STAT_VARIABLES
+
 # What each numeric key holds, in key order ("0", "1", …): create_building_pmtiles.py:49-57,
 # create_building_centroid_pmtiles.py:43-46, create_regional_pmtiles.py:75-90 at OCR 0a1b285.
-BUILDING_KEYS: tuple[str, ...] = (
-    "rps_2011",
-    "rps_2047",
-    "bp_2011",
-    "bp_2047",
-    "crps_scott",
-    "bp_2011_riley",
-    "bp_2047_riley",
-)
+# (the buildings' keys are the statistics' variables, in the same order)
+BUILDING_KEYS: tuple[str, ...] = STAT_VARIABLES
 CENTROID_KEYS: tuple[str, ...] = ("rps_2011", "rps_2047")
 # "bbox" is [xmin, ymin, xmax, ymax] of the unit's polygon; NAME and STUSPS keep their keys
 # ("9", "10") on the levels OCR gives them (REGION_LEVEL_NAMES) and are absent elsewhere
