@@ -327,12 +327,12 @@ def _risk_values(
     riley_2011 = np.clip(bp_2011 * rng.uniform(0.9, 1.1, n), 0, 1)
     riley_2047 = np.clip(bp_2047 * rng.uniform(0.9, 1.1, n), 0, 1)
     values = {
+        "rps_scott": riley_2011 * crps,
         "rps_2011": bp_2011 * crps,
         "rps_2047": bp_2047 * crps,
         "bp_2011": bp_2011,
         "bp_2047": bp_2047,
         "crps_scott": crps,
-        "rps_scott": riley_2011 * crps,
         "bp_2011_riley": riley_2011,
         "bp_2047_riley": riley_2047,
     }
