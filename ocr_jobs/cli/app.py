@@ -26,6 +26,7 @@ def _every_command() -> None:
 
     disable_telemetry()
 
+
 EnvFile = Annotated[
     Path | None,
     typer.Option(
