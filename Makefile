@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# no Dagster telemetry from any process a target starts: without it the webserver and daemon
+# empty $$DAGSTER_HOME/logs into .logs_queue and upload it (`telemetry: enabled: false` in
+# dagster.yaml does not stop them); ocr sets it for its own children too (ocr_jobs/process_env.py)
+export DAGSTER_DISABLE_TELEMETRY := 1
 
 .PHONY: setup run test lint validate dev clean web serve
 

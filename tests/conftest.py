@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from ocr_jobs.process_env import disable_telemetry
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.storage import OcrStorage
+
+# every process a test starts (ocr, dg dev, the webserver, the daemon) inherits it
+disable_telemetry()
 
 
 @pytest.fixture(scope="session")

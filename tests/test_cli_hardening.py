@@ -257,7 +257,7 @@ def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
         start_new_session=True,  # its own process group, the terminal's foreground one
     )
     try:
-        logs = tmp_path / "dagster-homes" / "local" / "logs" / "deploy-*.log"
+        logs = tmp_path / "dagster-homes" / "local" / "deploy-logs" / "deploy-*.log"
         _wait_for(logs, "region_risk - STEP_START", deploy, timeout=300)
         os.killpg(deploy.pid, signal.SIGINT)
         out, err = deploy.communicate(timeout=60)

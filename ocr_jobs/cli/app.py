@@ -18,6 +18,15 @@ regions_app = typer.Typer(help="Region grid and selection.", no_args_is_help=Tru
 app.add_typer(regions_app, name="regions")
 console = Console()
 
+
+@app.callback()
+def _every_command() -> None:
+    """Telemetry off for the command and every process it starts (``ocr_jobs.process_env``)."""
+    from ocr_jobs.process_env import disable_telemetry
+
+    disable_telemetry()
+
+
 EnvFile = Annotated[
     Path | None,
     typer.Option(

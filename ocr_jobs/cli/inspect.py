@@ -21,22 +21,19 @@ def dev(
 ) -> None:
     """The Dagster UI (``dg dev``) on the environment's own instance, where ``ocr deploy`` runs,
     at http://127.0.0.1:PORT/ (Ctrl-C stops it)."""
-    import os
     import subprocess
     import sys
 
     from ocr_jobs.deploy import instance_home
+    from ocr_jobs.process_env import child_environment
 
     settings = _settings(env_file)
     home = instance_home(settings)  # its dagster.yaml: the package's, + PostgreSQL if shared
     # the child's environment only: the instance home, the env file the code location loads
     # (settings.env_file) and the venv dg runs in (so it does not warn of another one)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "OCR_ENV_FILE": str(settings.env_file),
-        "VIRTUAL_ENV": sys.prefix,
-    }
+    env = child_environment(
+        DAGSTER_HOME=str(home), OCR_ENV_FILE=str(settings.env_file), VIRTUAL_ENV=sys.prefix
+    )
     dg = str(Path(sys.executable).parent / "dg")
     console.print(f"Dagster UI: http://127.0.0.1:{port}/ (instance {home})")
     argv = [dg, "dev", "--host", "127.0.0.1", "--port", str(port)]

@@ -149,11 +149,16 @@ def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
     instance.wipe_assets(materializable_asset_keys(defs))
 
 
+# the deployments' log files, in the instance home: never its ``logs/``, Dagster's telemetry
+# queue, which its webserver and daemon empty (``ocr_jobs.process_env``)
+DEPLOY_LOGS = "deploy-logs"
+
+
 def _run_logging(home: Path, verbose: bool) -> RunLogging:
-    """This deployment's log file, in the instance home's ``logs/`` (one per deployment), and
-    the console's level: errors only, or the events too with ``verbose``."""
+    """This deployment's log file, in the instance home's ``deploy-logs/`` (one per
+    deployment), and the console's level: errors only, or the events too with ``verbose``."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = home / "logs" / f"deploy-{stamp}-{os.getpid()}.log"
+    path = home / DEPLOY_LOGS / f"deploy-{stamp}-{os.getpid()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return RunLogging(CONSOLE_VERBOSE if verbose else CONSOLE_QUIET, path)
 
