@@ -105,6 +105,14 @@ def write_analysis_files(
     "Optional: stats.csv (with # key: value metadata lines) and stats.geojson (with a "
     "metadata member) per level, in region-analysis/{block,tracts,counties,states,nation}.",
     {"geojson", "csv"},
+    (
+        __name__,
+        "ocr_assets.statistics",
+        "ocr_assets.science.statistics",
+        "ocr_resources.publication",
+        "ocr_resources.storage.files",
+        "ocr_resources.storage.vector",
+    ),
     optional=True,
 )
 def regional_analysis_files(

@@ -202,6 +202,15 @@ def consolidate_buildings(
     "Every region's buildings in one GeoParquet 1.1 file and a copy partitioned by "
     "state_fips / county_fips, with a _common_metadata sidecar.",
     {"parquet", "duckdb"},
+    (
+        __name__,
+        "ocr_assets.region_records",
+        "ocr_assets.science.regions",
+        "ocr_assets.science.sampling",
+        "ocr_resources.publication",
+        "ocr_resources.storage.vector",
+        "ocr_resources.storage.geoparquet",
+    ),
 )
 def buildings_geoparquet(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

@@ -69,6 +69,7 @@ def write_pyramid(storage: OcrStorage, levels: int) -> dict:
     "Optional: OCR's multiscale pyramid of rps_2011 / rps_2047 (topozarr, EPSG:4326, Zarr v3, "
     "consolidated), levels 0 (the store's grid) to zoom_for_res(30 m) − 1.",
     {"zarr"},
+    (__name__, "ocr_assets.science.pyramid", "ocr_resources.storage.raster_store"),
     optional=True,
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):

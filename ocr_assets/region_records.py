@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from ocr_assets.constants import REGION_BUILDINGS
+from ocr_assets.constants import REGION_BUILDINGS, REGION_RASTER
 from ocr_resources.storage import OcrStorage
 
 PAGE = 10_000
@@ -53,6 +53,36 @@ def committed_materialized_regions(
     committed = storage.committed_regions()
     done = {r: meta for r, meta in recorded.items() if r in committed}
     return done, sorted(r for r in recorded if r not in committed)
+
+
+def newest_region_materialization(instance: dg.DagsterInstance) -> float | None:
+    """When the newest region materialization (raster or buildings, any partition) was
+    recorded; None when no region is."""
+    stamps = [
+        record.timestamp
+        for key in (REGION_RASTER, REGION_BUILDINGS)
+        for record in instance.fetch_materializations(dg.AssetKey(key), limit=1).records
+    ]
+    return max(stamps, default=None)
+
+
+def outputs_older_than_regions(
+    instance: dg.DagsterInstance, keys: list[str]
+) -> dict[str, dg.EventLogRecord | None]:
+    """The assets among ``keys`` (built from all regions) whose latest materialization is
+    older than the newest region's, or that have none, with that latest record (None: never
+    materialized). Dagster's own staleness cannot say it for a real region count: its resolver
+    skips a dependency on 100 partitions or more (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_
+    THRESHOLD``), so the deploy and the map server compare the records' times."""
+    newest = newest_region_materialization(instance)
+    if newest is None:
+        return {}
+    older: dict[str, dg.EventLogRecord | None] = {}
+    for key in keys:
+        latest = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
+        if not latest or latest[0].timestamp < newest:
+            older[key] = latest[0] if latest else None
+    return older
 
 
 def recompute_hint(region_ids: list[str]) -> str:

@@ -163,6 +163,13 @@ def statistics_batches(
     "Per census level (nation, states, counties, tracts, blocks): building count, "
     "mean and median of seven variables, risk-score histograms and the unit's polygon.",
     {"parquet", "duckdb"},
+    (
+        __name__,
+        "ocr_assets.science.statistics",
+        "ocr_resources.layout",  # the census columns per level
+        "ocr_resources.storage.vector",
+        "ocr_resources.storage.geoparquet",
+    ),
 )
 def region_risk_summary_stats(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from ocr_assets.code_version import source_code_version
 from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG
 from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import OcrStorage
@@ -52,17 +53,20 @@ def step_asset(
     deps: list[Any],
     description: str,
     kinds: set[str],
+    code: tuple[str, ...],
     optional: bool = False,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """``@dg.asset`` for a heavy step: its compute profile as op tags (``PROFILES``), the
-    cluster pool, its kinds (the badges in the graph), and the optional tag when a deployment
-    may leave it out."""
+    cluster pool, its kinds (the badges in the graph), the optional tag when a deployment
+    may leave it out, and a code version from the source of ``code``, the modules that
+    compute it (a change there makes it stale)."""
     return dg.asset(
         name=name,
         group_name=group,
         deps=deps,
         description=description,
         kinds=kinds,
+        code_version=source_code_version(*code),
         tags=dict([OPTIONAL_TAG]) if optional else None,
         op_tags=profile_tags(name),
         pool=CLUSTER_POOL,

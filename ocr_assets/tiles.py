@@ -54,6 +54,14 @@ TIPPECANOE = "tippecanoe"
 BUILDING_LAYER = "risk"
 # tippecanoe's minimum zoom when no -Z is given
 DEFAULT_MIN_ZOOM = 0
+# what computes the archives (their code version): this table and its streaming, the tiling
+# science, the published metadata, and the archive's writer
+CODE: tuple[str, ...] = (
+    __name__,
+    "ocr_assets.science.tiling",
+    "ocr_resources.publication",
+    "ocr_resources.storage.vector",
+)
 
 
 class ToolMissingError(RuntimeError):
@@ -299,7 +307,7 @@ def archive_problems(spec: Tileset, summary: dict[str, Any]) -> list[str]:
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     # all three tilesets in the tiles group (DESIGN §2)
-    @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"})
+    @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"}, CODE)
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:

@@ -4,12 +4,15 @@ environment."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, console, interruptible
+
+if TYPE_CHECKING:
+    from ocr_jobs.serve import MapSite
 
 
 @app.command("dev")
@@ -59,23 +62,27 @@ def serve(
     """The map page of the environment's PMTiles on http://127.0.0.1 (Ctrl-C stops it)."""
     import webbrowser
 
+    from ocr_jobs.deploy import instance_home, open_instance
     from ocr_jobs.serve import MapServer, ServeError, map_site
 
     settings = _settings(env_file)
     try:
-        site = map_site(_storage(settings))
-        if check:
-            console.print(f"ready: {', '.join(site.archives)} of {settings.environment}")
-            return
-        server = MapServer(site, port, log=lambda line: console.print(f"[dim]{escape(line)}[/]"))
+        # the environment's instance: what it records of the regions dates the outputs
+        with open_instance(instance_home(settings)) as instance:
+            site = map_site(_storage(settings), instance=instance)
+        _report_site(site, settings.environment, check)
+        if not check:
+            server = MapServer(
+                site, port, log=lambda line: console.print(f"[dim]{escape(line)}[/]")
+            )
     except ServeError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port}: {exc.strerror}")
         raise typer.Exit(1) from exc
-    for name in site.missing:
-        console.print(f"[yellow]{name}.pmtiles is not materialized yet[/]; the map omits it")
+    if check:
+        return
     console.print(f"serving {', '.join(site.archives)} of {settings.environment} at {server.url}")
     if open_browser:
         webbrowser.open(server.url)
@@ -85,6 +92,22 @@ def serve(
         console.print("stopped")
     finally:
         server.server_close()
+
+
+def _report_site(site: MapSite, environment: str, check: bool) -> None:
+    """What the page will lack or show out of date: archives not materialized, outputs older
+    than the regions (the page shows the same in its banner)."""
+    for name in site.missing:
+        console.print(f"[yellow]{name}.pmtiles is not materialized yet[/]; the map omits it")
+    stale = site.config["stale"]
+    if stale:
+        console.print(
+            f"[yellow]warning: stale outputs: {', '.join(stale['outputs'])} are older than the "
+            f"regions (last changed {stale['regions_updated']})[/]; `ocr deploy` for this "
+            "environment rebuilds them"
+        )
+    if check:
+        console.print(f"ready: {', '.join(site.archives)} of {environment}")
 
 
 @app.command("compare-variants")

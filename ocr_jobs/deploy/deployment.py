@@ -12,9 +12,8 @@ from typing import Any, Protocol
 
 import dagster as dg
 
-from ocr_assets.constants import REGION_BUILDINGS, REGION_RASTER
 from ocr_assets.inputs import REGION_INPUTS
-from ocr_assets.region_records import committed_materialized_regions
+from ocr_assets.region_records import committed_materialized_regions, outputs_older_than_regions
 from ocr_assets.science.model_version import model_code_version
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
@@ -127,19 +126,12 @@ def outdated_outputs(
     """The downstream assets among ``keys`` without a materialization newer than the latest
     region's, or whose recorded output is gone from storage: a deploy that ended before its
     downstream run did (killed, a worker dead after its region's event) left them so."""
-    newest = 0.0
-    for region_key in (REGION_RASTER, REGION_BUILDINGS):
-        latest = instance.fetch_materializations(dg.AssetKey(region_key), limit=1).records
-        newest = max([newest, *(r.timestamp for r in latest)])
+    older = outputs_older_than_regions(instance, keys)
     outdated = []
     for key in keys:
         latest = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
         path = latest[0].asset_materialization.metadata.get("path") if latest else None
-        if (
-            not latest
-            or latest[0].timestamp < newest
-            or (path is not None and not storage.exists(str(path.value)))
-        ):
+        if not latest or key in older or (path is not None and not storage.exists(str(path.value))):
             outdated.append(key)
     return outdated
 

@@ -16,6 +16,7 @@ from ocr_jobs.serve.site import (
     map_site,
     missing_vendor_files,
     page_config,
+    stale_outputs,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "page_config",
     "parse_range",
     "serve_in_thread",
+    "stale_outputs",
 ]

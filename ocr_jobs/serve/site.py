@@ -12,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import fsspec
 import numpy as np
 
+from ocr_assets.constants import RISK_PYRAMID
+from ocr_assets.region_records import newest_region_materialization, outputs_older_than_regions
 from ocr_assets.science.scoring import RISK_COLORS, SCORE_EDGES
-from ocr_assets.tiles import TILESETS
+from ocr_assets.tiles import TILESET_BY_ARCHIVE, TILESETS
 from ocr_jobs.serve.raster import RASTER_VARIABLES, PyramidTiles
 from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
@@ -132,12 +136,35 @@ def page_config(
     }
 
 
+def stale_outputs(
+    instance: dg.DagsterInstance, archives: list[str], pyramid: bool
+) -> dict[str, Any] | None:
+    """What the page serves that is older than the regions in the environment's instance (a
+    region recomputed without its downstream, ``ocr deploy --regions-only``): the served
+    files' names, and when the regions last changed; None when nothing served is older."""
+    served = {TILESET_BY_ARCHIVE[name].key: f"{name}.pmtiles" for name in archives}
+    if pyramid:
+        served[RISK_PYRAMID] = "pyramid"
+    older = outputs_older_than_regions(instance, list(served))
+    if not older:
+        return None
+    newest = newest_region_materialization(instance)
+    return {
+        "outputs": [served[key] for key in served if key in older],
+        "regions_updated": datetime.fromtimestamp(newest or 0, UTC).isoformat(timespec="seconds"),
+    }
+
+
 def missing_vendor_files(vendor_dir: Path = VENDOR_DIR) -> list[str]:
     return [name for name in VENDOR_FILES if not (vendor_dir / name).is_file()]
 
 
-def map_site(storage: OcrStorage, web_dir: Path = WEB_DIR) -> MapSite:
-    """The site for one environment: refuse early if the page or every archive is missing."""
+def map_site(
+    storage: OcrStorage, web_dir: Path = WEB_DIR, instance: dg.DagsterInstance | None = None
+) -> MapSite:
+    """The site for one environment: refuse early if the page or every archive is missing.
+    With the environment's ``instance``, the config says which served outputs are older than
+    the regions (``stale``: the page's banner)."""
     missing_vendor = missing_vendor_files(web_dir / "vendor")
     if missing_vendor:
         raise ServeError(
@@ -168,4 +195,7 @@ def map_site(storage: OcrStorage, web_dir: Path = WEB_DIR) -> MapSite:
             f"the pyramid at {pyramid} cannot be read ({type(exc).__name__}: {exc}); rebuild it "
             "(`ocr deploy --create-pyramid --allow-all-processed`) or remove it"
         ) from exc
+    config["stale"] = (
+        stale_outputs(instance, list(archives), raster is not None) if instance else None
+    )
     return MapSite(archives, config, web_dir, missing, raster)

@@ -297,6 +297,11 @@ if (missing.length) {
   note.hidden = false;
   note.textContent = `not materialized yet: ${missing.join(", ")}.pmtiles`;
 }
+if (config.stale) {
+  const banner = document.getElementById("stale");
+  banner.hidden = false;
+  banner.textContent = `stale: ${config.stale.outputs.join(", ")} older than the regions (changed ${config.stale.regions_updated}); rebuild with ocr deploy`;
+}
 renderLegend();
 
 const started = performance.now();
