@@ -22,6 +22,7 @@ from ocr_resources.compute import PROFILES
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
+from tests.sample_inputs import link_inputs
 from tests.test_deploy import FAKE_AWS, ocr, write_env
 from tests.test_map_page import _require
 
@@ -360,3 +361,20 @@ def test_dry_run_prints_each_region_s_state_and_writes_nothing(deployed):
 
     assert _tree(tmp) == before  # nothing written: no instance file, lock, log or output
     assert _run_count(env) == runs  # no Dagster run (no observation either)
+
+
+def test_dry_run_says_why_it_cannot_read_a_shared_instance(tmp_path, sample_root):
+    """A shared environment's records are in PostgreSQL: without its URL the plan is still
+    printed, the region states are said to be unread and why, and no instance home appears."""
+    root = tmp_path / "data"
+    root.mkdir()
+    link_inputs(sample_root, root)
+    env = write_env(
+        tmp_path / "qa.env", ENVIRONMENT="qa", STORAGE_ROOT=str(root), DAGSTER_STORAGE="postgres"
+    )
+    done = ocr("deploy", "--dry-run", "--region-id", "y1_x1", env_file=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = " ".join(done.stdout.split())
+    assert "region states not read: cannot read the Dagster instance of qa: You have " in out
+    assert '"OCR_DAGSTER_PG_URL" which is not set' in out
+    assert not (tmp_path / "dagster-homes").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,6 +128,14 @@ def region_input_versions(storage: OcrStorage, regions: list[str]) -> dict[str, 
     return {key: storage.region_input_versions(key, regions) for key in REGION_INPUTS}
 
 
+def _reason(exc: Exception) -> str:
+    """The last line of what Dagster says before its stack trace, without the error's class:
+    a config error's message ends with the post-processing error that says what is missing."""
+    messages = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])] or [str(exc)]
+    lines = [ln.strip() for m in messages for ln in m.split("Stack Trace:")[0].splitlines()]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", [ln for ln in lines if ln][-1])
+
+
 def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
     """The selected regions as a deploy would find them (materialized, stale, to do), read
     from the instance records, the raster store's commits and the inputs without writing: no
@@ -143,9 +152,8 @@ def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
         try:
             instance = stack.enter_context(open_instance(home))
         except Exception as exc:  # the URL unset (a config error), the server unreachable
-            errors = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])]
             raise DeployError(
-                f"cannot read the Dagster instance of {plan.target}: {'; '.join(errors) or exc}"
+                f"cannot read the Dagster instance of {plan.target}: {_reason(exc)}"
             ) from exc
         done, uncommitted = committed_materialized_regions(instance, storage)
     current = region_input_versions(storage, [r for r in plan.selection.valid if r in done])
