@@ -28,8 +28,11 @@ from tests.test_map_page import _require
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-DEPLOYED = ["y1_x1", "y1_x2"]
-SELECTED = [*DEPLOYED, "y1_x3"]  # the dry run's: two deployed, one not
+# three regions of 600 × 600 pixels in a row (as tests/test_staleness.py's): a region's window
+# (halo 0.15°) reaches its neighbour's pixels but not those two regions away, so that an input
+# change under one deployed region leaves the other fresh
+SPEC = SampleSpec(chunk_lat=600, chunk_lon=600, n_chunks_lat=1, n_chunks_lon=3, n_buildings=800)
+DEPLOYED = ["y0_x0", "y0_x2"]  # the dry run selects y0_x0-x2: these two deployed, y0_x1 not
 
 # the test module that runs each documented command (option None) and option; test_workflows
 # runs the command lines of the deploy workflow, so that file counts as its source too
@@ -144,12 +147,13 @@ def deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("documented")
     root = tmp / "data"
     root.mkdir()
-    write_sample_data(OcrStorage(root=str(root)), SampleSpec(), container="zarr")
+    write_sample_data(OcrStorage(root=str(root)), SPEC, container="zarr")
     # production (a version, its pointer), so that rollback has a version to point at
     env = write_env(
         tmp / "p.env", ENVIRONMENT="production", VERSION="1.0.0", STORAGE_ROOT=str(root)
     )
-    done = ocr("deploy", "--env-file", str(env), "--region-id", "y1_x1-x2", env_file=env)
+    regions = [a for r in DEPLOYED for a in ("--region-id", r)]
+    done = ocr("deploy", "--env-file", str(env), *regions, env_file=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "already materialized in this environment: 0" in done.stdout
     assert "remaining: 2" in done.stdout
@@ -331,17 +335,17 @@ def test_dry_run_prints_each_region_s_state_and_writes_nothing(deployed):
     tmp, env = deployed
     runs = _run_count(env)
     before = _tree(tmp)
-    args = ["deploy", "--env-file", str(env), "--dry-run", "--region-id", "y1_x1-x3"]
+    args = ["deploy", "--env-file", str(env), "--dry-run", "--region-id", "y0_x0-x2"]
     done = ocr(*args, env_file=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "regions: 2 materialized, 0 stale, 1 to do" in done.stdout
     for region in DEPLOYED:
         assert f"    {region}: materialized\n" in done.stdout
-    assert "    y1_x3: to do\n" in done.stdout
+    assert "    y0_x1: to do\n" in done.stdout
     assert _tree(tmp) == before  # nothing written: no instance file, lock, log or output
 
-    stale = _change_wind_under(env, "y1_x1")
-    assert "y1_x1" in stale
+    stale = _change_wind_under(env, "y0_x0")
+    assert stale == {"y0_x0"}  # (computed from the windows; the other stays fresh)
     before = _tree(tmp)  # the changed input's files are new; nothing else may change
     done = ocr(*args, env_file=env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -352,6 +356,8 @@ def test_dry_run_prints_each_region_s_state_and_writes_nothing(deployed):
             f"    {region}: stale: wind_direction_distribution changed (kept; --redeploy-stale "
             "redoes it)"
         ) in done.stdout
+    for region in set(DEPLOYED) - stale:
+        assert f"    {region}: materialized\n" in done.stdout
     redo = ocr(*args, "--redeploy-stale", env_file=env)
     assert redo.returncode == 0, redo.stdout + redo.stderr
     for region in stale:
