@@ -95,7 +95,7 @@ def deploy(
             plan = d.plan_deploy(settings, options)
             storage = _storage(settings)
             if dry_run:
-                _print_dry_run(d.dry_run(plan, storage.layout))
+                _print_dry_run(_dry_run(plan, storage))
                 return
             result = d.run_deploy(plan, storage, progress)
         except (d.DeployRefused, RegionIdError) as exc:  # refused before anything was touched
@@ -127,13 +127,30 @@ def deploy(
     console.print(log, soft_wrap=True)
 
 
+def _dry_run(plan: Any, storage: Any) -> Any:
+    """The plan with each region's state read (nothing written); when the instance cannot be
+    read (a shared one offline), the plan without them, saying why."""
+    from ocr_jobs import deploy as d
+
+    try:
+        return d.dry_run(plan, storage.layout, d.read_region_report(plan, storage))
+    except d.DeployError as exc:
+        return d.dry_run(plan, storage.layout, None, str(exc))
+
+
 def _print_dry_run(plan: Any) -> None:
-    """``ocr deploy --dry-run``: the checked plan, nothing touched."""
+    """``ocr deploy --dry-run``: the checked plan and each region's state, nothing touched."""
     console.print(f"[bold]dry run[/] for {plan.target} at {plan.location}")
     console.print(f"  {plan.selection_report}")
     console.print(f"  regions selected: {', '.join(plan.regions) or '-'}")
     console.print(f"  wipe: {'no' if plan.wipe is None else ', '.join(plan.wipe)}")
     console.print(f"  optional assets: {', '.join(plan.optional_assets) or 'none'}")
+    if plan.report is None:
+        console.print(f"  [yellow]region states not read:[/] {escape(plan.unknown)}")
+        return
+    console.print(f"  regions: {plan.report.state_counts()}")
+    for region in plan.regions:
+        console.print(f"    {region}: {escape(plan.report.state(region))}", soft_wrap=True)
 
 
 class _DeployProgress:

@@ -203,8 +203,10 @@ def lineage(env_file: EnvFile = None) -> None:
         node = graph.get(key)
         parts = node.partitions_def
         partitions = f"{len(parts.get_partition_keys())} region_id" if parts else "–"
-        profile = "–"
-        if node.is_executable:
+        # only materialized assets are computed on a profile; the inputs are executable too,
+        # but their step is an observation (metadata, in process)
+        profile = "observed" if node.is_observable else "–"
+        if node.is_materializable:
             profile = ComputeProfile.from_tags(dict(node.assets_def.op.tags))[1].describe()
         upstream = ", ".join(sorted(k.to_user_string() for k in node.parent_keys)) or "external"
         key_tag, value = OPTIONAL_TAG

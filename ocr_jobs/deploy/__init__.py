@@ -12,6 +12,7 @@ from ocr_jobs.deploy.deployment import (
     check_storage,
     committed_materialized_regions,
     publish_pointer,
+    read_region_report,
     run_deploy,
     wipe_records,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "output_locations",
     "plan_deploy",
     "publish_pointer",
+    "read_region_report",
     "reconstructable_job",
     "run_deploy",
     "wipe_records",

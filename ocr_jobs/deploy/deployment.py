@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,6 @@ import dagster as dg
 
 from ocr_assets.inputs import REGION_INPUTS
 from ocr_assets.region_records import committed_materialized_regions, outputs_older_than_regions
-from ocr_assets.science.model_version import model_code_version
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
 from ocr_jobs.deploy.lock import DeploymentLock
@@ -23,14 +24,16 @@ from ocr_jobs.deploy.plan import (
     DeployPlan,
     DeployRefused,
     RegionReport,
-    stale_regions,
+    region_report,
 )
 from ocr_jobs.deploy.runner import (
     RegionWorkers,
     RunOutcome,
     execute,
     failed_run_to_resume,
+    instance_config,
     instance_home,
+    instance_home_path,
     open_instance,
     recover_dead_runs,
 )
@@ -116,8 +119,44 @@ def observe_inputs(
     outcome = execute(instance, settings, OBSERVE_JOB, logging=logging)
     if not outcome.success:
         raise DeployError(f"observing the inputs failed: {outcome.error}")
-    regions = region_partitions(settings).get_partition_keys()
+    return region_input_versions(storage, region_partitions(settings).get_partition_keys())
+
+
+def region_input_versions(storage: OcrStorage, regions: list[str]) -> dict[str, dict[str, str]]:
+    """The region inputs' data versions now, per region (input -> region -> version)."""
     return {key: storage.region_input_versions(key, regions) for key in REGION_INPUTS}
+
+
+def _reason(exc: Exception) -> str:
+    """The last line of what Dagster says before its stack trace, without the error's class:
+    a config error's message ends with the post-processing error that says what is missing."""
+    messages = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])] or [str(exc)]
+    lines = [ln.strip() for m in messages for ln in m.split("Stack Trace:")[0].splitlines()]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", [ln for ln in lines if ln][-1])
+
+
+def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
+    """The selected regions as a deploy would find them (materialized, stale, to do), read
+    from the instance records, the raster store's commits and the inputs without writing: no
+    instance home created, no observation run, no lock. A local environment never deployed
+    has no records; a shared one's records are read through a throwaway home."""
+    settings = plan.settings
+    home = instance_home_path(settings)
+    if settings.dagster_storage == "sqlite" and not (home / "dagster.yaml").exists():
+        return region_report(plan, {}, [], {})
+    with contextlib.ExitStack() as stack:
+        if settings.dagster_storage == "postgres":  # the records are remote: keep home clean
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            (home / "dagster.yaml").write_text(instance_config(settings))
+        try:
+            instance = stack.enter_context(open_instance(home))
+        except Exception as exc:  # the URL unset (a config error), the server unreachable
+            raise DeployError(
+                f"cannot read the Dagster instance of {plan.target}: {_reason(exc)}"
+            ) from exc
+        done, uncommitted = committed_materialized_regions(instance, storage)
+    current = region_input_versions(storage, [r for r in plan.selection.valid if r in done])
+    return region_report(plan, done, uncommitted, current)
 
 
 def outdated_outputs(
@@ -198,22 +237,9 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
             # their imports overlap the observation below
             certain = [r for r in valid if r not in done or r in plan.recompute]
             workers.start(len(region_runs(valid_all, certain, settings.regions_per_run)))
-            stale = stale_regions(
-                {r: done[r] for r in valid if r in done},
-                observe_inputs(instance, settings, storage, logging),
-                model_code_version(settings.model_variant),
-            )
-            redo = {
-                **(stale if options.redeploy_stale else {}),
-                **{r: ["--recompute"] for r in plan.recompute},
-            }
-            report = RegionReport(
-                plan.selection,
-                materialized=[r for r in valid if r in done],
-                remaining=[r for r in valid if r not in done or r in redo],
-                stale=stale,
-                uncommitted=[r for r in uncommitted if r in valid],
-            )
+            current = observe_inputs(instance, settings, storage, logging)
+            report = region_report(plan, done, uncommitted, current)
+            stale = report.stale
             result = DeployResult(report, log_file=result_log)
             for line in report.lines():
                 progress.say(line)

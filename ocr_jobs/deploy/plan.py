@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_assets.constants import OPTIONAL_ASSETS, REGIONAL_ANALYSIS_FILES, RISK_PYRAMID
+from ocr_assets.science.model_version import model_code_version
 from ocr_assets.science.regions import RegionSelection, select_regions
 from ocr_assets.science.statistics import CENSUS_LEVELS
 from ocr_resources.layout import PMTILES_NAMES, StorageLayout
@@ -115,9 +116,15 @@ class DryRun:
     regions: list[str]
     wipe: list[str] | None  # the prefixes a wipe deletes; None: no wipe
     optional_assets: tuple[str, ...]
+    # the state of each selected region as the deploy would find it; None: it could not be
+    # read (``unknown`` says why)
+    report: RegionReport | None = None
+    unknown: str = ""
 
 
-def dry_run(plan: DeployPlan, layout: StorageLayout) -> DryRun:
+def dry_run(
+    plan: DeployPlan, layout: StorageLayout, report: RegionReport | None, unknown: str = ""
+) -> DryRun:
     return DryRun(
         target=plan.target,
         location=layout.vector_prefix,
@@ -125,6 +132,8 @@ def dry_run(plan: DeployPlan, layout: StorageLayout) -> DryRun:
         regions=list(plan.selection.valid),
         wipe=list(layout.environment_prefixes()) if plan.options.wipe else None,
         optional_assets=plan.options.optional_assets,
+        report=report,
+        unknown=unknown,
     )
 
 
@@ -139,6 +148,26 @@ class RegionReport:
     stale: dict[str, list[str]] = field(default_factory=dict)
     # recorded as materialized, but without their commit in the raster store: redone
     uncommitted: list[str] = field(default_factory=list)
+
+    def state(self, region: str) -> str:
+        """One selected region as the deploy finds it: materialized, stale (with why) or to
+        do, and whether this deploy runs it."""
+        why = ", ".join(self.stale.get(region, []))
+        if region not in self.remaining:
+            return f"stale: {why} (kept; --redeploy-stale redoes it)" if why else "materialized"
+        if why:
+            return f"stale: {why} (to do: --redeploy-stale)"
+        if region in self.uncommitted:
+            return "to do (recorded, but its commit is missing from the raster store)"
+        return "to do (--recompute)" if region in self.materialized else "to do"
+
+    def state_counts(self) -> str:
+        """``N materialized, N stale, N to do``: each selected region counted once (a stale
+        region as stale, whether this deploy redoes it or not)."""
+        valid = self.selection.valid
+        todo = [r for r in valid if r in self.remaining and r not in self.stale]
+        kept = [r for r in valid if r not in self.remaining and r not in self.stale]
+        return f"{len(kept)} materialized, {len(self.stale)} stale, {len(todo)} to do"
 
     def lines(self) -> list[str]:
         stale = [f"  {r}: {', '.join(why)}" for r, why in self.stale.items()]
@@ -156,6 +185,35 @@ class RegionReport:
             *stale,
             f"remaining: {len(self.remaining)}",
         ]
+
+
+def region_report(
+    plan: DeployPlan,
+    done: dict[str, dict[str, Any]],
+    uncommitted: list[str],
+    current: dict[str, dict[str, str]],
+) -> RegionReport:
+    """The selected regions split by what the instance and the raster store hold (``done``:
+    recorded and committed, with their metadata; ``uncommitted``: recorded only) and by the
+    inputs' versions now (``current``: input -> region -> version): materialized, stale, and
+    remaining (not done, stale with --redeploy-stale, or named by --recompute)."""
+    valid = plan.selection.valid
+    stale = stale_regions(
+        {r: done[r] for r in valid if r in done},
+        current,
+        model_code_version(plan.settings.model_variant),
+    )
+    redo = {
+        **(stale if plan.options.redeploy_stale else {}),
+        **{r: ["--recompute"] for r in plan.recompute},
+    }
+    return RegionReport(
+        plan.selection,
+        materialized=[r for r in valid if r in done],
+        remaining=[r for r in valid if r not in done or r in redo],
+        stale=stale,
+        uncommitted=[r for r in uncommitted if r in valid],
+    )
 
 
 def stale_regions(

@@ -132,21 +132,29 @@ storage:
 """
 
 
-def instance_home(settings: OcrSettings) -> Path:
+def instance_home_path(settings: OcrSettings) -> Path:
     """``<root>/<env>[-<variant>]`` with ``<root>`` = ``OCR_DAGSTER_HOME_ROOT`` or ``.dagster``
     in the current folder: each environment (and each non-default model variant) keeps its own
-    run history and asset status.
-
-    Its ``dagster.yaml`` is the packaged one, plus PostgreSQL storage for shared environments
-    (the URL, a secret, stays in the environment and is never written here)."""
+    run history and asset status. Nothing is created (``--dry-run`` only reads)."""
     base = Path(settings.dagster_home_root or Path.cwd() / ".dagster")
     # a non-default model variant keeps its own history: its outputs live under other paths
     suffix = "" if settings.model_variant == DEFAULT_MODEL_VARIANT else f"-{settings.model_variant}"
-    home = (base / f"{settings.environment}{suffix}").absolute()
-    home.mkdir(parents=True, exist_ok=True)
+    return (base / f"{settings.environment}{suffix}").absolute()
+
+
+def instance_config(settings: OcrSettings) -> str:
+    """The instance's ``dagster.yaml``: the packaged one, plus PostgreSQL storage for shared
+    environments (the URL, a secret, stays in the environment and is never written here)."""
     text = packaged_file("dagster.yaml").read_text()
-    if settings.dagster_storage == "postgres":
-        text += POSTGRES_STORAGE
+    return text + (POSTGRES_STORAGE if settings.dagster_storage == "postgres" else "")
+
+
+def instance_home(settings: OcrSettings) -> Path:
+    """The environment's instance home (:func:`instance_home_path`), created with its
+    ``dagster.yaml`` (:func:`instance_config`)."""
+    home = instance_home_path(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    text = instance_config(settings)
     target = home / "dagster.yaml"
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
