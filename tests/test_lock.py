@@ -9,70 +9,28 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 
-import fsspec
 import psutil
 import pytest
 from typer.testing import CliRunner
 
 from ocr_jobs.deploy import DeployError, DeploymentLock
 from ocr_resources.storage import OcrStorage
+from tests.serial_s3 import serial_s3_server
 
 BUCKET = "ocr-lock-test"
-AWS = {
-    "AWS_ACCESS_KEY_ID": "testing-key-id",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-# moto's S3 API in one thread: its conditional writes check and write in two steps that its
-# usual threaded server can interleave; S3 itself makes each conditional write atomic
-SERIAL_MOTO = """
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False)
-"""
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 with the test bucket (credentials are fake)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **AWS}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERIAL_MOTO, str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    saved = {k: os.environ.get(k) for k in AWS}
-    os.environ.update(AWS)
-    endpoint = f"http://127.0.0.1:{port}"
-    fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True).mkdir(BUCKET)
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with serial_s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["local", "s3"])

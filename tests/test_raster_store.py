@@ -5,15 +5,10 @@ read back by a reader that knows only Icechunk and xarray (as OCR's docs open it
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-import fsspec
 import icechunk
 import numpy as np
 import pytest
@@ -23,22 +18,9 @@ from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import raster_attributes
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.raster_store import TEMPLATE_MESSAGE, committed_region_ids
+from tests.serial_s3 import serial_s3_server
 
 BUCKET = "ocr-raster-test"
-AWS = {
-    "AWS_ACCESS_KEY_ID": "testing-key-id",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-# moto's S3 API in one thread: its conditional writes check and write in two steps that its
-# threaded server can interleave; S3 itself makes each conditional write atomic
-SERIAL_MOTO = """
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False)
-"""
 REGIONS = ["y0_x0", "y0_x1", "y0_x2", "y0_x3", "y1_x0", "y1_x1", "y1_x2", "y1_x3"]
 NEVER_WRITTEN = "y3_x4"
 
@@ -46,33 +28,8 @@ NEVER_WRITTEN = "y3_x4"
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 with the test bucket (credentials are fake)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERIAL_MOTO, str(port)],
-        env={**os.environ, **AWS},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    saved = {k: os.environ.get(k) for k in AWS}
-    os.environ.update(AWS)
-    endpoint = f"http://127.0.0.1:{port}"
-    fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True).mkdir(BUCKET)
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with serial_s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["local", "s3"])

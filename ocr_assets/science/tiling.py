@@ -51,16 +51,16 @@ REGION_LEVEL_NAMES: dict[str, tuple[str, ...]] = {
 CENTROID_DECIMALS = 3
 
 # tippecanoe's flags per archive, as OCR passes them ("-Z 6" is one argv token there too)
-BUILDING_FLAGS: tuple[str, ...] = (
+REGION_FLAGS: tuple[str, ...] = (
     "-f",
     "-P",
     "--drop-smallest-as-needed",
     "-q",
     "--extend-zooms-if-still-dropping",
     "-zg",
-    "-Z 6",
-    "--generate-ids",
 )
+# the buildings' are the regions' and two more, in OCR's order
+BUILDING_FLAGS: tuple[str, ...] = (*REGION_FLAGS, "-Z 6", "--generate-ids")
 CENTROID_FLAGS: tuple[str, ...] = (
     "-f",
     "-P",
@@ -69,14 +69,6 @@ CENTROID_FLAGS: tuple[str, ...] = (
     "--extend-zooms-if-still-dropping",
     "-zg",
     "-q",
-)
-REGION_FLAGS: tuple[str, ...] = (
-    "-f",
-    "-P",
-    "--drop-smallest-as-needed",
-    "-q",
-    "--extend-zooms-if-still-dropping",
-    "-zg",
 )
 
 
