@@ -24,11 +24,13 @@ def dev(
 ) -> None:
     """The Dagster UI (``dg dev``) on the environment's own instance, where ``ocr deploy`` runs,
     at http://127.0.0.1:PORT/ (Ctrl-C stops it)."""
+    import os
     import subprocess
     import sys
 
     from ocr_jobs.deploy import instance_home, instance_variables
     from ocr_jobs.process_env import child_environment
+    from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
 
     settings = _settings(env_file)
     project = Path.cwd()
@@ -36,6 +38,12 @@ def dev(
         console.print(
             f"[red]error:[/] no dagster.yaml in {project}: run `ocr dev` from the project folder "
             "(its dagster.yaml is the instance configuration)"
+        )
+        raise typer.Exit(2)
+    if settings.dagster_storage == "postgres" and not os.environ.get(POSTGRES_URL_VARIABLE):
+        console.print(
+            f"[red]error:[/] {POSTGRES_URL_VARIABLE} is not set: the instance of "
+            f"{settings.environment} is in PostgreSQL"
         )
         raise typer.Exit(2)
     home = instance_home(settings)  # the environment's folder, with its generated dagster.yaml

@@ -144,24 +144,22 @@ def instance_variables(settings: OcrSettings, home: Path | None = None) -> dict[
     return {**folder, POSTGRES_URL_VARIABLE: ""}
 
 
-def _resolved(node: Any, values: dict[str, str]) -> Any:
-    """``node`` with every ``{env: NAME}`` whose NAME is in ``values`` replaced by its value."""
-    if isinstance(node, dict):
-        if node.keys() == {"env"} and node["env"] in values:
-            return values[node["env"]]
-        return {key: _resolved(value, values) for key, value in node.items()}
-    return node
-
-
 def instance_config(settings: OcrSettings, home: Path | None = None) -> str:
-    """The top-level ``dagster.yaml`` (the packaged one) with this environment's
-    :func:`instance_variables` filled in, for its instance home: ``ocr deploy``'s run workers
-    and step subprocesses open the instance from that folder and need no variable (a shared
-    environment's URL stays an ``env:`` reference)."""
+    """The top-level ``dagster.yaml`` (the packaged one) with this environment's folder
+    (``home``, by default :func:`instance_home_path`) and, for a local environment, its empty
+    PostgreSQL URL written in, for the folder's own ``dagster.yaml``: ``ocr deploy``'s run
+    workers and step subprocesses open the instance from there whatever their variables say
+    (a shared environment's URL, a secret, stays an ``env:`` reference: unset, an error)."""
     config = yaml.safe_load(packaged_file("dagster.yaml").read_text())
-    resolved = _resolved(config, instance_variables(settings, home))
+    folder = {"base_dir": str(home or instance_home_path(settings))}
+    config["local_artifact_storage"]["config"] = folder
+    config["compute_logs"]["config"] = dict(folder)  # no YAML anchors in the copy
+    local = settings.dagster_storage != "postgres"
+    # local: no PostgreSQL whatever the variables say; shared: the secret read where it is used
+    url = "" if local else {"env": POSTGRES_URL_VARIABLE}
+    config["storage"]["custom"]["config"] = {**folder, "postgres_url": url}
     return "# generated from the top-level dagster.yaml for this environment: edit that one\n" + (
-        yaml.safe_dump(resolved, sort_keys=False)
+        yaml.safe_dump(config, sort_keys=False)
     )
 
 
