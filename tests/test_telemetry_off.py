@@ -97,7 +97,8 @@ def test_ocr_dev_keeps_the_deploy_logs_and_starts_everything_with_telemetry_off(
         environments = {p.pid: (p.cmdline(), p.environ()) for p in children}
         dagster_home = Path(next(iter(environments.values()))[1]["DAGSTER_HOME"])
         # the folder the upload thread ships (it acts at once when it finds anything there)
-        telemetry_logs = dagster_home / "logs"
+        telemetry_logs = dagster_home / "logs"  # the project folder's: DAGSTER_HOME is it
+        made = not telemetry_logs.exists()
         telemetry_logs.mkdir(exist_ok=True)
         canary = telemetry_logs / "event.log"
         canary.write_text('{"action": "canary"}\n')
@@ -123,6 +124,9 @@ def test_ocr_dev_keeps_the_deploy_logs_and_starts_everything_with_telemetry_off(
     assert not untold, untold
     assert {p: p.read_bytes() for p in logs if p.exists()} == before, output
     assert canary.read_text() == '{"action": "canary"}\n'
+    canary.unlink()  # nothing left in the project folder
+    if made:
+        telemetry_logs.rmdir()
     queues = [q for q in (dagster_home / ".logs_queue", home / ".logs_queue") if q.exists()]
     assert not [f for q in queues for f in q.iterdir()]
 

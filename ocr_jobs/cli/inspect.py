@@ -24,18 +24,37 @@ def dev(
 ) -> None:
     """The Dagster UI (``dg dev``) on the environment's own instance, where ``ocr deploy`` runs,
     at http://127.0.0.1:PORT/ (Ctrl-C stops it)."""
+    import os
     import subprocess
     import sys
 
-    from ocr_jobs.deploy import instance_home
+    from ocr_jobs.deploy import instance_home, instance_variables
     from ocr_jobs.process_env import child_environment
+    from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
 
     settings = _settings(env_file)
-    home = instance_home(settings)  # its dagster.yaml: the package's, + PostgreSQL if shared
-    # the child's environment only: the instance home, the env file the code location loads
-    # (settings.env_file) and the venv dg runs in (so it does not warn of another one)
+    project = Path.cwd()
+    if not (project / "dagster.yaml").is_file():
+        console.print(
+            f"[red]error:[/] no dagster.yaml in {project}: run `ocr dev` from the project folder "
+            "(its dagster.yaml is the instance configuration)"
+        )
+        raise typer.Exit(2)
+    if settings.dagster_storage == "postgres" and not os.environ.get(POSTGRES_URL_VARIABLE):
+        console.print(
+            f"[red]error:[/] {POSTGRES_URL_VARIABLE} is not set: the instance of "
+            f"{settings.environment} is in PostgreSQL"
+        )
+        raise typer.Exit(2)
+    home = instance_home(settings)  # the environment's folder, with its generated dagster.yaml
+    # the child's environment only: the top-level dagster.yaml (DAGSTER_HOME = the project
+    # folder, so dg dev does not warn it is unused) with this environment's storage variables,
+    # the env file the code location loads and the venv dg runs in (no warning of another one)
     env = child_environment(
-        DAGSTER_HOME=str(home), OCR_ENV_FILE=str(settings.env_file), VIRTUAL_ENV=sys.prefix
+        DAGSTER_HOME=str(project),
+        **instance_variables(settings),
+        OCR_ENV_FILE=str(settings.env_file),
+        VIRTUAL_ENV=sys.prefix,
     )
     dg = str(Path(sys.executable).parent / "dg")
     console.print(f"Dagster UI: http://127.0.0.1:{port}/ (instance {home})")

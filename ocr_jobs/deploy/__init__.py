@@ -33,6 +33,7 @@ from ocr_jobs.deploy.runner import (
     RunOutcome,
     execute,
     instance_home,
+    instance_variables,
     open_instance,
     reconstructable_job,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "dry_run",
     "execute",
     "instance_home",
+    "instance_variables",
     "open_instance",
     "output_locations",
     "plan_deploy",

@@ -147,7 +147,7 @@ def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
     with contextlib.ExitStack() as stack:
         if settings.dagster_storage == "postgres":  # the records are remote: keep home clean
             home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            (home / "dagster.yaml").write_text(instance_config(settings))
+            (home / "dagster.yaml").write_text(instance_config(settings, home))
         try:
             instance = stack.enter_context(open_instance(home))
         except Exception as exc:  # the URL unset (a config error), the server unreachable

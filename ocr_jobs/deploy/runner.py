@@ -25,9 +25,11 @@ from typing import Any
 
 import dagster as dg
 import psutil
+import yaml
 
 from ocr_jobs.deploy.owner import ProcessOwner
 from ocr_jobs.run_log import RunLogging
+from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE, STORAGE_DIR_VARIABLE
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
 
 DEFAULT_LOGGING = RunLogging()  # the console at INFO, no file
@@ -121,17 +123,6 @@ def recover_dead_runs(
     return recovered
 
 
-PG_URL_ENV = "OCR_DAGSTER_PG_URL"
-POSTGRES_STORAGE = f"""
-# shared environment: run history and asset status in PostgreSQL; ${PG_URL_ENV} holds
-# postgresql+psycopg2://user:password@host:5432/dagster (a secret: never written here)
-storage:
-  postgres:
-    postgres_url:
-      env: {PG_URL_ENV}
-"""
-
-
 def instance_home_path(settings: OcrSettings) -> Path:
     """``<root>/<env>[-<variant>]`` with ``<root>`` = ``OCR_DAGSTER_HOME_ROOT`` or ``.dagster``
     in the current folder: each environment (and each non-default model variant) keeps its own
@@ -142,11 +133,34 @@ def instance_home_path(settings: OcrSettings) -> Path:
     return (base / f"{settings.environment}{suffix}").absolute()
 
 
-def instance_config(settings: OcrSettings) -> str:
-    """The instance's ``dagster.yaml``: the packaged one, plus PostgreSQL storage for shared
-    environments (the URL, a secret, stays in the environment and is never written here)."""
-    text = packaged_file("dagster.yaml").read_text()
-    return text + (POSTGRES_STORAGE if settings.dagster_storage == "postgres" else "")
+def instance_variables(settings: OcrSettings, home: Path | None = None) -> dict[str, str]:
+    """The variables the top-level ``dagster.yaml`` reads for this environment: its folder
+    (``home``, by default :func:`instance_home_path`) and, for a local environment, an empty
+    PostgreSQL URL (SQLite). A shared environment's URL, a secret, is left to the process
+    environment (``$OCR_DAGSTER_PG_URL``) and never written."""
+    folder = {STORAGE_DIR_VARIABLE: str(home or instance_home_path(settings))}
+    if settings.dagster_storage == "postgres":
+        return folder
+    return {**folder, POSTGRES_URL_VARIABLE: ""}
+
+
+def instance_config(settings: OcrSettings, home: Path | None = None) -> str:
+    """The top-level ``dagster.yaml`` (the packaged one) with this environment's folder
+    (``home``, by default :func:`instance_home_path`) and, for a local environment, its empty
+    PostgreSQL URL written in, for the folder's own ``dagster.yaml``: ``ocr deploy``'s run
+    workers and step subprocesses open the instance from there whatever their variables say
+    (a shared environment's URL, a secret, stays an ``env:`` reference: unset, an error)."""
+    config = yaml.safe_load(packaged_file("dagster.yaml").read_text())
+    folder = {"base_dir": str(home or instance_home_path(settings))}
+    config["local_artifact_storage"]["config"] = folder
+    config["compute_logs"]["config"] = dict(folder)  # no YAML anchors in the copy
+    local = settings.dagster_storage != "postgres"
+    # local: no PostgreSQL whatever the variables say; shared: the secret read where it is used
+    url = "" if local else {"env": POSTGRES_URL_VARIABLE}
+    config["storage"]["custom"]["config"] = {**folder, "postgres_url": url}
+    return "# generated from the top-level dagster.yaml for this environment: edit that one\n" + (
+        yaml.safe_dump(config, sort_keys=False)
+    )
 
 
 def instance_home(settings: OcrSettings) -> Path:
