@@ -83,7 +83,9 @@ class OcrSettings(BaseSettings):
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
     # Dagster instance storage: sqlite in the instance home, or postgres at $OCR_DAGSTER_PG_URL
     dagster_storage: Literal["sqlite", "postgres"] = "sqlite"
-    deploy_parallel: int = Field(default=2, ge=1, le=64)
+    # the one limit on clusters at once: the instance's pool "ocr_clusters" (every heavy step,
+    # whoever launched it), set from here by ocr deploy and ocr dev
+    cluster_limit: int = Field(default=2, ge=1, le=64)
     # where each environment's Dagster instance home lives (default: .dagster/ in the current
     # folder)
     dagster_home_root: str | None = None

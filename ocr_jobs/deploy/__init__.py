@@ -3,7 +3,8 @@
 - ``plan``: the checks made without I/O, the region selection and the ``--dry-run`` plan
 - ``deployment``: the deployment itself (storage checks, lock, wipe, runs, production pointer)
 - ``lock``: one deployment per environment
-- ``runner``: Dagster runs in the environment's own instance, settings passed as arguments
+- ``services``: the webserver (and daemon) the runs go through: Dagster's run coordinator
+- ``runner``: the deployment's runs submitted and followed, its settings written for them
 """
 
 from ocr_jobs.deploy.deployment import (
@@ -29,13 +30,11 @@ from ocr_jobs.deploy.plan import (
     plan_deploy,
 )
 from ocr_jobs.deploy.runner import (
-    RegionWorkers,
+    DeploymentRuns,
     RunOutcome,
-    execute,
     instance_home,
     instance_variables,
     open_instance,
-    reconstructable_job,
 )
 
 __all__ = [
@@ -46,14 +45,13 @@ __all__ = [
     "DeployRefused",
     "DeployResult",
     "DeploymentLock",
+    "DeploymentRuns",
     "DryRun",
     "RegionReport",
-    "RegionWorkers",
     "RunOutcome",
     "check_storage",
     "committed_materialized_regions",
     "dry_run",
-    "execute",
     "instance_home",
     "instance_variables",
     "open_instance",
@@ -61,7 +59,6 @@ __all__ = [
     "plan_deploy",
     "publish_pointer",
     "read_region_report",
-    "reconstructable_job",
     "run_deploy",
     "wipe_records",
 ]

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import dagster as dg
 
+from ocr_assets.constants import CLUSTER_POOL
 from ocr_assets.inputs import REGION_INPUTS
 from ocr_assets.region_records import committed_materialized_regions, outputs_older_than_regions
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
@@ -27,16 +29,16 @@ from ocr_jobs.deploy.plan import (
     region_report,
 )
 from ocr_jobs.deploy.runner import (
-    RegionWorkers,
+    DeploymentRuns,
     RunOutcome,
-    execute,
     failed_run_to_resume,
     instance_config,
     instance_home,
     instance_home_path,
     open_instance,
-    recover_dead_runs,
+    run_environment,
 )
+from ocr_jobs.deploy.services import DagsterServices, daemon_serves, set_pool_limit
 from ocr_jobs.jobs import (
     DOWNSTREAM_CORE_JOB,
     DOWNSTREAM_JOB,
@@ -48,6 +50,7 @@ from ocr_jobs.jobs import (
     region_runs,
 )
 from ocr_jobs.run_log import CONSOLE_QUIET, CONSOLE_VERBOSE, RunLogging
+from ocr_resources.deployment_lock import DEPLOYMENT_TAG, ENVIRONMENT_TAG
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 
@@ -112,11 +115,11 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
 
 
 def observe_inputs(
-    instance: dg.DagsterInstance, settings: OcrSettings, storage: OcrStorage, logging: RunLogging
+    runs: DeploymentRuns, settings: OcrSettings, storage: OcrStorage
 ) -> dict[str, dict[str, str]]:
     """Record the inputs' data versions in the instance (the UI's staleness follows them) and
     return the region inputs' versions per region (input -> region -> version)."""
-    outcome = execute(instance, settings, OBSERVE_JOB, logging=logging)
+    outcome = runs.run(OBSERVE_JOB)
     if not outcome.success:
         raise DeployError(f"observing the inputs failed: {outcome.error}")
     return region_input_versions(storage, region_partitions(settings).get_partition_keys())
@@ -194,9 +197,56 @@ def _run_logging(home: Path, verbose: bool) -> RunLogging:
     return RunLogging(CONSOLE_VERBOSE if verbose else CONSOLE_QUIET, path)
 
 
+LIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+LEFTOVER_GRACE_SECONDS = 60  # for Dagster to end the runs of an interrupted deployment
+
+
+def settle_earlier_runs(
+    instance: dg.DagsterInstance, runs: DeploymentRuns, progress: DeployProgress
+) -> None:
+    """Runs still live when the deployment starts: those of an interrupted deployment are
+    terminated through Dagster (its launcher interrupts their processes); ones whose process
+    nobody can reach any more are then marked canceled; runs launched from the UI before the
+    lock was taken are waited for. Only then are the regions counted."""
+    live = instance.get_runs(dg.RunsFilter(statuses=LIVE_STATUSES))
+    if not live:
+        return
+    earlier = [r.run_id for r in live if DEPLOYMENT_TAG in r.tags]
+    others = [r.run_id for r in live if DEPLOYMENT_TAG not in r.tags]
+    if earlier:
+        progress.say(
+            f"terminating {len(earlier)} run(s) of an interrupted deployment: {', '.join(earlier)}"
+        )
+        runs.terminate(earlier)
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while time.monotonic() < deadline and _still_live(instance, earlier):
+            time.sleep(1)
+        if unreachable := _still_live(instance, earlier):
+            runs.terminate(unreachable, mark_canceled=True)
+    if others:
+        progress.say(f"waiting for {len(others)} run(s) already in progress: {', '.join(others)}")
+        while _still_live(instance, others):
+            time.sleep(1)
+
+
+def _still_live(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
+    runs = instance.get_runs(dg.RunsFilter(run_ids=run_ids))
+    return [r.run_id for r in runs if not r.is_finished]
+
+
 def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) -> DeployResult:
     """Check storage, lock, (wipe), run the regions that remain, then downstream, (publish the
-    pointer), unlock. Raises DeployRefused before touching anything, DeployError after."""
+    pointer), unlock. Raises DeployRefused before touching anything, DeployError after.
+
+    Every run goes through the environment's Dagster instance: submitted to its run
+    coordinator, launched by its daemon (:mod:`ocr_jobs.deploy.services`). Interrupted, the
+    deployment asks Dagster to terminate its runs before it lets go of the lock."""
     settings, options = plan.settings, plan.options
     check_storage(plan, storage)
     home = instance_home(settings)
@@ -210,99 +260,109 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     )
     lock.acquire()
     try:
-        defs = build_definitions(settings)
-        valid_all = region_partitions(settings).get_partition_keys()
         with open_instance(home) as instance, contextlib.ExitStack() as stack:
-            recovered = recover_dead_runs(instance)
-            if recovered:
-                progress.say(
-                    f"recorded {len(recovered)} run(s) of an interrupted deployment as failed "
-                    f"(their process is gone): {', '.join(recovered)}"
-                )
-            if options.wipe:
-                wiped = storage.wipe_environment()
-                wipe_records(instance, defs)
-                progress.say(
-                    f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
-                )
             logging = _run_logging(home, options.verbose)
-            result_log = logging.file
-            # done: recorded by Dagster and committed in the raster store
-            done, uncommitted = committed_materialized_regions(instance, storage)
-            valid = plan.selection.valid
-            workers = stack.enter_context(
-                RegionWorkers(home, settings, REGION_JOB, settings.deploy_parallel, logging)
+            # the services' own output (webserver, daemon, the runs' console) beside the log,
+            # or on the terminal with --verbose
+            services_log = (
+                None
+                if options.verbose
+                else stack.enter_context(open(logging.file.with_suffix(".dagster.log"), "a"))
             )
-            # regions that run whatever the inputs' versions say: their workers start now, so
-            # their imports overlap the observation below
-            certain = [r for r in valid if r not in done or r in plan.recompute]
-            workers.start(len(region_runs(valid_all, certain, settings.regions_per_run)))
-            current = observe_inputs(instance, settings, storage, logging)
-            report = region_report(plan, done, uncommitted, current)
-            stale = report.stale
-            result = DeployResult(report, log_file=result_log)
-            for line in report.lines():
-                progress.say(line)
-            job, keys = downstream_run(options.optional_assets, defs)
-            # nothing new upstream and the last downstream run failed: redo only its failed steps
-            resume = (
-                failed_run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
-                if not report.remaining and not options.regions_only
-                else None
+            own_daemon = not daemon_serves(instance)
+            services = stack.enter_context(
+                DagsterServices(run_environment(settings, home), own_daemon, services_log)
             )
-            outdated = (
-                []
-                if report.remaining or options.regions_only or resume
-                else outdated_outputs(
-                    instance, storage, downstream_assets(options.optional_assets, defs)
-                )
+            progress.say(
+                "runs go through the instance's run coordinator; launched by "
+                + ("a daemon started for this deployment" if own_daemon else "its running daemon")
             )
-            if outdated:
-                progress.say(
-                    "downstream outputs missing or older than the regions they are built from: "
-                    f"{', '.join(outdated)}; building them"
-                )
-            if (
-                not report.remaining
-                and not options.allow_all_processed
-                and not resume
-                and not outdated
-            ):
-                result.stopped = (
-                    "every selected region is already materialized in this environment; "
-                    "nothing to do (pass --allow-all-processed to rebuild the downstream "
-                    "assets anyway"
-                    + (", --redeploy-stale to redo the stale regions)" if stale else ")")
-                )
-                return result
-            # the runs a UI backfill of the same regions makes (the asset's BackfillPolicy)
-            runs = region_runs(valid_all, report.remaining, settings.regions_per_run)
-            if runs:
-                progress.say(
-                    f"{len(report.remaining)} region(s) in {len(runs)} run(s) of up to "
-                    f"{settings.regions_per_run} (OCR_REGIONS_PER_RUN), one cluster each"
-                )
-            lock.check()
-            progress.regions_started(len(report.remaining))
-            outcomes = workers.run(runs, progress.region_finished)
-            workers.close()
-            result.region_failures = [
-                f"{o.partition}: {o.error}" for o in outcomes if not o.success
-            ]
-            if result.region_failures or options.regions_only:
-                return result
-            lock.check()
-            if resume:
-                progress.say(f"resuming the failed {job} run {resume} from its failed steps")
-            outcome = execute(
-                instance, settings, job, asset_keys=keys, resume_run_id=resume, logging=logging
-            )
-            if not outcome.success:
-                result.downstream_error = f"{job}: {outcome.error}"
-                return result
-        lock.check()
-        if settings.environment == "production":
-            result.pointer = publish_pointer(storage)
-        return result
+            set_pool_limit(services, CLUSTER_POOL, settings.cluster_limit)
+            tags = {ENVIRONMENT_TAG: settings.environment, DEPLOYMENT_TAG: lock.owner["id"]}
+            runs = DeploymentRuns(services, instance, tags, logging)
+            try:
+                return _deploy(plan, storage, progress, lock, instance, runs)
+            except KeyboardInterrupt:
+                runs.stop()  # Dagster terminates what is still running
+                raise
     finally:
         lock.release()
+
+
+def _deploy(
+    plan: DeployPlan,
+    storage: OcrStorage,
+    progress: DeployProgress,
+    lock: DeploymentLock,
+    instance: dg.DagsterInstance,
+    runs: DeploymentRuns,
+) -> DeployResult:
+    """The deployment's runs: earlier ones settled, (wipe), inputs observed, the regions that
+    remain, downstream, (the production pointer)."""
+    settings, options = plan.settings, plan.options
+    defs = build_definitions(settings)
+    valid_all = region_partitions(settings).get_partition_keys()
+    settle_earlier_runs(instance, runs, progress)
+    if options.wipe:
+        wiped = storage.wipe_environment()
+        wipe_records(instance, defs)
+        progress.say(
+            f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
+        )
+    # done: recorded by Dagster and committed in the raster store
+    done, uncommitted = committed_materialized_regions(instance, storage)
+    current = observe_inputs(runs, settings, storage)
+    report = region_report(plan, done, uncommitted, current)
+    result = DeployResult(report, log_file=runs.logging.file)
+    for line in report.lines():
+        progress.say(line)
+    job, keys = downstream_run(options.optional_assets, defs)
+    # nothing new upstream and the last downstream run failed: redo only its failed steps
+    resume = (
+        failed_run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
+        if not report.remaining and not options.regions_only
+        else None
+    )
+    outdated = (
+        []
+        if report.remaining or options.regions_only or resume
+        else outdated_outputs(instance, storage, downstream_assets(options.optional_assets, defs))
+    )
+    if outdated:
+        progress.say(
+            "downstream outputs missing or older than the regions they are built from: "
+            f"{', '.join(outdated)}; building them"
+        )
+    if not report.remaining and not options.allow_all_processed and not resume and not outdated:
+        result.stopped = (
+            "every selected region is already materialized in this environment; "
+            "nothing to do (pass --allow-all-processed to rebuild the downstream "
+            "assets anyway"
+            + (", --redeploy-stale to redo the stale regions)" if report.stale else ")")
+        )
+        return result
+    # the runs a UI backfill of the same regions makes (the asset's BackfillPolicy)
+    region_batches = region_runs(valid_all, report.remaining, settings.regions_per_run)
+    if region_batches:
+        progress.say(
+            f"{len(report.remaining)} region(s) in {len(region_batches)} run(s) of up to "
+            f"{settings.regions_per_run} (OCR_REGIONS_PER_RUN), at most {settings.cluster_limit} "
+            f"at once (pool {CLUSTER_POOL}, OCR_CLUSTER_LIMIT)"
+        )
+    lock.check()
+    progress.regions_started(len(report.remaining))
+    outcomes = runs.run_regions(REGION_JOB, region_batches, progress.region_finished)
+    result.region_failures = [f"{o.partition}: {o.error}" for o in outcomes if not o.success]
+    if result.region_failures or options.regions_only:
+        return result
+    lock.check()
+    if resume:
+        progress.say(f"resuming the failed {job} run {resume} from its failed steps")
+    outcome = runs.run(job, asset_keys=keys, resume_run_id=resume)
+    if not outcome.success:
+        result.downstream_error = f"{job}: {outcome.error}"
+        return result
+    lock.check()
+    if settings.environment == "production":
+        result.pointer = publish_pointer(storage)
+    return result

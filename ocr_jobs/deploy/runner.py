@@ -1,38 +1,45 @@
-"""Dagster runs of the code location's jobs in one environment's own instance.
+"""A deployment's Dagster runs, in its environment's own instance, through Dagster's own run
+machinery: submitted to the run coordinator over the webserver's API
+(:mod:`ocr_jobs.deploy.services`), launched by the daemon, followed here through the
+instance's records until they end (a run that Dagster's run retries redo is followed into its
+retry).
 
-Nothing travels through the process environment: the instance is opened from its home folder,
-and every run gets the settings as arguments of the function that rebuilds its job
-(``ocr_jobs.definitions.build_job``), so run workers and step subprocesses build the job from
-the very settings the deployment was given.
+Settings reach the runs as a file: the deployment writes its settings as an env file into the
+instance home, and the code location of the runs it starts loads them from there.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
+import json
 import os
 import re
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from logging import shutdown as shutdown_logging
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psutil
 import yaml
 
-from ocr_jobs.deploy.owner import ProcessOwner
+from ocr_jobs.deploy.services import (
+    DagsterServices,
+    launch_run,
+    reexecute_from_failure,
+    terminate_runs,
+)
+from ocr_jobs.process_env import child_environment
 from ocr_jobs.run_log import RunLogging
 from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE, STORAGE_DIR_VARIABLE
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
 
 DEFAULT_LOGGING = RunLogging()  # the console at INFO, no file
+POLL_SECONDS = 0.5
+# Dagster's run retries: the tag a failed run gets when it will be retried, and its retry's id
+WILL_RETRY_TAG = "dagster/will_retry"
+RETRY_RUN_TAG = "dagster/auto_retry_run_id"
+RETRY_WAIT_SECONDS = 120  # for the daemon to create the retry it promised
+STOP_GRACE_SECONDS = 30  # for interrupted runs to end before they are marked canceled
 
 
 @dataclass(frozen=True)
@@ -50,77 +57,6 @@ def partition_tags(regions: list[str]) -> dict[str, str]:
     """The tags of a run of these regions (consecutive partitions), as a UI backfill under the
     region asset's ``BackfillPolicy`` tags it: a range, also for one region."""
     return dict(zip(RANGE_TAGS, (regions[0], regions[-1]), strict=True))
-
-
-# the process that executes a deploy's run, so the next deploy can tell a run whose process is
-# gone (killed, out of memory, a laptop closed) from one still running
-OWNER_TAGS = ("ocr/host", "ocr/pid", "ocr/pid_started", "ocr/pid_namespace")
-
-
-def owner_tags() -> dict[str, str]:
-    """This process, as the owner of the runs it executes."""
-    owner = ProcessOwner.current()
-    values = (owner.host, str(owner.pid), f"{owner.started:.3f}", owner.namespace or "")
-    return dict(zip(OWNER_TAGS, values, strict=True))
-
-
-def _run_owner(tags: dict[str, str]) -> ProcessOwner | None:
-    """The process a deploy's run recorded as its owner; None for runs launched elsewhere
-    (e.g. from the UI: Dagster's run monitoring looks after those)."""
-    host, pid, started, namespace = (tags.get(t) for t in OWNER_TAGS)
-    if host is None or pid is None or started is None:
-        return None
-    return ProcessOwner(host, int(pid), float(started), namespace or None)
-
-
-def _step_processes(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[psutil.Process]:
-    """The run's step subprocesses still alive on this host (orphans once their parent died):
-    the pids of its STEP_WORKER_STARTED events, started after the run was."""
-    records = instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
-    ).records
-    started = float(run.tags[OWNER_TAGS[2]])
-    found = []
-    for record in records:
-        entry = record.event_log_entry.dagster_event.event_specific_data.metadata.get("pid")
-        try:
-            process = psutil.Process(int(entry.value))
-            # a step process (multiprocessing's spawn or forkserver child) started for this
-            # run, not a later process that reuses the pid of one long finished
-            step_child = "multiprocessing" in " ".join(process.cmdline())
-            if step_child and process.create_time() >= started and record.timestamp >= started:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, AttributeError):
-            continue
-    return found
-
-
-def recover_dead_runs(
-    instance: dg.DagsterInstance, reason: str = "the deploy process that ran it is gone"
-) -> list[str]:
-    """Record as failed every run of a deploy on this host whose process is gone (it stays
-    STARTED forever otherwise, and a failed run is what the next deploy resumes), and stop its
-    orphaned step processes (they would go on writing without the lock). Runs launched by the
-    UI are left to Dagster's run monitoring (the daemon's); runs of other hosts to their own.
-    Returns the recovered runs' ids."""
-    status = dg.DagsterRunStatus
-    live = [status.NOT_STARTED, status.STARTING, status.STARTED, status.CANCELING]
-    recovered = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=live)):
-        owner = _run_owner(run.tags)
-        if owner is None or owner.alive() is not False:
-            continue
-        orphans = _step_processes(instance, run)
-        for process in orphans:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                for member in [*process.children(recursive=True), process]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        member.kill()
-        psutil.wait_procs(orphans, timeout=10)
-        stopped = f"; {len(orphans)} orphaned step process(es) stopped" if orphans else ""
-        instance.report_run_failed(run, f"{reason} (pid {run.tags[OWNER_TAGS[1]]}){stopped}")
-        recovered.append(run.run_id)
-    return recovered
 
 
 def instance_home_path(settings: OcrSettings) -> Path:
@@ -182,64 +118,6 @@ def open_instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.local_temp(tempdir=str(home))
 
 
-def reconstructable_job(settings: OcrSettings, job_name: str) -> Any:
-    """The job, rebuildable in another process from the settings' plain values."""
-    return dg.build_reconstructable_job(
-        "ocr_jobs.definitions",
-        "build_job",
-        reconstructable_args=(job_name,),
-        reconstructable_kwargs=settings.model_dump(mode="json"),
-    )
-
-
-def execute(
-    instance: dg.DagsterInstance,
-    settings: OcrSettings,
-    job_name: str,
-    regions: list[str] | None = None,
-    asset_keys: list[str] | None = None,
-    resume_run_id: str | None = None,
-    logging: RunLogging = DEFAULT_LOGGING,
-) -> RunOutcome:
-    """One Dagster run of a job (consecutive region partitions, or a subset of its assets);
-    with ``resume_run_id``, a re-execution of that failed run's failed and not-yet-run steps
-    only. ``logging``: how loud the console is, and the file that gets every event."""
-    result = dg.execute_job(
-        reconstructable_job(settings, job_name),
-        instance=instance,
-        tags={**owner_tags(), **(partition_tags(regions) if regions else {})},
-        asset_selection=[dg.AssetKey(k) for k in asset_keys] if asset_keys else None,
-        run_config=logging.run_config(),
-        reexecution_options=(
-            dg.ReexecutionOptions.from_failure(resume_run_id, instance) if resume_run_id else None
-        ),
-        raise_on_error=False,
-    )
-    error = "" if result.success else "; ".join(_failures(result.all_events)) or "run failed"
-    label = (regions[0] if len(regions) == 1 else f"{regions[0]}…{regions[-1]}") if regions else ""
-    return RunOutcome(label or job_name, result.success, result.run_id, error)
-
-
-def execute_regions(
-    instance: dg.DagsterInstance,
-    settings: OcrSettings,
-    job_name: str,
-    regions: list[str],
-    logging: RunLogging = DEFAULT_LOGGING,
-) -> list[RunOutcome]:
-    """One run of consecutive regions; an outcome per region: it succeeded when the run
-    materialized it, whatever happened to its siblings."""
-    outcome = execute(instance, settings, job_name, regions, logging=logging)
-    records = instance.get_records_for_run(
-        outcome.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-    ).records
-    done = {r.event_log_entry.dagster_event.partition for r in records}
-    return [
-        RunOutcome(region, region in done, outcome.run_id, _region_error(outcome.error, region))
-        for region in regions
-    ]
-
-
 def _region_error(error: str, region: str) -> str:
     """The part of a run's error about one region (the step names each failed region as
     ``region <id> failed …``), else the whole error (the run failed for all its regions)."""
@@ -286,186 +164,189 @@ def _failures(events: list[Any]) -> list[str]:
     return found
 
 
-def _serve_runs(
-    conn: Connection, home: str, settings: OcrSettings, job_name: str, logging: RunLogging
-) -> None:
-    """Worker process body: run the region runs it is sent, one at a time, sending back their
-    regions' outcomes; imports and the instance are paid once per worker, not once per run.
-
-    Ctrl-C is the deploy's to report: a worker starts with SIGINT ignored (no traceback from
-    its start-up imports), then leaves the terminal's session, so neither it nor Dagster's
-    helper processes see the terminal's Ctrl-C. The deploy stops it with :data:`STOP_SIGNAL`
-    instead (:class:`RegionWorkers`), which ends a worker still starting and, from here on,
-    interrupts its run quietly (:func:`_interrupt_quietly`)."""
-    os.setsid()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(STOP_SIGNAL, _interrupt_quietly)
-    try:
-        with open_instance(Path(home)) as instance:
-            while (regions := conn.recv()) is not None:
-                conn.send(execute_regions(instance, settings, job_name, regions, logging))
-    except (KeyboardInterrupt, EOFError):  # stopped, or the deploy is gone
-        pass
-    # Every run is recorded and the instance closed: the interpreter's own teardown of the
-    # scientific stack (~2 s, which the deploy would wait for) has nothing left to do.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    shutdown_logging()
-    os._exit(0)
+SETTINGS_FILE = "deploy-settings.env"
 
 
-# how an interrupted deploy stops its workers (its default action ends one still starting),
-# and how long it waits for them before it kills them
-STOP_SIGNAL = signal.SIGUSR1
-STOP_GRACE_SECONDS = 3.0
+def write_settings_file(settings: OcrSettings, home: Path) -> Path:
+    """The deployment's settings as an env file in the instance home (written whole, then
+    moved into place): what the code location of its runs loads, whatever the process
+    environment or the command line said."""
+    lines = ["# written by ocr deploy: the settings of its runs (edit the environment's file)"]
+    for name, value in settings.model_dump(mode="json", exclude={"env_file"}).items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        lines.append(f"OCR_{name.upper()}={text}")
+    path = home / SETTINGS_FILE
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(path)
+    return path
 
 
-def _interrupt_quietly(signum: int, frame: Any) -> None:
-    """The deploy was interrupted and says so once: silence this worker's console (Dagster's
-    console logger writes to whatever ``sys.stderr`` is; the events still reach the instance
-    and the deploy's log file), then interrupt it as Ctrl-C would (Dagster records the run it
-    interrupts as failed)."""
-    quiet = open(os.devnull, "w")  # noqa: SIM115  (for the rest of this process's life)
-    sys.stdout = sys.stderr = quiet
-    os.dup2(quiet.fileno(), 1)
-    os.dup2(quiet.fileno(), 2)
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a worker is spawned: a child starts with an ignored signal still
-    ignored, so Python gives it no KeyboardInterrupt until :func:`_serve_runs` takes it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def run_environment(settings: OcrSettings, home: Path) -> dict[str, str]:
+    """The environment of the Dagster processes a deployment starts: the instance home's
+    ``dagster.yaml``, the settings file (no ``OCR_`` setting of this process's environment
+    overrides it), telemetry off."""
+    fields = {f"OCR_{name.upper()}" for name in OcrSettings.model_fields}
+    inherited = {k: v for k, v in os.environ.items() if k not in fields}
+    return {
+        **child_environment(**inherited),
+        "DAGSTER_HOME": str(home),
+        **instance_variables(settings, home),
+        "OCR_ENV_FILE": str(write_settings_file(settings, home)),
+    }
 
 
 @dataclass
-class _Worker:
-    process: Any
-    conn: Connection
-    regions: list[str] | None = None  # the regions of the run it is doing
+class _Followed:
+    """A submitted run, followed into its retries until one ends for good."""
+
+    label: str
+    regions: list[str]
+    run_id: str
+    retry_promised: float | None = None  # when it ended saying it will be retried
 
 
-class RegionWorkers:
-    """Worker processes for the region runs of one deployment.
-
-    A worker pays its imports (~4 s) before its first run; :meth:`start` lets the deploy
-    start them while it still observes the inputs, so that time overlaps its own. Leaving
-    the ``with`` block ends every worker: one still starting is stopped, one idle is told
-    to finish."""
+class DeploymentRuns:
+    """Submits one deployment's runs and follows them to their end. Every run carries the
+    deployment's tags (``ocr/environment``, ``ocr/deployment``) and its logging config."""
 
     def __init__(
         self,
-        home: Path,
-        settings: OcrSettings,
-        job_name: str,
-        max_parallel: int,
+        services: DagsterServices,
+        instance: dg.DagsterInstance,
+        tags: dict[str, str],
         logging: RunLogging = DEFAULT_LOGGING,
     ) -> None:
-        self._args = (str(home), settings, job_name, logging)
-        self._home = home
-        self._max = max(1, max_parallel)
-        self._context = multiprocessing.get_context("spawn")
-        self._workers: list[_Worker] = []
-        self._used = False
-
-    def __enter__(self) -> RegionWorkers:
-        return self
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        self.close(interrupted=kind is KeyboardInterrupt)
-
-    def close(self, interrupted: bool = False) -> None:
-        """End every worker: an idle one finishes; one interrupted or never given a run is
-        stopped (it left the terminal's session, so the deploy's Ctrl-C did not reach it).
-
-        A stopped worker gets :data:`STOP_GRACE_SECONDS` to end its run, then is killed:
-        Dagster answers an interrupted step with its retry policy (made for preempted
-        machines), so a region run would go on after the user's Ctrl-C. The runs of a killed
-        worker are recorded failed here, as any dead worker's are."""
-        stop = interrupted or not self._used
-        for worker in self._workers:
-            if not worker.process.is_alive():
-                continue
-            if stop:
-                os.kill(worker.process.pid, STOP_SIGNAL)
-            else:
-                with contextlib.suppress(BrokenPipeError):  # ending already (Ctrl-C)
-                    worker.conn.send(None)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for worker in self._workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()) if stop else None)
-        killed = [w for w in self._workers if w.process.is_alive()]
-        for worker in killed:
-            worker.process.kill()
-            worker.process.join()
-        if killed:
-            with open_instance(self._home) as instance:
-                recover_dead_runs(instance, "the deployment was interrupted")
-        self._workers.clear()
-
-    def start(self, count: int) -> None:
-        """Up to ``count`` workers (at most the parallel limit) starting now."""
-        while len(self._workers) < min(count, self._max):
-            conn, child = self._context.Pipe()
-            process = self._context.Process(target=_serve_runs, args=(child, *self._args))
-            with _sigint_ignored():
-                process.start()
-            child.close()
-            self._workers.append(_Worker(process, conn))
+        self.services = services
+        self.instance = instance
+        self.tags = tags
+        self.logging = logging
+        self.live: set[str] = set()  # submitted and not yet ended
 
     def run(
         self,
+        job_name: str,
+        asset_keys: list[str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> RunOutcome:
+        """One run of a job (or of some of its assets), or a re-execution of a failed run's
+        failed and not-yet-run steps, to its end."""
+        if resume_run_id:
+            run_id = reexecute_from_failure(self.services, resume_run_id, self.tags)
+        else:
+            config = self.logging.run_config()
+            run_id = launch_run(self.services, job_name, self.tags, config, asset_keys)
+        self.live.add(run_id)
+        (outcome,) = self._follow([_Followed(job_name, [], run_id)])
+        return outcome
+
+    def run_regions(
+        self,
+        job_name: str,
         runs: list[list[str]],
         on_done: Callable[[RunOutcome], None] | None = None,
     ) -> list[RunOutcome]:
-        """Each list of consecutive regions as one Dagster run, at most the parallel limit at
-        a time; an outcome per region. A worker that dies (killed, out of memory) fails only
-        the run it was doing, which is recorded failed; a fresh worker takes its place."""
-        self._used = True
-        partitions = [r for run in runs for r in run]
-        waiting = list(reversed(runs))
-        workers = self._workers
-        outcomes: list[RunOutcome] = []
-
-        def finish(worker: _Worker, finished: list[RunOutcome]) -> None:
-            worker.regions = None
-            for outcome in finished:
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome)
-
-        with open_instance(self._home) as instance:
-            while waiting or any(w.regions for w in workers):
-                self.start(len(workers) + len(waiting) - sum(w.regions is None for w in workers))
-                for worker in workers:
-                    if worker.regions is None and waiting:
-                        worker.regions = waiting.pop()
-                        # one that died starting is found by its sentinel below, as any dead
-                        with contextlib.suppress(BrokenPipeError):
-                            worker.conn.send(worker.regions)
-                busy = [w for w in workers if w.regions]
-                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-                for worker in busy:
-                    if worker.conn in ready and worker.conn.poll():
-                        try:
-                            finish(worker, worker.conn.recv())
-                            continue
-                        except EOFError:
-                            pass
-                    if worker.conn in ready or worker.process.sentinel in ready:
-                        worker.process.join()
-                        regions = worker.regions
-                        code = worker.process.exitcode
-                        error = f"the run's process exited with code {code} before finishing"
-                        recover_dead_runs(instance, error)
-                        finish(worker, [RunOutcome(r, False, "", error) for r in regions])
-                        workers.remove(worker)
+        """Each list of consecutive regions as one run (the runs a UI backfill of them makes),
+        all submitted at once: the pool's limit decides how many run together. An outcome per
+        region: it succeeded when its run materialized it, whatever its siblings did."""
+        followed = []
+        for regions in runs:
+            tags = {**self.tags, **partition_tags(regions)}
+            run_id = launch_run(self.services, job_name, tags, self.logging.run_config())
+            self.live.add(run_id)
+            label = regions[0] if len(regions) == 1 else f"{regions[0]}…{regions[-1]}"
+            followed.append(_Followed(label, regions, run_id))
+        partitions = [r for regions in runs for r in regions]
+        outcomes = self._follow(followed, on_done)
         return sorted(outcomes, key=lambda o: partitions.index(o.partition))
+
+    def terminate(self, run_ids: list[str], mark_canceled: bool = False) -> None:
+        """Ask Dagster to terminate runs (their launcher interrupts their processes); with
+        ``mark_canceled``, record them canceled whether or not a process could be reached."""
+        terminate_runs(self.services, run_ids, mark_canceled)
+
+    def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        """Terminate this deployment's live runs and wait, a bounded time, for them to end
+        (an interrupted deployment leaves nothing running behind it)."""
+        live = sorted(self.live)
+        if not live:
+            return
+        self.terminate(live)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            runs = self.instance.get_runs(dg.RunsFilter(run_ids=live))
+            if all(r.is_finished for r in runs):
+                return
+            time.sleep(POLL_SECONDS)
+        self.terminate(live, mark_canceled=True)
+
+    def _follow(
+        self,
+        followed: list[_Followed],
+        on_done: Callable[[RunOutcome], None] | None = None,
+    ) -> list[RunOutcome]:
+        """Poll the instance until every run has ended for good; the outcomes, as they come."""
+        outcomes: list[RunOutcome] = []
+        waiting = list(followed)
+        while waiting:
+            time.sleep(POLL_SECONDS)
+            ids = [f.run_id for f in waiting]
+            runs = {r.run_id: r for r in self.instance.get_runs(dg.RunsFilter(run_ids=ids))}
+            for item in list(waiting):
+                run = runs.get(item.run_id)
+                if run is None or not run.is_finished or self._retried(run, item):
+                    continue
+                waiting.remove(item)
+                self.live.discard(item.run_id)
+                for outcome in self._outcomes(run, item):
+                    outcomes.append(outcome)
+                    if on_done:
+                        on_done(outcome)
+        return outcomes
+
+    def _retried(self, run: dg.DagsterRun, item: _Followed) -> bool:
+        """Whether Dagster's run retries take over this ended run: then ``item`` follows the
+        retry (or waits, a bounded time, for the daemon to create the one it promised)."""
+        if run.status != dg.DagsterRunStatus.FAILURE or run.tags.get(WILL_RETRY_TAG) != "true":
+            return False
+        retry = run.tags.get(RETRY_RUN_TAG)
+        if retry:
+            self.live.discard(item.run_id)
+            self.live.add(retry)
+            item.run_id, item.retry_promised = retry, None
+            return True
+        item.retry_promised = item.retry_promised or time.monotonic()
+        return time.monotonic() - item.retry_promised < RETRY_WAIT_SECONDS
+
+    def _outcomes(self, run: dg.DagsterRun, item: _Followed) -> list[RunOutcome]:
+        success = run.status == dg.DagsterRunStatus.SUCCESS
+        error = "" if success else self._error(run)
+        if not item.regions:
+            return [RunOutcome(item.label, success, run.run_id, error)]
+        records = self.instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        done = {r.event_log_entry.dagster_event.partition for r in records}
+        return [
+            RunOutcome(region, region in done, run.run_id, _region_error(error, region))
+            for region in item.regions
+        ]
+
+    def _error(self, run: dg.DagsterRun) -> str:
+        """What failed in a run, by step and check; else why Dagster ended it."""
+        entries = self.instance.all_logs(run.run_id)
+        events = [e.dagster_event for e in entries if e.dagster_event is not None]
+        found = _failures(events)
+        if found:
+            return "; ".join(found)
+        # a run ended from outside (its process died, a termination): the engine's last word
+        said = [
+            e.message.strip()
+            for e in entries
+            if e.dagster_event is not None
+            and e.dagster_event.event_type == dg.DagsterEventType.ENGINE_EVENT
+            and e.message
+        ]
+        return said[-1].splitlines()[0] if said else f"run {run.status.value.lower()}"
