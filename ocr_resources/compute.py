@@ -190,7 +190,8 @@ class ComputeSession:
         from dask.distributed import wait
 
         try:
-            return set(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
+            with self.client.as_current():  # wait() asks for the current client
+                return set(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
         except TimeoutError:
             return set()
 
@@ -303,12 +304,14 @@ class OcrCompute(ConfigurableResource):
                 session.workers = self.coiled_workers
             else:
                 cluster = self._dask_cluster()
-            if cluster is not None:
-                session.client = cluster.get_client()
-            elif self.backend == "dask":
+            if cluster is not None or self.backend == "dask":
                 from dask.distributed import Client
 
-                session.client = Client(self.scheduler_address)
+                # not this process's default client: nothing else in the process (nor a task
+                # on an in-process worker) is sent to it, and closing it leaves dask's global
+                # config as it was (a default client left "dask.distributed" set after it)
+                address = cluster.scheduler_address if cluster is not None else None
+                session.client = Client(address or self.scheduler_address, set_as_default=False)
             if self.backend == "dask":
                 session.workers = len(session.client.scheduler_info()["workers"])
             yield session

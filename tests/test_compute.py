@@ -39,11 +39,21 @@ def in_process(sample_storage):
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_local_cluster_equals_in_process(sample_storage, in_process, processes):
+    import dask
+    import dask.array as da
+
     compute = OcrCompute(local_processes=processes)
+    scheduler = dask.config.get("scheduler", None)
     with compute.session(_Context("region_risk_raster"), tasks=2) as session:
         assert session.client is not None and session.workers == 2
         fields = session.map(region_field, [sample_storage.spec()] * 2, [REGION] * 2, YEARS)
         meta = session.metadata()
+        # the session's client is not the process's default: dask's global config untouched
+        assert dask.config.get("scheduler", None) == scheduler
+    # nor after it (a default client left "dask.distributed" behind with no client to serve
+    # it: every later dask compute in the process failed)
+    assert dask.config.get("scheduler", None) == scheduler
+    assert da.ones(4, chunks=2).sum().compute() == 4
     for year, (bp, seconds) in zip(YEARS, fields, strict=True):
         np.testing.assert_array_equal(bp, in_process[f"bp_{year}"])
         assert {"read", "spread", "blur"} <= set(seconds)
@@ -97,9 +107,6 @@ class FakeCoiledCluster:
     @property
     def scheduler_address(self):
         return self._local.scheduler_address
-
-    def get_client(self):
-        return self._local.get_client()
 
     def close(self):
         self.closed = True
