@@ -27,8 +27,8 @@ import dagster as dg
 import psutil
 import yaml
 
-from ocr_jobs.deploy.owner import ProcessOwner
 from ocr_jobs.run_log import RunLogging
+from ocr_resources.deployment_lock import ProcessOwner
 from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE, STORAGE_DIR_VARIABLE
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
 
