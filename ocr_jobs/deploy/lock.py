@@ -16,69 +16,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from ocr_jobs.deploy.owner import ProcessOwner
 from ocr_jobs.deploy.plan import DeployError
+from ocr_resources.deployment_lock import Holder, ProcessOwner, unlock_command
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.files import Versioned
 
 # every failed attempt means the lock changed between our read and our write: someone else won
 ATTEMPTS = 5
-STALE_SETTING = "OCR_LOCK_STALE_SECONDS"
-
-
-def unlock_command(env_file: str | None, environment: str) -> str:
-    """The command that breaks this environment's lock."""
-    return f"ocr unlock --env-file {env_file or f'<the env file of {environment!r}>'}"
-
-
-def _utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def _say_on_stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-@dataclass(frozen=True)
-class Holder:
-    """The deployment a lock record names."""
-
-    record: dict[str, Any]
-    owner: ProcessOwner
-    heartbeat: float
-
-    @classmethod
-    def parse(cls, data: bytes) -> Holder:
-        """The holder of a lock record; ValueError saying what is wrong with anything else."""
-        try:
-            record = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"not a JSON object but {type(record).__name__}")
-        fields = {"id": str, "host": str, "pid": int, "heartbeat": (int, float)}
-        wrong = [k for k, kind in fields.items() if not isinstance(record.get(k), kind)]
-        if wrong or isinstance(record["pid"], bool):
-            raise ValueError(f"missing or malformed {', '.join(wrong) or 'pid'}")
-        started = record.get("pid_started")
-        owner = ProcessOwner(
-            record["host"],
-            record["pid"],
-            float(started) if isinstance(started, int | float) else None,
-            record.get("pid_namespace"),
-        )
-        return cls(record, owner, float(record["heartbeat"]))
-
-    def who(self) -> str:
-        r = self.record
-        return (
-            f"{r.get('description')} by {r.get('user')}@{r['host']} "
-            f"(pid {r['pid']}, started {r.get('started')})"
-        )
 
 
 class DeploymentLock:
@@ -135,7 +85,7 @@ class DeploymentLock:
                 continue  # released between our attempt and the read
             holder = self._parse(current)
             alive = holder.owner.alive()
-            reason = self._takeover_reason(holder, alive, time.time())
+            reason = holder.stale_reason(alive, time.time(), self.stale_seconds)
             if reason is None:
                 raise DeployError(self._refusal(holder, alive, time.time()))
             self._token = self.storage.replace_if(self.path, current.token, self._payload())
@@ -160,21 +110,9 @@ class DeploymentLock:
                 f"{self.storage.environment!r} is running, remove it: {self.unlock}"
             ) from None
 
-    def _takeover_reason(self, holder: Holder, alive: bool | None, now: float) -> str | None:
-        """Why ``holder``'s lock may be taken over (``alive``: whether its process runs, None
-        when this host cannot tell), or None while it holds it."""
-        pid, host = holder.owner.pid, holder.owner.host
-        if alive is False:
-            return f"its process {pid} on this host ({host}) is gone"
-        age = now - holder.heartbeat
-        if age > self.stale_seconds:
-            return f"its heartbeat is {age:.0f} s old ({STALE_SETTING}={self.stale_seconds})"
-        return None
-
     def _refusal(self, holder: Holder, alive: bool | None, now: float) -> str:
         """Who holds the lock, since when it beats, when it goes stale and how to break it."""
         pid, host = holder.owner.pid, holder.owner.host
-        stale_at = holder.heartbeat + self.stale_seconds
         if alive:
             how = (
                 f"it runs on this host as pid {pid}: wait for it, or stop it (kill {pid}) and "
@@ -186,14 +124,8 @@ class DeploymentLock:
                 f"it runs on {host} (another machine or container), so this one cannot check "
                 f"its process; if it is no longer running, break the lock now: {self.unlock}"
             )
-        return (
-            f"another deployment to {self.storage.environment!r} is running: {holder.who()}; "
-            f"lock {self.path}\n"
-            f"  its last heartbeat was {now - holder.heartbeat:.0f} s ago; it goes stale at "
-            f"{_utc(stale_at)} (in {max(0.0, stale_at - now):.0f} s, {STALE_SETTING}="
-            f"{self.stale_seconds}), when the next deploy takes it over\n"
-            f"  {how}"
-        )
+        held = holder.held(self.storage.environment, self.path, self.stale_seconds, now)
+        return f"{held}\n  {how}"
 
     def _ours(self) -> Versioned | None:
         """The lock's current version if it is still ours (whatever our last token says: a

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
+from ocr_resources.deployment_lock import refuse_beside_deployment
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
 from ocr_resources.storage.files import StorageRootError
@@ -46,6 +47,8 @@ class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
     # per-input overrides by catalog name (ocr_resources.layout.check_input_override)
     input_root: str | None = None
     input_overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # a deployment lock whose heartbeat is older than this is no longer in force
+    lock_stale_seconds: int = 900
 
     @classmethod
     def from_settings(cls, settings: OcrSettings) -> OcrStorage:
@@ -60,9 +63,18 @@ class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
             model_variant=settings.model_variant,
             input_root=settings.input_root,
             input_overrides=settings.input_overrides,
+            lock_stale_seconds=settings.lock_stale_seconds,
         )
         storage.layout  # noqa: B018 (building the layout checks the roots)
         return storage
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Every run, from any door (the UI, ``dagster asset materialize``, ``ocr deploy``),
+        starts here: it is refused (LockHeldError naming the holder) while another deployment
+        holds the environment's lock, so nothing writes beside a running deploy. Outside a
+        run (the command line, a resource built directly) there is nothing to check."""
+        if context.dagster_run is not None:
+            refuse_beside_deployment(self, self.lock_stale_seconds, context.dagster_run.tags)
 
     @property
     def layout(self) -> StorageLayout:
@@ -85,4 +97,5 @@ class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
             "model_variant": self.model_variant,
             "input_root": self.input_root,
             "input_overrides": self.input_overrides,
+            "lock_stale_seconds": self.lock_stale_seconds,
         }
