@@ -2,7 +2,7 @@
 region on its own through ``dagster asset materialize`` (issue 16).
 
     .venv/bin/python -m bench.ui_path            # sample (20 regions) + full size (2 regions)
-    .venv/bin/python -m bench.ui_path --quick    # sample only (~3 minutes)
+    .venv/bin/python -m bench.ui_path --quick    # sample only: 2 and 20 regions (~6 minutes)
     .venv/bin/python -m bench.ui_path --materialize-only   # full size, one region at a time
 
 Every measurement is what a user pays, cold: a fresh storage root and instance, process
@@ -10,10 +10,12 @@ start-up, cluster start-up and writes included.
 
 - ``deploy``: ``ocr deploy --regions-only`` over the regions, whole command; per region =
   wall / N.
-- ``ui_backfill``: the daemon ``dagster dev`` runs (started before the clock, as a running UI
-  has it) and a partition backfill launched through the UI's GraphQL mutation; the clock runs
-  from the launch until the backfill is done; per region = wall / N. The runs' own time
-  (first run start → last run end) is reported beside it.
+- ``ui_backfill``: ``dagster dev`` on the environment (started before the clock, as a user's
+  open UI is) and a partition backfill launched through the UI's GraphQL mutation; the clock
+  runs from the launch until the backfill is done; per region = wall / N. Beside it: launch →
+  every region materialized, and the runs' own time (first run start → last run end).
+- ``ocr deploy`` starts its own ``dagster dev`` inside the clock (no UI open): the same run
+  coordinator, daemon and run launcher as the UI's backfill.
 - ``materialize_one`` (full size): ``dagster asset materialize`` of one region, twice (a new
   DAGSTER_HOME, then the same one); the time outside the region's own work = command wall −
   the region's stages (its metadata), the same inside the run (run start → end), and the time
@@ -34,6 +36,8 @@ from pathlib import Path
 import dagster as dg
 
 from ocr_jobs.deploy import instance_home, open_instance
+from ocr_jobs.deploy.runner import run_environment
+from ocr_jobs.deploy.services import DagsterServices
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import load_settings
@@ -107,46 +111,49 @@ def deploy(inputs: Path, folder: Path, regions: list[str]) -> dict:
     return _summary(wall, len(regions), work, run_span(home))
 
 
-def ui_backfill(inputs: Path, folder: Path, regions: list[str]) -> dict:
-    from dagster._core.execution.backfill import BulkActionStatus
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster_graphql.test.utils import execute_dagster_graphql
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
+}"""
 
+
+def ui_backfill(inputs: Path, folder: Path, regions: list[str]) -> dict:
+    """A backfill launched as the UI launches it (its GraphQL mutation) on a running
+    ``dagster dev`` of the environment (started before the clock, as a user's UI is)."""
     env, home = environment(inputs, folder, "ui")
-    process_env = {**os.environ, "OCR_ENV_FILE": str(env), "DAGSTER_HOME": str(home)}
-    workspace_file = str(ROOT / "workspace.yaml")
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", workspace_file],
-        cwd=ROOT,
-        env=process_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(OCR_ENV_FILE=str(env), DAGSTER_HOME=str(home))
-    try:
-        with (
-            dg.DagsterInstance.get() as instance,
-            WorkspaceProcessContext(instance, WorkspaceFileTarget([workspace_file])) as workspace,
-        ):
-            time.sleep(15)  # the daemon is up, as it is under a running `dagster dev`
-            context = workspace.create_request_context()
-            keys = [{"path": ["region_risk_raster"]}, {"path": ["region_buildings"]}]
-            start = time.perf_counter()
-            launched = execute_dagster_graphql(
-                context, LAUNCH, {"params": {"partitionNames": regions, "assetSelection": keys}}
-            ).data["launchPartitionBackfill"]
-            backfill = launched["backfillId"]
-            while instance.get_backfill(backfill).status == BulkActionStatus.REQUESTED:
+    settings = load_settings(env)
+    services_env = run_environment(settings, home)
+    log = open(folder / "ui-services.log", "w")  # noqa: SIM115  (closed below)
+    with log, DagsterServices(services_env, True, log) as ui:
+        time.sleep(10)  # the daemon's threads are up, as under a UI open for a while
+        keys = [{"path": ["region_risk_raster"]}, {"path": ["region_buildings"]}]
+        start = time.perf_counter()
+        launched = ui.mutate(
+            LAUNCH,
+            {"params": {"partitionNames": regions, "assetSelection": keys}},
+            "launchPartitionBackfill",
+            "LaunchBackfillSuccess",
+        )
+        backfill = launched["backfillId"]
+        materialized_at = None
+        with open_instance(home) as instance:
+            while True:
+                status = ui.graphql(BACKFILL_STATUS, {"id": backfill})["partitionBackfillOrError"]
+                done = set(own_work(home))
+                if materialized_at is None and set(regions) <= done:
+                    materialized_at = time.perf_counter() - start
+                if status["status"] != "REQUESTED":
+                    break
                 time.sleep(0.5)
             wall = time.perf_counter() - start
-            status = instance.get_backfill(backfill).status
             runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill}))
-    finally:
-        daemon.terminate()
-        daemon.wait(60)
     result = _summary(wall, len(regions), own_work(home), run_span(home))
-    return {**result, "status": str(status), "runs": len(runs)}
+    return {
+        **result,
+        "status": status["status"],
+        "runs": len(runs),
+        "launch_to_last_region_s": round(materialized_at or wall, 2),
+    }
 
 
 def materialize_argv(region: str) -> list[str]:
@@ -195,11 +202,18 @@ def _summary(wall: float, n: int, work: dict[str, float], span: float) -> dict:
     }
 
 
-def bench(name: str, spec: SampleSpec, folder: Path, single: bool, doors: bool = True) -> dict:
+def bench(
+    name: str,
+    spec: SampleSpec,
+    folder: Path,
+    single: bool,
+    doors: bool = True,
+    count: int | None = None,
+) -> dict:
     inputs = folder / "inputs"
     start = time.perf_counter()
     write_sample_data(OcrStorage(root=str(inputs)), spec)
-    regions = region_ids(spec)
+    regions = region_ids(spec)[:count]
     out: dict = {"size": name, "window": [spec.chunk_lat, spec.chunk_lon], "regions": regions}
     out["inputs_s"] = round(time.perf_counter() - start, 1)
     if doors:
@@ -219,14 +233,19 @@ def main() -> None:
     parser.add_argument(
         "--materialize-only", action="store_true", help="full size, materialize_one only"
     )
+    parser.add_argument(
+        "--regions", type=int, action="append", help="N regions of the sample (default 2, 20)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("ui_path_results.jsonl")))
     args = parser.parse_args()
-    sizes = [("sample", SAMPLE, False)] + ([] if args.quick else [("full", FULL, True)])
+    sizes = [("sample", SAMPLE, False, n) for n in args.regions or (2, 20)]
+    sizes += [] if args.quick else [("full", FULL, True, None)]
     if args.materialize_only:
-        sizes = [("full", FULL, True)]
-    for name, spec, single in sizes:
+        sizes = [("full", FULL, True, None)]
+    for name, spec, single, count in sizes:
         with tempfile.TemporaryDirectory() as folder:
-            result = bench(name, spec, Path(folder), single, doors=not args.materialize_only)
+            doors = not args.materialize_only
+            result = bench(name, spec, Path(folder), single, doors, count)
         print(json.dumps(result, indent=1))
         with open(args.out, "a") as f:
             f.write(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}) + "\n")

@@ -28,6 +28,7 @@ def dev(
     import subprocess
     import sys
 
+    from ocr_assets.constants import CLUSTER_POOL
     from ocr_jobs.deploy import instance_home, instance_variables
     from ocr_jobs.process_env import child_environment
     from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
@@ -56,7 +57,11 @@ def dev(
         OCR_ENV_FILE=str(settings.env_file),
         VIRTUAL_ENV=sys.prefix,
     )
-    dg = str(Path(sys.executable).parent / "dg")
+    bin_dir = Path(sys.executable).parent
+    # the one limit on clusters at once, the environment's, in the instance every door reads
+    limit = [str(bin_dir / "dagster"), "instance", "concurrency", "set", CLUSTER_POOL]
+    subprocess.run([*limit, str(settings.cluster_limit)], env=env, check=True, capture_output=True)
+    dg = str(bin_dir / "dg")
     console.print(f"Dagster UI: http://127.0.0.1:{port}/ (instance {home})")
     argv = [dg, "dev", "--host", "127.0.0.1", "--port", str(port)]
     try:
