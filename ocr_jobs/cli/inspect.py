@@ -30,6 +30,7 @@ def dev(
 
     from ocr_assets.constants import CLUSTER_POOL
     from ocr_jobs.deploy import instance_home, instance_variables
+    from ocr_jobs.deploy.services import ui_running
     from ocr_jobs.process_env import child_environment
     from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
 
@@ -65,7 +66,9 @@ def dev(
     console.print(f"Dagster UI: http://127.0.0.1:{port}/ (instance {home})")
     argv = [dg, "dev", "--host", "127.0.0.1", "--port", str(port)]
     try:
-        raise typer.Exit(subprocess.run(argv, env=env, check=False).returncode)
+        with ui_running(home):  # a deploy meanwhile hands its runs to this UI's daemon
+            code = subprocess.run(argv, env=env, check=False).returncode
+        raise typer.Exit(code)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

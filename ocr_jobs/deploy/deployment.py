@@ -38,7 +38,7 @@ from ocr_jobs.deploy.runner import (
     open_instance,
     run_environment,
 )
-from ocr_jobs.deploy.services import DagsterServices, daemon_serves, set_pool_limit
+from ocr_jobs.deploy.services import DagsterServices, set_pool_limit, ui_daemon_runs
 from ocr_jobs.jobs import (
     DOWNSTREAM_CORE_JOB,
     DOWNSTREAM_JOB,
@@ -269,7 +269,7 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 if options.verbose
                 else stack.enter_context(open(logging.file.with_suffix(".dagster.log"), "a"))
             )
-            own_daemon = not daemon_serves(instance)
+            own_daemon = not ui_daemon_runs(home)
             services = stack.enter_context(
                 DagsterServices(run_environment(settings, home), own_daemon, services_log)
             )

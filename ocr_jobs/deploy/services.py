@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import dagster as dg
 import requests
 
 from ocr_resources.settings import packaged_file
 
-# the daemon that dequeues runs counts as serving the instance while its heartbeat is this fresh
-# (it beats every 30 s)
-DAEMON_FRESH_SECONDS = 90
 START_TIMEOUT_SECONDS = 300  # the code location's import is most of it (~10 s on 2 cores)
 STOP_GRACE_SECONDS = 30
 LOCATION = "ocr"  # the workspace's code location name (workspace.yaml)
@@ -44,11 +42,33 @@ def workspace_file() -> Path:
     return packaged_file("workspace.yaml")
 
 
-def daemon_serves(instance: dg.DagsterInstance) -> bool:
-    """Whether a daemon dequeues this instance's runs now (its heartbeat is fresh)."""
-    beats = instance.get_daemon_heartbeats()
-    beat = beats.get("QUEUED_RUN_COORDINATOR")
-    return beat is not None and time.time() - beat.timestamp < DAEMON_FRESH_SECONDS
+UI_LOCK = ".ocr-dev.lock"  # in the instance home: held by ``ocr dev`` while its UI runs
+
+
+@contextlib.contextmanager
+def ui_running(home: Path) -> Iterator[None]:
+    """Held by ``ocr dev`` while its webserver and daemon serve the instance at ``home``: an
+    exclusive ``flock``, which the kernel releases however ``ocr dev`` ends."""
+    fd = os.open(home / UI_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ui_daemon_runs(home: Path) -> bool:
+    """Whether ``ocr dev`` serves the instance at ``home`` now (its daemon launches the runs
+    submitted to it). A daemon's heartbeat cannot tell: it stays fresh for up to a minute
+    after the daemon stopped."""
+    fd = os.open(home / UI_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _free_port() -> int:

@@ -143,11 +143,19 @@ def _deploy_during_consolidation() -> None:
 
     def wrap(consolidate):
         def consolidate_as_orphan(*args, **kwargs):
-            deploy = os.getppid()
-            with open(f"/proc/{deploy}/cmdline", "rb") as f:
-                if b"deploy" not in f.read():  # never the test runner: a step subprocess only
-                    raise RuntimeError("deploy_during_consolidation needs a step subprocess")
-            os.kill(deploy, signal.SIGKILL)
+            import psutil
+
+            # the ``ocr deploy`` process this step runs under (deploy → dagster dev → code
+            # server → run worker → this step), never the test runner
+            ancestors = psutil.Process().parents()
+            deploys = [
+                p
+                for p in ancestors
+                if "deploy" in p.cmdline() and "ocr_jobs.cli" in " ".join(p.cmdline())
+            ]
+            if not deploys:
+                raise RuntimeError("deploy_during_consolidation needs a deploy's step process")
+            os.kill(deploys[0].pid, signal.SIGKILL)
             # an orphan holding no pipe of the test's (so the killed deploy's output ends) and
             # doing nothing more: only the next deploy's recovery ends it
             null = os.open(os.devnull, os.O_RDWR)
