@@ -72,13 +72,13 @@ def _killed_region_is_redone(
 ) -> None:
     # one region per run: a killed process takes its whole run with it (the local backend runs
     # a run's regions in its process), so this isolates the two regions in two runs
-    env, root = _local_env(tmp_path, sample_root, DEPLOY_PARALLEL="1", REGIONS_PER_RUN="1")
+    env, root = _local_env(tmp_path, sample_root, CLUSTER_LIMIT="1", REGIONS_PER_RUN="1")
     storage = OcrStorage(root=str(root), environment="local")
     # y1_x1 dies; its worker is replaced and y1_x2 runs in the new one
     args = ("deploy", "--region-id", "y1_x1-x2", "--regions-only")
     killed = ocr(*args, env_file=env, extra=_with_fault(fault))
     assert killed.returncode == 1, killed.stdout + killed.stderr
-    assert "y1_x1" in killed.stdout and "exited with code -9" in killed.stdout
+    assert "y1_x1" in killed.stdout and "terminated by signal 9 (SIGKILL)" in killed.stdout
     assert "y1_x2" in storage.list_region_buildings()
     # nothing partial is visible: no region file, and no window (the region's Icechunk
     # session died uncommitted)

@@ -39,7 +39,7 @@ def test_interrupted_deployments_are_recovered_by_the_next(tmp_path, sample_root
     died = ocr(*args, env_file=env, extra=_with_fault("after_region_event"))
     print(f"region worker killed: {time.perf_counter() - clock:.1f} s")
     assert died.returncode == 1, died.stdout + died.stderr
-    assert "exited with code -9" in died.stdout
+    assert "terminated by signal 9 (SIGKILL)" in died.stdout
     instance = _instance(tmp_path)
     assert instance.get_latest_materialization_event(dg.AssetKey("region_buildings"))
     assert not Path(storage.layout.consolidated_buildings).exists()
