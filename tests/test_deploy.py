@@ -176,11 +176,16 @@ def _local_env(tmp_path, sample_root, name="local", **values):
 FAULTS = str(Path(__file__).parent / "faults")
 
 
+def with_faults_path() -> str:
+    """PYTHONPATH with the faults' ``sitecustomize`` first, the inherited entries kept."""
+    return os.pathsep.join(p for p in (FAULTS, os.environ.get("PYTHONPATH")) if p)
+
+
 def region_commit_blocked(blocker: Path) -> dict[str, str]:
     """The environment of processes whose commit of region y1_x2 to the raster store fails
     while ``blocker`` exists (``tests/faults/sitecustomize.py``)."""
     return {
-        "PYTHONPATH": FAULTS,
+        "PYTHONPATH": with_faults_path(),
         "OCR_TEST_FAULT": "region_commit_fails",
         "OCR_TEST_FAULT_REGION": "y1_x2",
         "OCR_TEST_FAULT_BLOCKER": str(blocker),

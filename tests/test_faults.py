@@ -17,13 +17,11 @@ import pytest
 
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
-from tests.test_deploy import _local_env, ocr
-
-FAULTS = str(Path(__file__).parent / "faults")
+from tests.test_deploy import _local_env, ocr, with_faults_path
 
 
 def _with_fault(fault: str) -> dict[str, str]:
-    return {"PYTHONPATH": FAULTS, "OCR_TEST_FAULT": fault}
+    return {"PYTHONPATH": with_faults_path(), "OCR_TEST_FAULT": fault}
 
 
 def _instance(tmp_path: Path, environment: str = "local") -> dg.DagsterInstance:

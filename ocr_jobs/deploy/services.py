@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import requests
 
+from ocr_jobs.deploy.plan import DeployError
 from ocr_resources.settings import packaged_file
 
 START_TIMEOUT_SECONDS = 300  # the code location's import is most of it (~10 s on 2 cores)
@@ -33,7 +34,7 @@ STOP_GRACE_SECONDS = 30
 LOCATION = "ocr"  # the workspace's code location name (workspace.yaml)
 
 
-class ServicesError(RuntimeError):
+class ServicesError(DeployError):
     """The webserver did not start, or refused a request: the message says which and why."""
 
 
@@ -133,9 +134,10 @@ class DagsterServices:
         assert self._process is not None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                said = getattr(self._output, "name", "the console above")
                 raise ServicesError(
                     f"the Dagster webserver exited with code {self._process.returncode} while "
-                    "starting (its output is in the deployment's Dagster log)"
+                    f"starting; its output: {said}"
                 )
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.url}/server_info", timeout=2).ok and self._loaded():
