@@ -63,6 +63,7 @@ LONG_FIRST = (
     "test_cli_hardening",
     "test_workflows",
     "test_ui_conventions",
+    "test_ui_staleness",
     "test_graph",
     "test_pyramid",
     "test_raster_store",
