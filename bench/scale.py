@@ -253,7 +253,7 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.region_records import record_region_files
     from ocr_jobs.definitions import build_definitions, build_resources
-    from ocr_jobs.deploy import execute, instance_home, open_instance, reconstructable_job
+    from ocr_jobs.deploy import instance_home, open_instance
     from ocr_jobs.jobs import downstream_run
     from ocr_resources.settings import load_settings
 
@@ -280,21 +280,22 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
         record_region_files(instance, storage, storage.list_region_buildings())
     start = time.time()
     with open_instance(home) as instance:
-        if parallel:
-            outcome = execute(instance, settings, job, asset_keys=keys)
-            run_id, success, error = outcome.run_id, outcome.success, outcome.error
-        else:
-            result = dg.execute_job(
-                reconstructable_job(settings, job),
-                instance=instance,
-                asset_selection=[dg.AssetKey(k) for k in keys] if keys else None,
-                run_config={
-                    "loggers": {"console": {"config": {"log_level": "INFO"}}},
-                    "execution": {"config": {"max_concurrent": 1}},
-                },
-                raise_on_error=False,
-            )
-            run_id, success, error = result.run_id, result.success, ""
+        # the job rebuilt in every step process from these settings, steps side by side
+        # (parallel) or one at a time
+        execution = {} if parallel else {"execution": {"config": {"max_concurrent": 1}}}
+        result = dg.execute_job(
+            dg.build_reconstructable_job(
+                "ocr_jobs.definitions",
+                "build_job",
+                reconstructable_args=(job,),
+                reconstructable_kwargs=settings.model_dump(mode="json"),
+            ),
+            instance=instance,
+            asset_selection=[dg.AssetKey(k) for k in keys] if keys else None,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **execution},
+            raise_on_error=False,
+        )
+        run_id, success, error = result.run_id, result.success, ""
         end = time.time()
         entries = instance.all_logs(run_id)
     steps: dict[str, dict[str, Any]] = {}
