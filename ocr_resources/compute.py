@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
@@ -25,6 +26,7 @@ from functools import partial
 from importlib import import_module
 from typing import Any, Literal
 
+import dask
 import psutil
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -187,12 +189,15 @@ class ComputeSession:
         """The futures of ``futures`` that are done, waiting up to ``timeout`` s for one."""
         if self.client is None:
             return set(wait_futures(futures, timeout, FIRST_COMPLETED).done)
-        from dask.distributed import wait
-
-        try:
-            return set(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
-        except TimeoutError:
-            return set()
+        # done callbacks, not distributed.wait(): that needs a current client, and making
+        # ours current sets dask's scheduler for the whole process, the in-process workers'
+        # tasks too
+        one_done = threading.Event()
+        for future in futures:
+            future.add_done_callback(lambda _: one_done.set())
+        if futures and not any(f.done() for f in futures):
+            one_done.wait(timeout)
+        return {f for f in futures if f.done()}
 
     def map(self, fn: Callable, *iterables: Any) -> list[Any]:
         """Run ``fn`` over the arguments in parallel on the cluster (in order here)."""
@@ -291,32 +296,39 @@ class OcrCompute(ConfigurableResource):
             self.backend, name, profile, started=time.perf_counter(), threads=self.threads
         )
         cluster = None
-        try:
-            if self.backend == "local":
-                if tasks > 1:
-                    cluster = self._local_cluster(tasks, bytes_per_task)
-                    session.workers = len(cluster.workers)
-                    if self.local_dashboard:
-                        context.log.info(f"Dask dashboard: {cluster.dashboard_link}")
-            elif self.backend == "coiled":
-                cluster = self._coiled_cluster(context, name, profile)
-                session.workers = self.coiled_workers
-            else:
-                cluster = self._dask_cluster()
-            if cluster is not None:
-                session.client = cluster.get_client()
-            elif self.backend == "dask":
-                from dask.distributed import Client
+        # dask computes inside a task run in the task's own threads, not through the cluster:
+        # with no scheduler set, dask asks distributed for a client, and a worker thread of
+        # an in-process cluster then makes its own client the default of this whole process
+        # (one left behind by a closed cluster hung or failed every later compute here)
+        with dask.config.set(scheduler="threads"):
+            try:
+                if self.backend == "local":
+                    if tasks > 1:
+                        cluster = self._local_cluster(tasks, bytes_per_task)
+                        session.workers = len(cluster.workers)
+                        if self.local_dashboard:
+                            context.log.info(f"Dask dashboard: {cluster.dashboard_link}")
+                elif self.backend == "coiled":
+                    cluster = self._coiled_cluster(context, name, profile)
+                    session.workers = self.coiled_workers
+                else:
+                    cluster = self._dask_cluster()
+                if cluster is not None or self.backend == "dask":
+                    from dask.distributed import Client
 
-                session.client = Client(self.scheduler_address)
-            if self.backend == "dask":
-                session.workers = len(session.client.scheduler_info()["workers"])
-            yield session
-        finally:
-            if session.client is not None:
-                session.client.close()
-            if cluster is not None:
-                cluster.close()
+                    # not this process's default client: only the session sends it work, and
+                    # closing it leaves dask's global config as it was
+                    address = cluster.scheduler_address if cluster is not None else None
+                    address = address or self.scheduler_address
+                    session.client = Client(address, set_as_default=False)
+                if self.backend == "dask":
+                    session.workers = len(session.client.scheduler_info()["workers"])
+                yield session
+            finally:
+                if session.client is not None:
+                    session.client.close()
+                if cluster is not None:
+                    cluster.close()
 
     def _local_cluster(self, tasks: int, bytes_per_task: int):
         """As many single-threaded workers as tasks, cores and memory allow."""

@@ -73,3 +73,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def _dask_config_left_as_found():
+    """A test that leaves dask's global scheduler at "dask.distributed" with no client to serve
+    it fails itself: every later dask compute in its worker process would fail instead (the
+    order-dependent failures a default client once caused)."""
+    yield
+    import dask
+
+    if dask.config.get("scheduler", None) not in ("dask.distributed", "distributed"):
+        return
+    from distributed import Client
+
+    try:
+        Client.current(allow_global=True)
+    except ValueError:
+        dask.config.refresh()  # the next test starts clean
+        pytest.fail("dask's scheduler was left at dask.distributed with no client active")

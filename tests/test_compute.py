@@ -37,13 +37,49 @@ def in_process(sample_storage):
     return compute_region_rasters(sample_storage.read_region_inputs(grid, grid.region(REGION)))
 
 
+def _dask_sum(_: int) -> int:
+    """A task that computes with dask itself, as the region steps' reads do."""
+    import dask.array as da
+
+    return int(da.ones(4, chunks=2).sum().compute())
+
+
+def test_a_task_computing_with_dask_leaves_this_process_without_a_client():
+    """Before: a task on an in-process worker that computed with dask made the worker's own
+    client the default of the whole process (dask, with no scheduler set, asks distributed
+    for one); left behind by the closed cluster, it hung or failed every later compute."""
+    import dask
+    import dask.array as da
+    import distributed
+
+    scheduler = dask.config.get("scheduler", None)
+    with OcrCompute().session(_Context("region_risk_raster"), tasks=2) as session:
+        assert session.client is not None
+        assert session.map(_dask_sum, [0, 1]) == [4, 4]
+        with pytest.raises(ValueError):
+            distributed.default_client()
+    with pytest.raises(ValueError):
+        distributed.default_client()
+    assert dask.config.get("scheduler", None) == scheduler
+    assert da.ones(4, chunks=2).sum().compute() == 4
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_local_cluster_equals_in_process(sample_storage, in_process, processes):
+    import dask
+    import dask.array as da
+
     compute = OcrCompute(local_processes=processes)
+    scheduler = dask.config.get("scheduler", None)
     with compute.session(_Context("region_risk_raster"), tasks=2) as session:
         assert session.client is not None and session.workers == 2
         fields = session.map(region_field, [sample_storage.spec()] * 2, [REGION] * 2, YEARS)
         meta = session.metadata()
+    # the session leaves dask's global config as it found it (a default client once left
+    # "dask.distributed" set with no client to serve it: every later compute in the process
+    # failed)
+    assert dask.config.get("scheduler", None) == scheduler
+    assert da.ones(4, chunks=2).sum().compute() == 4
     for year, (bp, seconds) in zip(YEARS, fields, strict=True):
         np.testing.assert_array_equal(bp, in_process[f"bp_{year}"])
         assert {"read", "spread", "blur"} <= set(seconds)
@@ -97,9 +133,6 @@ class FakeCoiledCluster:
     @property
     def scheduler_address(self):
         return self._local.scheduler_address
-
-    def get_client(self):
-        return self._local.get_client()
 
     def close(self):
         self.closed = True
