@@ -30,7 +30,7 @@ def dev(
 
     from ocr_assets.constants import CLUSTER_POOL
     from ocr_jobs.deploy import instance_home, instance_variables
-    from ocr_jobs.deploy.services import ui_running
+    from ocr_jobs.deploy.services import ServicesError, ui_running
     from ocr_jobs.process_env import child_environment
     from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
 
@@ -69,6 +69,9 @@ def dev(
         with ui_running(home):  # a deploy meanwhile hands its runs to this UI's daemon
             code = subprocess.run(argv, env=env, check=False).returncode
         raise typer.Exit(code)
+    except ServicesError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

@@ -188,14 +188,15 @@ def run_environment(settings: OcrSettings, home: Path) -> dict[str, str]:
     """The environment of the Dagster processes a deployment starts: the instance home's
     ``dagster.yaml``, the settings file (no ``OCR_`` setting of this process's environment
     overrides it), telemetry off."""
-    fields = {f"OCR_{name.upper()}" for name in OcrSettings.model_fields}
-    inherited = {k: v for k, v in os.environ.items() if k not in fields}
-    return {
-        **child_environment(**inherited),
+    settings_variables = {f"OCR_{name.upper()}" for name in OcrSettings.model_fields}
+    ours = {
         "DAGSTER_HOME": str(home),
         **instance_variables(settings, home),
         "OCR_ENV_FILE": str(write_settings_file(settings, home)),
     }
+    inherited = child_environment()
+    kept = {k: v for k, v in inherited.items() if k not in settings_variables}
+    return {**kept, **ours}
 
 
 @dataclass

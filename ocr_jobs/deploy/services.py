@@ -52,7 +52,13 @@ def ui_running(home: Path) -> Iterator[None]:
     exclusive ``flock``, which the kernel releases however ``ocr dev`` ends."""
     fd = os.open(home / UI_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServicesError(
+                f"an ocr dev already serves the instance at {home}: use its UI, or stop it "
+                "first (two daemons on one instance would both launch its queued runs)"
+            ) from None
         yield
     finally:
         os.close(fd)
