@@ -70,10 +70,11 @@ def environment(inputs: Path, folder: Path, name: str) -> tuple[Path, Path]:
     """A fresh storage root over the shared inputs, its env file and its instance home."""
     root = folder / name
     root.mkdir(parents=True)
-    os.symlink(inputs / "input", root / "input")
     env = folder / f"{name}.env"
     env.write_text(
         f"OCR_ENVIRONMENT=qa\nOCR_STORAGE_ROOT={root}\nOCR_REGION_CATALOG=sample\n"
+        # the sample's inputs, where write_sample_data put them (its storage's input root)
+        f"OCR_INPUT_ROOT={OcrStorage(root=str(inputs)).layout.inputs_root}\n"
         f"OCR_DAGSTER_HOME_ROOT={folder / (name + '-dagster')}\n"
     )
     return env, instance_home(load_settings(env))
