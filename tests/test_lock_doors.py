@@ -9,7 +9,6 @@ import getpass
 import json
 import multiprocessing
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -30,6 +29,7 @@ from ocr_resources.deployment_lock import (
 )
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
+from tests.processes import interrupt_group
 from tests.test_deploy import _local_env
 from tests.test_ui_conventions import BIN, QUIET_ENV, ROOT, _free_port
 
@@ -138,12 +138,7 @@ def test_a_run_launched_from_the_ui_is_refused_while_a_deploy_holds_the_lock(env
             assert time.monotonic() < deadline + 60, status
             time.sleep(1)
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+        interrupt_group(process)
     assert status == dg.DagsterRunStatus.FAILURE
     with open_instance(home) as instance:
         entries = instance.all_logs(run_id)

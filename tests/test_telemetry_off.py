@@ -9,7 +9,6 @@ closed loopback port, so a failure of this test sends nothing off the machine ei
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from ocr_jobs.deploy import instance_home
 from ocr_jobs.deploy.deployment import DEPLOY_LOGS, _run_logging
 from ocr_jobs.process_env import TELEMETRY_OFF
 from ocr_resources.settings import load_settings
+from tests.processes import interrupt_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -105,12 +105,7 @@ def test_ocr_dev_keeps_the_deploy_logs_and_starts_everything_with_telemetry_off(
         time.sleep(max(0.0, RUN_SECONDS - (time.monotonic() - started)))
         assert process.poll() is None, process.stdout.read()
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            output = process.communicate(timeout=60)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output = process.communicate()[0]
+        output = interrupt_group(process)
     # the webserver, the daemon and the code server were among them, every one told
     commands = [" ".join(cmd[:4]) for cmd, _ in environments.values()]
     assert {"-m dagster_webserver", "-m dagster._daemon"} <= {

@@ -3,7 +3,6 @@ folder, given the environment's documented variables, shows what ``ocr deploy`` 
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -12,6 +11,7 @@ import yaml
 
 from ocr_jobs.deploy.runner import instance_config
 from ocr_resources.settings import load_settings, packaged_file
+from tests.processes import interrupt_group
 from tests.test_deploy import _local_env, ocr
 from tests.test_ui_conventions import BIN, QUIET_ENV, ROOT, WARNINGS, _free_port
 
@@ -79,12 +79,7 @@ def test_plain_dg_dev_shows_the_deployments_materializations(tmp_path, sample_ro
                 continue
             found = reply["data"]["assetOrError"]["assetMaterializations"]
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            output = process.communicate(timeout=60)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output = process.communicate()[0]
+        output = interrupt_group(process)
     # the deployed partition, and only it: the instance is the environment's, not a temporary one
     assert found and {m["partition"] for m in found} == {"y0_x0"}, output
     assert not [w for w in WARNINGS if w in output], output

@@ -4,7 +4,6 @@ three tile assets in one group, readable previews, and regions without values sa
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from ocr_assets.regions import _no_values_note
 from ocr_assets.tiles import TILESETS
 from ocr_jobs.definitions import build_definitions
 from ocr_resources.settings import OcrSettings
+from tests.processes import interrupt_group
 
 
 def _defs(tmp_path) -> dg.Definitions:
@@ -144,12 +144,7 @@ def test_ocr_dev_serves_the_ui_on_the_environments_instance_without_warnings(tmp
                 assert process.poll() is None, process.stdout.read()
         assert status == 200
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            output = process.communicate(timeout=60)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output = process.communicate()[0]
+        output = interrupt_group(process)
     assert f"http://127.0.0.1:{port}/" in output
     assert (tmp_path / "homes" / "local" / "dagster.yaml").is_file()  # the instance it used
     assert not [w for w in WARNINGS if w in output], output

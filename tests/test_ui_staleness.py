@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ import pytest
 
 from ocr_resources.sample_data import write_sample_data
 from ocr_resources.storage import OcrStorage
+from tests.processes import interrupt_group
 from tests.test_deploy import ocr, write_env
 from tests.test_documented_commands import DEPLOYED, SPEC, _change_wind_under
 from tests.test_map_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, OCR, _require
@@ -100,12 +100,7 @@ def ui(tmp_path_factory):
         assert "remaining: 2" in done.stdout, done.stdout
         yield {"url": url, "env": env_file, "started": started}
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt_group(process)  # Ctrl-C, as a user stops it
 
 
 def _operation(name: str):
