@@ -31,14 +31,29 @@ class StepCountExecutor(dg.Executor):
         return chosen.execute(plan_context, execution_plan)
 
 
+#: how step processes start unless the run config says otherwise: forked from a server that
+#: imported the code location once per run (the scientific stack, ~3 s), not spawned and
+#: importing it again for every step (Dagster's default, ``spawn``). Named: the run worker's
+#: job has no module of its own to preload, so Dagster would preload only ``dagster``
+DEFAULT_START_METHOD = {"forkserver": {"preload_modules": ["ocr_jobs.definitions"]}}
+
+
 @dg.executor(
     name="in_process_when_one_step",
     config_schema=dg.multiprocess_executor.config_schema,
     requirements=dg.multiple_process_executor_requirements(),
 )
 def in_process_when_one_step(init_context: dg.InitExecutorContext) -> dg.Executor:
-    """Dagster's multiprocess executor (same config), except for runs of a single step."""
+    """Dagster's multiprocess executor (same config; step processes from a forkserver unless
+    ``start_method`` is set), except for runs of a single step."""
+    config = {"start_method": DEFAULT_START_METHOD, **init_context.executor_config}
+    multiprocess = dg.InitExecutorContext(
+        job=init_context.job,
+        executor_def=init_context.executor_def,
+        executor_config=config,
+        instance=init_context.instance,
+    )
     return StepCountExecutor(
         dg.in_process_executor.executor_creation_fn(init_context),
-        dg.multiprocess_executor.executor_creation_fn(init_context),
+        dg.multiprocess_executor.executor_creation_fn(multiprocess),
     )

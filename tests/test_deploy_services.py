@@ -1,11 +1,24 @@
 """What a deployment hands Dagster's services: its settings as a file the code location loads,
 and whether ``ocr dev``'s daemon serves the instance (then it launches the deploy's runs)."""
 
+from pathlib import Path
+
+import dagster as dg
 import pytest
 
-from ocr_jobs.deploy.runner import run_environment, write_settings_file
+from ocr_jobs.deploy import DeployRefused
+from ocr_jobs.deploy.runner import (
+    instance_home,
+    refuse_settings_the_ui_runs_without,
+    resume_log,
+    run_environment,
+    run_to_resume,
+    write_settings_file,
+)
 from ocr_jobs.deploy.services import ServicesError, ui_daemon_runs, ui_running
+from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import OcrSettings, load_settings
+from tests.test_deploy import _local_env, ocr
 
 
 def test_the_settings_file_loads_back_as_the_deploys_settings(tmp_path):
@@ -45,3 +58,60 @@ def test_ocr_devs_lock_tells_a_deploy_that_its_daemon_serves_the_instance(tmp_pa
         ):
             pass
     assert not ui_daemon_runs(tmp_path)
+
+
+def test_a_setting_ocr_devs_runs_would_not_get_refuses_the_deploy(tmp_path, sample_root):
+    """With ``ocr dev`` serving the environment its daemon launches the deploy's runs, which
+    load the env file: ``--process-retries 5`` beside a file saying 2 is refused (exit 2,
+    before any lock or run), naming the setting; the same value as the file is not refused."""
+    env_file, root = _local_env(tmp_path, sample_root, PROCESS_RETRIES="2")
+    settings = load_settings(env_file)
+    refuse_settings_the_ui_runs_without(settings)  # as the file says: nothing to refuse
+    refuse_settings_the_ui_runs_without(load_settings(env_file, process_retries=2))
+    with pytest.raises(DeployRefused, match=r"process_retries 5 \(the file: 2\)"):
+        refuse_settings_the_ui_runs_without(load_settings(env_file, process_retries=5))
+
+    home = instance_home(settings)
+    with ui_running(home):
+        refused = ocr("deploy", "--region-id", "y0_x0", "--process-retries", "5", env_file=env_file)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "process_retries 5 (the file: 2)" in " ".join(refused.stdout.split())
+    assert "stop ocr dev" in " ".join(refused.stdout.split())
+    assert not Path(StorageLayout(str(root), "local").deployment_lock).exists()
+    assert not (home / "deploy-logs").exists()  # no run was logged: none was submitted
+
+
+def test_resuming_names_where_the_resumed_runs_events_go(tmp_path):
+    """Dagster gives a re-execution the run config of the run it resumes: its events go to
+    that run's deploy log, which the deploy names."""
+    logged = dg.DagsterRun(
+        job_name="aggregate_and_tile",
+        run_config={"loggers": {"file": {"config": {"path": "/h/deploy-logs/deploy-1.log"}}}},
+    )
+    assert resume_log(logged) == "/h/deploy-logs/deploy-1.log"
+    assert resume_log(dg.DagsterRun(job_name="aggregate_and_tile")) == "the instance's event log"
+
+
+@pytest.mark.parametrize(
+    ("status", "resumed"),
+    [
+        (dg.DagsterRunStatus.FAILURE, True),
+        (dg.DagsterRunStatus.CANCELED, True),  # e.g. a deploy interrupted in its downstream run
+        (dg.DagsterRunStatus.SUCCESS, False),
+    ],
+)
+def test_a_failed_or_canceled_downstream_run_is_resumed(status, resumed):
+    """Dagster re-executes from failure a failed or a canceled run (the steps that did not
+    succeed); only the latest run counts, and only on the same job and assets."""
+    keys = ["summary_stats", "building_pmtiles"]
+    selection = frozenset(dg.AssetKey(k) for k in keys)
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = dg.DagsterRun(job_name="aggregate_and_tile", status=status, asset_selection=selection)
+        instance.add_run(run)
+        found = run_to_resume(instance, ("aggregate_and_tile",), "aggregate_and_tile", keys)
+        assert (found is not None and found.run_id == run.run_id) == resumed
+        # another asset selection, or another job, is not the run to resume
+        assert (
+            run_to_resume(instance, ("aggregate_and_tile",), "aggregate_and_tile", keys[:1]) is None
+        )
+        assert run_to_resume(instance, ("aggregate_and_tile",), "other_job", keys) is None

@@ -31,12 +31,14 @@ from ocr_jobs.deploy.plan import (
 from ocr_jobs.deploy.runner import (
     DeploymentRuns,
     RunOutcome,
-    failed_run_to_resume,
     instance_config,
     instance_home,
     instance_home_path,
     open_instance,
+    refuse_settings_the_ui_runs_without,
+    resume_log,
     run_environment,
+    run_to_resume,
 )
 from ocr_jobs.deploy.services import DagsterServices, set_pool_limit, ui_daemon_runs
 from ocr_jobs.jobs import (
@@ -250,6 +252,9 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     settings, options = plan.settings, plan.options
     check_storage(plan, storage)
     home = instance_home(settings)
+    own_daemon = not ui_daemon_runs(home)
+    if not own_daemon:
+        refuse_settings_the_ui_runs_without(settings)
     progress.started(plan.target, home)
     lock = DeploymentLock(
         storage,
@@ -269,7 +274,6 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
                 if options.verbose
                 else stack.enter_context(open(logging.file.with_suffix(".dagster.log"), "a"))
             )
-            own_daemon = not ui_daemon_runs(home)
             services = stack.enter_context(
                 DagsterServices(run_environment(settings, home), own_daemon, services_log)
             )
@@ -319,7 +323,7 @@ def _deploy(
     job, keys = downstream_run(options.optional_assets, defs)
     # nothing new upstream and the last downstream run failed: redo only its failed steps
     resume = (
-        failed_run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
+        run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
         if not report.remaining and not options.regions_only
         else None
     )
@@ -357,8 +361,11 @@ def _deploy(
         return result
     lock.check()
     if resume:
-        progress.say(f"resuming the failed {job} run {resume} from its failed steps")
-    outcome = runs.run(job, asset_keys=keys, resume_run_id=resume)
+        progress.say(
+            f"resuming the {resume.status.value.lower()} {job} run {resume.run_id} from the steps "
+            f"that did not succeed (its events go on in {resume_log(resume)})"
+        )
+    outcome = runs.run(job, asset_keys=keys, resume_run_id=resume and resume.run_id)
     if not outcome.success:
         result.downstream_error = f"{job}: {outcome.error}"
         return result

@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from ocr_jobs.deploy.plan import DeployRefused
 from ocr_jobs.deploy.services import (
     DagsterServices,
     launch_run,
@@ -31,7 +32,12 @@ from ocr_jobs.deploy.services import (
 from ocr_jobs.process_env import child_environment
 from ocr_jobs.run_log import RunLogging
 from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE, STORAGE_DIR_VARIABLE
-from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings, packaged_file
+from ocr_resources.settings import (
+    DEFAULT_MODEL_VARIANT,
+    OcrSettings,
+    load_settings,
+    packaged_file,
+)
 
 DEFAULT_LOGGING = RunLogging()  # the console at INFO, no file
 POLL_SECONDS = 0.5
@@ -125,14 +131,15 @@ def _region_error(error: str, region: str) -> str:
     return own.group(0) if own else error
 
 
-def failed_run_to_resume(
+def run_to_resume(
     instance: dg.DagsterInstance,
     job_names: tuple[str, ...],
     job_name: str,
     asset_keys: list[str] | None,
-) -> str | None:
-    """The latest run of any of ``job_names`` if it failed and ran ``job_name`` on the same
-    assets: resuming it redoes exactly the steps that did not succeed."""
+) -> dg.DagsterRun | None:
+    """The latest run of any of ``job_names`` if it failed or was canceled and ran
+    ``job_name`` on the same assets: resuming it redoes exactly the steps that did not
+    succeed (Dagster's re-execution from failure takes both)."""
     records = [
         record
         for name in job_names
@@ -142,8 +149,33 @@ def failed_run_to_resume(
         return None
     latest = max(records, key=lambda r: r.create_timestamp).dagster_run
     same_assets = set(latest.asset_selection or ()) == {dg.AssetKey(k) for k in asset_keys or ()}
-    failed = latest.status == dg.DagsterRunStatus.FAILURE
-    return latest.run_id if failed and latest.job_name == job_name and same_assets else None
+    ended_short = latest.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    return latest if ended_short and latest.job_name == job_name and same_assets else None
+
+
+def resume_log(run: dg.DagsterRun) -> str:
+    """Where a re-execution of ``run`` logs: Dagster gives it the run config of the run it
+    resumes, so its events go on in that run's deploy log (else only the instance has them)."""
+    file_logger = (run.run_config or {}).get("loggers", {}).get("file", {})
+    return file_logger.get("config", {}).get("path") or "the instance's event log"
+
+
+def refuse_settings_the_ui_runs_without(settings: OcrSettings) -> None:
+    """A running ``ocr dev`` launches the deployment's runs: they load the environment's file
+    as its code location does, so a setting this deployment changed on its command line
+    (``--process-retries``) would not reach them. Refused before anything is touched."""
+    theirs = load_settings(settings.env_file).model_dump()
+    differ = [
+        f"{name} {value!r} (the file: {theirs[name]!r})"
+        for name, value in settings.model_dump().items()
+        if value != theirs[name]
+    ]
+    if differ:
+        raise DeployRefused(
+            "an ocr dev serves this environment and its daemon launches the deployment's runs, "
+            f"which load {settings.env_file} as its code location does; this deployment's "
+            f"{', '.join(differ)} would not reach them: set it in that file, or stop ocr dev"
+        )
 
 
 def _failures(events: list[Any]) -> list[str]:
