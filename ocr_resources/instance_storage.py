@@ -9,6 +9,11 @@ These pluggable classes (Dagster's ``custom`` storage, ``local_artifact_storage`
 the project's doors set (:data:`STORAGE_DIR_VARIABLE`, :data:`POSTGRES_URL_VARIABLE`), else the
 local environment (:data:`DEFAULT_STORAGE_DIR`, SQLite). The layout in the folder is Dagster's
 own (``history/``, ``schedules/``, ``storage/``), so existing instances stay readable.
+
+The base classes come from Dagster submodules: this is the plug-in interface Dagster documents
+for instance storage (its "Internals" API page; ``dagster.yaml`` names such classes by
+``module``/``class``), and it has no top-level import path (``dagster.core``, which older
+documentation shows, is gone in 1.13). Pinned with the Dagster family; tests cover each class.
 """
 
 from __future__ import annotations
@@ -59,30 +64,26 @@ class EnvironmentStorage(DagsterStorage, ConfigurableClass):
         return DagsterSqliteStorage.from_local(storage_dir(config_value), inst_data=inst_data)
 
 
-class EnvironmentArtifacts(LocalArtifactStorage):
-    """Dagster's local artifacts (definitions state) in the environment's folder."""
+class _InEnvironmentFolder:
+    """A Dagster store built on a folder: the environment's, or ``subfolder`` of it."""
+
+    subfolder: tuple[str, ...] = ()
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
         return FOLDER_CONFIG
 
     @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, str]
-    ) -> EnvironmentArtifacts:
-        return cls(storage_dir(config_value), inst_data=inst_data)
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: dict):
+        return cls(os.path.join(storage_dir(config_value), *cls.subfolder), inst_data=inst_data)
 
 
-class EnvironmentComputeLogs(LocalComputeLogManager):
+class EnvironmentArtifacts(_InEnvironmentFolder, LocalArtifactStorage):
+    """Dagster's local artifacts (definitions state) in the environment's folder."""
+
+
+class EnvironmentComputeLogs(_InEnvironmentFolder, LocalComputeLogManager):
     """Step stdout/stderr under ``<folder>/storage``: where Dagster put them when the instance
     home was the environment's folder, so older runs' logs stay readable."""
 
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return FOLDER_CONFIG
-
-    @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, str]
-    ) -> EnvironmentComputeLogs:
-        return cls(os.path.join(storage_dir(config_value), "storage"), inst_data=inst_data)
+    subfolder = ("storage",)

@@ -202,25 +202,23 @@ class DagsterServices:
         return result
 
 
-LAUNCH_RUN = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
+def _launch_mutation(field: str, argument: str, params_type: str) -> str:
+    """A mutation that launches a run: the new run's id, or what the server refused."""
+    return f"""
+mutation($params: {params_type}!) {{
+  {field}({argument}: $params) {{
     __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on Error { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}"""
+    ... on LaunchRunSuccess {{ run {{ runId }} }}
+    ... on Error {{ message }}
+    ... on RunConfigValidationInvalid {{ errors {{ message }} }}
+  }}
+}}"""
 
-REEXECUTE_FROM_FAILURE = """
-mutation($params: ReexecutionParams!) {
-  launchRunReexecution(reexecutionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on Error { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}"""
+
+LAUNCH_RUN = _launch_mutation("launchRun", "executionParams", "ExecutionParams")
+REEXECUTE_FROM_FAILURE = _launch_mutation(
+    "launchRunReexecution", "reexecutionParams", "ReexecutionParams"
+)
 
 TERMINATE_RUNS = """
 mutation($runIds: [String!]!, $policy: TerminateRunPolicy) {
