@@ -8,6 +8,7 @@ with it on PYTHONPATH loads: the deploy, its run processes and Dagster's step pr
 
 import errno
 import hashlib
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -155,8 +156,13 @@ def test_pmtiles_build_killed_keeps_the_previous_archive_and_resumes_only_that_s
     resumed = ocr("deploy", "--region-id", "y1_x1-x2", env_file=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming the failed aggregate_and_tile_core run {failed_run.run_id}" in resumed.stdout
+    # Dagster gives the re-execution its parent's run config: its events go on in the killed
+    # deploy's log, which the resuming deploy names
+    killed_log = re.search(r"Dagster's event log: (\S+)", killed.stdout).group(1)
+    assert f"(its events go on in {killed_log})" in " ".join(resumed.stdout.split())
     resume_run = _runs(instance, "aggregate_and_tile_core")[-1]
     assert resume_run.status == dg.DagsterRunStatus.SUCCESS
+    assert f"{resume_run.run_id} - " in Path(killed_log).read_text()
     executed = {
         e.step_key
         for e in instance.all_logs(resume_run.run_id)

@@ -6,24 +6,24 @@ import dagster as dg
 import numpy as np
 import pytest
 import zarr
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 
-from ocr_assets.science import kernels
 from ocr_jobs.definitions import build_definitions
-from ocr_jobs.deploy import DeployOptions, plan_deploy, run_deploy
+from ocr_jobs.deploy import DeployOptions, instance_home, open_instance, plan_deploy, run_deploy
 from ocr_jobs.deploy.deployment import DeployProgress
 from ocr_jobs.jobs import OBSERVE_JOB, REGION_JOB
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
 from tests.sample_inputs import copy_inputs
+from tests.stale_status import stale_status
+from tests.test_deploy import with_faults_path
 
 # three regions of 600 × 600 pixels (0.17°) in a row: a region's window (halo 0.15°) reaches its
 # neighbours' pixels but not those two regions away, so one input change leaves some regions
 # fresh
 SPEC = SampleSpec(chunk_lat=600, chunk_lon=600, n_chunks_lat=1, n_chunks_lon=3, n_buildings=800)
 REGIONS = [f"y0_x{x}" for x in range(3)]
+RISK = "region_risk_raster"
 
 
 @pytest.fixture(scope="module")
@@ -63,22 +63,6 @@ def _deploy(settings: OcrSettings, **options) -> tuple:
     return result, progress.lines
 
 
-def _resolver(defs: dg.Definitions, instance: dg.DagsterInstance) -> CachingStaleStatusResolver:
-    """Dagster's own stale-status resolver, as the UI's workspace builds it (no public API
-    exposes it; the UI reads it through GraphQL)."""
-    graph = defs.resolve_asset_graph()
-    return CachingStaleStatusResolver(
-        instance, asset_graph=lambda: graph, loading_context=LoadingContextForTest(instance)
-    )
-
-
-def _stale_partitions(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
-    """The region partitions Dagster's own resolver (what the UI shows) calls stale."""
-    resolver = _resolver(defs, instance)
-    key = dg.AssetKey("region_risk_raster")
-    return {r for r in REGIONS if resolver.get_status(key, r) == StaleStatus.STALE}
-
-
 def _rewrite_chunk(settings: OcrSettings, i: int, j: int) -> None:
     """New values in one stored object of the 270 m-independent 30 m wind input: chunk (i, j)."""
     storage = OcrStorage.from_settings(settings)
@@ -105,30 +89,30 @@ def test_one_input_region_changed_marks_exactly_the_regions_that_read_it(setting
             expected.add(region_id)
     assert expected and expected != set(REGIONS)  # the case tells something
 
-    # the UI's view: observe the inputs (its "Observe sources"), then Dagster's resolver
+    # the UI's view: observe the inputs (its "Observe sources"), then what Dagster calls stale
     defs = build_definitions(settings)
-    from ocr_jobs.deploy import instance_home, open_instance
-
-    with open_instance(instance_home(settings)) as instance:
-        assert _stale_partitions(defs, instance) == set()
+    with (
+        stale_status(settings, settings_log(settings)) as ui,
+        open_instance(instance_home(settings)) as instance,
+    ):
+        assert ui.stale_partitions(RISK, REGIONS) == set()
         assert defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance).success
-        assert _stale_partitions(defs, instance) == expected
+        assert ui.stale_partitions(RISK, REGIONS) == expected
 
-    # ocr deploy reports them, and with the flag redoes only them
-    result, lines = _deploy(settings)
-    assert result.stopped and "--redeploy-stale" in result.stopped
-    assert f"stale (inputs or model changed since): {len(expected)}" in lines
-    for region_id in expected:
-        assert f"  {region_id}: wind_direction_distribution changed" in lines
-    result, lines = _deploy(settings, redeploy_stale=True)
-    assert not result.region_failures
-    assert f"remaining: {len(expected)}" in lines
-    with open_instance(instance_home(settings)) as instance:
-        assert _stale_partitions(defs, instance) == set()
+        # ocr deploy reports them, and with the flag redoes only them
+        result, lines = _deploy(settings)
+        assert result.stopped and "--redeploy-stale" in result.stopped
+        assert f"stale (inputs or model changed since): {len(expected)}" in lines
+        for region_id in expected:
+            assert f"  {region_id}: wind_direction_distribution changed" in lines
+        result, lines = _deploy(settings, redeploy_stale=True)
+        assert not result.region_failures
+        assert f"remaining: {len(expected)}" in lines
+        assert ui.stale_partitions(RISK, REGIONS) == set()
         per_region = {
             r: len(
                 instance.fetch_materializations(
-                    dg.AssetRecordsFilter(dg.AssetKey("region_risk_raster"), asset_partitions=[r]),
+                    dg.AssetRecordsFilter(dg.AssetKey(RISK), asset_partitions=[r]),
                     limit=10,
                 ).records
             )
@@ -139,10 +123,12 @@ def test_one_input_region_changed_marks_exactly_the_regions_that_read_it(setting
     assert "stale (inputs or model changed since): 0" in lines
 
 
-def test_a_changed_model_constant_makes_every_region_stale(local_settings, monkeypatch):
-    """The code version needs no particular geometry: the embedded sample's small regions."""
-    with dg.instance_for_test() as instance:
-        defs = build_definitions(local_settings)
+def test_a_changed_model_constant_makes_every_region_stale(local_settings, tmp_path):
+    """The code version needs no particular geometry: the embedded sample's small regions.
+    The UI's code location with one kernel constant changed (a test fault) calls them stale."""
+    settings = local_settings.model_copy(update={"dagster_home_root": str(tmp_path / "dagster")})
+    defs = build_definitions(settings)
+    with open_instance(instance_home(settings)) as instance:
         assert defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance).success
         job = defs.resolve_job_def(REGION_JOB)
         tags = {
@@ -150,13 +136,19 @@ def test_a_changed_model_constant_makes_every_region_stale(local_settings, monke
             "dagster/asset_partition_range_end": "y0_x1",
         }
         assert job.execute_in_process(instance=instance, tags=tags).success
-        assert _stale_partitions(defs, instance) == set()
-        monkeypatch.setattr(kernels, "ALONG_WIND_M", kernels.ALONG_WIND_M + 1)
-        changed = build_definitions(local_settings)
-        # code versions live on the definitions: the reloaded code location sees the change
-        assert _stale_partitions(changed, instance) == {"y0_x0", "y0_x1"}
-        downstream = _resolver(changed, instance)
-        assert downstream.get_status(dg.AssetKey("region_buildings"), "y0_x0") == StaleStatus.STALE
+    deployed = ["y0_x0", "y0_x1"]
+    with stale_status(settings, settings_log(settings)) as ui:
+        assert ui.stale_partitions(RISK, deployed) == set()
+    # code versions live on the definitions: the reloaded code location sees the change
+    changed = {"PYTHONPATH": with_faults_path(), "OCR_TEST_FAULT": "model_constant_changed"}
+    with stale_status(settings, settings_log(settings), changed) as ui:
+        assert ui.stale_partitions(RISK, deployed) == set(deployed)
+        assert ui.stale_partitions("region_buildings", deployed) == set(deployed)
+
+
+def settings_log(settings: OcrSettings):
+    """The webserver's output, beside the environment's instance."""
+    return instance_home(settings) / "stale-status-webserver.log"
 
 
 def test_stale_regions_say_why_and_the_report_names_at_most_twenty():

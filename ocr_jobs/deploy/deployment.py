@@ -242,6 +242,9 @@ def _still_live(instance: dg.DagsterInstance, run_ids: list[str]) -> list[str]:
     return [r.run_id for r in runs if not r.is_finished]
 
 
+ENDED_SHORT = {dg.DagsterRunStatus.FAILURE: "failed", dg.DagsterRunStatus.CANCELED: "canceled"}
+
+
 def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) -> DeployResult:
     """Check storage, lock, (wipe), run the regions that remain, then downstream, (publish the
     pointer), unlock. Raises DeployRefused before touching anything, DeployError after.
@@ -362,7 +365,7 @@ def _deploy(
     lock.check()
     if resume:
         progress.say(
-            f"resuming the {resume.status.value.lower()} {job} run {resume.run_id} from the steps "
+            f"resuming the {ENDED_SHORT[resume.status]} {job} run {resume.run_id} from the steps "
             f"that did not succeed (its events go on in {resume_log(resume)})"
         )
     outcome = runs.run(job, asset_keys=keys, resume_run_id=resume and resume.run_id)

@@ -15,6 +15,8 @@ an OOM kill or a lost VM would. Nothing here is imported when the variable is un
 - ``deploy_during_consolidation``: the deploy process, killed by the step process that
   consolidates the buildings; that step lives on as an orphan for ``OCR_TEST_ORPHAN_SECONDS``
   (every inherited file closed), doing nothing more
+- ``model_constant_changed``: the fire model's along-wind kernel length, 1 m longer (a code
+  change that moves the model's code version)
 - ``stall_regions``: a region run's step waits ``OCR_TEST_STALL_SECONDS`` (default 120)
   before computing its regions, so a test can interrupt it mid-run, never after it is done
 """
@@ -184,6 +186,14 @@ def _stall_regions() -> None:
     sys.meta_path.insert(0, _WrapOnImport("ocr_assets.regions", "run_regions", wrap))
 
 
+def _model_constant_changed() -> None:
+    import sys
+
+    sys.meta_path.insert(
+        0, _WrapOnImport("ocr_assets.science.kernels", "ALONG_WIND_M", lambda metres: metres + 1)
+    )
+
+
 INJECT = {
     "after_region_event": _after_region_event,
     "deploy_during_consolidation": _deploy_during_consolidation,
@@ -192,6 +202,7 @@ INJECT = {
     "parquet_write": _parquet_write,
     "pmtiles_build": _pmtiles_build,
     "stall_regions": _stall_regions,
+    "model_constant_changed": _model_constant_changed,
 }
 if FAULT:
     INJECT[FAULT]()
