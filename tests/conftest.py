@@ -47,28 +47,36 @@ def local_settings(env_root):
     return OcrSettings(storage_root=env_root, environment="local")
 
 
-# Modules of whole deploys, a daemon, a browser, longest first: they start first, so that the
-# test workers (make test: one module per worker at a time) do not end the suite with one
-# long module each
+# Modules of whole deploys, a daemon, a browser, longest first (by their measured durations):
+# they start first, so that the test workers (make test: one module per worker at a time) do
+# not end the suite with one long module each
 LONG_FIRST = (
     "test_deploy",
     "test_faults",
     "test_recovery",
-    "test_compute",
-    "test_dagster_regions",
-    "test_map_page",
-    "test_published_layout",
-    "test_backfill",
     "test_staleness",
+    "test_downstream_staleness",
     "test_cli_hardening",
-    "test_workflows",
-    "test_ui_conventions",
-    "test_ui_staleness",
-    "test_graph",
-    "test_pyramid",
+    "test_published_layout",
+    "test_documented_commands",
     "test_raster_store",
-    "test_determinism",
+    "test_ui_staleness",
+    "test_map_page",
     "test_postgres_instance",
+    "test_top_level_instance",
+    "test_backfill",
+    "test_dagster_regions",
+    "test_security",
+    "test_compute",
+    "test_ui_conventions",
+    "test_input_corruption",
+    "test_workflows",
+    "test_telemetry_off",
+    "test_lock_doors",
+    "test_graph",
+    "test_fire_model",
+    "test_determinism",
+    "test_pyramid",
 )
 
 

@@ -8,14 +8,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import WorkspaceFileTarget
-from dagster_graphql.test.utils import execute_dagster_graphql
 
 from ocr_jobs.definitions import region_partitions
-from ocr_jobs.deploy import instance_home
-from ocr_jobs.deploy.runner import RANGE_TAGS, partition_tags
+from ocr_jobs.deploy import instance_home, open_instance
+from ocr_jobs.deploy.runner import RANGE_TAGS, partition_tags, run_environment
+from ocr_jobs.deploy.services import DagsterServices
 from ocr_jobs.jobs import region_runs
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage
@@ -46,27 +43,25 @@ mutation($params: ReexecutionParams!) {
     ... on PythonError { message }
   }
 }"""
+STATUS = """query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }"""
 # `dagster-daemon run` itself, with the backfill daemon's pause between iterations cut from
-# Dagster's fixed 30 s to 2 s: a backfill takes three iterations (launch the region runs,
-# launch the downstream run, mark it done), the rest of the daemon is as the user runs it
+# Dagster's fixed 30 s to 2 s (a module constant: no setting exists; bench/ui_path.py measures
+# the real one): a backfill takes three iterations (launch the region runs, launch the
+# downstream run, mark it done), the rest of the daemon is as the user runs it
 FAST_DAEMON = (
     "import sys; import dagster._daemon.controller as controller; "
     "controller.DEFAULT_DAEMON_INTERVAL_SECONDS = 2; "
     "from dagster._daemon.cli import main; sys.argv[0] = 'dagster-daemon'; main()"
 )
-DONE = {
-    BulkActionStatus.COMPLETED_SUCCESS,
-    BulkActionStatus.COMPLETED_FAILED,
-    BulkActionStatus.FAILED,
-    BulkActionStatus.COMPLETED,
-    BulkActionStatus.CANCELED,
-}
+DONE = {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "COMPLETED", "CANCELED"}
 
 
-def _wait(instance, backfill_id: str, timeout: float = 420) -> BulkActionStatus:
+def _wait(ui: DagsterServices, backfill_id: str, timeout: float = 420) -> str:
+    """The backfill's final status, as the UI reads it."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = instance.get_backfill(backfill_id).status
+        status = ui.graphql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
         if status in DONE:
             return status
         time.sleep(2)
@@ -103,19 +98,17 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
     )
     try:
         with (
-            dg.DagsterInstance.get() as instance,
-            WorkspaceProcessContext(
-                instance, WorkspaceFileTarget([str(ROOT / "workspace.yaml")])
-            ) as workspace,
+            open(tmp_path / "webserver.log", "w") as log,
+            DagsterServices(run_environment(settings, home), False, log) as ui,
+            open_instance(home) as instance,
         ):
-            context = workspace.create_request_context()
             keys = [{"path": [k]} for k in ("region_risk_raster", "region_buildings", *DOWNSTREAM)]
-            launched = execute_dagster_graphql(
-                context, LAUNCH, {"params": {"partitionNames": REGIONS, "assetSelection": keys}}
-            ).data["launchPartitionBackfill"]
+            launched = ui.graphql(
+                LAUNCH, {"params": {"partitionNames": REGIONS, "assetSelection": keys}}
+            )["launchPartitionBackfill"]
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             first = launched["backfillId"]
-            assert _wait(instance, first) != BulkActionStatus.COMPLETED_SUCCESS
+            assert _wait(ui, first) != "COMPLETED_SUCCESS"
             # the region runs are those ocr deploy makes for the same regions (BackfillPolicy):
             # y0_x0 alone (a range of one), then y1_x1…y1_x2 in one run, on one cluster
             region_tags = [
@@ -138,15 +131,12 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             )
 
             blocker.unlink()
-            again = execute_dagster_graphql(
-                context, REEXECUTE, {"params": {"parentRunId": first, "strategy": "FROM_FAILURE"}}
-            ).data["reexecutePartitionBackfill"]
+            again = ui.graphql(
+                REEXECUTE, {"params": {"parentRunId": first, "strategy": "FROM_FAILURE"}}
+            )["reexecutePartitionBackfill"]
             assert again["__typename"] == "LaunchBackfillSuccess", again
             second = again["backfillId"]
-            assert _wait(instance, second) in {
-                BulkActionStatus.COMPLETED_SUCCESS,
-                BulkActionStatus.COMPLETED,
-            }
+            assert _wait(ui, second) in {"COMPLETED_SUCCESS", "COMPLETED"}
             runs = _runs(instance, second)
             partitions = {tuple(r.tags.get(k) for k in RANGE_TAGS) for r in runs}
             # only the failed region, then the downstream run
