@@ -89,6 +89,10 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
     for name, value in region_commit_blocked(blocker).items():
         kept = os.environ.get(name) if name == "PYTHONPATH" else None
         monkeypatch.setenv(name, os.pathsep.join(filter(None, [value, kept])))
+    # the instance's storage exists before the daemon and the webserver open it: two
+    # processes creating a fresh SQLite schema at once can stamp it twice (alembic: "more than
+    # one head"), as CI once saw; a deploy and ocr dev also open it first
+    instance = open_instance(home)
     daemon = subprocess.Popen(
         [sys.executable, "-c", FAST_DAEMON, "run", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT,
@@ -98,9 +102,9 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
     )
     try:
         with (
+            instance,
             open(tmp_path / "webserver.log", "w") as log,
             DagsterServices(run_environment(settings, home), False, log) as ui,
-            open_instance(home) as instance,
         ):
             keys = [{"path": [k]} for k in ("region_risk_raster", "region_buildings", *DOWNSTREAM)]
             launched = ui.graphql(
