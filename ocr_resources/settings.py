@@ -14,7 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "qa", "staging", "production"]
@@ -113,6 +120,13 @@ class OcrSettings(BaseSettings):
     compute_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     env_file: str | None = None
 
+    @field_validator("storage_root")
+    @classmethod
+    def _storage_root_given(cls, root: str) -> str:
+        if not root.strip():  # else a relative "" would silently become the env file's folder
+            raise ValueError("is empty; expected a local folder or s3://bucket/prefix")
+        return root
+
     @model_validator(mode="after")
     def _check_version(self) -> OcrSettings:
         if self.environment == "production":
@@ -188,10 +202,50 @@ def _relative_root_base(env_file: Path) -> Path:
     return Path.cwd() / "envs" if env_file.parent == packaged else env_file.parent
 
 
+class SettingsFileError(ValueError):
+    """An env file that cannot be the environment's settings; the message names the file,
+    the line or key, and what was expected."""
+
+
+#: ``OCR_`` variables of the project that are not settings, and so never belong in an env file
+NOT_SETTINGS = ("OCR_ENV_FILE", "OCR_DAGSTER_STORAGE_DIR", "OCR_DAGSTER_PG_URL")
+
+
+def check_env_file(path: Path) -> None:
+    """Refuse an env file that is not UTF-8 text (naming the line and byte) or that sets an
+    ``OCR_`` name which is no setting — a misspelt one would otherwise be ignored silently —
+    naming the closest setting."""
+    import difflib
+
+    from dotenv import dotenv_values
+
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SettingsFileError(
+            f"env file {str(path)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line "
+            f"{line}; expected UTF-8 (save the file as UTF-8)"
+        ) from None
+    known = [f"OCR_{name.upper()}" for name in OcrSettings.model_fields]
+    for key in dotenv_values(path):
+        if not key.upper().startswith("OCR_") or key.upper() in known:
+            continue
+        if key.upper() in NOT_SETTINGS:
+            why = "it is read from the process environment, never from an env file"
+        else:
+            close = difflib.get_close_matches(key.upper(), known, n=1)
+            why = f"did you mean {close[0]}?" if close else "see the settings in the README"
+        raise SettingsFileError(f"env file {str(path)!r}: {key} is not a setting; {why}")
+
+
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSettings:
     """Settings from the env file (process environment wins, ``overrides`` win over both);
-    a relative local storage root is taken relative to the env file's folder."""
+    a relative local storage root is taken relative to the env file's folder. An env file
+    that is not UTF-8 or names no setting is refused (:func:`check_env_file`)."""
     path = resolve_env_file(env_file)
+    check_env_file(path)
     settings = OcrSettings(_env_file=path, env_file=str(path), **overrides)
 
     def absolute(location: str | None) -> str | None:

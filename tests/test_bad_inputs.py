@@ -525,6 +525,37 @@ CLI_CASES: dict[str, CliCase] = {
         f"{SETTINGS_ERROR} OCR_PROCESS_RETRIES='99': Input should be less than or equal to 10",
         {"PROCESS_RETRIES": "99"},
     ),
+    "misspelt_setting": CliCase(  # before: ignored, the default of 2 retries used
+        ("--all-region-ids",),
+        "error in the environment's settings: env file '{env}': OCR_PROCES_RETRIES is not a "
+        "setting; did you mean OCR_PROCESS_RETRIES?",
+        {"PROCES_RETRIES": "5"},
+    ),
+    "process_variable_in_env_file": CliCase(
+        ("--all-region-ids",),
+        "error in the environment's settings: env file '{env}': OCR_DAGSTER_PG_URL is not a "
+        "setting; it is read from the process environment, never from an env file",
+        {"DAGSTER_PG_URL": "postgresql://u@h/db"},
+    ),
+    "empty_storage_root": CliCase(  # before: silently the env file's folder
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_STORAGE_ROOT='': is empty; expected a local folder or "
+        "s3://bucket/prefix",
+        {"STORAGE_ROOT": ""},
+    ),
+    "json_setting_that_does_not_parse": CliCase(  # before: a SettingsError traceback
+        ("--all-region-ids",),
+        f"{SETTINGS_ERROR} OCR_COMPUTE_OVERRIDES is not valid JSON (Expecting value: line 1 "
+        "column 4 (char 3)); expected a JSON object",
+        {"COMPUTE_OVERRIDES": "[1,"},
+    ),
+    "dagster_home_root_is_a_file": CliCase(  # before: a NotADirectoryError traceback
+        ("--region-id", "y1_x1"),
+        "error: the Dagster instance home {env}/local cannot be used (Not a directory): "
+        "expected a folder this user can write (fix OCR_DAGSTER_HOME_ROOT, or run from a "
+        "writable folder)",
+        {"DAGSTER_HOME_ROOT": "{env}"},
+    ),
     "missing_env_file": CliCase(
         ("--all-region-ids", "--env-file", "{tmp}/nowhere.env"),
         "error in the environment's settings: env file '{tmp}/nowhere.env' does not exist",
@@ -590,6 +621,20 @@ def test_bad_deploy_command_exits_2_with_its_reason_and_changes_nothing(case_id,
     case = CLI_CASES[case_id]
     expected = case.message.format(tmp=tmp_path, env=tmp_path / "deploy.env")
     assert run_cli(case.args, case.settings) == (2, expected)
+
+
+def test_an_env_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, root):
+    """Before: a UnicodeDecodeError traceback."""
+    env = tmp_path / "latin1.env"
+    env.write_bytes(f"OCR_STORAGE_ROOT={root}\n# café\n".encode("latin-1"))
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(cli.app, ["deploy", "--all-region-ids", "--env-file", str(env)])
+    assert_unchanged(before, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        f"error in the environment's settings: env file '{env}' is not UTF-8 text: byte 0xe9 "
+        "on line 2; expected UTF-8 (save the file as UTF-8)"
+    )
 
 
 def test_empty_region_selection_is_refused():

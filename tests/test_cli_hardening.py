@@ -236,15 +236,21 @@ def _wait_for(path_glob: Path, needle: str, process: subprocess.Popen, timeout: 
     raise AssertionError(f"{needle!r} never appeared in {path_glob}")
 
 
+@pytest.mark.parametrize(
+    ("signum", "exit_code", "said"),
+    [(signal.SIGINT, 130, "interrupted:"), (signal.SIGTERM, 143, "interrupted (SIGTERM):")],
+)
 def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
-    tmp_path, sample_root
+    tmp_path, sample_root, signum, exit_code, said
 ):
-    """SIGINT to the deploy's whole process group, as a terminal's Ctrl-C sends it, while a
-    region run computes. Before: exit 130 with no word of it, and KeyboardInterrupt tracebacks
-    from the region workers. Now one line, exit 130, no traceback, the lock released: the next
-    deploy is not blocked and does the regions, and its summary lists only region outputs.
-    The region's step stalls for 120 s (a fault): Dagster answers an interrupted step with
-    its retry policy, so a deploy that let its worker go on would outlast the timeout."""
+    """SIGINT to the deploy's whole process group, as a terminal's Ctrl-C sends it, or SIGTERM
+    to the deploy's process, as ``kill`` or a supervisor sends it, while a region run computes.
+    Before: exit 130 with no word of it, and KeyboardInterrupt tracebacks from the region
+    workers; SIGTERM: exit 1 and two stack traces. Now one line, exit 128 + the signal, no
+    traceback, the runs ended and the lock released: the next deploy is not blocked and does
+    the regions, and its summary lists only region outputs. The region's step stalls for
+    120 s (a fault): Dagster answers an interrupted step with its retry policy, so a deploy
+    that let its worker go on would outlast the timeout."""
     env, root = _local_env(tmp_path, sample_root)
     args = ("deploy", "--region-id", "y1_x1-x2", "--regions-only")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OCR_")}
@@ -259,15 +265,18 @@ def test_ctrl_c_during_a_deploy_is_one_line_exit_130_and_the_next_deploy_runs(
     try:
         logs = tmp_path / "dagster-homes" / "local" / "deploy-logs" / "deploy-*.log"
         _wait_for(logs, "region_risk - STEP_START", deploy, timeout=300)
-        os.killpg(deploy.pid, signal.SIGINT)
-        out, err = deploy.communicate(timeout=60)
+        if signum == signal.SIGINT:
+            os.killpg(deploy.pid, signal.SIGINT)
+        else:
+            deploy.send_signal(signum)
+        out, err = deploy.communicate(timeout=90)
     finally:
         if deploy.poll() is None:
             os.killpg(deploy.pid, signal.SIGKILL)
-    assert deploy.returncode == 130, out + err
+    assert deploy.returncode == exit_code, out + err
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
-    assert out.rstrip().endswith(
-        "interrupted: deploying local; the next deploy resumes the remaining regions and steps"
+    assert " ".join(out.split()).endswith(
+        f"{said} deploying local; the next deploy resumes the remaining regions and steps"
     )
     storage_lock = Path(StorageLayout(str(root), "local").deployment_lock)
     assert not storage_lock.exists()

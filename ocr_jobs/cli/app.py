@@ -5,7 +5,7 @@ overrides a setting, and reports Ctrl-C."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,19 +41,35 @@ def _settings(env_file: Path | None, **overrides: Any):
     """The environment's settings (``overrides`` win over the file and the environment); a
     bad env file or variable is a clear error naming the file and the variable, exit 2."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from ocr_resources.settings import load_settings, resolve_env_file
+    from ocr_resources.settings import SettingsFileError, load_settings, resolve_env_file
 
     try:
         path = resolve_env_file(env_file)
         return load_settings(path, **overrides)
-    except OSError as exc:  # missing, a directory, unreadable
+    except (OSError, SettingsFileError) as exc:  # missing, a directory, unreadable, not UTF-8
         console.print(f"[red]error in the environment's settings:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     except ValidationError as exc:
         text = "; ".join(_setting_error(e) for e in exc.errors())
         console.print(f"[red]error in the environment's settings[/] ({path}): {escape(text)}")
         raise typer.Exit(2) from exc
+    except SettingsError as exc:  # a JSON setting that does not parse
+        console.print(
+            f"[red]error in the environment's settings[/] ({path}): {escape(_unparsed(exc))}"
+        )
+        raise typer.Exit(2) from exc
+
+
+def _unparsed(error: Exception) -> str:
+    """pydantic-settings' "error parsing value for field …" as ``OCR_<NAME> is not valid JSON
+    (the parser's reason); expected …``."""
+    import re
+
+    found = re.search(r'field "(\w+)"', str(error))
+    name = f"OCR_{found.group(1).upper()}" if found else "a setting"
+    return f"{name} is not valid JSON ({error.__cause__ or error}); expected a JSON object"
 
 
 def _setting_error(error: Any) -> str:
@@ -86,13 +102,17 @@ def checked_as(setting: str) -> Callable[[Any], Any]:
 
 @contextmanager
 def interruptible(what: str, afterwards: str = "") -> Iterator[None]:
-    """Ctrl-C while ``what`` runs ends in one line saying what was interrupted (and what the
-    next run does about it) and exit 130, as a shell reports SIGINT, with no traceback.
+    """Ctrl-C (SIGINT), or SIGTERM as a supervisor or ``kill`` sends it, while ``what`` runs
+    ends in one line saying what was interrupted (and what the next run does about it) and
+    exit 128 + the signal's number (130, 143), as a shell reports it, with no traceback: both
+    take the same path (a KeyboardInterrupt), so a deploy terminates its runs either way.
 
     Dagster turns a Ctrl-C inside one of its runs into a failed run rather than a
     KeyboardInterrupt; the signal still wakes the fd of ``signal.set_wakeup_fd``, so that
     case ends the same way."""
-    with _sigint_seen() as seen:
+    import signal
+
+    with _signals_seen() as seen:
         try:
             yield
         except KeyboardInterrupt:
@@ -103,14 +123,20 @@ def interruptible(what: str, afterwards: str = "") -> Iterator[None]:
         else:
             if not seen():
                 return
-    console.print(f"[yellow]interrupted:[/] {what}" + (f"; {afterwards}" if afterwards else ""))
-    raise typer.Exit(130)
+    received = seen() or {signal.SIGINT}
+    signum = signal.SIGTERM if signal.SIGTERM in received else signal.SIGINT
+    how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+    console.print(
+        f"[yellow]interrupted{how}:[/] {what}" + (f"; {afterwards}" if afterwards else "")
+    )
+    raise typer.Exit(128 + signum)
 
 
 @contextmanager
-def _sigint_seen() -> Iterator[Callable[[], bool]]:
-    """A function telling whether SIGINT arrived in the block (whoever handled it), from the
-    signal wakeup fd; outside the main thread, where none can be set, it says no."""
+def _signals_seen() -> Iterator[Callable[[], set[int]]]:
+    """A function telling which of SIGINT and SIGTERM arrived in the block (whoever handled
+    them), from the signal wakeup fd; SIGTERM raises KeyboardInterrupt there, as SIGINT does.
+    Outside the main thread, where neither can be set, it says none."""
     import signal
     import socket
 
@@ -121,18 +147,23 @@ def _sigint_seen() -> Iterator[Callable[[], bool]]:
         previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     except ValueError:  # not the main thread
         previous = None
+    received: set[int] = set()
 
-    def seen() -> bool:
-        try:
-            return signal.SIGINT in reader.recv(4096)
-        except BlockingIOError:  # nothing arrived
-            return False
+    def seen() -> set[int]:
+        with suppress(BlockingIOError):  # nothing (more) arrived
+            received.update(reader.recv(4096))
+        return received & {signal.SIGINT, signal.SIGTERM}
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    terminate = signal.signal(signal.SIGTERM, interrupt) if previous is not None else None
     try:
-        yield seen if previous is not None else (lambda: False)
+        yield seen if previous is not None else set
     finally:
         if previous is not None:
             signal.set_wakeup_fd(previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if terminate is None else terminate)
         reader.close()
         writer.close()
 

@@ -29,7 +29,7 @@ def dev(
     import sys
 
     from ocr_assets.constants import CLUSTER_POOL
-    from ocr_jobs.deploy import instance_home, instance_variables
+    from ocr_jobs.deploy import DeployRefused, instance_home, instance_variables
     from ocr_jobs.deploy.services import ServicesError, ui_running
     from ocr_jobs.process_env import child_environment
     from ocr_resources.instance_storage import POSTGRES_URL_VARIABLE
@@ -48,7 +48,11 @@ def dev(
             f"{settings.environment} is in PostgreSQL"
         )
         raise typer.Exit(2)
-    home = instance_home(settings)  # the environment's folder, with its generated dagster.yaml
+    try:  # the environment's folder, with its generated dagster.yaml
+        home = instance_home(settings)
+    except DeployRefused as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     # the child's environment only: the top-level dagster.yaml (DAGSTER_HOME = the project
     # folder, so dg dev does not warn it is unused) with this environment's storage variables,
     # the env file the code location loads and the venv dg runs in (no warning of another one)
@@ -92,7 +96,7 @@ def serve(
     """The map page of the environment's PMTiles on http://127.0.0.1 (Ctrl-C stops it)."""
     import webbrowser
 
-    from ocr_jobs.deploy import instance_home, open_instance
+    from ocr_jobs.deploy import DeployRefused, instance_home, open_instance
     from ocr_jobs.serve import MapServer, ServeError, map_site
 
     settings = _settings(env_file)
@@ -108,6 +112,9 @@ def serve(
     except ServeError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    except DeployRefused as exc:  # the instance home cannot be used
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port}: {exc.strerror}")
         raise typer.Exit(1) from exc

@@ -107,13 +107,20 @@ def instance_config(settings: OcrSettings, home: Path | None = None) -> str:
 
 def instance_home(settings: OcrSettings) -> Path:
     """The environment's instance home (:func:`instance_home_path`), created with its
-    ``dagster.yaml`` (:func:`instance_config`)."""
+    ``dagster.yaml`` (:func:`instance_config`); DeployRefused naming it if it cannot be."""
     home = instance_home_path(settings)
-    home.mkdir(parents=True, exist_ok=True)
     text = instance_config(settings)
     target = home / "dagster.yaml"
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+    except OSError as exc:  # a file in the way, no permission, a read-only disk
+        why = exc.strerror or str(exc)
+        raise DeployRefused(
+            f"the Dagster instance home {home} cannot be used ({why}): expected a folder this "
+            "user can write (fix OCR_DAGSTER_HOME_ROOT, or run from a writable folder)"
+        ) from None
     return home
 
 
