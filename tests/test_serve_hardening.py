@@ -240,3 +240,69 @@ def test_a_client_that_hangs_up_mid_body_costs_one_log_line(server, capsys, monk
     assert "Traceback" not in capsys.readouterr().err
     [(status, _, _)] = _exchange(server, [("GET", "/config.json", {})])
     assert status == 200
+
+
+# a cold burst (issue 29, item 6) ------------------------------------------------------------
+def _get_pmtiles_range(port: int, connect_timeout: float) -> int:
+    """One range request of an archive on a fresh connection; its status. The connection
+    must be accepted within ``connect_timeout`` (below the kernel's first SYN retry, 1 s: a
+    listen backlog that overflowed drops the SYN and the client waits it out)."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=connect_timeout)
+    conn.settimeout(60)
+    with conn, conn.makefile("rb") as reply:
+        conn.sendall(
+            f"GET /pmtiles/buildings.pmtiles HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Range: bytes=0-99\r\nConnection: close\r\n\r\n".encode()
+        )
+        return int(reply.readline().split()[1])
+
+
+def test_200_concurrent_cold_connections_are_all_answered(server, monkeypatch):
+    """200 connections opened at once, each with a request a slow (cold) answer: every one is
+    accepted at once and answered, by at most the pool's workers at a time. Before: a listen
+    backlog of 5 (connections waited out SYN retries or were reset) and a thread each."""
+    active, most, lock = [0], [0], threading.Lock()
+    respond = base.http_server.MapRequestHandler._respond
+
+    def slow(self, body: bool) -> None:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.2)  # a tile computed cold
+            respond(self, body)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(base.http_server.MapRequestHandler, "_respond", slow)
+    port = server.server_address[1]
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            statuses.append(_get_pmtiles_range(port, connect_timeout=0.9))
+        except Exception as exc:  # counted and shown below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, f"{len(failures)} of 200 failed, e.g. {failures[0]!r}"
+    assert statuses == [206] * 200
+    assert most[0] <= base.http_server.WORKERS
+
+
+def test_an_idle_connection_is_closed_and_frees_its_worker(server, monkeypatch):
+    """A keep-alive connection that sends nothing is closed after the idle timeout (here cut
+    to 0.3 s); before, it held a thread for ever."""
+    assert base.http_server.MapRequestHandler.timeout == base.http_server.IDLE_SECONDS > 0
+    monkeypatch.setattr(base.http_server.MapRequestHandler, "timeout", 0.3)
+    idle = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    with idle:
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # the server closed it
+        assert time.monotonic() - started < 3

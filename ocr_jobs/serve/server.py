@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,13 @@ NOT_FOUND_ERRNOS = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
 )
 FORBIDDEN_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# a map page opens a burst of tile connections at once: the listen backlog holds them all
+# (Python's default, 5, drops the rest, whose clients wait out SYN retries)
+LISTEN_BACKLOG = 1024
+# requests are answered by a bounded pool: a burst queues for a worker, never a thread each
+WORKERS = 32
+# a keep-alive connection with no request for this long is closed: its worker is freed
+IDLE_SECONDS = 15.0
 
 
 class MapRequestHandler(BaseHTTPRequestHandler):
@@ -44,6 +52,7 @@ class MapRequestHandler(BaseHTTPRequestHandler):
 
     server: MapServer
     protocol_version = "HTTP/1.1"  # keep-alive: a map fetches many small ranges
+    timeout = IDLE_SECONDS  # the socket's: an idle or stalled connection ends, freeing its worker
     # headers and body leave in separate writes: with Nagle's algorithm the body waits for the
     # client's delayed ACK of the headers (~40 ms a tile)
     disable_nagle_algorithm = True
@@ -248,16 +257,32 @@ def failure_status(exc: Exception) -> tuple[HTTPStatus, str]:
 
 
 class MapServer(ThreadingHTTPServer):
-    """A threaded HTTP server bound to loopback, holding the site it serves."""
+    """An HTTP server bound to loopback, holding the site it serves: connections wait in a
+    deep listen backlog and are answered by a bounded pool of ``workers`` threads."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
-        self, site: MapSite, port: int = 0, log: Callable[[str], None] | None = None
+        self,
+        site: MapSite,
+        port: int = 0,
+        log: Callable[[str], None] | None = None,
+        workers: int = WORKERS,
     ) -> None:
         self.site = site
         self.log = log or (lambda _message: None)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr-serve")
         super().__init__((HOST, port), MapRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A pool worker answers the connection (socketserver's own per-connection body:
+        handle, close, report what escaped)."""
+        self._pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line, not socketserver's traceback on stderr, for what escapes a request
