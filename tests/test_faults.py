@@ -8,6 +8,7 @@ with it on PYTHONPATH loads: the deploy, its run processes and Dagster's step pr
 
 import errno
 import hashlib
+import posixpath
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
-from tests.test_deploy import _local_env, ocr, with_faults_path
+from tests.test_deploy import BUCKET, _local_env, ocr, s3_endpoint, with_faults_path  # noqa: F401
 
 
 def _with_fault(fault: str) -> dict[str, str]:
@@ -83,6 +84,8 @@ def _killed_region_is_redone(
     # session died uncommitted)
     assert not Path(storage.layout.region_buildings("y1_x1")).exists()
     assert "y1_x1" not in storage.list_region_buildings()
+    temporaries = list(Path(storage.layout.region_buildings_dir).glob(".tmp-*"))
+    assert len(temporaries) == (1 if fault == "parquet_write" else 0), temporaries
     after_kill = _region_window(storage, "y1_x1")
     committed_after_kill = set(storage.committed_regions())
     # Dagster records the run as failed (its process died; nobody else would)
@@ -98,6 +101,11 @@ def _killed_region_is_redone(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "already materialized in this environment: 1" in rerun.stdout
     assert "remaining: 1" in rerun.stdout
+    # the killed writer's half-written temporary is swept by the next deploy, under its lock
+    left = [p.name for p in Path(storage.layout.region_buildings_dir).glob(".tmp-*")]
+    assert not left, left
+    if fault == "parquet_write":
+        assert "removed 1 temporary file(s) that dead writers left" in rerun.stdout
     table = gpd.read_parquet(storage.layout.region_buildings("y1_x1"))
     clean_window = _region_window(clean, "y1_x1")
     present = [n for n in RISK_VARIABLES if not np.isnan(after_kill[n]).all()]
@@ -204,3 +212,39 @@ def test_failed_write_leaves_the_previous_output_intact(env_root, monkeypatch, k
     assert raised.value.errno == kind
     assert Path(path).read_bytes() == good
     assert [p.name for p in Path(path).parent.iterdir()] == ["y1_x1.parquet"]  # no temp left
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_path, request):
+    """A killed writer leaves its ``.tmp-…`` behind (no ``finally`` runs); production never
+    wipes, so they would pile up. The sweep a deploy makes under its lock removes exactly
+    them: not the outputs beside them, not another environment's, and nothing inside a store
+    written whole (an Icechunk repository's own files are its business)."""
+    if backend == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        root, options = f"s3://{BUCKET}/sweep-{tmp_path.name}", {"endpoint_url": endpoint}
+    else:
+        root, options = str(tmp_path / "data"), {}
+    storage = OcrStorage(root=root, environment="qa", **options)
+    other = OcrStorage(root=root, environment="staging", **options)
+    layout = storage.layout
+    dead = [
+        f"{layout.region_buildings_dir}/.tmp-0a1b-y1_x1.parquet",
+        f"{posixpath.dirname(layout.consolidated_buildings)}/.tmp-2c3d-buildings.parquet/part.0",
+        f"{posixpath.dirname(layout.pmtiles('buildings'))}/.tmp-4e5f-buildings.pmtiles",
+    ]
+    kept = [
+        layout.region_buildings("y1_x1"),
+        layout.pmtiles("buildings"),
+        f"{layout.raster_store}/chunks/.tmp-not-ours",  # inside a store: never walked
+        f"{other.layout.region_buildings_dir}/.tmp-9a8b-y1_x1.parquet",  # another environment
+    ]
+    for path in dead + kept:
+        storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        storage.fs.pipe_file(path, b"x")
+    swept = storage.remove_dead_temporaries()
+    expected = [dead[0], dead[1].rsplit("/", 1)[0], dead[2]]
+    assert swept == sorted(expected)
+    assert not any(storage.fs.exists(p) for p in dead)
+    assert all(storage.fs.exists(p) for p in kept)
+    assert storage.remove_dead_temporaries() == []  # nothing left to sweep

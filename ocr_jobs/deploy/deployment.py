@@ -316,6 +316,10 @@ def _deploy(
         progress.say(
             f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
         )
+    # the lock is held and no earlier run is live: no writer that could own a temporary is
+    if swept := storage.remove_dead_temporaries():
+        shown = ", ".join(swept[:3]) + (f" and {len(swept) - 3} more" if len(swept) > 3 else "")
+        progress.say(f"removed {len(swept)} temporary file(s) that dead writers left: {shown}")
     # done: recorded by Dagster and committed in the raster store
     done, uncommitted = committed_materialized_regions(instance, storage)
     current = observe_inputs(runs, settings, storage)

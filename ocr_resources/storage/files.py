@@ -62,6 +62,10 @@ os.register_at_fork(after_in_child=_s3_client.cache_clear)
 
 # the answers of a conditional S3 request whose condition failed: the object exists (create),
 # changed (replace, delete) or is gone, or a concurrent conditional write won (409)
+# what every temporary of an atomic write is named after; a reader never lists these
+TEMPORARY_PREFIX = ".tmp-"
+# folders written whole (stores, datasets): a sweep of dead temporaries does not walk them
+WRITTEN_WHOLE = (".icechunk", ".zarr", ".parquet")
 _CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"}
 
 
@@ -159,7 +163,7 @@ class FileStore:
         local = self.fs_path(path)
         parent, name = os.path.split(local)
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{name}")
+        tmp = os.path.join(parent, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -282,6 +286,25 @@ class FileStore:
             deleted.append(prefix)
         return deleted
 
+    def remove_dead_temporaries(self) -> list[str]:
+        """The temporaries (``.tmp-…``, see :meth:`atomic_path`) that writers of this
+        environment left when they died, removed from its output prefixes; their paths. Stores
+        and datasets (``*.icechunk``, ``*.zarr``, ``*.parquet`` folders) are written whole and
+        not walked. Only for a deployment holding the lock with no run of the environment live:
+        then no writer that could own one is alive. Paths are returned as URLs (``s3://…``)."""
+        removed: list[str] = []
+        folders = [p for p in self.layout.environment_prefixes() if self.fs.exists(p)]
+        while folders:
+            for entry in self.fs.ls(folders.pop(), detail=True):
+                path = entry["name"].rstrip("/")
+                name = posixpath.basename(path)
+                if name.startswith(TEMPORARY_PREFIX):
+                    self.fs.rm(path, recursive=True)
+                    removed.append(f"s3://{path}" if self.is_s3 else path)
+                elif entry["type"] == "directory" and not name.endswith(WRITTEN_WHOLE):
+                    folders.append(path)
+        return sorted(removed)
+
     # generic atomic writes ---------------------------------------------------------------
     def exists(self, path: str) -> bool:
         return self.fs_for(path).exists(path)
@@ -292,7 +315,7 @@ class FileStore:
         parent, name = posixpath.split(path)
         fs = self.fs_for(path)
         fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        tmp = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
             yield tmp
             if not fs.isdir(tmp):
