@@ -123,7 +123,7 @@ def interruptible(what: str, afterwards: str = "") -> Iterator[None]:
         else:
             if not seen():
                 return
-    received = seen() or {signal.SIGINT}
+        received = seen() or {signal.SIGINT}
     signum = signal.SIGTERM if signal.SIGTERM in received else signal.SIGINT
     how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
     console.print(
