@@ -84,8 +84,9 @@ def _killed_region_is_redone(
     # session died uncommitted)
     assert not Path(storage.layout.region_buildings("y1_x1")).exists()
     assert "y1_x1" not in storage.list_region_buildings()
+    # one per killed attempt (Dagster's run retry dies the same way) for the parquet kill
     temporaries = list(Path(storage.layout.region_buildings_dir).glob(".tmp-*"))
-    assert len(temporaries) == (1 if fault == "parquet_write" else 0), temporaries
+    assert bool(temporaries) == (fault == "parquet_write"), temporaries
     after_kill = _region_window(storage, "y1_x1")
     committed_after_kill = set(storage.committed_regions())
     # Dagster records the run as failed (its process died; nobody else would)
@@ -104,8 +105,9 @@ def _killed_region_is_redone(
     # the killed writer's half-written temporary is swept by the next deploy, under its lock
     left = [p.name for p in Path(storage.layout.region_buildings_dir).glob(".tmp-*")]
     assert not left, left
-    if fault == "parquet_write":
-        assert "removed 1 temporary file(s) that dead writers left" in rerun.stdout
+    if temporaries:
+        said = f"removed {len(temporaries)} temporary file(s) that dead writers left"
+        assert said in rerun.stdout, rerun.stdout
     table = gpd.read_parquet(storage.layout.region_buildings("y1_x1"))
     clean_window = _region_window(clean, "y1_x1")
     present = [n for n in RISK_VARIABLES if not np.isnan(after_kill[n]).all()]
