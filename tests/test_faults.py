@@ -221,7 +221,8 @@ def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_pat
     """A killed writer leaves its ``.tmp-…`` behind (no ``finally`` runs); production never
     wipes, so they would pile up. The sweep a deploy makes under its lock removes exactly
     them: not the outputs beside them, not another environment's, and nothing inside a store
-    written whole (an Icechunk repository's own files are its business)."""
+    written whole (an Icechunk repository's own files are its business), nor in another model
+    variant's prefix."""
     if backend == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         root, options = f"s3://{BUCKET}/sweep-{tmp_path.name}", {"endpoint_url": endpoint}
@@ -229,6 +230,7 @@ def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_pat
         root, options = str(tmp_path / "data"), {}
     storage = OcrStorage(root=root, environment="qa", **options)
     other = OcrStorage(root=root, environment="staging", **options)
+    corrected = OcrStorage(root=root, environment="qa", model_variant="corrected", **options)
     layout = storage.layout
     dead = [
         f"{layout.region_buildings_dir}/.tmp-0a1b-y1_x1.parquet",
@@ -240,6 +242,8 @@ def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_pat
         layout.pmtiles("buildings"),
         f"{layout.raster_store}/chunks/.tmp-not-ours",  # inside a store: never walked
         f"{other.layout.region_buildings_dir}/.tmp-9a8b-y1_x1.parquet",  # another environment
+        # the other model variant's prefix, inside this one's: its deployment's to sweep
+        f"{corrected.layout.region_buildings_dir}/.tmp-7c6d-y1_x1.parquet",
     ]
     for path in dead + kept:
         storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)

@@ -60,12 +60,12 @@ def _s3_client(endpoint_url: str | None):
 # a forked child must not share the parent's pooled connections
 os.register_at_fork(after_in_child=_s3_client.cache_clear)
 
-# the answers of a conditional S3 request whose condition failed: the object exists (create),
-# changed (replace, delete) or is gone, or a concurrent conditional write won (409)
 # what every temporary of an atomic write is named after; a reader never lists these
 TEMPORARY_PREFIX = ".tmp-"
 # folders written whole (stores, datasets): a sweep of dead temporaries does not walk them
 WRITTEN_WHOLE = (".icechunk", ".zarr", ".parquet")
+# the answers of a conditional S3 request whose condition failed: the object exists (create),
+# changed (replace, delete) or is gone, or a concurrent conditional write won (409)
 _CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"}
 
 
@@ -262,12 +262,7 @@ class FileStore:
             raise PermissionError("wipe is refused for production: versions are kept for rollback")
         root = _normalised(self.root).rstrip("/") + "/"
         scope = "/".join([self.environment, *filter(None, [self.layout.variant_segment])])
-        # the default variant's prefix holds the other variants' prefixes: they are kept
-        others = (
-            set()
-            if self.layout.variant_segment
-            else set(get_args(ModelVariantName)) - {DEFAULT_MODEL_VARIANT}
-        )
+        others = self._other_variants()
         deleted = []
         for prefix in self.layout.environment_prefixes():
             # compared normalised, so "..", "." or doubled "/" in a crafted root cannot widen
@@ -286,6 +281,13 @@ class FileStore:
             deleted.append(prefix)
         return deleted
 
+    def _other_variants(self) -> set[str]:
+        """The folders in this deployment's prefixes that are other model variants' own
+        prefixes (the default variant's prefix holds them): never this deployment's to touch."""
+        if self.layout.variant_segment:
+            return set()
+        return set(get_args(ModelVariantName)) - {DEFAULT_MODEL_VARIANT}
+
     def remove_dead_temporaries(self) -> list[str]:
         """The temporaries (``.tmp-…``, see :meth:`atomic_path`) that writers of this
         environment left when they died, removed from its output prefixes; their paths. Stores
@@ -293,11 +295,16 @@ class FileStore:
         not walked. Only for a deployment holding the lock with no run of the environment live:
         then no writer that could own one is alive. Paths are returned as URLs (``s3://…``)."""
         removed: list[str] = []
-        folders = [p for p in self.layout.environment_prefixes() if self.fs.exists(p)]
+        prefixes = [self.fs_path(p) for p in self.layout.environment_prefixes()]
+        folders = [p for p in prefixes if self.fs.exists(p)]
+        others = self._other_variants()
         while folders:
-            for entry in self.fs.ls(folders.pop(), detail=True):
+            folder = folders.pop()
+            for entry in self.fs.ls(folder, detail=True):
                 path = entry["name"].rstrip("/")
                 name = posixpath.basename(path)
+                if folder in prefixes and name in others:
+                    continue  # another variant's prefix
                 if name.startswith(TEMPORARY_PREFIX):
                     self.fs.rm(path, recursive=True)
                     removed.append(f"s3://{path}" if self.is_s3 else path)
