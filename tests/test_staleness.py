@@ -2,6 +2,8 @@
 code version mark exactly the regions (and what is built from them) whose inputs or model
 changed; ``ocr deploy`` reports them and redoes only them with ``--redeploy-stale``."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -92,7 +94,7 @@ def test_one_input_region_changed_marks_exactly_the_regions_that_read_it(setting
     # the UI's view: observe the inputs (its "Observe sources"), then what Dagster calls stale
     defs = build_definitions(settings)
     with (
-        stale_status(settings, settings_log(settings)) as ui,
+        stale_status(settings, _webserver_log(settings)) as ui,
         open_instance(instance_home(settings)) as instance,
     ):
         assert ui.stale_partitions(RISK, REGIONS) == set()
@@ -137,16 +139,16 @@ def test_a_changed_model_constant_makes_every_region_stale(local_settings, tmp_p
         }
         assert job.execute_in_process(instance=instance, tags=tags).success
     deployed = ["y0_x0", "y0_x1"]
-    with stale_status(settings, settings_log(settings)) as ui:
+    with stale_status(settings, _webserver_log(settings)) as ui:
         assert ui.stale_partitions(RISK, deployed) == set()
     # code versions live on the definitions: the reloaded code location sees the change
     changed = {"PYTHONPATH": with_faults_path(), "OCR_TEST_FAULT": "model_constant_changed"}
-    with stale_status(settings, settings_log(settings), changed) as ui:
+    with stale_status(settings, _webserver_log(settings), changed) as ui:
         assert ui.stale_partitions(RISK, deployed) == set(deployed)
         assert ui.stale_partitions("region_buildings", deployed) == set(deployed)
 
 
-def settings_log(settings: OcrSettings):
+def _webserver_log(settings: OcrSettings) -> Path:
     """The webserver's output, beside the environment's instance."""
     return instance_home(settings) / "stale-status-webserver.log"
 
