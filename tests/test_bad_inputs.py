@@ -623,15 +623,16 @@ def test_bad_deploy_command_exits_2_with_its_reason_and_changes_nothing(case_id,
     assert run_cli(case.args, case.settings) == (2, expected)
 
 
-def test_an_env_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, root):
+def test_an_env_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, root, monkeypatch):
     """Before: a UnicodeDecodeError traceback."""
+    monkeypatch.setattr(cli.console, "width", 10_000)  # one line, however long the path
     env = tmp_path / "latin1.env"
     env.write_bytes(f"OCR_STORAGE_ROOT={root}\n# café\n".encode("latin-1"))
     before = snapshot(tmp_path)
     result = CliRunner().invoke(cli.app, ["deploy", "--all-region-ids", "--env-file", str(env)])
     assert_unchanged(before, tmp_path)
     assert result.exit_code == 2, result.output
-    assert " ".join(result.output.split()) == (
+    assert result.output.strip() == (
         f"error in the environment's settings: env file '{env}' is not UTF-8 text: byte 0xe9 "
         "on line 2; expected UTF-8 (save the file as UTF-8)"
     )
