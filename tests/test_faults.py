@@ -254,3 +254,44 @@ def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_pat
     assert not any(storage.fs.exists(p) for p in dead)
     assert all(storage.fs.exists(p) for p in kept)
     assert storage.remove_dead_temporaries() == []  # nothing left to sweep
+
+
+SWAPS = 400
+
+
+def _swap_directories(root: str, writer: int, swaps: int, start: float) -> None:
+    """``swaps`` directory outputs written and swapped into one place, as the pyramid and the
+    partitioned copy are, from ``start`` (wall clock) on: run in a process of its own, beside
+    others doing the same at the same moment."""
+    import time
+
+    storage = OcrStorage(root=root)
+    time.sleep(max(0.0, start - time.time()))
+    for swap in range(swaps):
+        with storage.atomic_path(f"{root}/out/pyramid.zarr") as tmp:
+            storage.fs.makedirs(f"{tmp}/0", exist_ok=True)
+            storage.fs.pipe_file(f"{tmp}/zarr.json", f"{writer}-{swap}".encode())
+            storage.fs.pipe_file(f"{tmp}/0/c", b"chunk")
+
+
+def test_concurrent_directory_swaps_leave_one_whole_directory(tmp_path):
+    """Two processes swapping the same directory output 400 times each, all at once: every
+    swap succeeds and the output is always one writer's whole directory, never another's
+    nested in it (before: a nested ``.tmp-…-pyramid.zarr`` or ``FileExistsError``)."""
+    import multiprocessing
+    import time
+
+    root = str(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    start = time.time() + 8  # every process has imported by then
+    with context.Pool(2) as pool:
+        pool.starmap(_swap_directories, [(root, w, SWAPS, start) for w in range(2)])
+    out = tmp_path / "out" / "pyramid.zarr"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "0",
+        "0/c",
+        "zarr.json",
+    ]
+    writer, swap = (out / "zarr.json").read_text().split("-")
+    assert writer in ("0", "1") and int(swap) == SWAPS - 1  # one writer's last swap
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".tmp-")]

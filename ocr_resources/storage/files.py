@@ -336,11 +336,16 @@ class FileStore:
                 fs.rm(tmp, recursive=True)
 
     def _replace_local_dir(self, tmp: str, path: str) -> None:
-        """Swap a finished directory into place; the old one is removed only afterwards."""
+        """Swap a finished directory into place; the old one is removed only afterwards.
+
+        Two renames, under the path's local lock: two writers swapping at once would
+        otherwise each move the other's fresh directory aside or, renaming onto a directory
+        that just reappeared, nest theirs inside it."""
         old = f"{tmp}.old"
-        if self.fs.exists(path):
-            self.fs.mv(path, old, recursive=True)
-        self.fs.mv(tmp, path, recursive=True)
+        with self.local_lock(path, "swap"):
+            with suppress(FileNotFoundError):
+                os.rename(self.fs_path(path), self.fs_path(old))
+            os.rename(self.fs_path(tmp), self.fs_path(path))
         if self.fs.exists(old):
             self.fs.rm(old, recursive=True)
 
