@@ -16,14 +16,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ocr_assets.constants import PHASE02_GROUP, REGION_BUILDINGS
-from ocr_assets.region_records import RegionFilesError, checked_region_files, materialized_regions
+from ocr_assets.region_records import (
+    RegionFilesError,
+    checked_region_files,
+    materialized_regions,
+    recompute_hint,
+)
 from ocr_assets.science.regions import sort_region_ids
-from ocr_assets.science.sampling import RISK_VARIABLES, out_of_range
+from ocr_assets.science.sampling import RISK_VARIABLES, BuildingValueTally, out_of_range
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
-from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
+from ocr_resources.storage import BATCH_ROWS, PARQUET_WRITE_OPTIONS, OcrStorage, even_batches
 
 
 def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
@@ -112,13 +117,14 @@ def _by_geoid(
 
 def _write_by_county(
     storage: OcrStorage, batches: Iterator[pa.RecordBatch], schema: pa.Schema, root: str
-) -> int:
+) -> tuple[int, int]:
     """Hive partitions ``state_fips=SS/county_fips=CCC/data_0.parquet`` from batches sorted by
-    GEOID: one file open at a time, each run of a county written as it comes.
+    GEOID: one file open at a time, each run of a county written as it comes. Returns (files,
+    rows) written.
 
     (pyarrow's partitioned dataset writer keeps every partition's file open and queues rows
     ahead of its encoders: memory that grows with the number of buildings, bench/scale.)"""
-    files, current, writer = 0, None, None
+    files, rows, current, writer = 0, 0, None, None
     with ExitStack() as open_file:
         for batch in batches:
             county = pc.utf8_slice_codeunits(batch.column("GEOID"), 0, 5)
@@ -132,17 +138,65 @@ def _write_by_county(
                     path = f"{root}/state_fips={state}/county_fips={rest}/{PARTITION_FILE}"
                     sink = open_file.enter_context(storage.open(path, "wb"))
                     writer = open_file.enter_context(
-                        pq.ParquetWriter(sink, schema, compression="zstd")
+                        pq.ParquetWriter(sink, schema, **PARQUET_WRITE_OPTIONS)
                     )
                     current, files = key, files + 1
                 writer.write_batch(batch.slice(start, stop - start))
-    return files
+            rows += batch.num_rows
+    return files, rows
+
+
+def _region_file_batches(
+    storage: OcrStorage, region: str, schema: pa.Schema, batch_rows: int, checked: bool
+) -> Iterator[pa.RecordBatch]:
+    """A region file's rows in ``schema``, a row group at a time (its page checksums
+    verified as they are read). ``checked``: its values tallied as they pass and the file
+    refused, by name, before anything is published (``BuildingValueTally``), as is a file
+    whose bytes do not decode."""
+    path = storage.layout.region_buildings(region)
+    tally = BuildingValueTally()
+    try:
+        for batch in storage.iter_batches(path, schema.names, batch_rows):
+            batch = pa.RecordBatch.from_arrays(batch.select(schema.names).columns, schema=schema)
+            if checked:
+                tally.add(
+                    {v: _floats(batch.column(v)) for v in RISK_VARIABLES},
+                    _located(batch.column("geometry"), batch.column("bbox")),
+                )
+            yield batch
+    except (OSError, pa.ArrowException) as exc:  # a checksum, a decoder or a short read
+        raise RegionFilesError(
+            f"region {region}: {path} does not decode ({exc}); {recompute_hint([region])}"
+        ) from exc
+    if problems := tally.problems():
+        raise RegionFilesError(
+            f"region {region}: {path} holds {'; '.join(problems)}, which is never published; "
+            + recompute_hint([region])
+        )
+
+
+def _floats(column: pa.Array) -> np.ndarray:
+    """A risk variable's values, a null as NaN (missing either way)."""
+    return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _located(geometry: pa.Array, bbox: pa.Array) -> np.ndarray:
+    """Per row, whether the building has a location: a geometry, and a covering bbox that is
+    not NaN (an empty geometry's is), read from Arrow without decoding a geometry."""
+    xmin = bbox.field("xmin").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    has_geometry = pc.is_valid(geometry).to_numpy(zero_copy_only=False)
+    return has_geometry & pc.is_valid(bbox).to_numpy(zero_copy_only=False) & ~np.isnan(xmin)
 
 
 def consolidate_buildings(
     storage: OcrStorage, region_ids: list[str], version: str | None, batch_rows: int = BATCH_ROWS
 ) -> dict:
-    """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region.
+    """Consolidated GeoParquet and its hive-partitioned copy, streamed region by region, and
+    published together only once both are written and checked.
+
+    Each region file is checked as it is read (values, locations, page checksums:
+    ``_region_file_batches``) and both outputs must hold every row; a region file that fails
+    raises RegionFilesError naming it, and the previous outputs stay as they were.
 
     Row order is fixed, so two runs on the same region files write the same bytes: the
     consolidated file holds the regions in id order (``sort_region_ids``, whatever order
@@ -153,7 +207,8 @@ def consolidate_buildings(
     7 published vector keys (:func:`vector_metadata`, ``version`` None = ``unversioned``);
     ``_common_metadata`` is the files' schema with that metadata, as published."""
     layout = storage.layout
-    paths = [layout.region_buildings(r) for r in sort_region_ids(region_ids)]
+    regions = sort_region_ids(region_ids)
+    paths = [layout.region_buildings(r) for r in regions]
     dataset = storage.parquet_dataset(paths)
     if tuple(dataset.schema.names) != BUILDINGS_COLUMNS:
         raise ValueError(
@@ -165,29 +220,35 @@ def consolidate_buildings(
     }
     schema = dataset.schema.with_metadata(metadata)
 
-    def region_batches() -> Iterator[pa.RecordBatch]:
+    def region_batches(checked: bool) -> Iterator[pa.RecordBatch]:
         """Every region file's rows, a row group at a time and one file after the other (a
         dataset scan reads files and batches ahead of a slower writer, without bound)."""
-        for path in paths:
-            for batch in storage.iter_batches(path, schema.names, batch_rows):
-                yield pa.RecordBatch.from_arrays(batch.select(schema.names).columns, schema=schema)
+        for region in regions:
+            yield from _region_file_batches(storage, region, schema, batch_rows, checked)
 
     rows = 0
-    with storage.atomic_path(layout.consolidated_buildings) as tmp:
-        with storage.open(tmp, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as w:
-            for batch in region_batches():
+    with ExitStack() as stack:  # both temporaries are moved into place only at its end
+        consolidated = stack.enter_context(storage.atomic_path(layout.consolidated_buildings))
+        partitioned = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
+        with (
+            storage.open(consolidated, "wb") as f,
+            pq.ParquetWriter(f, schema, **PARQUET_WRITE_OPTIONS) as w,
+        ):
+            for batch in region_batches(checked=True):
                 w.write_batch(batch)
                 rows += batch.num_rows
-        consolidated_bytes = storage.size(tmp)
-
-    with ExitStack() as stack:
+        consolidated_bytes = storage.size(consolidated)
         scratch = stack.enter_context(scratch_dir("sort-buildings"))
-        tmp = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
-        sorted_batches = _by_geoid(region_batches(), schema, scratch, batch_rows)
-        files = _write_by_county(storage, sorted_batches, schema, tmp)
-        storage.makedirs(tmp)  # no rows (all regions empty): no partitions
-        with storage.open(f"{tmp}/_common_metadata", "wb") as f:
+        sorted_batches = _by_geoid(region_batches(checked=False), schema, scratch, batch_rows)
+        files, partitioned_rows = _write_by_county(storage, sorted_batches, schema, partitioned)
+        storage.makedirs(partitioned)  # no rows (all regions empty): no partitions
+        with storage.open(f"{partitioned}/_common_metadata", "wb") as f:
             pq.write_metadata(schema, f)
+        if partitioned_rows != rows:  # a region file changed between the two reads
+            raise RegionFilesError(
+                f"the partitioned copy got {partitioned_rows} rows, the consolidated file "
+                f"{rows}: a region file changed while they were written; deploy again"
+            )
     return {
         "rows": rows,
         "consolidated_bytes": int(consolidated_bytes),
@@ -233,7 +294,10 @@ def buildings_geoparquet(
             f"left out region files no materialization records (a run that did not finish): "
             f"{', '.join(unrecorded)}"
         )
-    step = run_step(context, storage, compute, consolidate_buildings, regions, storage.version)
+    try:
+        step = run_step(context, storage, compute, consolidate_buildings, regions, storage.version)
+    except RegionFilesError as exc:  # the same files would fail again: no retry
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     result = step.result
     context.log.info(f"consolidated {result['rows']} buildings from {len(regions)} regions")
     return step.materialize(

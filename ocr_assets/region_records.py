@@ -111,13 +111,16 @@ def _region_file_problem(storage: OcrStorage, region: str, meta: dict) -> str | 
     expected = meta.get("buildings_written")
     if expected is not None and rows != expected:
         return f"region {region}: {path} has {rows} rows, its materialization wrote {expected}"
+    written = meta.get("bytes")  # another file of the same rows (swapped, rewritten) differs
+    if written is not None and (size := storage.size(path)) != written:
+        return f"region {region}: {path} has {size} bytes, its materialization wrote {written}"
     return None
 
 
 def checked_region_files(storage: OcrStorage, materialized: dict[str, dict]) -> list[str]:
-    """The materialized regions, each checked to have its buildings file with the row count its
-    materialization recorded (a footer read per file); raises RegionFilesError naming every
-    region that does not, and how to recompute it."""
+    """The materialized regions, each checked to have its buildings file with the row count and
+    byte size its materialization recorded (a footer read per file); raises RegionFilesError
+    naming every region that does not, and how to recompute it."""
     problems = {
         region: problem
         for region, meta in sorted(materialized.items())
@@ -143,6 +146,7 @@ def record_region_files(
                 metadata={
                     "path": dg.MetadataValue.path(path),
                     "buildings_written": storage.parquet_rows(path),
+                    "bytes": storage.size(path),
                 },
             )
         )

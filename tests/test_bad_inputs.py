@@ -30,6 +30,7 @@ from pyproj import CRS
 from typer.testing import CliRunner
 
 from ocr_assets.buildings import consolidate_buildings
+from ocr_assets.region_records import RegionFilesError, checked_region_files
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
@@ -440,6 +441,93 @@ def test_region_whose_buildings_are_all_missing_writes_an_empty_table(empty_regi
         "geometry",
     ]
     assert consolidate_buildings(storage, [REGION], "0.0.0")["rows"] == 0
+
+
+# region files that must not be published ------------------------------------------------------
+def _rewrite_region(storage: OcrStorage, change: Callable[[gpd.GeoDataFrame], None]) -> None:
+    """The region file rewritten by the pipeline's own writer with ``change`` made to it (the
+    row count kept), as a model bug or a hand edit would leave it."""
+    path = storage.layout.region_buildings(REGION)
+    table = gpd.read_parquet(path)
+    change(table)
+    storage.write_geoparquet(table, path)
+
+
+def _set(column: str, value: object) -> Callable[[gpd.GeoDataFrame], None]:
+    def change(table: gpd.GeoDataFrame) -> None:
+        table.loc[table.index[3], column] = value
+
+    return change
+
+
+def _flip_a_data_page_byte(storage: OcrStorage) -> None:
+    """One byte flipped in the middle of the first column's data page: the footer and the
+    row count stay as they were, the values would decode to others."""
+    path = Path(storage.layout.region_buildings(REGION))
+    column = pq.ParquetFile(path).metadata.row_group(0).column(RISK_VARIABLES.index("rps_2011"))
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+UNPUBLISHABLE: dict[str, tuple[Callable[[OcrStorage], None], str]] = {
+    "value_out_of_range": (
+        lambda s: _rewrite_region(s, _set("rps_2011", 1000.0)),
+        ", 1000] not in [0.0, 100.0]",
+    ),
+    "nan_value": (lambda s: _rewrite_region(s, _set("bp_2047", np.nan)), "bp_2047: NaN in 1 row"),
+    "empty_geometry": (
+        lambda s: _rewrite_region(s, _set("geometry", shapely.Polygon())),
+        "1 building(s) without a geometry",
+    ),
+    "null_geometry": (
+        lambda s: _rewrite_region(s, _set("geometry", None)),
+        "1 building(s) without a geometry",
+    ),
+    "flipped_page_byte": (_flip_a_data_page_byte, "does not decode (could not verify page"),
+}
+
+
+@pytest.mark.parametrize("case_id", list(UNPUBLISHABLE))
+def test_a_region_file_that_must_not_be_published_is_named_and_nothing_is(case_id, root):
+    """Issue 29 items 5, 7, 9: a region file whose values would be published out of range, as
+    NaN, without a location, or from a damaged page is refused by name with the command that
+    recomputes it, before either output is replaced (before: the consolidated file was
+    replaced, then a blocking check failed; NaN and flipped bytes went through)."""
+    storage = OcrStorage(root=str(root), environment="local")
+    lay = storage.layout
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _output_files(storage)}
+    damage, expected = UNPUBLISHABLE[case_id]
+    damage(storage)
+    with pytest.raises(RegionFilesError) as refused:
+        consolidate_buildings(storage, [REGION], "0.0.0")
+    message = str(refused.value)
+    assert message.startswith(f"region {REGION}: {lay.region_buildings(REGION)} ")
+    assert expected in message and f"--recompute {REGION}" in message, message
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _output_files(storage)}
+    assert after == before  # the previous outputs, byte for byte, and no temporary left
+
+
+def _output_files(storage: OcrStorage) -> list[Path]:
+    """Every file of the consolidated output's folder: the file, the partitioned copy."""
+    return sorted(
+        p for p in Path(storage.layout.consolidated_buildings).parent.rglob("*") if p.is_file()
+    )
+
+
+def test_a_region_file_swapped_for_other_bytes_is_named(root):
+    """The same rows in another order (a file from another run or a restore, the row count
+    unchanged): its size differs from what its materialization recorded, and it is named."""
+    storage = OcrStorage(root=str(root), environment="local")
+    path = storage.layout.region_buildings(REGION)
+    rows, size = pq.ParquetFile(path).metadata.num_rows, Path(path).stat().st_size
+    recorded = {REGION: {"buildings_written": rows, "bytes": size}}
+    assert checked_region_files(storage, recorded) == [REGION]
+    _rewrite_region(storage, lambda t: t.sort_values("GEOID", ascending=False, inplace=True))
+    assert pq.ParquetFile(path).metadata.num_rows == rows
+    assert Path(path).stat().st_size != size  # (what the check relies on: other bytes)
+    with pytest.raises(RegionFilesError, match=f"has {Path(path).stat().st_size} bytes, its "):
+        checked_region_files(storage, recorded)
 
 
 # the command line -----------------------------------------------------------------------------

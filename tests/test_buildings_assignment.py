@@ -53,3 +53,27 @@ def test_missing_values_drop_rows_and_are_counted(sample_storage, sample_grid):
     kept, dropped = region_buildings_table(sample_grid, region, rasters, buildings)
     assert dropped > 0 and len(kept) + dropped == len(full)
     assert kept["bp_2047"].notna().all()
+
+
+def test_the_value_tally_of_written_buildings_names_what_must_not_be_published():
+    """Hand-made batches: the tally spans batches (a range found across two), counts NaN per
+    variable and buildings without a location, and says nothing of clean rows."""
+    from ocr_assets.science.sampling import BuildingValueTally
+
+    tally = BuildingValueTally()
+    tally.add(
+        {"rps_2011": np.array([1.0, 50.0]), "bp_2011": np.array([0.1, 0.2])}, np.ones(2, bool)
+    )
+    assert tally.problems() == [] and tally.rows == 2
+    tally.add(
+        {"rps_2011": np.array([np.nan, 120.0, 3.0]), "bp_2011": np.array([-0.5, np.nan, np.nan])},
+        np.array([True, False, True]),
+    )
+    assert tally.problems() == [
+        "rps_2011: NaN in 1 row(s)",
+        "bp_2011: NaN in 2 row(s)",
+        "rps_2011 [1, 120] not in [0.0, 100.0]",
+        "bp_2011 [-0.5, 0.2] not in [0.0, 1.0]",
+        "1 building(s) without a geometry",
+    ]
+    assert (tally.rows, tally.minimum["rps_2011"], tally.maximum["bp_2011"]) == (5, 1.0, 0.2)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 import shapely
@@ -103,3 +106,38 @@ def out_of_range(minimum: dict[str, float], maximum: dict[str, float]) -> list[s
         if minimum.get(name) is not None and (minimum[name] < lo or maximum[name] > hi):
             bad.append(f"{name} [{minimum[name]:.4g}, {maximum[name]:.4g}] not in [{lo}, {hi}]")
     return bad
+
+
+@dataclass
+class BuildingValueTally:
+    """What a stream of written buildings holds that a published file must not: risk values
+    outside their documented range or missing (NaN: a building without a value is dropped
+    when it is sampled, never written) and buildings without a location (no geometry, or an
+    empty one, whose covering bbox is NaN). Batches in, one verdict at the end."""
+
+    rows: int = 0
+    minimum: dict[str, float] = field(default_factory=dict)
+    maximum: dict[str, float] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+    no_location: int = 0
+
+    def add(self, values: Mapping[str, np.ndarray], located: np.ndarray) -> None:
+        """A batch: each risk variable's values, and per row whether it has a location."""
+        self.rows += len(located)
+        self.no_location += int((~located).sum())
+        for name, column in values.items():
+            finite = column[~np.isnan(column)]
+            if len(finite) < len(column):
+                self.missing[name] = self.missing.get(name, 0) + len(column) - len(finite)
+            if len(finite):
+                low, high = float(finite.min()), float(finite.max())
+                self.minimum[name] = min(self.minimum.get(name, low), low)
+                self.maximum[name] = max(self.maximum.get(name, high), high)
+
+    def problems(self) -> list[str]:
+        """Each thing wrong, in words; empty when the rows may be published."""
+        found = [f"{n}: NaN in {c} row(s)" for n, c in self.missing.items()]
+        found += out_of_range(self.minimum, self.maximum)
+        if self.no_location:
+            found.append(f"{self.no_location} building(s) without a geometry")
+        return found

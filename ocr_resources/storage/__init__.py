@@ -18,6 +18,7 @@ from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
 from ocr_resources.storage.files import StorageRootError
 from ocr_resources.storage.fingerprints import InputFingerprints
+from ocr_resources.storage.geoparquet import PARQUET_WRITE_OPTIONS
 from ocr_resources.storage.inputs import InputDataError
 from ocr_resources.storage.raster_store import RasterStore
 from ocr_resources.storage.regions import wind_tiles
@@ -26,6 +27,7 @@ from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, even_ba
 __all__ = [
     "BATCH_ROWS",
     "GEOPARQUET_OPTIONS",
+    "PARQUET_WRITE_OPTIONS",
     "InputDataError",
     "OcrStorage",
     "StorageRootError",

@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 import shapely
 
 GEOMETRY = "geometry"
+# every Parquet file the pipeline writes: zstd, and a CRC of each page (standard Parquet,
+# ignored by readers that do not ask), so flipped bytes in a page are found when it is read
+# (``iter_batches``) instead of decoding to other values
+PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 BBOX_TYPE = pa.struct([(name, pa.float64()) for name in BBOX_FIELDS])
 # shapely type ids → GeoParquet geometry type names
@@ -58,7 +62,9 @@ class GeoParquetWriter:
         self.bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
         # the Arrow schema (with the ``geo`` metadata readers look for) is only known at the
         # end, so it is stored then, by hand, instead of by the writer at the start
-        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", store_schema=False)
+        self._writer = pq.ParquetWriter(
+            sink, self.schema, store_schema=False, **PARQUET_WRITE_OPTIONS
+        )
 
     def write(self, batch: pa.RecordBatch) -> None:
         geometry = shapely.from_wkb(batch.column(GEOMETRY).to_numpy(zero_copy_only=False))

@@ -23,14 +23,14 @@ from pmtiles.tile import Compression, deserialize_header, serialize_header
 
 from ocr_assets.science.regions import sort_region_ids
 from ocr_resources.storage.files import FileStore
-from ocr_resources.storage.geoparquet import BBOX_FIELDS, GeoParquetWriter
+from ocr_resources.storage.geoparquet import BBOX_FIELDS, PARQUET_WRITE_OPTIONS, GeoParquetWriter
 
 REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
 # Rows per record batch where a table is streamed (buildings, census units): memory is set by
 # this, never by the number of rows.
 BATCH_ROWS = 65_536
 GEOPARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
+    **PARQUET_WRITE_OPTIONS,
     "write_covering_bbox": True,
     "schema_version": "1.1.0",
     "index": False,
@@ -140,7 +140,7 @@ class VectorStore(FileStore):
         """A pyarrow table as one Parquet file (zstd, its schema metadata kept, e.g. GeoParquet's
         ``geo``); returns the byte size written."""
         with self.atomic_open(path) as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=row_group_rows)
+            pq.write_table(table, f, row_group_size=row_group_rows, **PARQUET_WRITE_OPTIONS)
         return self.size(path)
 
     def list_region_buildings(self) -> list[str]:
@@ -177,9 +177,10 @@ class VectorStore(FileStore):
         row_groups: Iterable[int] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """A Parquet file's rows (of ``row_groups`` only, if given) as record batches of at
-        most ``batch_rows`` (one row group in memory at a time)."""
+        most ``batch_rows`` (one row group in memory at a time); the page checksums of a file
+        that has them are verified (a damaged page raises OSError)."""
         with self.fs_for(path).open(path, "rb") as f:
-            source = pq.ParquetFile(f)
+            source = pq.ParquetFile(f, page_checksum_verification=True)
             # a reader per row group: one reader over all of them keeps memory for each group
             # it has read (bench/scale.py measures it)
             for group in range(source.num_row_groups) if row_groups is None else row_groups:
