@@ -26,6 +26,9 @@ from ocr_resources.storage import BATCH_ROWS, OcrStorage
 LEFT_OUT: dict[str, tuple[str, ...]] = {"nation": ("NAME",)}
 
 
+ANALYSIS_FORMATS = ("csv", "geojson")  # the files of each level's folder
+
+
 def analysis_columns(level: str) -> list[str]:
     """A level's CSV columns and GeoJSON property keys, in order: the statistics' columns
     without the polygon (and without :data:`LEFT_OUT`)."""
@@ -119,7 +122,10 @@ def regional_analysis_files(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
 ):
     step = run_step(context, storage, compute, write_analysis_files, storage.version)
+    layout = storage.layout
+    files = [layout.region_analysis(lv, ext) for lv in CENSUS_LEVELS for ext in ANALYSIS_FORMATS]
     return step.materialize(
+        files,
         folder=dg.MetadataValue.path(
             storage.layout.region_analysis("nation", "csv").rsplit("/", 2)[0]
         ),

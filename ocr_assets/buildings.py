@@ -301,6 +301,7 @@ def buildings_geoparquet(
     result = step.result
     context.log.info(f"consolidated {result['rows']} buildings from {len(regions)} regions")
     return step.materialize(
+        [storage.layout.consolidated_buildings, storage.layout.partitioned_buildings],
         path=dg.MetadataValue.path(storage.layout.consolidated_buildings),
         partitioned_path=dg.MetadataValue.path(storage.layout.partitioned_buildings),
         regions=len(regions),

@@ -76,6 +76,7 @@ def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute
     levels = published_levels(PYRAMID_TARGET_RESOLUTION_M)
     step = run_step(context, storage, compute, write_pyramid, levels)
     return step.materialize(
+        [storage.layout.pyramid],
         path=dg.MetadataValue.path(storage.layout.pyramid),
         published_levels=levels,
         **step.result,

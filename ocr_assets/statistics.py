@@ -177,8 +177,10 @@ def region_risk_summary_stats(
     step = run_step(context, storage, compute, write_summary_statistics)
     level = choropleth_level(step.result)
     preview = choropleth_preview(read_summary_statistics(storage, level), level)
+    paths = {lv: storage.layout.region_summary_stats(lv) for lv in CENSUS_LEVELS}
     return step.materialize(
-        paths={lv: storage.layout.region_summary_stats(lv) for lv in CENSUS_LEVELS},
+        list(paths.values()),
+        paths=paths,
         rows_per_level=step.result,
         preview=dg.MetadataValue.md(png_markdown(preview, f"{level} mean RPS")),
     )

@@ -13,6 +13,9 @@ from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG
 from ocr_resources.compute import OcrCompute, profile_tags
 from ocr_resources.storage import OcrStorage
 
+# the materialization metadata that holds each output's manifest, by path
+OUTPUTS_KEY = "outputs"
+
 
 @dataclass
 class StepRun:
@@ -23,10 +26,15 @@ class StepRun:
     compute_metadata: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
 
-    def materialize(self, **metadata: Any) -> dg.MaterializeResult:
+    def materialize(self, outputs: list[str], **metadata: Any) -> dg.MaterializeResult:
+        """The step's materialization, with the manifest of each of its ``outputs`` (paths):
+        what a later deploy finds there or rebuilds (``OutputManifests``)."""
         return dg.MaterializeResult(
             metadata={
                 **metadata,
+                OUTPUTS_KEY: dg.MetadataValue.json(
+                    {path: self.storage.output_manifest(path) for path in outputs}
+                ),
                 "seconds": round(time.perf_counter() - self.started, 3),
                 **self.compute_metadata,
                 "model_variant": self.storage.model_variant,

@@ -313,7 +313,9 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         step = run_step(context, storage, compute, build_tileset, spec)
         return step.materialize(
-            path=dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)), **step.result
+            [storage.layout.pmtiles(spec.archive)],
+            path=dg.MetadataValue.path(storage.layout.pmtiles(spec.archive)),
+            **step.result,
         )
 
     return _build

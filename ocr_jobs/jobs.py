@@ -67,6 +67,15 @@ def downstream_assets(optional: Collection[str], defs: dg.Definitions) -> list[s
     )
 
 
+def with_downstream(
+    keys: Collection[str], within: Collection[str], defs: dg.Definitions
+) -> list[str]:
+    """``keys`` and every asset built from them, among ``within``: what must be rebuilt when
+    ``keys``' outputs are (a damaged statistics file: the tiles drawn from it too)."""
+    closure = dg.AssetSelection.assets(*keys).downstream().resolve(defs.resolve_asset_graph())
+    return sorted(k.to_user_string() for k in closure if k.to_user_string() in set(within))
+
+
 def downstream_run(optional: Collection[str], defs: dg.Definitions) -> tuple[str, list[str] | None]:
     """(job, asset subset) for phases 02/03 with the chosen optional assets: the core job when
     none is chosen, the full job when all are, else the full job narrowed to a subset of the

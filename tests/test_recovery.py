@@ -12,6 +12,10 @@ import dagster as dg
 import psutil
 import pyarrow.parquet as pq
 
+from ocr_jobs.definitions import build_definitions
+from ocr_jobs.deploy.deployment import damaged_outputs
+from ocr_jobs.jobs import downstream_assets
+from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
 from tests.test_deploy import _local_env, ocr
 from tests.test_faults import _instance, _runs, _with_fault
@@ -123,3 +127,85 @@ def test_missing_or_corrupt_region_file_is_named_and_recomputed(tmp_path, sample
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "remaining: 2" in fixed.stdout
     assert pq.ParquetFile(consolidated).metadata.num_rows == rows
+
+
+def _damage(path: str, how: str) -> None:
+    """An output file deleted or cut to half its bytes, as a lost object or a disk error."""
+    file = Path(path)
+    if how == "delete":
+        file.unlink()
+    else:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _started_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    return {
+        e.step_key
+        for e in instance.all_logs(run_id)
+        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_START
+    }
+
+
+def test_damaged_outputs_are_found_by_content_and_rebuilt_with_what_is_built_from_them(
+    tmp_path, sample_root
+):
+    """Issue 29 items 1 and 4: every downstream output finished, then damaged (deleted,
+    truncated, a file of a folder lost), also after a deploy killed in tippecanoe: the next
+    deploy, with the flags of the first and nothing to recompute, names each damaged asset and
+    rebuilds it and what is built from it, nothing else, instead of resuming the killed run
+    (before: "nothing to do" or the resume alone, exit 0, in all six cases)."""
+    env, root = _local_env(tmp_path, sample_root)
+    storage = OcrStorage(root=str(root), environment="local")
+    lay = storage.layout
+    args = ("deploy", "--region-id", "y1_x1-x2", "--create-pyramid", "--write-regional-stats")
+    first = ocr(*args, env_file=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    kept = Path(lay.region_summary_stats("states")).read_bytes()
+    killed = ocr(
+        *args,
+        "--allow-all-processed",
+        env_file=env,
+        extra={**_with_fault("pmtiles_build"), "OCR_DAGSTER_EXECUTOR": "multiprocess"},
+    )
+    assert killed.returncode == 1 and "building_pmtiles" in killed.stdout, killed.stdout
+
+    # two leaves of the graph, one of them written by the killed run: only they are rebuilt
+    _damage(lay.region_analysis("counties", "csv"), "delete")
+    _damage(lay.pmtiles("buildings"), "truncate")
+    narrow = ocr(*args, env_file=env)
+    assert narrow.returncode == 0, narrow.stdout + narrow.stderr
+    out = " ".join(narrow.stdout.split())
+    assert "resuming" not in out, out
+    assert "regional_analysis_files: its outputs are not as written: " in out, out
+    assert f"{lay.region_analysis('counties', 'csv')} is missing" in out, out
+    pmtiles = lay.pmtiles("buildings")
+    assert f"building_pmtiles: its outputs are not as written: {pmtiles} has " in out, out
+    instance = _instance(tmp_path)
+    rebuild = _runs(instance, "aggregate_and_tile")[-1]
+    assert {k.to_user_string() for k in rebuild.asset_selection} == {
+        "regional_analysis_files",
+        "building_pmtiles",
+    }
+    started = _started_steps(instance, rebuild.run_id)  # the two and their checks
+    assert {"regional_analysis_files", "building_pmtiles"} <= started, started
+    assert all(s.startswith(("regional_analysis_files", "building_pmtiles")) for s in started)
+    assert Path(lay.region_analysis("counties", "csv")).exists()
+
+    # the rest of the issue's cases at once: everything downstream of the consolidation
+    _damage(lay.region_summary_stats("counties"), "delete")
+    _damage(f"{lay.pyramid}/zarr.json", "delete")
+    partition = next(Path(lay.partitioned_buildings).rglob("data_0.parquet"))
+    _damage(str(partition), "delete")
+    _damage(lay.consolidated_buildings, "truncate")
+    wide = ocr(*args, env_file=env)
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    out = " ".join(wide.stdout.split())
+    for key in ("buildings_geoparquet", "region_risk_summary_stats", "risk_pyramid"):
+        assert f"{key}: its outputs are not as written" in out, out
+    assert "(files differ in size or name)" not in out  # the partition file is lost: fewer
+    assert Path(f"{lay.pyramid}/zarr.json").exists() and partition.exists()
+    assert Path(lay.region_summary_stats("states")).read_bytes() == kept  # the same rows again
+    # every output is as its new materialization recorded: the next deploy has nothing to do
+    defs = build_definitions(OcrSettings(storage_root=str(root), environment="local"))
+    wanted = downstream_assets(("risk_pyramid", "regional_analysis_files"), defs)
+    assert len(wanted) == 7 and damaged_outputs(_instance(tmp_path), storage, wanted) == {}

@@ -18,6 +18,7 @@ import dagster as dg
 from ocr_assets.constants import CLUSTER_POOL
 from ocr_assets.inputs import REGION_INPUTS
 from ocr_assets.region_records import committed_materialized_regions, outputs_older_than_regions
+from ocr_assets.step import OUTPUTS_KEY
 from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
 from ocr_jobs.deploy.lock import DeploymentLock
@@ -50,6 +51,7 @@ from ocr_jobs.jobs import (
     downstream_run,
     materializable_asset_keys,
     region_runs,
+    with_downstream,
 )
 from ocr_jobs.run_log import CONSOLE_QUIET, CONSOLE_VERBOSE, RunLogging
 from ocr_resources.deployment_lock import DEPLOYMENT_TAG, ENVIRONMENT_TAG
@@ -164,20 +166,39 @@ def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
     return region_report(plan, done, uncommitted, current)
 
 
-def outdated_outputs(
+def damaged_outputs(
     instance: dg.DagsterInstance, storage: OcrStorage, keys: list[str]
-) -> list[str]:
-    """The downstream assets among ``keys`` without a materialization newer than the latest
-    region's, or whose recorded output is gone from storage: a deploy that ended before its
-    downstream run did (killed, a worker dead after its region's event) left them so."""
-    older = outputs_older_than_regions(instance, keys)
-    outdated = []
+) -> dict[str, list[str]]:
+    """The assets among ``keys`` whose latest materialization's outputs are no longer what it
+    wrote (its manifest, :class:`OutputManifests`: sizes, listings, footers and headers), each
+    with what differs; a materialization recorded before manifests needs its path to exist."""
+    damaged: dict[str, list[str]] = {}
     for key in keys:
         latest = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
-        path = latest[0].asset_materialization.metadata.get("path") if latest else None
-        if not latest or key in older or (path is not None and not storage.exists(str(path.value))):
-            outdated.append(key)
-    return outdated
+        if not latest:
+            continue
+        metadata = latest[0].asset_materialization.metadata
+        if OUTPUTS_KEY in metadata:
+            problems = [
+                problem
+                for path, manifest in metadata[OUTPUTS_KEY].value.items()
+                for problem in storage.output_problems(path, manifest)
+            ]
+        else:
+            path = metadata.get("path")
+            gone = path is not None and not storage.exists(str(path.value))
+            problems = [f"{path.value} is missing"] if gone else []
+        if problems:
+            damaged[key] = problems
+    return damaged
+
+
+def outdated_outputs(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
+    """The assets among ``keys`` without a materialization newer than the latest region's: a
+    deploy that ended before its downstream run did (killed, a worker dead after its region's
+    event) left them so."""
+    older = outputs_older_than_regions(instance, keys)
+    return [key for key in keys if key in older]
 
 
 def wipe_records(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
@@ -328,23 +349,32 @@ def _deploy(
     for line in report.lines():
         progress.say(line)
     job, keys = downstream_run(options.optional_assets, defs)
-    # nothing new upstream and the last downstream run failed: redo only its failed steps
+    wanted = downstream_assets(options.optional_assets, defs)
+    # nothing new upstream: the outputs are verified against what their materializations wrote
+    verify = not report.remaining and not options.regions_only
+    damaged = damaged_outputs(instance, storage, wanted) if verify else {}
+    for key, problems in damaged.items():
+        progress.say(f"{key}: its outputs are not as written: {'; '.join(problems)}")
+    # nothing new upstream, nothing damaged and the last downstream run failed: redo only the
+    # steps that did not succeed
     resume = (
         run_to_resume(instance, (DOWNSTREAM_JOB, DOWNSTREAM_CORE_JOB), job, keys)
-        if not report.remaining and not options.regions_only
+        if verify and not damaged
         else None
     )
-    outdated = (
-        []
-        if report.remaining or options.regions_only or resume
-        else outdated_outputs(instance, storage, downstream_assets(options.optional_assets, defs))
-    )
-    if outdated:
+    outdated = outdated_outputs(instance, wanted) if verify and not resume else []
+    rebuilt: list[str] = []
+    if damaged or outdated:
+        # what does not match, and what is built from it; the rest is kept
+        rebuilt = with_downstream([*damaged, *outdated], wanted, defs)
+        if not options.allow_all_processed and rebuilt != wanted:
+            keys = rebuilt
         progress.say(
-            "downstream outputs missing or older than the regions they are built from: "
-            f"{', '.join(outdated)}; building them"
+            "downstream outputs damaged, missing or older than the regions they are built "
+            f"from: {', '.join(sorted({*damaged, *outdated}))}; building "
+            + ("them and what is built from them" if keys == rebuilt else "every one")
         )
-    if not report.remaining and not options.allow_all_processed and not resume and not outdated:
+    if not report.remaining and not options.allow_all_processed and not resume and not rebuilt:
         result.stopped = (
             "every selected region is already materialized in this environment; "
             "nothing to do (pass --allow-all-processed to rebuild the downstream "

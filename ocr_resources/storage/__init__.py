@@ -3,7 +3,8 @@
 ``OcrStorage`` is one Dagster resource assembled from the modules beside it, each one kind of
 I/O: ``files`` (atomic writes, exclusive create, wipe), ``vector`` (GeoParquet, streamed
 Parquet), ``raster_store`` (Zarr), ``inputs`` (the inputs' checks), ``regions`` (a region's
-inputs), ``fingerprints`` (the inputs' data versions per region).
+inputs), ``fingerprints`` (the inputs' data versions per region), ``manifests`` (what each
+output held when written, compared with storage now).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ocr_resources.storage.files import StorageRootError
 from ocr_resources.storage.fingerprints import InputFingerprints
 from ocr_resources.storage.geoparquet import PARQUET_WRITE_OPTIONS
 from ocr_resources.storage.inputs import InputDataError
+from ocr_resources.storage.manifests import OutputManifests
 from ocr_resources.storage.raster_store import RasterStore
 from ocr_resources.storage.regions import wind_tiles
 from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, even_batches
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-class OcrStorage(InputFingerprints, RasterStore, ConfigurableResource):
+class OcrStorage(InputFingerprints, RasterStore, OutputManifests, ConfigurableResource):
     """Storage root, environment and version; resolves paths and owns every read and write."""
 
     root: str
