@@ -101,6 +101,7 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     region = grid.region(region_id)
     lat_w, lon_w = grid.window(region)
     with timer.stage("read_reference"):
+        storage.require_region_chunks(region)  # a lost chunk would read as "no data here"
         inputs = storage.read_region_inputs(grid, region, fields=(), reference=True)
     rasters = assemble_region_rasters(inputs, {y: f[0] for y, f in zip(YEARS, fields, strict=True)})
     ranges = _value_ranges(rasters)

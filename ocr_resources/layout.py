@@ -68,6 +68,8 @@ class CatalogEntry:
     dims: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()  # GeoParquet: columns besides the geometry
     geoid_pattern: str | None = None
+    # rasters: the documented range of the values (NaN = missing), checked in every chunk read
+    value_range: tuple[float, float] | None = None
 
 
 _TENSOR = "input/fire-risk/tensor"
@@ -75,6 +77,10 @@ _VECTOR = "input/fire-risk/vector"
 _RILEY = f"{_TENSOR}/USFS/riley-et-al-2025"
 _WIND = "conus404-ffwi-p99-wind-direction-distribution-30m-4326"
 WIND_DIMS = (*LATLON, "wind_direction")
+# documented value ranges of the rasters: burn probability and the wind's fractions of hours;
+# conditional risk and risk to potential structures in percent (the outputs' VALUE_RANGES)
+FRACTION = (0.0, 1.0)
+PERCENT = (0.0, 100.0)
 
 # Every input by its published catalog name: one table drives paths, checks and overrides.
 INPUT_CATALOG: dict[str, CatalogEntry] = {
@@ -85,6 +91,7 @@ INPUT_CATALOG: dict[str, CatalogEntry] = {
             ("EPSG:5070",),
             ("BP",),
             ("y", "x"),
+            value_range=FRACTION,
         )
         for year in YEARS
     },
@@ -95,6 +102,7 @@ INPUT_CATALOG: dict[str, CatalogEntry] = {
             ("EPSG:4326",),
             ("BP",),
             LATLON,
+            value_range=FRACTION,
         )
         for year in YEARS
     },
@@ -104,6 +112,7 @@ INPUT_CATALOG: dict[str, CatalogEntry] = {
         ("EPSG:4326",),
         ("CRPS", "RPS"),
         LATLON,
+        value_range=PERCENT,
     ),
     _WIND: CatalogEntry(
         "wind_direction_distribution",
@@ -112,6 +121,7 @@ INPUT_CATALOG: dict[str, CatalogEntry] = {
         ("EPSG:4326",),
         ("wind_direction_distribution",),
         WIND_DIMS,
+        value_range=FRACTION,  # of the hours, per direction
     ),
     "conus-overture-region-id-tagged-buildings": CatalogEntry(
         "buildings",

@@ -119,7 +119,8 @@ def root(tmp_path, good_root) -> Path:
 
 # how inputs are broken ------------------------------------------------------------------------
 def rewrite_zarr(path: str, change: Callable[[xr.Dataset], xr.Dataset]) -> None:
-    """Replace a Zarr input by ``change`` of its contents (chunking and CRS link kept)."""
+    """Replace a Zarr input by ``change`` of its contents (chunking and CRS link kept; every
+    chunk stored, an all-NaN one too: a missing chunk is a case of its own)."""
     ds = xr.open_zarr(path, consolidated=False, decode_coords="all").load()
     for variable in ds.variables.values():
         variable.encoding = {
@@ -127,7 +128,7 @@ def rewrite_zarr(path: str, change: Callable[[xr.Dataset], xr.Dataset]) -> None:
         }
     changed = change(ds)
     shutil.rmtree(path)
-    changed.to_zarr(path, zarr_format=3, consolidated=False)
+    changed.to_zarr(path, zarr_format=3, consolidated=False, write_empty_chunks=True)
 
 
 def rewrite_parquet(path: str, change: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]) -> None:
@@ -164,6 +165,14 @@ def negative_wind(ds: xr.Dataset) -> xr.Dataset:
     rows, cols = sample_region().lat_slice, sample_region().lon_slice
     row, col = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
     ds["wind_direction_distribution"].values[row : row + 3, col : col + 3, 2] = -0.25
+    return ds
+
+
+def crps_in_thousands(ds: xr.Dataset) -> xr.Dataset:
+    """One conditional-risk pixel of the region at 250 %, as bytes changed in a chunk that
+    still decodes would leave it."""
+    rows, cols = sample_region().lat_slice, sample_region().lon_slice
+    ds["CRPS"].values[(rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2] = 250.0
     return ds
 
 
@@ -285,9 +294,42 @@ INPUT_CASES: dict[str, InputCase] = {
         "wind_direction_distribution",
         _wind,
         lambda p: rewrite_zarr(p, negative_wind),
-        "expected fractions of hours >= 0, got 9 negative value(s) in the window of region y1_x1",
+        "expected values in [0, 1] (NaN = missing), got 9 outside it (-0.25 … -0.25) in chunk "
+        "'wind_direction_distribution/c/1/1/0'",
         metadata=False,
     ),
+    # issue 29 item 9: values a chunk still decodes to, outside the input's documented range
+    # (before: "values out of range" on the third attempt, naming neither input nor chunk)
+    "conditional_risk_out_of_range": InputCase(
+        "conditional_risk",
+        lambda s: s.layout.crps_rps,
+        lambda p: rewrite_zarr(p, crps_in_thousands),
+        "expected values in [0, 100] (NaN = missing), got 1 outside it (250 … 250) in chunk "
+        "'CRPS/c/1/1'",
+        metadata=False,
+    ),
+    # issue 29 item 3: a chunk missing under a region of the catalog reads as NaN, "no data"
+    # (before: the region written with 0 of its 52 buildings, or 4132 NaN RPS pixels, exit 0)
+    **{
+        f"{name}_chunk_missing": InputCase(
+            asset,
+            store,
+            lambda p, key=key: Path(p, key).unlink(),
+            "expected every stored chunk under region y1_x1, a valid region of the catalog "
+            f"(latitude 120:240, longitude 90:180) to exist, got 1 missing: '{key}'",
+            metadata=False,
+        )
+        for name, asset, store, key in (
+            ("conditional_risk", "conditional_risk", lambda s: s.layout.crps_rps, "CRPS/c/1/1"),
+            (
+                "burn_probability_30m",
+                "burn_probability",
+                lambda s: s.layout.bp_30m(2047),
+                "BP/c/1/1",
+            ),
+            ("wind", "wind_direction_distribution", _wind, "wind_direction_distribution/c/1/1/0"),
+        )
+    },
     "corrupt_zarr_metadata": InputCase(
         "conditional_risk",
         lambda s: s.layout.crps_rps,

@@ -75,6 +75,10 @@ def _crs_name(crs: CRS) -> str:
     return crs.to_string() if crs.to_epsg() else crs.name
 
 
+def _window(window: dict[str, slice]) -> str:
+    return ", ".join(f"{d} {s.start}:{s.stop}" for d, s in window.items())
+
+
 def _box(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.9g}" for v in values) + "]"
 
@@ -180,28 +184,48 @@ class CheckedChunks:
 
     def __getitem__(self, key: tuple[slice | int, ...]) -> np.ndarray:
         try:
-            return np.asarray(self._variable[key].values)
+            values = np.asarray(self._variable[key].values)
         except Exception:
             bad = self._undecodable(key)
             if not bad:
                 raise  # as it came: retryable
-        keys = ", ".join(repr(k) for k, _ in bad)
-        which = f"chunk {keys} that does not" if len(bad) == 1 else f"chunks {keys} that do not"
-        raise InputDataError(
-            self._spec.asset,
-            self._spec.path,
-            f"expected every stored chunk to decode, got {which} ({bad[0][1]})",
+            keys = ", ".join(repr(k) for k, _ in bad)
+            which = f"chunk {keys} that does not" if len(bad) == 1 else f"chunks {keys} that do"
+            self._refuse(f"expected every stored chunk to decode, got {which} ({bad[0][1]})")
+        self._check_range(key, values)
+        return values
+
+    def _check_range(self, key: tuple[slice | int, ...], values: np.ndarray) -> None:
+        """Values outside the input's documented range are refused with the chunk they are
+        in: bytes changed in a chunk that still decodes (no codec checksum caught them) would
+        otherwise reach the model, and a retry would read them again."""
+        if self._spec.value_range is None or not values.size:
+            return
+        low, high = self._spec.value_range
+        outside = (values < low) | (values > high)  # NaN (missing) is neither
+        if outside.any():
+            found = values[outside]
+            keys = ", ".join(repr(k) for k in self._stored.keys_under(self._selection(key)))
+            self._refuse(
+                f"expected values in [{low:g}, {high:g}] (NaN = missing), got {found.size} "
+                f"outside it ({found.min():.6g} … {found.max():.6g}) in chunk {keys}"
+            )
+
+    def _refuse(self, problem: str) -> NoReturn:
+        raise InputDataError(self._spec.asset, self._spec.path, problem)
+
+    def _selection(self, key: tuple[slice | int, ...]) -> tuple[slice, ...]:
+        """The block ``key`` as explicit start/stop slices of the array."""
+        return tuple(
+            slice(*k.indices(n)[:2]) if isinstance(k, slice) else slice(k, k + 1)
+            for k, n in zip(key, self.shape, strict=True)
         )
 
     def _undecodable(self, key: tuple[slice | int, ...]) -> list[tuple[str, str]]:
         """The stored objects under the block ``key`` that do not decode; none when they
         cannot even be fetched (an I/O error is not the data's fault)."""
-        selection = tuple(
-            slice(*k.indices(n)[:2]) if isinstance(k, slice) else slice(k, k + 1)
-            for k, n in zip(key, self.shape, strict=True)
-        )
         try:
-            return self._stored.undecodable(selection)
+            return self._stored.undecodable(self._selection(key))
         except Exception:
             return []
 
@@ -291,14 +315,11 @@ class InputReader(VectorStore):
                 spec.asset, path, f"expected a Zarr store, got one that cannot be opened ({exc})"
             ) from exc
         order = self._check_raster(spec, ds, variables)
-        stored = (
-            (lambda name: StoredArray(None, "", name, session.store))
-            if session is not None
-            else (lambda name: StoredArray(self.fs_for(path), self.fs_path(path), name))
-        )
         ds = ds.assign(
             {
-                name: CheckedChunks(ds[name].variable, spec, stored(name)).chunked()
+                name: CheckedChunks(
+                    ds[name].variable, spec, self._stored_array(spec, session, name)
+                ).chunked()
                 for name in ds.data_vars
                 if set(ds[name].dims) == set(spec.dims)
             }
@@ -309,6 +330,34 @@ class InputReader(VectorStore):
                 ds = ds.isel(wind_direction=order)
             ds = ds.assign_coords(wind_direction=list(DIRECTIONS))
         return ds
+
+    def _stored_array(
+        self, spec: InputSpec, session: icechunk.Session | None, name: str
+    ) -> StoredArray:
+        """Array ``name`` of a raster input as the objects it is stored in."""
+        if session is not None:
+            return StoredArray(None, "", name, session.store)
+        return StoredArray(self.fs_for(spec.path), self.fs_path(spec.path), name)
+
+    def require_chunks(
+        self, path: str, names: tuple[str, ...], window: dict[str, slice], where: str
+    ) -> None:
+        """Refuse a raster input whose arrays ``names`` lack a stored chunk under ``window``
+        (slices by dim name; ``where`` says what it is): read, a missing chunk is the fill
+        value, NaN, which the model would take for "no data here" and write a region without
+        its buildings."""
+        spec = self.layout.input_spec(path)
+        session = self.icechunk_session(spec)
+        for name in names:
+            absent = self._stored_array(spec, session, name).absent(window)
+            if absent:
+                keys = ", ".join(repr(k) for k in absent)
+                raise InputDataError(
+                    spec.asset,
+                    path,
+                    f"expected every stored chunk under {where} ({_window(window)}) to exist, "
+                    f"got {len(absent)} missing: {keys}",
+                )
 
     def input_snapshot(self, spec: InputSpec) -> str | None:
         """The snapshot id an Icechunk input is read at (its data version); None for Zarr."""

@@ -128,6 +128,45 @@ class StoredArray:
     name: str  # the array's path in the store
     zarr_store: Store | None = None  # fetch through this store instead of ``fs``
 
+    def _metadata(self) -> tuple[zarr.Array, dict[str, Buffer]]:
+        """The array as its metadata describes it (no chunk read), and that metadata."""
+        objects = {d: b for d in _ARRAY_METADATA if (b := self._fetch(d)) is not None}
+        return zarr.open_array(zarr.storage.MemoryStore(store_dict=objects), mode="r"), objects
+
+    @staticmethod
+    def _objects_under(
+        array: zarr.Array, selection: tuple[slice, ...]
+    ) -> Iterator[tuple[str, tuple[slice, ...]]]:
+        """(key, the whole object's slices) of each stored object under ``selection``."""
+        size = array.shards or array.chunks
+        spans = [
+            range(s.start // n, (s.stop - 1) // n + 1) for s, n in zip(selection, size, strict=True)
+        ]
+        for index in itertools.product(*spans):
+            whole = tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, size, strict=True))
+            yield array.metadata.encode_chunk_key(index), whole
+
+    def keys_under(self, selection: tuple[slice, ...]) -> list[str]:
+        """The keys in the store of the objects under ``selection`` (explicit start/stop
+        slices of the array, in its stored dims)."""
+        array, _ = self._metadata()
+        return [f"{self.name}/{key}" for key, _ in self._objects_under(array, selection)]
+
+    def absent(self, window: dict[str, slice]) -> list[str]:
+        """The keys of the objects under ``window`` (slices by dim name; a dim not named is
+        taken whole) that the store does not have: read, they would be the fill value."""
+        array, _ = self._metadata()
+        names = array.metadata.dimension_names or ()
+        selection = tuple(
+            slice(*window.get(str(d), slice(None)).indices(n)[:2])
+            for d, n in zip(names, array.shape, strict=True)
+        )
+        return [
+            f"{self.name}/{key}"
+            for key, _ in self._objects_under(array, selection)
+            if not self._exists(key)
+        ]
+
     def undecodable(self, selection: tuple[slice, ...]) -> list[tuple[str, str]]:
         """The objects under ``selection`` (explicit start/stop slices of the array) whose
         bytes are fetched whole but do not decode, as (key in the store, decoder's error).
@@ -135,26 +174,24 @@ class StoredArray:
         Each object is fetched, then decoded from memory with the array's own metadata, so
         only its bytes can fail there. A fetch that fails raises (an I/O error says nothing
         about the data); an absent object is the fill value, which always decodes."""
-        objects = {d: b for d in _ARRAY_METADATA if (b := self._fetch(d)) is not None}
-        array = zarr.open_array(zarr.storage.MemoryStore(store_dict=objects), mode="r")
-        size = array.shards or array.chunks
-        spans = [
-            range(s.start // n, (s.stop - 1) // n + 1) for s, n in zip(selection, size, strict=True)
-        ]
+        array, objects = self._metadata()
         bad = []
-        for index in itertools.product(*spans):
-            key = array.metadata.encode_chunk_key(index)
+        for key, whole in self._objects_under(array, selection):
             data = self._fetch(key)
             if data is None:
                 continue
             objects[key] = data
-            whole = tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, size, strict=True))
             try:
                 array[whole]
             except Exception as exc:  # whatever the codec raises: the bytes do not decode
                 bad.append((f"{self.name}/{key}", f"{type(exc).__name__}: {exc}"))
             del objects[key]
         return bad
+
+    def _exists(self, key: str) -> bool:
+        if self.zarr_store is not None:
+            return asyncio.run(self.zarr_store.exists(f"{self.name}/{key}"))
+        return self.fs.exists(f"{self.store}/{self.name}/{key}")
 
     def _fetch(self, key: str) -> Buffer | None:
         """An object of the array, whole, or None when it does not exist."""

@@ -122,6 +122,22 @@ class RegionReader(InputReader):
                 inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
         return inputs
 
+    def require_region_chunks(self, region: Region) -> None:
+        """Every 30 m input (conditional risk, burn probability, wind) has each stored chunk
+        under a region of the catalog: the catalog's regions are where the conditional-risk
+        input has data, so a chunk missing there is lost, not empty (read, it would be NaN
+        and the region written without its buildings). The 270 m burn probability is read
+        over a wider window, where chunks may be empty, and is not required here."""
+        window = {"latitude": region.lat_slice, "longitude": region.lon_slice}
+        where = f"region {region.region_id}, a valid region of the catalog"
+        required = [
+            (self.layout.crps_rps, ("CRPS", "RPS")),
+            *((self.layout.bp_30m(year), ("BP",)) for year in YEARS),
+            (self.layout.wind, ("wind_direction_distribution",)),
+        ]
+        for path, names in required:
+            self.require_chunks(path, names, window, where)
+
     def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> xr.DataArray:
         """The window's wind distribution in its stored layout, lazily: the fire model reads it
         a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
