@@ -8,6 +8,8 @@ import dagster as dg
 import duckdb
 import geopandas as gpd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ocr_assets.buildings import buildings_geoparquet
 from ocr_assets.constants import PHASE02_GROUP
@@ -18,6 +20,7 @@ from ocr_assets.science.statistics import (
     SCORED,
     STATISTICS_COLUMNS,
     connect,
+    histograms_off,
     statistics_query,
     units_query,
 )
@@ -116,6 +119,7 @@ def _write_summary_statistics(
         if problem:
             raise ValueError(problem)
     rows: dict[str, int] = {}
+    tally = _CountTally()
     with ExitStack() as files:
         for level, census in censuses.items():
             schema = statistics_schema(level)
@@ -138,10 +142,54 @@ def _write_summary_statistics(
             # batches of exactly batch_rows: row groups that do not depend on how DuckDB cuts
             # the sorted result (on one thread in batch_rows, on more at its partitions)
             for batch in even_batches(reader, batch_rows):
+                tally.add(level, batch)
                 writer.write(batch)
             con.unregister("census_scan")
             rows[level] = writer.rows
+        # the blocking check's rules on what was written, before any level replaces the last
+        if problems := tally.problems(pq.ParquetFile(buildings).metadata.num_rows):
+            raise StatisticsCheckError(
+                f"histograms_sum_to_counts: {'; '.join(problems)}; the previous statistics are kept"
+            )
     return rows
+
+
+class StatisticsCheckError(ValueError):
+    """Statistics that break the rules of their blocking check, found before publishing."""
+
+
+class _CountTally:
+    """Per level, the buildings counted and the units whose histograms do not sum to their
+    count, as the statistics stream past (what ``histograms_sum_to_counts`` checks)."""
+
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+        self.off: dict[str, int] = {}
+
+    def add(self, level: str, batch: pa.RecordBatch) -> None:
+        counts = batch.column("building_count").to_numpy(zero_copy_only=False)
+        self.counted[level] = self.counted.get(level, 0) + int(counts.sum())
+        for column in SCORED:
+            hist = batch.column(column)
+            off = histograms_off(
+                counts,
+                pc.list_flatten(hist).to_numpy(zero_copy_only=False),
+                pc.list_parent_indices(hist).to_numpy(zero_copy_only=False),
+            )
+            self.off[level] = self.off.get(level, 0) + off
+
+    def problems(self, buildings: int) -> list[str]:
+        found = [
+            f"{level}: {n} histogram(s) do not sum to building_count"
+            for level, n in self.off.items()
+            if n
+        ]
+        found += [
+            f"{level} counts {n} buildings, consolidated has {buildings}"
+            for level, n in self.counted.items()
+            if n != buildings
+        ]
+        return found
 
 
 def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame:

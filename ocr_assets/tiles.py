@@ -272,7 +272,9 @@ def build_pmtiles(storage: OcrStorage, spec: Tileset, layers: dict[str, LayerSou
             "key_map": {layer: spec.key_maps[layer] for layer in layers},
             "metadata": vector_metadata(storage.version),
         }
-        size = storage.put_pmtiles(str(scratch / output), target, added)
+        size = storage.put_pmtiles(
+            str(scratch / output), target, added, lambda summary: _refuse(spec, summary)
+        )
     summary = storage.pmtiles_summary(target)
     return {
         "bytes": size,
@@ -305,6 +307,22 @@ def archive_problems(spec: Tileset, summary: dict[str, Any]) -> list[str]:
     return problems
 
 
+class ArchiveCheckError(ValueError):
+    """An archive that breaks the rules of its check, found before it is published."""
+
+
+def _refuse(spec: Tileset, summary: dict[str, Any]) -> None:
+    """The tileset's check on an archive before it replaces the previous one."""
+    if problems := archive_problems(spec, summary):
+        raise ArchiveCheckError(
+            f"{check_name(spec)}: {'; '.join(problems)}; the previous archive is kept"
+        )
+
+
+def check_name(spec: Tileset) -> str:
+    return f"{spec.key}_header_and_layers"
+
+
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     # all three tilesets in the tiles group (DESIGN §2)
     @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"}, CODE)
@@ -324,7 +342,7 @@ def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
 def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=spec.key,
-        name=f"{spec.key}_header_and_layers",
+        name=check_name(spec),
         description=f"The archive is tileset {spec.name!r} with exactly the layers "
         f"{', '.join(spec.layer_names)}, minimum zoom {spec.min_zoom}, and each layer's key "
         "map in its metadata.",

@@ -11,6 +11,7 @@ docs/reliability.md lists the cases with the test that proves each.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -29,13 +30,20 @@ import xarray as xr
 from pyproj import CRS
 from typer.testing import CliRunner
 
+import ocr_assets.science.statistics as science
 from ocr_assets.buildings import consolidate_buildings
 from ocr_assets.region_records import RegionFilesError, checked_region_files
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
 from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
-from ocr_assets.statistics import write_summary_statistics
-from ocr_assets.tiles import TILESET_BY_ARCHIVE, ToolMissingError, build_pmtiles, build_tileset
+from ocr_assets.statistics import StatisticsCheckError, write_summary_statistics
+from ocr_assets.tiles import (
+    TILESET_BY_ARCHIVE,
+    ArchiveCheckError,
+    ToolMissingError,
+    build_pmtiles,
+    build_tileset,
+)
 from ocr_jobs import cli
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
@@ -538,7 +546,8 @@ def test_a_region_file_that_must_not_be_published_is_named_and_nothing_is(case_i
     replaced, then a blocking check failed; NaN and flipped bytes went through)."""
     storage = OcrStorage(root=str(root), environment="local")
     lay = storage.layout
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _output_files(storage)}
+    outputs = Path(lay.consolidated_buildings).parent  # the file and the partitioned copy
+    before = _files_under(outputs)
     damage, expected = UNPUBLISHABLE[case_id]
     damage(storage)
     with pytest.raises(RegionFilesError) as refused:
@@ -546,15 +555,15 @@ def test_a_region_file_that_must_not_be_published_is_named_and_nothing_is(case_i
     message = str(refused.value)
     assert message.startswith(f"region {REGION}: {lay.region_buildings(REGION)} ")
     assert expected in message and f"--recompute {REGION}" in message, message
-    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _output_files(storage)}
-    assert after == before  # the previous outputs, byte for byte, and no temporary left
+    assert (
+        _files_under(outputs) == before
+    )  # the previous outputs, byte for byte, and no temporary left
 
 
-def _output_files(storage: OcrStorage) -> list[Path]:
-    """Every file of the consolidated output's folder: the file, the partitioned copy."""
-    return sorted(
-        p for p in Path(storage.layout.consolidated_buildings).parent.rglob("*") if p.is_file()
-    )
+def _files_under(folder: Path | str) -> dict[Path, str]:
+    """Every file under ``folder`` with its content's digest."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_a_region_file_swapped_for_other_bytes_is_named(root):
@@ -570,6 +579,45 @@ def test_a_region_file_swapped_for_other_bytes_is_named(root):
     assert Path(path).stat().st_size != size  # (what the check relies on: other bytes)
     with pytest.raises(RegionFilesError, match=f"has {Path(path).stat().st_size} bytes, its "):
         checked_region_files(storage, recorded)
+
+
+# outputs checked before they are published ---------------------------------------------------
+def test_statistics_that_break_their_check_are_not_published(root, monkeypatch):
+    """Issue 29 item 2: histograms that do not sum to their counts (here a zero bin that
+    counts one building too many, a slip in the published SQL) are found as they are written,
+    named by the blocking check's rule, and no level replaces the previous statistics."""
+    storage = OcrStorage(root=str(root), environment="local")
+    folder = Path(storage.layout.region_summary_stats("nation")).parent
+    before = _files_under(folder)
+    published = science.published_histogram
+    monkeypatch.setattr(
+        science,
+        "published_histogram",
+        lambda v: published(v).replace("count(*) FILTER", "1 + count(*) FILTER", 1),
+    )
+    with pytest.raises(StatisticsCheckError) as refused:
+        write_summary_statistics(storage)
+    message = str(refused.value)
+    # both histograms of the nation's one unit
+    assert message.startswith("histograms_sum_to_counts: nation: 2 histogram(s) do not sum")
+    assert message.endswith("; the previous statistics are kept")
+    assert _files_under(folder) == before
+
+
+def test_an_archive_that_breaks_its_check_is_not_published(root):
+    """Issue 29 item 2: an archive that is not what its tileset says (here a minimum zoom of
+    4 where tippecanoe was asked for 6) is refused by its check's name before it replaces the
+    previous archive."""
+    storage = OcrStorage(root=str(root), environment="local")
+    spec = TILESET_BY_ARCHIVE["regions"]
+    path = Path(storage.layout.pmtiles("regions"))
+    before = _files_under(path.parent)
+    wrong = dataclasses.replace(spec, min_zoom=spec.min_zoom + 1)
+    with pytest.raises(ArchiveCheckError) as refused:
+        build_tileset(storage, wrong)
+    assert str(refused.value).startswith(f"{spec.key}_header_and_layers: zooms ")
+    assert str(refused.value).endswith("; the previous archive is kept")
+    assert _files_under(path.parent) == before
 
 
 # the command line -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from ocr_assets.science.statistics import (
     STAT_VARIABLES,
     STATISTICS_COLUMNS,
     connect,
+    histograms_off,
     level_statistics,
 )
 
@@ -109,3 +110,11 @@ def test_histogram_is_duckdbs_own_over_the_nonzero_values():
     # the next bin; 120 and the float above 100 (past the last boundary) are in no bin, as
     # published
     assert expected[0] == 3 and expected[10] == 2 and sum(hist) == values.size - 2
+
+
+def test_histograms_off_counts_units_whose_bins_do_not_sum_to_their_count():
+    """By hand: unit 0's bins sum to its 3 buildings, unit 1's to 1 of its 2, unit 2 has no
+    bins (sums to 0, not its 4)."""
+    counts = np.array([3, 2, 4])
+    assert histograms_off(counts, np.array([1, 2, 0, 1]), np.array([0, 0, 1, 1])) == 2
+    assert histograms_off(counts[:2], np.array([1, 2, 2]), np.array([0, 0, 1])) == 0

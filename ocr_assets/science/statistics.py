@@ -9,6 +9,7 @@ spatial extension for this.
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -166,3 +167,10 @@ def level_statistics(
     for column in SCORED:
         stats[column] = [list(map(int, h)) for h in stats[column]]
     return stats
+
+
+def histograms_off(counts: np.ndarray, bin_counts: np.ndarray, bin_units: np.ndarray) -> int:
+    """How many units' histogram does not sum to the unit's building count: ``bin_counts``
+    are every histogram's bins, one after the other, ``bin_units`` the unit of each bin."""
+    sums = np.bincount(bin_units, weights=bin_counts, minlength=len(counts))
+    return int((sums != counts).sum())

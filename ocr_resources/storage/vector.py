@@ -221,9 +221,17 @@ class VectorStore(FileStore):
             "bytes": self.size(path),
         }
 
-    def put_pmtiles(self, local_path: str, path: str, metadata: dict[str, Any]) -> int:
+    def put_pmtiles(
+        self,
+        local_path: str,
+        path: str,
+        metadata: dict[str, Any],
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> int:
         """Copy a finished local PMTiles archive into place atomically with ``metadata``
-        merged into its JSON metadata (tippecanoe has no option for members of one's own).
+        merged into its JSON metadata (tippecanoe has no option for members of one's own);
+        ``check`` is given the written archive's summary (:meth:`pmtiles_summary`) before it
+        replaces the previous one, and may refuse it by raising.
 
         Only the header and the metadata section change; the directories and tiles are
         copied as bytes, a block at a time, as the leaf and tile offsets are relative to
@@ -253,11 +261,14 @@ class VectorStore(FileStore):
                 "leaf_directory_offset": header["leaf_directory_offset"] + moved,
                 "tile_data_offset": header["tile_data_offset"] + moved,
             }
-            with self.atomic_open(path) as out:
-                out.write(serialize_header(new_header))
-                out.write(root)
-                out.write(encoded)
-                shutil.copyfileobj(src, out, COPY_BLOCK)  # leaf directories, then the tiles
+            with self.atomic_path(path) as tmp:
+                with self.fs.open(tmp, "wb") as out:
+                    out.write(serialize_header(new_header))
+                    out.write(root)
+                    out.write(encoded)
+                    shutil.copyfileobj(src, out, COPY_BLOCK)  # leaf directories, then tiles
+                if check is not None:
+                    check(self.pmtiles_summary(tmp))
         return self.size(path)
 
     def read_geoparquet(self, path: str) -> gpd.GeoDataFrame:
