@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+from collections.abc import Mapping
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
@@ -209,6 +210,9 @@ class SettingsFileError(ValueError):
 
 #: ``OCR_`` variables of the project that are not settings, and so never belong in an env file
 NOT_SETTINGS = ("OCR_ENV_FILE", "OCR_DAGSTER_STORAGE_DIR", "OCR_DAGSTER_PG_URL")
+# how like a setting's name an environment variable's must be to be taken for a misspelling
+# (difflib's ratio: OCR_PROCES_RETRIES is 0.97 of OCR_PROCESS_RETRIES)
+NEAR_MISS = 0.85
 
 
 def check_env_file(path: Path) -> None:
@@ -238,6 +242,23 @@ def check_env_file(path: Path) -> None:
             close = difflib.get_close_matches(key.upper(), known, n=1)
             why = f"did you mean {close[0]}?" if close else "see the settings in the README"
         raise SettingsFileError(f"env file {str(path)!r}: {key} is not a setting; {why}")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse an ``OCR_`` name in the process environment that is a near miss of a setting's
+    (``OCR_PROCES_RETRIES``), which would otherwise be ignored silently; other ``OCR_`` names
+    (another tool's) are none of the settings' business."""
+    import difflib
+
+    known = [f"OCR_{name.upper()}" for name in OcrSettings.model_fields]
+    for key in environ:
+        name = key.upper()
+        if not name.startswith("OCR_") or name in known or name in NOT_SETTINGS:
+            continue
+        if close := difflib.get_close_matches(name, known, n=1, cutoff=NEAR_MISS):
+            raise SettingsFileError(
+                f"environment variable {key} is not a setting; did you mean {close[0]}?"
+            )
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> OcrSettings:

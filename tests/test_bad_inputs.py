@@ -856,3 +856,19 @@ def test_missing_bucket_is_refused_when_a_deploy_starts(s3_endpoint):  # noqa: F
         "storage root s3://no-such-bucket/ocr does not exist: expected an existing bucket "
         "'no-such-bucket' (fix OCR_STORAGE_ROOT or create the bucket)"
     )
+
+
+def test_a_misspelt_setting_in_the_process_environment_is_refused(run_cli, monkeypatch):
+    """Before: ``OCR_PROCES_RETRIES=5`` exported in the shell was ignored and the default of 2
+    retries used. A near miss of a setting's name is refused; another tool's ``OCR_`` name
+    (the tests' own fault switches) is left alone."""
+    monkeypatch.setenv("OCR_PROCES_RETRIES", "5")
+    assert run_cli(("--all-region-ids",), {}) == (
+        2,
+        "error in the environment's settings: environment variable OCR_PROCES_RETRIES is not "
+        "a setting; did you mean OCR_PROCESS_RETRIES?",
+    )
+    monkeypatch.delenv("OCR_PROCES_RETRIES")
+    monkeypatch.setenv("OCR_TEST_FAULT", "none")
+    code, output = run_cli(("--all-region-ids", "--dry-run"), {})
+    assert code == 0 and "not a setting" not in output, output

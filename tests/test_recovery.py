@@ -115,6 +115,8 @@ def test_missing_or_corrupt_region_file_is_named_and_recomputed(tmp_path, sample
     assert "region y1_x1:" in out and "unreadable" in out, out
     assert "region y1_x2:" in out and "is missing" in out, out
     assert "--recompute y1_x1 --recompute y1_x2" in out, out
+    # the failed step on the console in one line each (its stack trace in the deploy's log)
+    assert "Traceback" not in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     assert consolidated.read_bytes() == good  # the previous good output stays
 
     # a region file no materialization records (a run killed between the write and its

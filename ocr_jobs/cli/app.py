@@ -4,6 +4,7 @@ overrides a setting, and reports Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -43,9 +44,15 @@ def _settings(env_file: Path | None, **overrides: Any):
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    from ocr_resources.settings import SettingsFileError, load_settings, resolve_env_file
+    from ocr_resources.settings import (
+        SettingsFileError,
+        check_environment,
+        load_settings,
+        resolve_env_file,
+    )
 
     try:
+        check_environment(os.environ)  # the process environment, read where the CLI starts
         path = resolve_env_file(env_file)
         return load_settings(path, **overrides)
     except (OSError, SettingsFileError) as exc:  # missing, a directory, unreadable, not UTF-8
