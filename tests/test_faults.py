@@ -295,3 +295,88 @@ def test_concurrent_directory_swaps_leave_one_whole_directory(tmp_path):
     writer, swap = (out / "zarr.json").read_text().split("-")
     assert writer in ("0", "1") and int(swap) == SWAPS - 1  # one writer's last swap
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_path, request):
+    """Issue 29 item 1: what a deploy compares an output with. Sizes, a folder's listing and a
+    Parquet footer everywhere; on S3 also each object's ETag, from the listing, so bytes
+    changed in place are found at no cost (locally, a Parquet page's checksum finds them when
+    the page is read: ``test_a_region_file_that_must_not_be_published…[flipped_page_byte]``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pmtiles.tile import Compression, TileType, serialize_header
+
+    if backend == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        storage = OcrStorage(root=f"s3://{BUCKET}/manifests-{tmp_path.name}", endpoint_url=endpoint)
+    else:
+        storage = OcrStorage(root=str(tmp_path / "data"))
+    on_s3 = backend == "s3"
+    lay = storage.layout
+    table, folder = lay.consolidated_buildings, lay.partitioned_buildings
+    with storage.open(table, "wb") as f:
+        pq.write_table(pa.table({"a": list(range(1000))}), f)
+    for name in ("state_fips=06/data_0.parquet", "state_fips=41/data_0.parquet"):
+        storage.write_bytes(f"{folder}/{name}", b"x" * 100)
+    manifests = {p: storage.output_manifest(p) for p in (table, folder)}
+    assert manifests[table]["rows"] == 1000 and manifests[folder]["files"] == 2
+    assert all(storage.output_problems(p, m) == [] for p, m in manifests.items())
+
+    data = storage.fs.cat_file(table)
+    middle = len(data) // 2
+    storage.fs.pipe_file(table, data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    changed = storage.output_problems(table, manifests[table])
+    assert changed == (
+        [f"{table} has other content than its materialization wrote (its ETag)"] if on_s3 else []
+    )
+    storage.fs.pipe_file(table, data[:-12] + b"\0" * 12)  # the footer's length and magic
+    broken = storage.output_problems(table, manifests[table])
+    assert len(broken) == 1 and (("(its ETag)" if on_s3 else "is unreadable") in broken[0])
+
+    storage.fs.pipe_file(f"{folder}/state_fips=41/data_0.parquet", b"y" * 100)
+    rewritten = storage.output_problems(folder, manifests[folder])
+    assert rewritten == (
+        [
+            f"{folder} holds 2 files of 200 bytes, its materialization wrote 2 "
+            "of 200 (a file's name, size or content differs)"
+        ]
+        if on_s3
+        else []
+    )
+    storage.fs.rm(f"{folder}/state_fips=06/data_0.parquet")
+    assert storage.output_problems(folder, manifests[folder]) == [
+        f"{folder} holds 1 files of 100 bytes, its materialization wrote 2 of 200"
+    ]
+    storage.fs.rm(folder, recursive=True)
+    assert storage.output_problems(folder, manifests[folder]) == [f"{folder} is missing"]
+
+    # an archive whose header points past its end (bytes lost, the size as recorded)
+    archive = lay.pmtiles("buildings")
+    header = {
+        **{f"{s}_{k}": 127 for s in ("root", "metadata", "leaf_directory") for k in ("offset",)},
+        **{f"{s}_length": 0 for s in ("root", "metadata", "leaf_directory")},
+        "tile_data_offset": 127,
+        "tile_data_length": 10_000,
+        "addressed_tiles_count": 0,
+        "tile_entries_count": 0,
+        "tile_contents_count": 0,
+        "clustered": True,
+        "internal_compression": Compression.GZIP,
+        "tile_compression": Compression.GZIP,
+        "tile_type": TileType.MVT,
+        "min_zoom": 0,
+        "max_zoom": 0,
+        "min_lon_e7": 0,
+        "min_lat_e7": 0,
+        "max_lon_e7": 0,
+        "max_lat_e7": 0,
+        "center_zoom": 0,
+        "center_lon_e7": 0,
+        "center_lat_e7": 0,
+    }
+    storage.write_bytes(archive, serialize_header(header) + b"\0" * 100)
+    recorded = {**storage.output_manifest(archive)}
+    assert storage.output_problems(archive, recorded) == [
+        f"{archive}: its header's tile_data end past its 227 bytes"
+    ]

@@ -204,7 +204,7 @@ def test_damaged_outputs_are_found_by_content_and_rebuilt_with_what_is_built_fro
     out = " ".join(wide.stdout.split())
     for key in ("buildings_geoparquet", "region_risk_summary_stats", "risk_pyramid"):
         assert f"{key}: its outputs are not as written" in out, out
-    assert "(files differ in size or name)" not in out  # the partition file is lost: fewer
+    assert "(a file's name, size or content differs)" not in out  # lost: fewer files
     assert Path(f"{lay.pyramid}/zarr.json").exists() and partition.exists()
     assert Path(lay.region_summary_stats("states")).read_bytes() == kept  # the same rows again
     # every output is as its new materialization recorded: the next deploy has nothing to do

@@ -2,10 +2,10 @@
 manifest of each output it wrote; a later deploy compares storage with it and rebuilds what
 does not match (issue 29: "up to date" means the recorded content is there, not a path).
 
-The comparison is cheap at any size: one listing per output folder, a size per file, and the
-footer of a single Parquet file or the header of a PMTiles archive (byte ranges, never the
-data). Parquet pages carry checksums besides (``PARQUET_WRITE_OPTIONS``), verified whenever
-a step reads them.
+The comparison is cheap at any size: one listing per output folder, a size and (on S3) an
+ETag per file, from the listing, and the footer of a single Parquet file or the header of a
+PMTiles archive (byte ranges, never the data). Parquet pages carry checksums besides
+(``PARQUET_WRITE_OPTIONS``), verified whenever a step reads them.
 """
 
 from __future__ import annotations
@@ -21,40 +21,50 @@ from ocr_resources.storage.vector import VectorStore
 PMTILES_SECTIONS = ("root", "metadata", "leaf_directory", "tile_data")
 
 
-def _listing_digest(files: dict[str, int]) -> str:
-    """One digest of a folder's file names and sizes (a folder of thousands of files is
-    recorded in a few bytes, and any file added, lost or resized changes it)."""
-    lines = "".join(f"{name}\t{size}\n" for name, size in sorted(files.items()))
+def _listing_digest(files: dict[str, tuple[int, str]]) -> str:
+    """One digest of a folder's file names, sizes and content tags (a folder of thousands of
+    files is recorded in a few bytes, and any file added, lost, resized or, where the store
+    tags content, rewritten changes it)."""
+    lines = "".join(f"{name}\t{size}\t{tag}\n" for name, (size, tag) in sorted(files.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _content_tag(info: dict[str, Any]) -> str:
+    """What the store says of a file's content for free, in its listing: S3's ETag (an MD5
+    of the bytes, or of their parts); a local file has none (its pages' checksums are checked
+    when it is read)."""
+    return str(info.get("ETag", "")).strip('"')
 
 
 class OutputManifests(VectorStore):
     """The manifests of :class:`OcrStorage`'s outputs."""
 
-    def _folder_files(self, path: str) -> dict[str, int]:
-        """Every file under folder ``path``, by its name relative to it, with its size."""
+    def _folder_files(self, path: str) -> dict[str, tuple[int, str]]:
+        """Every file under folder ``path``, by its name relative to it, with its size and
+        content tag."""
         fs = self.fs_for(path)
         fs.invalidate_cache(path)  # a listing cached before a write (s3fs) would be stale
         base = self.fs_path(path).rstrip("/") + "/"
         return {
-            name[len(base) :]: int(info["size"])
+            name[len(base) :]: (int(info["size"]), _content_tag(info))
             for name, info in fs.find(path, detail=True).items()
             if info["type"] == "file"
         }
 
     def output_manifest(self, path: str) -> dict[str, Any]:
         """What output ``path`` (a file or a folder) holds now: a folder's file count, bytes
-        and listing digest; a file's bytes, and a Parquet file's rows."""
+        and listing digest; a file's bytes and content tag, and a Parquet file's rows."""
         fs = self.fs_for(path)
         fs.invalidate_cache(path)
         if fs.isdir(path):
             files = self._folder_files(path)
             return {
                 "files": len(files),
-                "bytes": sum(files.values()),
+                "bytes": sum(size for size, _ in files.values()),
                 "listing_sha256": _listing_digest(files),
             }
-        manifest: dict[str, Any] = {"bytes": self.size(path)}
+        info = fs.info(path)
+        manifest: dict[str, Any] = {"bytes": int(info["size"]), "tag": _content_tag(info)}
         if path.endswith(".parquet"):
             manifest["rows"] = self.parquet_rows(path)
         return manifest
@@ -72,14 +82,19 @@ class OutputManifests(VectorStore):
             files = self._folder_files(path)
             if _listing_digest(files) == recorded["listing_sha256"]:
                 return []
+            size = sum(size for size, _ in files.values())
+            same_count = len(files) == recorded["files"]
             return [
-                f"{path} holds {len(files)} files of {sum(files.values())} bytes, its "
-                f"materialization wrote {recorded['files']} of {recorded['bytes']}"
-                + ("" if len(files) != recorded["files"] else " (files differ in size or name)")
+                f"{path} holds {len(files)} files of {size} bytes, its materialization wrote "
+                f"{recorded['files']} of {recorded['bytes']}"
+                + (" (a file's name, size or content differs)" if same_count else "")
             ]
-        size = self.size(path)
+        info = fs.info(path)
+        size = int(info["size"])
         if size != recorded["bytes"]:
             return [f"{path} has {size} bytes, its materialization wrote {recorded['bytes']}"]
+        if _content_tag(info) != recorded.get("tag", _content_tag(info)):
+            return [f"{path} has other content than its materialization wrote (its ETag)"]
         return self._format_problems(path, size, recorded)
 
     def _format_problems(self, path: str, size: int, recorded: dict[str, Any]) -> list[str]:
