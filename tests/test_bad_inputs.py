@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 import ocr_assets.science.statistics as science
 from ocr_assets.buildings import consolidate_buildings
+from ocr_assets.pyramid import write_pyramid
 from ocr_assets.region_records import RegionFilesError, checked_region_files
 from ocr_assets.science.kernels import DIRECTIONS
 from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
@@ -51,6 +52,7 @@ from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
+from ocr_resources.storage.raster_store import RasterStoreReadError
 from tests.sample_inputs import copy_inputs
 from tests.test_deploy import s3_endpoint  # noqa: F401  (a fixture: S3 on a local moto server)
 
@@ -872,3 +874,23 @@ def test_a_misspelt_setting_in_the_process_environment_is_refused(run_cli, monke
     monkeypatch.setenv("OCR_TEST_FAULT", "none")
     code, output = run_cli(("--all-region-ids", "--dry-run"), {})
     assert code == 0 and "not a setting" not in output, output
+
+
+def test_a_raster_chunk_cut_short_is_named_by_its_region_and_a_recompute_repairs_it(root):
+    """Issue 29 case 6: the raster store's objects of region y1_x1 cut to half (a lost or
+    truncated object). Before: Icechunk's "Requested range was invalid", naming neither region
+    nor chunk, three times. Now the region and variable, and the command that rewrites it;
+    the region run rewrites its chunks and the pyramid builds again."""
+    storage = OcrStorage(root=str(root), environment="local")
+    chunks = Path(storage.layout.raster_store, "chunks")
+    # the region's variables (the template's coordinates are the small objects)
+    for chunk in (c for c in chunks.iterdir() if c.stat().st_size > 8_000):
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    with pytest.raises(RasterStoreReadError) as refused:
+        write_pyramid(storage, 2)
+    message = str(refused.value)
+    assert message.startswith(f"raster store {storage.layout.raster_store}: the chunk of rps_")
+    assert f"in region {REGION} does not read (IcechunkError: " in message, message
+    assert message.endswith(f"recompute the region (ocr deploy --recompute {REGION}) to rewrite it")
+    assert _region_run(storage).success
+    assert write_pyramid(storage, 2)["levels"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
-from ocr_assets.science.regions import Region, RegionGrid
+from ocr_assets.science.regions import Region, RegionGrid, region_id
 from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import raster_attributes
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT
@@ -205,6 +206,44 @@ class StoredArray:
         return default_buffer_prototype().buffer.from_bytes(data)
 
 
+class RasterStoreReadError(RuntimeError):
+    """A chunk of the raster store that does not read, named by its region and variable."""
+
+
+class RegionChunks:
+    """A raster store variable read for dask a stored chunk at a time; a chunk is a region,
+    so one that fails to read (an object lost or cut short: Icechunk says only "Requested
+    range was invalid") is named by its region, which a recompute of the region rewrites."""
+
+    def __init__(self, variable: xr.Variable, name: str, store: str) -> None:
+        self._variable, self._name, self._store = variable, name, store
+        self._chunks = tuple(variable.encoding["preferred_chunks"][d] for d in variable.dims)
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def chunked(self) -> xr.Variable:
+        data = dask.array.from_array(
+            self,
+            chunks=self._chunks,
+            name=f"raster-{self._name}-{uuid.uuid4().hex}",
+            fancy=False,
+            meta=np.empty((0,) * self.ndim, self.dtype),
+        )
+        return self._variable.copy(deep=False, data=data)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self._variable[key].values)
+        except Exception as exc:
+            starts = [k.indices(n)[0] for k, n in zip(key, self.shape, strict=True)]
+            region = region_id(*(s // c for s, c in zip(starts, self._chunks, strict=True)))
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RasterStoreReadError(
+                f"raster store {self._store}: the chunk of {self._name} in region {region} "
+                f"does not read ({type(exc).__name__}: {said}); recompute the region "
+                f"(ocr deploy --recompute {region}) to rewrite it"
+            ) from exc
+
+
 class RasterStore(FileStore):
     """Zarr operations of :class:`OcrStorage`."""
 
@@ -307,18 +346,21 @@ class RasterStore(FileStore):
             return {}
         regions: dict[str, str] = {}
         for snapshot in icechunk.Repository.open(storage).ancestry(branch="main"):
-            for region_id in committed_region_ids(snapshot.message):
-                regions.setdefault(region_id, snapshot.id)  # newest first
+            for region in committed_region_ids(snapshot.message):
+                regions.setdefault(region, snapshot.id)  # newest first
         return regions
 
     def open_raster_store(self) -> xr.Dataset:
         """``main`` of the raster store, lazily, in its stored chunks (one per region), as the
-        published docs open it."""
+        published docs open it; a chunk that does not read is named by its region
+        (:class:`RegionChunks`)."""
         repo = icechunk.Repository.open(self.icechunk_storage(self.layout.raster_store))
         session = repo.readonly_session("main")
-        ds = xr.open_dataset(session.store, engine="zarr", consolidated=False, chunks={})
+        ds = xr.open_dataset(session.store, engine="zarr", consolidated=False, chunks=None)
         # Icechunk lists a group's arrays in its own order: ours come in template order
-        return ds[list(RISK_VARIABLES)]
+        ds = ds[list(RISK_VARIABLES)]
+        path = self.layout.raster_store
+        return ds.assign({n: RegionChunks(ds[n].variable, n, path).chunked() for n in ds})
 
     def write_consolidated_tree(self, tree: xr.DataTree, path: str, encoding: dict) -> None:
         """A whole tree as Zarr v3 with the root's consolidated metadata, as OCR writes its
