@@ -38,7 +38,7 @@ from ocr_assets.science.sampling import (
 from ocr_assets.science.timing import StageTimer
 from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
 from ocr_resources.storage import InputDataError, OcrStorage
-from ocr_resources.storage.inputs import without_input_traceback
+from ocr_resources.storage.inputs import ROWS_WITHOUT_GEOMETRY, without_input_traceback
 
 RETRY_DELAY_SECONDS = 5
 # Peak memory of one BP field task per window pixel (bench/run.py measures it, interpreter
@@ -158,6 +158,9 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
         # building's first row by the smallest block GEOID (docs/inputs.md)
         "building_rows_merged": len(tagged) - len(kept),
         "buildings_dropped_missing_values": dropped,
+        # rows of the buildings input read for this region that have no geometry (null or
+        # empty): in no region, so in no output (docs/inputs.md)
+        "input_rows_without_geometry": tagged.attrs.get(ROWS_WITHOUT_GEOMETRY, 0),
         "bytes": size,
         "model_variant": storage.model_variant,
         "seconds": round(
@@ -202,6 +205,11 @@ def run_regions(
             if exc is None:
                 results[region_id] = result = future.result()
                 context.log.info(f"region {region_id}: done in {result.seconds} s")
+                if unlocated := result.buildings["input_rows_without_geometry"]:
+                    context.log.warning(
+                        f"region {region_id}: {unlocated} row(s) of the buildings input read "
+                        "for it have no geometry (null or empty) and are in no output"
+                    )
                 continue
             message = f"region {region_id} failed on attempt {attempt}: {exc}"
             if attempt > max_retries or isinstance(exc, InputDataError):

@@ -473,6 +473,31 @@ def no_values_in_region(storage: OcrStorage) -> int:
     return len(set(shapely.to_wkb(buildings[inside])))  # each building once
 
 
+def test_buildings_without_a_geometry_are_counted_and_reported(root, capfd):
+    """Issue 29 item 9: a building with no geometry (null) or an empty one has no location,
+    so it is in no region. Before: dropped without a word; now counted in the region's
+    materialization and logged as a warning."""
+    storage = OcrStorage(root=str(root), environment="local")
+
+    def unlocate(buildings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        inside = sample_region().contains(*centroids_deg(buildings.geometry.values))
+        first, second = np.flatnonzero(inside)[:2]
+        buildings.loc[first, "geometry"] = None
+        buildings.loc[second, "geometry"] = shapely.Polygon()
+        return buildings
+
+    rewrite_parquet(storage.layout.buildings, unlocate)
+    result = _region_run(storage)
+    assert result.success
+    meta = result.asset_materializations_for_node("region_risk")[1].metadata
+    assert meta["input_rows_without_geometry"].value == 2
+    # the run's console log (Dagster's console logger writes to stderr)
+    warned = " ".join(capfd.readouterr().err.split())
+    assert (
+        f"region {REGION}: 2 row(s) of the buildings input read for it have no geometry" in warned
+    )
+
+
 @pytest.mark.parametrize("empty_region", [no_buildings_in_region, no_values_in_region])
 def test_region_whose_buildings_are_all_missing_writes_an_empty_table(empty_region, root):
     storage = OcrStorage(root=str(root), environment="local")

@@ -30,6 +30,10 @@ from ocr_resources.storage.geoparquet import BBOX_FIELDS, geoparquet_crs
 from ocr_resources.storage.raster_store import StoredArray
 from ocr_resources.storage.vector import Extent, VectorStore, covering_extents, meets
 
+# how many rows of the row groups a windowed read went through have no geometry (null or
+# empty: no location, so in no window), in the read's ``attrs``: counted, never dropped unsaid
+ROWS_WITHOUT_GEOMETRY = "rows_without_geometry"
+
 
 class InputDataError(ValueError):
     """An input dataset that is missing or not in the documented format (DESIGN §3).
@@ -510,7 +514,8 @@ class InputReader(VectorStore):
         (edges included), read a row group at a time; GEOIDs of the documented length only.
 
         The covering bbox only picks row groups (by their footer statistics); rows are picked
-        by their decoded geometry, and in every row group read, each row's bbox is checked
+        by their decoded geometry (rows without one are counted: ``ROWS_WITHOUT_GEOMETRY``),
+        and in every row group read, each row's bbox is checked
         against its geometry and the group's statistics against all of them. A filter on the
         bbox column would silently drop a row whose corrupt bbox no longer meets the window,
         before its geometry is ever read; here a disagreement is an ``InputDataError``. Memory
@@ -527,6 +532,7 @@ class InputReader(VectorStore):
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         kept: list[pa.RecordBatch] = []
         shapes: list[np.ndarray] = []
+        no_location = 0  # rows read without a geometry (null or empty): never in any window
         for group, extent in enumerate(extents):
             if extent is not None and not meets(np.array(extent), window):
                 continue
@@ -536,6 +542,7 @@ class InputReader(VectorStore):
                 for batch in self.iter_batches(spec.path, columns, row_groups=[group]):
                     shape = self._decode_geometry(spec, group, batch.column(geometry))
                     bounds = shapely.bounds(shape)
+                    no_location += int(np.isnan(bounds).any(axis=1).sum())
                     if bbox:
                         self._check_covering(spec, group, row, batch.column(bbox), bounds, eps)
                     if not np.isnan(bounds).all():
@@ -572,6 +579,7 @@ class InputReader(VectorStore):
             # buildings) is EPSG:4326 in lon/lat order: outputs say EPSG:4326, as OCR's do
             gdf = gdf.set_crs(documented, allow_override=True)
         self._check_geoids(spec, gdf["GEOID"])
+        gdf.attrs[ROWS_WITHOUT_GEOMETRY] = no_location
         return gdf
 
     @staticmethod
