@@ -31,6 +31,7 @@ import ocr_assets.regions as region_module
 from ocr_assets.science.sampling import centroids_deg
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
+from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage
@@ -375,3 +376,63 @@ def test_transient_read_error_of_a_row_group_stays_as_it_came(sample_storage, mo
         sample_storage.read_buildings(region)
     assert failed == [sample_storage.layout.buildings]
     assert len(sample_storage.read_buildings(region)) > 0
+
+
+def test_a_row_group_no_region_reads_is_checked_once_before_a_deploy(root):  # noqa: F811
+    """Issue 29 case 1: every covering bbox of one row group moved 50° east, its statistics
+    with it, so no region's read picks the group and its buildings were lost without a word
+    (248 of 1221 in the issue's run, exit 0). The deploy's pre-flight reads the groups no
+    region reads and refuses the disagreement by row group; a good file passes, with the rows
+    that lie outside every region counted."""
+    storage = OcrStorage(root=str(root), environment="local")
+    path = storage.layout.buildings
+    valid = load_valid_region_ids("sample")
+    table = pq.read_table(path)
+    pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, compression="zstd")
+    # independently of the bbox column: the groups whose geometries meet no region
+    grid = storage.region_grid()
+    boxes = np.array([grid.region(r).bounds() for r in valid])
+    bounds = shapely.bounds(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)))
+    groups = np.arange(len(bounds)) // ROWS_PER_GROUP
+
+    def meets_a_region(b: np.ndarray) -> bool:
+        return any(
+            ((b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s)).any()
+            for w, s, e, n in boxes
+        )
+
+    reads = [meets_a_region(bounds[groups == g]) for g in range(groups.max() + 1)]
+    outside = sum(int((groups == g).sum()) for g, read in enumerate(reads) if not read)
+    assert storage.check_buildings_outside(valid) == outside > 0
+
+    group = (
+        int(
+            np.flatnonzero(
+                sample_region().contains(
+                    *centroids_deg(
+                        shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+                    )
+                )
+            )[0]
+        )
+        // ROWS_PER_GROUP
+    )
+    bbox = table["bbox"].combine_chunks()
+    fields = {n: bbox.field(n).to_numpy().copy() for n in ("xmin", "ymin", "xmax", "ymax")}
+    rows = slice(group * ROWS_PER_GROUP, (group + 1) * ROWS_PER_GROUP)
+    fields["xmin"][rows] += 50.0
+    fields["xmax"][rows] += 50.0
+    moved = pa.StructArray.from_arrays(
+        [pa.array(v) for v in fields.values()], fields=list(bbox.type)
+    )
+    table = table.set_column(
+        table.schema.get_field_index("bbox"), table.schema.field("bbox"), moved
+    )
+    pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, compression="zstd")
+    with pytest.raises(InputDataError) as refused:
+        storage.check_buildings_outside(valid)
+    size = min(ROWS_PER_GROUP, len(table) - group * ROWS_PER_GROUP)
+    assert str(refused.value).startswith(
+        f"input 'buildings' at {path}: expected a covering bbox that contains each row's "
+        f"geometry, got {size} row(s) in row group {group} whose bbox does not"
+    ), str(refused.value)

@@ -55,6 +55,7 @@ from ocr_jobs.jobs import (
 )
 from ocr_jobs.run_log import CONSOLE_QUIET, CONSOLE_VERBOSE, RunLogging
 from ocr_resources.deployment_lock import DEPLOYMENT_TAG, ENVIRONMENT_TAG
+from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 
@@ -86,18 +87,24 @@ class DeployResult:
     log_file: Path | None = None  # every run's Dagster events and logs, when any run ran
 
 
-def check_storage(plan: DeployPlan, storage: OcrStorage) -> None:
+def check_storage(plan: DeployPlan, storage: OcrStorage) -> int:
     """Refusals that need I/O, made before the instance, the lock, a wipe or any run (and not
     by --dry-run, which stays offline): the root exists and is writable, the inputs the deploy
-    reads match DESIGN §3, and tippecanoe is installed when tiles are built on this machine."""
+    reads match DESIGN §3 (the buildings' row groups no region reads checked too), and
+    tippecanoe is installed when tiles are built on this machine. Returns the buildings input's
+    rows outside every region of the catalog."""
     regions_only = plan.options.regions_only
     try:
         storage.check_root()
         storage.check_inputs(REGION_INPUTS if regions_only else None)
+        outside = storage.check_buildings_outside(
+            load_valid_region_ids(plan.settings.region_catalog)
+        )
         if not regions_only and plan.settings.compute_backend == "local":
             tippecanoe_binary()
     except (InputDataError, StorageRootError, ToolMissingError) as exc:
         raise DeployRefused(str(exc)) from exc
+    return outside
 
 
 def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
@@ -274,12 +281,17 @@ def run_deploy(plan: DeployPlan, storage: OcrStorage, progress: DeployProgress) 
     coordinator, launched by its daemon (:mod:`ocr_jobs.deploy.services`). Interrupted, the
     deployment asks Dagster to terminate its runs before it lets go of the lock."""
     settings, options = plan.settings, plan.options
-    check_storage(plan, storage)
+    outside = check_storage(plan, storage)
     home = instance_home(settings)
     own_daemon = not ui_daemon_runs(home)
     if not own_daemon:
         refuse_settings_the_ui_runs_without(settings)
     progress.started(plan.target, home)
+    if outside:
+        progress.say(
+            f"{outside} row(s) of the buildings input lie outside every region of the catalog "
+            "(their covering bbox checked against their geometry): in no output"
+        )
     lock = DeploymentLock(
         storage,
         settings.lock_stale_seconds,

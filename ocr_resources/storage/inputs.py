@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import dask.array
@@ -232,6 +233,21 @@ class CheckedChunks:
             return self._stored.undecodable(self._selection(key))
         except Exception:
             return []
+
+
+@dataclass(frozen=True)
+class _GroupRead:
+    """What reading one row group of a vector input takes: which group, its footer extent
+    (None: no statistics), its first row in the file, the columns, the geometry and covering
+    columns, and the covering's float step."""
+
+    group: int
+    extent: Extent | None
+    first_row: int
+    columns: list[str]
+    geometry: str
+    bbox: str | None
+    eps: float
 
 
 class InputReader(VectorStore):
@@ -536,40 +552,12 @@ class InputReader(VectorStore):
         for group, extent in enumerate(extents):
             if extent is not None and not meets(np.array(extent), window):
                 continue
-            row = int(starts[group])
-            spanned = np.array([np.inf, np.inf, -np.inf, -np.inf])
-            try:
-                for batch in self.iter_batches(spec.path, columns, row_groups=[group]):
-                    shape = self._decode_geometry(spec, group, batch.column(geometry))
-                    bounds = shapely.bounds(shape)
-                    no_location += int(np.isnan(bounds).any(axis=1).sum())
-                    if bbox:
-                        self._check_covering(spec, group, row, batch.column(bbox), bounds, eps)
-                    if not np.isnan(bounds).all():
-                        spanned[:2] = np.fmin(spanned[:2], np.nanmin(bounds[:, :2], axis=0))
-                        spanned[2:] = np.fmax(spanned[2:], np.nanmax(bounds[:, 2:], axis=0))
-                    inside = meets(bounds, window)
-                    kept.append(batch.filter(pa.array(inside)))
-                    shapes.append(shape[inside])
-                    row += batch.num_rows
-            except pa.ArrowInvalid as exc:
-                raise InputDataError(
-                    spec.asset,
-                    spec.path,
-                    f"expected a readable Parquet file, got an error in row group {group} ({exc})",
-                ) from exc
-            except OSError:  # a page that does not decompress, or an I/O error on the way
-                problem = self.undecodable_row_group(spec.path, group)
-                if problem is None:
-                    raise  # as it came: retryable
-                raise InputDataError(
-                    spec.asset,
-                    spec.path,
-                    f"expected row groups that decode, got row group {group} that does not "
-                    f"({problem})",
-                ) from None
-            if extent is not None and np.isfinite(spanned).all():
-                self._check_statistics(spec, group, np.array(extent), spanned, eps)
+            reading = _GroupRead(group, extent, int(starts[group]), columns, geometry, bbox, eps)
+            for batch, shape, bounds in self._checked_group(spec, reading):
+                no_location += int(np.isnan(bounds).any(axis=1).sum())
+                inside = meets(bounds, window)
+                kept.append(batch.filter(pa.array(inside)))
+                shapes.append(shape[inside])
         read = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
         gdf = self._geodataframe(read, kept, shapes, geometry, bbox)
         gdf = gdf.rename(columns={v: k for k, v in stored.items()})
@@ -581,6 +569,77 @@ class InputReader(VectorStore):
         self._check_geoids(spec, gdf["GEOID"])
         gdf.attrs[ROWS_WITHOUT_GEOMETRY] = no_location
         return gdf
+
+    def _checked_group(
+        self, spec: InputSpec, reading: _GroupRead
+    ) -> Iterator[tuple[pa.RecordBatch, np.ndarray, np.ndarray]]:
+        """One row group's batches, each with its decoded geometries and their bounds: every
+        row's covering bbox checked against its geometry, the group's footer statistics
+        against all of them once it is read; bytes that do not decode are an
+        ``InputDataError`` naming the group (an I/O error on the way stays as it came)."""
+        group, row = reading.group, reading.first_row
+        spanned = np.array([np.inf, np.inf, -np.inf, -np.inf])
+        try:
+            for batch in self.iter_batches(spec.path, reading.columns, row_groups=[group]):
+                shape = self._decode_geometry(spec, group, batch.column(reading.geometry))
+                bounds = shapely.bounds(shape)
+                if reading.bbox:
+                    covering = batch.column(reading.bbox)
+                    self._check_covering(spec, group, row, covering, bounds, reading.eps)
+                if not np.isnan(bounds).all():
+                    spanned[:2] = np.fmin(spanned[:2], np.nanmin(bounds[:, :2], axis=0))
+                    spanned[2:] = np.fmax(spanned[2:], np.nanmax(bounds[:, 2:], axis=0))
+                yield batch, shape, bounds
+                row += batch.num_rows
+        except pa.ArrowInvalid as exc:
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected a readable Parquet file, got an error in row group {group} ({exc})",
+            ) from exc
+        except OSError:  # a page that does not decompress, or an I/O error on the way
+            problem = self.undecodable_row_group(spec.path, group)
+            if problem is None:
+                raise  # as it came: retryable
+            raise InputDataError(
+                spec.asset,
+                spec.path,
+                f"expected row groups that decode, got row group {group} that does not ({problem})",
+            ) from None
+        if reading.extent is not None and np.isfinite(spanned).all():
+            self._check_statistics(spec, group, np.array(reading.extent), spanned, reading.eps)
+
+    def check_row_groups_outside(self, spec: InputSpec, windows: np.ndarray) -> int:
+        """Check, once, the row groups of a vector input that no window reads by their footer
+        statistics (``windows``: one ``(west, south, east, north)`` row per region), which a
+        windowed read never looks into: a covering bbox moved off its geometry there would
+        lose the buildings without a word. Raises ``InputDataError`` as a windowed read does;
+        returns the rows of those groups (buildings that lie, checked, outside every window)."""
+        schema = self._geoparquet_schema(spec)
+        geo = json.loads(schema.metadata[b"geo"])
+        bbox = covering_column(schema, geo)
+        if bbox is None:
+            return 0  # no statistics: every window reads every group
+        meta = self.parquet_metadata(spec.path)
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        columns = [geo["primary_column"], bbox]
+        outside = 0
+        for group, extent in enumerate(covering_extents(meta, bbox)):
+            if extent is None or meets(windows, extent).any():
+                continue
+            reading = _GroupRead(
+                group,
+                extent,
+                int(starts[group]),
+                columns,
+                columns[0],
+                bbox,
+                _bbox_eps(schema, bbox),
+            )
+            for _ in self._checked_group(spec, reading):
+                pass
+            outside += meta.row_group(group).num_rows
+        return outside
 
     @staticmethod
     def _decode_geometry(spec: InputSpec, group: int, wkb: pa.Array) -> np.ndarray:

@@ -138,6 +138,15 @@ class RegionReader(InputReader):
         for path, names in required:
             self.require_chunks(path, names, window, where)
 
+    def check_buildings_outside(self, region_ids: list[str]) -> int:
+        """The buildings input's row groups that no region of ``region_ids`` reads, checked
+        once (:meth:`check_row_groups_outside`); returns their rows: buildings outside every
+        region."""
+        grid = self.region_grid()
+        windows = np.array([grid.region(r).bounds() for r in region_ids]).reshape(-1, 4)
+        spec = self.layout.input_spec(self.layout.buildings)
+        return self.check_row_groups_outside(spec, windows)
+
     def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> xr.DataArray:
         """The window's wind distribution in its stored layout, lazily: the fire model reads it
         a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
