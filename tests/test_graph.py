@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -260,8 +261,10 @@ def test_core_job_leaves_out_exactly_the_optional_assets(graph):
     } <= core
 
 
-def test_failed_blocking_check_stops_downstream(graph, tmp_path):
-    """An out-of-range region file fails the blocking range check; statistics do not run."""
+def test_an_unpublishable_region_file_stops_the_run_before_anything_is_replaced(graph, tmp_path):
+    """An out-of-range region file fails ``buildings_geoparquet`` itself, naming the region,
+    before its outputs are replaced (before: they were replaced, then its blocking range
+    check failed); nothing downstream runs, the previous outputs stay."""
     root = tmp_path / "broken"
     shutil.copytree(graph["root"], root, symlinks=True)
     from ocr_resources.settings import OcrSettings
@@ -271,11 +274,8 @@ def test_failed_blocking_check_stops_downstream(graph, tmp_path):
     gdf = gpd.read_parquet(storage.layout.region_buildings(ADDED))
     gdf.loc[0, "rps_2011"] = 150.0  # percent > 100
     storage.write_geoparquet(gdf, storage.layout.region_buildings(ADDED))
-    before = (
-        (root / storage.layout.region_summary_stats("nation").split(str(root) + "/")[1])
-        .stat()
-        .st_mtime_ns
-    )
+    outputs = [storage.layout.region_summary_stats("nation"), storage.layout.consolidated_buildings]
+    before = [Path(p).stat().st_mtime_ns for p in outputs]
     with dg.instance_for_test() as instance:
         record_region_files(instance, storage, storage.list_region_buildings())
         result = (
@@ -284,23 +284,18 @@ def test_failed_blocking_check_stops_downstream(graph, tmp_path):
             .execute_in_process(instance=instance, raise_on_error=False)
         )
         assert not result.success
-        done = {
+        done = [
             e.asset_key.to_user_string()
             for e in result.all_events
             if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-        }
-        assert done == {"buildings_geoparquet"}
-        failed = [
-            e.event_specific_data
-            for e in result.all_events
-            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-            and not e.event_specific_data.passed
         ]
-        assert [c.check_name for c in failed] == ["buildings_schema_and_ranges"]
-        assert "rps_2011" in json.dumps(failed[0].metadata["problems"].value)
-    after = (
-        (root / storage.layout.region_summary_stats("nation").split(str(root) + "/")[1])
-        .stat()
-        .st_mtime_ns
-    )
-    assert before == after  # the previous statistics stay in place
+        assert done == []
+        (failure,) = [e for e in result.all_events if e.is_step_failure]
+        assert failure.step_key == "buildings_geoparquet"
+        described = failure.step_failure_data.user_failure_data.description
+        assert f"region {ADDED}: " in described and "rps_2011 [" in described, described
+        assert f"--recompute {ADDED}" in described
+        events = {e.event_type for e in result.all_events}
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
+    after = [Path(p).stat().st_mtime_ns for p in outputs]
+    assert before == after  # the previous consolidated file and statistics stay in place

@@ -338,14 +338,19 @@ class FileStore:
     def _replace_local_dir(self, tmp: str, path: str) -> None:
         """Swap a finished directory into place; the old one is removed only afterwards.
 
-        Two renames, under the path's local lock: two writers swapping at once would
-        otherwise each move the other's fresh directory aside or, renaming onto a directory
-        that just reappeared, nest theirs inside it."""
+        Two renames, under a lock on the parent folder itself (no lock file beside the
+        published outputs): two writers swapping at once would otherwise each move the other's
+        fresh directory aside or, renaming onto a directory that just reappeared, nest theirs
+        inside it."""
         old = f"{tmp}.old"
-        with self.local_lock(path, "swap"):
+        folder = os.open(posixpath.dirname(self.fs_path(path)), os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released when the folder is closed
             with suppress(FileNotFoundError):
                 os.rename(self.fs_path(path), self.fs_path(old))
             os.rename(self.fs_path(tmp), self.fs_path(path))
+        finally:
+            os.close(folder)
         if self.fs.exists(old):
             self.fs.rm(old, recursive=True)
 
