@@ -56,6 +56,7 @@ RUN_BY = {
     ("deploy", "--write-regional-stats"): "test_published_layout.py",
     ("deploy", "--allow-all-processed"): "test_recovery.py",
     ("deploy", "--recompute"): "test_recovery.py",
+    ("deploy", "--verify"): "test_recovery.py",
     ("deploy", "--regions-only"): "test_deploy.py",
     ("deploy", "--wipe"): "test_deploy.py",
     ("deploy", "--process-retries"): "test_deploy.py",

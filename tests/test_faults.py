@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.storage import OcrStorage
+from ocr_resources.storage import PARQUET_WRITE_OPTIONS, OcrStorage
 from tests.test_deploy import BUCKET, _local_env, ocr, s3_endpoint, with_faults_path  # noqa: F401
 
 
@@ -316,7 +316,7 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
     lay = storage.layout
     table, folder = lay.consolidated_buildings, lay.partitioned_buildings
     with storage.open(table, "wb") as f:
-        pq.write_table(pa.table({"a": list(range(1000))}), f)
+        pq.write_table(pa.table({"a": list(range(1000))}), f, **PARQUET_WRITE_OPTIONS)
     for name in ("state_fips=06/data_0.parquet", "state_fips=41/data_0.parquet"):
         storage.write_bytes(f"{folder}/{name}", b"x" * 100)
     manifests = {p: storage.output_manifest(p) for p in (table, folder)}
@@ -327,9 +327,16 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
     middle = len(data) // 2
     storage.fs.pipe_file(table, data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
     changed = storage.output_problems(table, manifests[table])
-    assert changed == (
-        [f"{table} has other content than its materialization wrote (its ETag)"] if on_s3 else []
-    )
+    verified = storage.output_problems(table, manifests[table], verify=True)
+    if on_s3:
+        assert (
+            changed
+            == verified
+            == [f"{table} has other content than its materialization wrote (its ETag)"]
+        )
+    else:  # the same size, the same footer: only reading the page finds it (--verify)
+        assert changed == []
+        assert len(verified) == 1 and verified[0].startswith(f"{table}: a page does not verify")
     storage.fs.pipe_file(table, data[:-12] + b"\0" * 12)  # the footer's length and magic
     broken = storage.output_problems(table, manifests[table])
     assert len(broken) == 1 and (("(its ETag)" if on_s3 else "is unreadable") in broken[0])

@@ -199,7 +199,7 @@ def test_damaged_outputs_are_found_by_content_and_rebuilt_with_what_is_built_fro
     partition = next(Path(lay.partitioned_buildings).rglob("data_0.parquet"))
     _damage(str(partition), "delete")
     _damage(lay.consolidated_buildings, "truncate")
-    wide = ocr(*args, env_file=env)
+    wide = ocr(*args, "--verify", env_file=env)  # the Parquet pages read and verified too
     assert wide.returncode == 0, wide.stdout + wide.stderr
     out = " ".join(wide.stdout.split())
     for key in ("buildings_geoparquet", "region_risk_summary_stats", "risk_pyramid"):

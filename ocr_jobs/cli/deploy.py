@@ -59,6 +59,15 @@ def deploy(
             "after its file was found missing or corrupt.",
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also read every page of the Parquet outputs, verifying its checksum, before "
+            "deciding what is up to date (reads the data; sizes, listings and footers are "
+            "always checked).",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -84,6 +93,7 @@ def deploy(
         regions_only=regions_only,
         redeploy_stale=redeploy_stale,
         recompute=recompute or [],
+        verify=verify,
         verbose=verbose,
     )
     # the input, root and tool checks are refusals (DeployRefused, exit 2); later failures are

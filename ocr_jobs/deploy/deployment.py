@@ -174,11 +174,12 @@ def read_region_report(plan: DeployPlan, storage: OcrStorage) -> RegionReport:
 
 
 def damaged_outputs(
-    instance: dg.DagsterInstance, storage: OcrStorage, keys: list[str]
+    instance: dg.DagsterInstance, storage: OcrStorage, keys: list[str], verify: bool = False
 ) -> dict[str, list[str]]:
     """The assets among ``keys`` whose latest materialization's outputs are no longer what it
-    wrote (its manifest, :class:`OutputManifests`: sizes, listings, footers and headers), each
-    with what differs; a materialization recorded before manifests needs its path to exist."""
+    wrote (its manifest, :class:`OutputManifests`: sizes, listings, footers and headers; with
+    ``verify``, every Parquet page's checksum too), each with what differs; a materialization
+    recorded before manifests needs its path to exist."""
     damaged: dict[str, list[str]] = {}
     for key in keys:
         latest = instance.fetch_materializations(dg.AssetKey(key), limit=1).records
@@ -189,7 +190,7 @@ def damaged_outputs(
             problems = [
                 problem
                 for path, manifest in metadata[OUTPUTS_KEY].value.items()
-                for problem in storage.output_problems(path, manifest)
+                for problem in storage.output_problems(path, manifest, verify)
             ]
         else:
             path = metadata.get("path")
@@ -364,7 +365,7 @@ def _deploy(
     wanted = downstream_assets(options.optional_assets, defs)
     # nothing new upstream: the outputs are verified against what their materializations wrote
     verify = not report.remaining and not options.regions_only
-    damaged = damaged_outputs(instance, storage, wanted) if verify else {}
+    damaged = damaged_outputs(instance, storage, wanted, options.verify) if verify else {}
     for key, problems in damaged.items():
         progress.say(f"{key}: its outputs are not as written: {'; '.join(problems)}")
     # nothing new upstream, nothing damaged and the last downstream run failed: redo only the

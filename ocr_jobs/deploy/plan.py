@@ -41,6 +41,8 @@ class DeployOptions:
     redeploy_stale: bool = False  # also redo regions whose inputs or model changed
     # regions to compute again even though materialized (e.g. a region file found corrupt)
     recompute: list[str] = field(default_factory=list)
+    # the Parquet outputs' pages read and their checksums verified (else sizes, footers)
+    verify: bool = False
     verbose: bool = False  # the runs' Dagster events on the console too (always in the log file)
 
     @property

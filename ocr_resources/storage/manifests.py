@@ -69,9 +69,36 @@ class OutputManifests(VectorStore):
             manifest["rows"] = self.parquet_rows(path)
         return manifest
 
-    def output_problems(self, path: str, recorded: dict[str, Any]) -> list[str]:
+    def output_problems(
+        self, path: str, recorded: dict[str, Any], verify: bool = False
+    ) -> list[str]:
         """How output ``path`` differs from the manifest its materialization recorded (empty:
-        it is as written)."""
+        it is as written); with ``verify``, every page of its Parquet files is read and its
+        checksum verified too (the data is read: bytes changed in place, same size, are found
+        on a local root as well)."""
+        found = self._manifest_problems(path, recorded)
+        if verify and not found:
+            found = self._page_problems(path)
+        return found
+
+    def _page_problems(self, path: str) -> list[str]:
+        """The Parquet files of output ``path`` whose pages do not read or verify."""
+        fs = self.fs_for(path)
+        files = (
+            [f"{path.rstrip('/')}/{name}" for name in self._folder_files(path)]
+            if fs.isdir(path)
+            else [path]
+        )
+        found = []
+        for file in (f for f in files if f.endswith(".parquet")):
+            try:
+                for _ in self.iter_batches(file):
+                    pass
+            except (OSError, ValueError) as exc:  # a checksum, a decoder (ArrowInvalid)
+                found.append(f"{file}: a page does not verify ({exc})")
+        return found
+
+    def _manifest_problems(self, path: str, recorded: dict[str, Any]) -> list[str]:
         fs = self.fs_for(path)
         fs.invalidate_cache(path)
         if not fs.exists(path):

@@ -143,7 +143,9 @@ class RegionReader(InputReader):
         once (:meth:`check_row_groups_outside`); returns their rows: buildings outside every
         region."""
         grid = self.region_grid()
-        windows = np.array([grid.region(r).bounds() for r in region_ids]).reshape(-1, 4)
+        # a catalog id beyond this grid (a catalog of a larger store) reads nothing here
+        ids = set(region_ids) & set(grid.all_region_ids())
+        windows = np.array([grid.region(r).bounds() for r in sorted(ids)]).reshape(-1, 4)
         spec = self.layout.input_spec(self.layout.buildings)
         return self.check_row_groups_outside(spec, windows)
 
