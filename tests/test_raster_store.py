@@ -226,3 +226,29 @@ def test_commit_messages_parse_as_published():
     assert committed_region_ids("wrote region_id (y1_x1), wrote region_id (y1_x2)") == ["y1_x1"]
     assert committed_region_ids(TEMPLATE_MESSAGE) == []
     assert committed_region_ids("Repository initialized") == []
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_absent_chunks_are_found_by_dimension_name_in_zarr_v2_and_v3(tmp_path, zarr_format):
+    """The existence check of an input's chunks under a region's window (issue 29): a 4 × 6
+    array in 2 × 3 chunks, stored (lon, lat) so the window's dims must be matched by name
+    (v3 metadata, v2's ``_ARRAY_DIMENSIONS``); one chunk deleted is the one reported, and
+    only under a window that covers it."""
+    import fsspec
+
+    from ocr_resources.storage.raster_store import StoredArray
+
+    path = tmp_path / "input.zarr"
+    data = np.arange(24, dtype="float32").reshape(6, 4)
+    ds = xr.Dataset({"CRPS": (("longitude", "latitude"), data)})
+    ds.to_zarr(
+        path, zarr_format=zarr_format, consolidated=False, encoding={"CRPS": {"chunks": (3, 2)}}
+    )
+    key = "CRPS/c/1/0" if zarr_format == 3 else "CRPS/1.0"
+    (path / key).unlink()
+    stored = StoredArray(fsspec.filesystem("file"), str(path), "CRPS")
+    everything = {"latitude": slice(0, 4), "longitude": slice(0, 6)}
+    assert stored.absent(everything) == [key]
+    # latitude 0:2 and longitude 3:6 are stored chunk (1, 0), as (longitude, latitude)
+    assert stored.absent({"latitude": slice(0, 2), "longitude": slice(3, 6)}) == [key]
+    assert stored.absent({"latitude": slice(2, 4), "longitude": slice(0, 6)}) == []

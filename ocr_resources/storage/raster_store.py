@@ -131,7 +131,8 @@ class StoredArray:
 
     def _metadata(self) -> tuple[zarr.Array, dict[str, Buffer]]:
         """The array as its metadata describes it (no chunk read), and that metadata."""
-        objects = {d: b for d in _ARRAY_METADATA if (b := self._fetch(d)) is not None}
+        documents = (*_ARRAY_METADATA, ".zattrs")  # v2 keeps its dims' names in attributes
+        objects = {d: b for d in documents if (b := self._fetch(d)) is not None}
         return zarr.open_array(zarr.storage.MemoryStore(store_dict=objects), mode="r"), objects
 
     @staticmethod
@@ -157,7 +158,11 @@ class StoredArray:
         """The keys of the objects under ``window`` (slices by dim name; a dim not named is
         taken whole) that the store does not have: read, they would be the fill value."""
         array, _ = self._metadata()
-        names = array.metadata.dimension_names or ()
+        # Zarr v3 names its dims in the metadata; v2 in xarray's attribute
+        names = array.metadata.dimension_names if array.metadata.zarr_format == 3 else None
+        names = names or array.attrs.get("_ARRAY_DIMENSIONS")
+        if not names or len(names) != array.ndim:
+            raise ValueError(f"array {self.name!r} names no dimensions: cannot find its chunks")
         selection = tuple(
             slice(*window.get(str(d), slice(None)).indices(n)[:2])
             for d, n in zip(names, array.shape, strict=True)
