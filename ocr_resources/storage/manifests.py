@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pmtiles.reader import Reader
-
 from ocr_resources.storage.vector import VectorStore
 
 # the sections a PMTiles v3 header points at: each must lie inside the archive
@@ -133,13 +131,8 @@ class OutputManifests(VectorStore):
                 if rows != recorded.get("rows", rows):
                     return [f"{path} has {rows} rows, its materialization wrote {recorded['rows']}"]
             elif path.endswith(".pmtiles"):
-                with self.fs_for(path).open(path, "rb") as f:
-
-                    def get_bytes(offset: int, length: int) -> bytes:
-                        f.seek(offset)
-                        return f.read(length)
-
-                    header = Reader(get_bytes).header()
+                with self.pmtiles_reader(path) as reader:
+                    header = reader.header()
                 ends = {s: header[f"{s}_offset"] + header[f"{s}_length"] for s in PMTILES_SECTIONS}
                 outside = [s for s, end in ends.items() if end > size]
                 if outside:

@@ -200,16 +200,21 @@ class VectorStore(FileStore):
             (b.select(columns) for b in self.iter_batches(path, columns, batch_rows)),
         )
 
-    def pmtiles_summary(self, path: str) -> dict[str, Any]:
-        """A PMTiles archive's zooms, layer names, tileset name and key map, read by byte
-        ranges (only its header and metadata, however large the archive)."""
-        with self.fs.open(path, "rb") as f:
+    @contextmanager
+    def pmtiles_reader(self, path: str) -> Iterator[Reader]:
+        """A PMTiles reader of ``path`` that fetches byte ranges (never the whole archive)."""
+        with self.fs_for(path).open(path, "rb") as f:
 
             def get_bytes(offset: int, length: int) -> bytes:
                 f.seek(offset)
                 return f.read(length)
 
-            reader = Reader(get_bytes)
+            yield Reader(get_bytes)
+
+    def pmtiles_summary(self, path: str) -> dict[str, Any]:
+        """A PMTiles archive's zooms, layer names, tileset name and key map, read by byte
+        ranges (only its header and metadata, however large the archive)."""
+        with self.pmtiles_reader(path) as reader:
             header = reader.header()
             metadata = reader.metadata()
         return {
