@@ -39,6 +39,7 @@ from ocr_assets.science.parallel import worker_threads
 from ocr_assets.science.pyramid import published_levels
 from ocr_assets.science.regions import RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.compute import PROFILES, ComputeSession
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
@@ -167,24 +168,49 @@ def level_bytes(path: str) -> dict[str, int]:
     return {p.name: tree_bytes(p) for p in sorted(Path(path).iterdir()) if p.is_dir()}
 
 
-def run_writer(root: str, source_chunk: str = "default") -> dict:
-    """``write_pyramid`` as the asset calls it, timed; ``source_chunk`` another dask chunk side
-    of the source (``store``: the raster store's own chunks)."""
+def run_writer(
+    root: str, source_chunk: str = "default", threads: str = "all", workers: str = "0"
+) -> dict:
+    """``write_pyramid`` as the asset calls it (through the compute session's scheduler),
+    timed; ``source_chunk`` another dask chunk side of the source (``store``: the raster
+    store's own chunks); ``threads`` CPUs of this process (its affinity: thread scaling);
+    ``workers`` > 0: on a local Dask cluster of that many single-threaded worker processes,
+    the path a Coiled cluster's workers take."""
     if source_chunk != "default":
         pyramid_step.SOURCE_CHUNK_PX = None if source_chunk == "store" else int(source_chunk)
+    if threads != "all":
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(threads)])
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
+    session = ComputeSession("local", "risk_pyramid", PROFILES["risk_pyramid"])
+    cluster = None
+    if int(workers):
+        from dask.distributed import Client, LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=int(workers),
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        )
+        session.client = Client(cluster.scheduler_address, set_as_default=False)
     start = time.perf_counter()
-    result = write_pyramid(storage, published_levels())
+    with session.graph_scheduler():
+        result = write_pyramid(storage, published_levels())
     seconds = time.perf_counter() - start
+    if cluster is not None:
+        session.client.close()
+        cluster.close()
     return {
         "step": WRITER,
         "writer": WRITER,
         "threads": worker_threads(),
+        "dask_workers": int(workers),
         "source_chunk_px": pyramid_step.SOURCE_CHUNK_PX,
         "seconds": round(seconds, 1),
         "source_px": int(np.prod(storage.open_raster_store()["rps_2011"].shape)),
         "result": result,
         "level_bytes": level_bytes(storage.layout.pyramid),
+        "objects": sum(len(files) for _, _, files in os.walk(storage.layout.pyramid)),
     }
 
 
@@ -233,12 +259,18 @@ def scratch_root(parent: str | None) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_grid(n: int, parent: str | None, chunks: list[str]) -> Iterator[dict]:
-    """Generate an n × n grid, then the writer in its own process, once per source chunking."""
+def run_grid(
+    n: int, parent: str | None, chunks: list[str], threads: list[str], workers: list[str]
+) -> Iterator[dict]:
+    """Generate an n × n grid, then the writer in its own process, once per source chunking
+    and thread count, and once per local cluster size."""
     with scratch_root(parent) as root:
         yield measured("generate", str(n), root)
         for chunk in chunks:
-            yield measured(WRITER, root, chunk)
+            for count in threads:
+                yield measured(WRITER, root, chunk, count)
+            for count in workers:
+                yield measured(WRITER, root, chunk, "all", count)
 
 
 # on paper -----------------------------------------------------------------------------------
@@ -254,13 +286,19 @@ def fit(lines: list[dict]) -> dict[str, float]:
     return out
 
 
-def conus_estimate(lines: list[dict], chunk: int | None = pyramid_step.SOURCE_CHUNK_PX) -> dict:
+def conus_estimate(
+    lines: list[dict], chunk: int | None = pyramid_step.SOURCE_CHUNK_PX, threads: int = 2
+) -> dict:
     """The full 17 × 47 grid from the costs fitted over the writer's runs with source chunk side
-    ``chunk`` (all 799 regions: missing ones read as NaN)."""
+    ``chunk`` on ``threads`` threads of the threaded scheduler (all 799 regions: missing ones
+    read as NaN)."""
     mine = [
         line
         for line in lines
-        if line.get("step") == WRITER and line.get("source_chunk_px", "?") == chunk
+        if line.get("step") == WRITER
+        and line.get("source_chunk_px", "?") == chunk
+        and line.get("threads") == threads
+        and not line.get("dask_workers")
     ]
     costs = fit(mine)
     px = CONUS_REGIONS["all"] * REGION_SHAPE[0] * REGION_SHAPE[1]
@@ -292,6 +330,18 @@ def main() -> None:
         help="source dask chunk sides to run the writer with (default: the asset's; "
         "'store': the raster store's own chunks)",
     )
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=["all"],
+        help="CPU counts to run the writer on (thread scaling; default: all of this machine's)",
+    )
+    parser.add_argument(
+        "--dask-workers",
+        nargs="*",
+        default=[],
+        help="also run it on a local Dask cluster of this many worker processes (the cluster path)",
+    )
     parser.add_argument("--paper", help="JSON lines of a run: print the CONUS estimate")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,7 +370,7 @@ def main() -> None:
     )
     lines = []
     for n in args.grids:
-        for line in run_grid(n, args.scratch, args.source_chunks):
+        for line in run_grid(n, args.scratch, args.source_chunks, args.threads, args.dask_workers):
             line.setdefault("grid", n)
             lines.append(line)
             print(json.dumps(line), flush=True)

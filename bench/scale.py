@@ -339,9 +339,11 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
 
 
 # tippecanoe alone on the same features -----------------------------------------------------
-def tippecanoe_alone(root: str, scratch: str) -> dict:
+def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) -> dict:
     """Per tileset: write its layers to GeoJSON lines (timed apart), then tippecanoe alone
-    with the tileset's flags; wall time and peak RSS of tippecanoe."""
+    with the tileset's flags; wall time and peak RSS of tippecanoe. With ``threads``, tippecanoe
+    again at each of those thread counts (``TIPPECANOE_MAX_THREADS``): how its time scales with
+    cores, for the CONUS cost model (``bench/conus.py``)."""
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.science.tiling import TileLayer, tippecanoe_command
     from ocr_assets.tiles import TILESETS, tippecanoe_binary, write_layer
@@ -365,12 +367,14 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
             layers,
             spec.flags,
         )
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sampler = TreeSampler.until_done(proc)
-        alone_s = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"tippecanoe alone failed: {proc.stderr.read()[-2000:]!r}")
+        alone_s, sampler = _tippecanoe_timed(argv, None)
+        by_threads = {}
+        for count in threads or []:
+            seconds, counted = _tippecanoe_timed(argv, count)
+            by_threads[str(count)] = {
+                "seconds": round(seconds, 2),
+                "cpu_s": round(counted.cpu_s, 1),
+            }
         out[spec.key] = {
             "features": features,
             "lines_write_s": round(write_s, 2),
@@ -381,9 +385,22 @@ def tippecanoe_alone(root: str, scratch: str) -> dict:
             "tippecanoe_cpu_s": round(sampler.cpu_s, 1),
             "other_cpu_s": round(sampler.other_cpu_s, 1),
             "flags": list(spec.flags),
+            **({"tippecanoe_by_threads": by_threads} if by_threads else {}),
         }
         shutil.rmtree(folder)
     return out
+
+
+def _tippecanoe_timed(argv: list[str], threads: int | None) -> tuple[float, TreeSampler]:
+    """tippecanoe's wall time and sampled tree, on ``threads`` threads (None: all CPUs)."""
+    env = {**os.environ, **({"TIPPECANOE_MAX_THREADS": str(threads)} if threads else {})}
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    sampler = TreeSampler.until_done(proc)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"tippecanoe alone failed: {proc.stderr.read()[-2000:]!r}")
+    return seconds, sampler
 
 
 # one configuration -------------------------------------------------------------------------------
@@ -414,7 +431,8 @@ def bench_config(config: Config, args: argparse.Namespace) -> dict:
             result["run"]["log_tail"] = (logs / "run.log").read_text()[-3000:]
             return result
         if config.buildings <= args.alone_max_buildings:
-            alone, _, _ = measured(_one("alone", str(root), str(scratch)), logs, "alone")
+            threads = [str(t) for t in args.alone_threads]
+            alone, _, _ = measured(_one("alone", str(root), str(scratch), *threads), logs, "alone")
             result["tippecanoe_alone"] = alone
         usage = shutil.disk_usage(base)
         result["storage_mib"] = round(
@@ -733,6 +751,13 @@ def main() -> None:
         help="re-run tippecanoe alone only up to this many buildings (it doubles tile time)",
     )
     parser.add_argument(
+        "--alone-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time tippecanoe alone at these thread counts (e.g. 1 2)",
+    )
+    parser.add_argument(
         "--retries", type=int, default=0, help="run a failed configuration again (after 2 min)"
     )
     parser.add_argument("--tmp", default=None, help="folder for the temporary storage roots")
@@ -752,7 +777,7 @@ def main() -> None:
         elif what == "run":
             result = run_downstream(rest[0], rest[1], rest[2] == "parallel")
         elif what == "alone":
-            result = tippecanoe_alone(rest[0], rest[1])
+            result = tippecanoe_alone(rest[0], rest[1], [int(t) for t in rest[2:]])
         else:
             raise SystemExit(f"unknown --one {what!r}")
         print(json.dumps(result))

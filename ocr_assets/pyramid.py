@@ -5,14 +5,14 @@ each level the 2 × 2 mean of the one before, unsharded, consolidated."""
 import itertools
 
 import dagster as dg
-import dask
+import dask.array
+import numpy as np
 import xarray as xr
 import xproj  # noqa: F401  (registers the ``proj`` accessor topozarr reads the CRS from)
 from pyproj import CRS
 from topozarr.coarsen import create_pyramid
 
 from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER, RISK_PYRAMID
-from ocr_assets.science.parallel import worker_threads
 from ocr_assets.science.pyramid import (
     PYRAMID_TARGET_RESOLUTION_M,
     levels_for_shape,
@@ -42,7 +42,9 @@ def pyramid_source(store: xr.Dataset) -> xr.Dataset:
 
 def write_pyramid(storage: OcrStorage, levels: int) -> dict:
     """topozarr's pyramid of the raster store, ``levels`` levels (fewer when the grid is too
-    small to halve that often), written by dask's threaded scheduler on this step's threads."""
+    small to halve that often), every level in one dask computation on the scheduler the
+    compute resource set (the step's cluster, or its threads); each variable's maximum over
+    level 0 is computed in the same pass, for the check (nothing is read back)."""
     source = pyramid_source(storage.open_raster_store())
     written = levels_for_shape(levels, tuple(source["rps_2011"].shape))
     pyramid = create_pyramid(
@@ -52,14 +54,23 @@ def write_pyramid(storage: OcrStorage, levels: int) -> dict:
         y_dim="latitude",
         target_shard_bytes=None,  # unsharded, as OCR (its map's zarr reader)
     )
-    with dask.config.set(scheduler="threads", num_workers=worker_threads()):
-        storage.write_consolidated_tree(pyramid.dt, storage.layout.pyramid, pyramid.encoding)
+    finest = pyramid.dt["0"]
+    maxima = {name: dask.array.nanmax(finest[name].data) for name in PYRAMID_VARIABLES}
+    found = storage.write_consolidated_tree(
+        pyramid.dt, storage.layout.pyramid, pyramid.encoding, reductions=maxima
+    )
     shapes = {k: list(pyramid.dt[k]["rps_2011"].shape) for k in pyramid.dt.children}
     return {
         "levels": written,
         "level_shapes": shapes,
         "chunks": {k: list(pyramid.encoding[f"/{k}"]["rps_2011"]["chunks"]) for k in shapes},
+        # NaN-skipping: an all-NaN level 0 has no maximum (None)
+        "level0_max": {k: _finite_or_none(v) for k, v in found.items()},
     }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 @step_asset(
@@ -74,7 +85,7 @@ def write_pyramid(storage: OcrStorage, levels: int) -> dict:
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):
     levels = published_levels(PYRAMID_TARGET_RESOLUTION_M)
-    step = run_step(context, storage, compute, write_pyramid, levels)
+    step = run_step(context, storage, compute, write_pyramid, levels, graph=True)
     return step.materialize(
         [storage.layout.pyramid],
         path=dg.MetadataValue.path(storage.layout.pyramid),
@@ -84,8 +95,13 @@ def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute
 
 
 @dg.asset_check(asset=risk_pyramid)
-def pyramid_levels_coarsen(storage: OcrStorage) -> dg.AssetCheckResult:
-    """Levels 0…N−1 exist, each half the size of the one before, values stay in [0, 100]."""
+def pyramid_levels_coarsen(
+    context: dg.AssetCheckExecutionContext, storage: OcrStorage
+) -> dg.AssetCheckResult:
+    """Levels 0…N−1 exist, each half the size of the one before (the stored metadata), and
+    values stay in [0, 100]: level 0's maximum as the step computed it on its cluster from
+    the chunks it wrote (CONUS level 0 is ~110 GB: not downloaded here to be read again),
+    and the coarsest level's stored values, read back."""
     tree = storage.open_datatree(storage.layout.pyramid)
     levels = sorted(int(k) for k in tree.children)
     shapes = [tree[str(k)]["rps_2011"].shape for k in levels]
@@ -93,9 +109,29 @@ def pyramid_levels_coarsen(storage: OcrStorage) -> dg.AssetCheckResult:
         fine[0] // 2 == coarse[0] and fine[1] // 2 == coarse[1]
         for fine, coarse in itertools.pairwise(shapes)
     )
-    # a chunk at a time: level 0 of CONUS has billions of pixels
-    finest = float(tree["0"]["rps_2011"].max(skipna=True).compute())
-    ok = levels == list(range(len(levels))) and halving and not finest > 100
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(RISK_PYRAMID))
+    recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    level0 = recorded.get("level0_max")
+    maxima = dict(level0.value) if level0 is not None else {}
+    coarsest = tree[str(levels[-1])] if levels else None
+    stored = (
+        {k: _finite_or_none(float(coarsest[k].max(skipna=True))) for k in PYRAMID_VARIABLES}
+        if coarsest is not None
+        else {}
+    )
+    in_range = all(v is None or 0 <= v <= 100 for v in (*maxima.values(), *stored.values()))
+    ok = (
+        levels == list(range(len(levels)))
+        and halving
+        and set(maxima) == set(PYRAMID_VARIABLES)
+        and in_range
+    )
     return dg.AssetCheckResult(
-        passed=bool(ok), metadata={"levels": levels, "shapes": [list(s) for s in shapes]}
+        passed=bool(ok),
+        metadata={
+            "levels": levels,
+            "shapes": [list(s) for s in shapes],
+            "level0_max": maxima or "not recorded by the materialization",
+            "coarsest_level_max": stored,
+        },
     )

@@ -48,10 +48,13 @@ def run_step(
     compute: OcrCompute,
     fn: Callable[..., Any],
     *args: Any,
+    graph: bool = False,
 ) -> StepRun:
-    """``fn(storage, *args)`` on the step's compute (its profile's cluster, or in process)."""
+    """``fn(storage, *args)`` on the step's compute (its profile's cluster, or in process);
+    ``graph``: ``fn`` builds a dask graph, computed on every worker of the cluster."""
     started = time.perf_counter()
-    result, compute_metadata = compute.run(context, fn, storage, *args)
+    run = compute.run_graph if graph else compute.run
+    result, compute_metadata = run(context, fn, storage, *args)
     return StepRun(storage, result, compute_metadata, started)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from ocr_assets.graph import asset_checks, asset_definitions
-from ocr_jobs.executor import in_process_when_one_step
+from ocr_jobs.executor import in_process_when_one_step_executor
 from ocr_jobs.jobs import build_jobs
 from ocr_jobs.run_log import LOGGERS
 from ocr_resources.compute import OcrCompute
@@ -29,6 +29,13 @@ def build_resources(settings: OcrSettings) -> dict[str, dg.ConfigurableResource]
     }
 
 
+def step_concurrency(settings: OcrSettings) -> int | None:
+    """How many steps of a run may run at once: with the work on clusters, as many as may
+    hold a cluster (the one limit, ``OCR_CLUSTER_LIMIT``, which the ``ocr_clusters`` pool
+    enforces across runs); with local compute, the CPU count (None: Dagster's default)."""
+    return settings.cluster_limit if settings.compute_backend != "local" else None
+
+
 def build_definitions(settings: OcrSettings) -> dg.Definitions:
     partitions = region_partitions(settings)
     return dg.Definitions(
@@ -43,7 +50,7 @@ def build_definitions(settings: OcrSettings) -> dg.Definitions:
         # every job, incl. the UI's ad-hoc asset runs: one-step runs (regions) in process
         executor=dg.in_process_executor
         if settings.dagster_executor == "in_process"
-        else in_process_when_one_step,
+        else in_process_when_one_step_executor(step_concurrency(settings)),
         resources=build_resources(settings),
         loggers=LOGGERS,
     )

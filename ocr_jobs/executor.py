@@ -38,22 +38,37 @@ class StepCountExecutor(dg.Executor):
 DEFAULT_START_METHOD = {"forkserver": {"preload_modules": ["ocr_jobs.definitions"]}}
 
 
-@dg.executor(
-    name="in_process_when_one_step",
-    config_schema=dg.multiprocess_executor.config_schema,
-    requirements=dg.multiple_process_executor_requirements(),
-)
-def in_process_when_one_step(init_context: dg.InitExecutorContext) -> dg.Executor:
+def in_process_when_one_step_executor(max_concurrent: int | None = None) -> dg.ExecutorDefinition:
     """Dagster's multiprocess executor (same config; step processes from a forkserver unless
-    ``start_method`` is set), except for runs of a single step."""
-    config = {"start_method": DEFAULT_START_METHOD, **init_context.executor_config}
-    multiprocess = dg.InitExecutorContext(
-        job=init_context.job,
-        executor_def=init_context.executor_def,
-        executor_config=config,
-        instance=init_context.instance,
+    ``start_method`` is set; at most ``max_concurrent`` steps at once unless the run config
+    says otherwise, None: Dagster's default, the CPU count), except for runs of a single step.
+
+    Where the steps' work runs on clusters (Coiled, Dask), a step process only waits for its
+    cluster: the driver's CPU count (2–4 on a CI runner) must not decide how many clusters
+    run at once, the ``ocr_clusters`` pool does (``OCR_CLUSTER_LIMIT``)."""
+
+    @dg.executor(
+        name="in_process_when_one_step",
+        config_schema=dg.multiprocess_executor.config_schema,
+        requirements=dg.multiple_process_executor_requirements(),
     )
-    return StepCountExecutor(
-        dg.in_process_executor.executor_creation_fn(init_context),
-        dg.multiprocess_executor.executor_creation_fn(multiprocess),
-    )
+    def in_process_when_one_step(init_context: dg.InitExecutorContext) -> dg.Executor:
+        defaults: dict[str, Any] = {"start_method": DEFAULT_START_METHOD}
+        if max_concurrent:
+            defaults["max_concurrent"] = max_concurrent
+        config = {**defaults, **init_context.executor_config}
+        multiprocess = dg.InitExecutorContext(
+            job=init_context.job,
+            executor_def=init_context.executor_def,
+            executor_config=config,
+            instance=init_context.instance,
+        )
+        return StepCountExecutor(
+            dg.in_process_executor.executor_creation_fn(init_context),
+            dg.multiprocess_executor.executor_creation_fn(multiprocess),
+        )
+
+    return in_process_when_one_step
+
+
+in_process_when_one_step = in_process_when_one_step_executor()

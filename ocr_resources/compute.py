@@ -31,7 +31,7 @@ import psutil
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ocr_assets.science.parallel import thread_limit
+from ocr_assets.science.parallel import thread_limit, worker_threads
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
 
@@ -42,11 +42,28 @@ COILED_TAGS = {"Project": "OCR"}
 
 @dataclass(frozen=True)
 class ComputeProfile:
-    """A Coiled VM for the workers, one for the scheduler, and the worker disk (GB)."""
+    """A Coiled VM for the workers, one for the scheduler, the worker disk (GB), how many
+    workers a step's cluster has and how many tasks each runs at once (None: one per vCPU).
+
+    A scheduler VM of the workers' own type also runs a worker (Coiled's
+    ``extra_worker_on_scheduler``): a one-worker step is one VM, not two of that size."""
 
     vm_type: str
     scheduler_vm_type: str | None = None
     disk_size_gb: int | None = None
+    workers: int = 1
+    tasks_per_worker: int | None = None
+
+    @property
+    def worker_on_scheduler(self) -> bool:
+        return self.scheduler_vm_type == self.vm_type
+
+    def vms(self, workers: int | None = None) -> int:
+        """VMs of one cluster of this profile with ``workers`` workers (default: its own)."""
+        workers = self.workers if workers is None else workers
+        if self.worker_on_scheduler:
+            return max(1, workers)
+        return workers + 1  # the scheduler's VM (Coiled's default type when none is named)
 
     def describe(self) -> str:
         """As DESIGN §2 writes it: ``vm / scheduler vm, N GB``."""
@@ -62,19 +79,26 @@ class ComputeProfile:
         if f"{TAG_PREFIX}profile" not in tags:
             raise KeyError("this step carries no compute profile (ocr/profile op tag)")
         disk = tags.get(f"{TAG_PREFIX}disk_size_gb")
+        per_worker = tags.get(f"{TAG_PREFIX}tasks_per_worker")
         return tags[f"{TAG_PREFIX}profile"], cls(
             vm_type=tags[f"{TAG_PREFIX}vm_type"],
             scheduler_vm_type=tags.get(f"{TAG_PREFIX}scheduler_vm_type"),
             disk_size_gb=int(disk) if disk else None,
+            workers=int(tags.get(f"{TAG_PREFIX}workers", 1)),
+            tasks_per_worker=int(per_worker) if per_worker else None,
         )
 
 
 _PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
 # DESIGN §2, "compute profile" column: the one source of truth (the README table is rendered
-# from it and a test compares it with DESIGN.md).
+# from it and a test compares it with DESIGN.md). Worker counts and tasks per worker are the
+# CONUS cost model's (bench/conus.py): a region run's 51 regions (OCR_REGIONS_PER_RUN) in three
+# rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
+# under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy); the
+# pyramid's graph over two m8g.4xlarge; every other step is one task on one VM.
 PROFILES: dict[str, ComputeProfile] = {
-    "region_risk_raster": ComputeProfile("m8g.2xlarge"),
-    "risk_pyramid": ComputeProfile("m8g.4xlarge", "m8g.4xlarge"),
+    "region_risk_raster": ComputeProfile("m8g.2xlarge", workers=4, tasks_per_worker=5),
+    "risk_pyramid": ComputeProfile("m8g.4xlarge", "m8g.4xlarge", workers=2),
     "buildings_geoparquet": ComputeProfile("c8g.12xlarge", "c8g.12xlarge"),
     "region_risk_summary_stats": ComputeProfile("m8g.16xlarge", "m8g.16xlarge"),
     "regional_analysis_files": ComputeProfile("r8g.4xlarge", "r8g.4xlarge"),
@@ -199,6 +223,21 @@ class ComputeSession:
             one_done.wait(timeout)
         return {f for f in futures if f.done()}
 
+    @contextmanager
+    def graph_scheduler(self) -> Iterator[None]:
+        """Where a dask graph built in this process computes: the cluster's workers (its
+        tasks read and write storage there, this process only sends the graph), or this
+        process's threads, capped like every task's compiled loops."""
+        if self.client is not None:
+            with dask.config.set(scheduler=self.client):
+                yield
+            return
+        with (
+            thread_limit(self.threads),
+            dask.config.set(scheduler="threads", num_workers=worker_threads()),
+        ):
+            yield
+
     def map(self, fn: Callable, *iterables: Any) -> list[Any]:
         """Run ``fn`` over the arguments in parallel on the cluster (in order here)."""
         task = partial(_limited, self.threads, fn)
@@ -259,7 +298,9 @@ class OcrCompute(ConfigurableResource):
         description='dagster-dask cluster config, e.g. {"slurm": {...}}',
     )
     coiled_region: str = _default("coiled_region")
-    coiled_workers: int = _default("coiled_workers")
+    coiled_workers: int | None = Field(
+        default=_default("coiled_workers"), description="None: each step's profile count"
+    )
     coiled_software: str | None = _default("coiled_software")
     threads: int | None = _default("threads")
     overrides: dict[str, dict[str, Any]] = Field(
@@ -279,6 +320,15 @@ class OcrCompute(ConfigurableResource):
         with self.session(context) as session:
             result = session.submit(_with_storage, storage.spec(), fn, *args)
             return result, session.metadata()
+
+    def run_graph(
+        self, context: Any, fn: Callable[..., Any], storage: Any, *args: Any
+    ) -> tuple[Any, dict]:
+        """``fn(storage, *args)`` here, its dask computations on the step's cluster (every
+        worker, not one task on one of them) or, without one, on this process's threads;
+        (result, compute metadata)."""
+        with self.session(context) as session, session.graph_scheduler():
+            return fn(storage, *args), session.metadata()
 
     def profile_for(self, tags: dict[str, str]) -> tuple[str, ComputeProfile]:
         name, profile = ComputeProfile.from_tags(tags)
@@ -310,7 +360,7 @@ class OcrCompute(ConfigurableResource):
                             context.log.info(f"Dask dashboard: {cluster.dashboard_link}")
                 elif self.backend == "coiled":
                     cluster = self._coiled_cluster(context, name, profile)
-                    session.workers = self.coiled_workers
+                    session.workers = self.workers_for(profile)
                 else:
                     cluster = self._dask_cluster()
                 if cluster is not None or self.backend == "dask":
@@ -352,6 +402,11 @@ class OcrCompute(ConfigurableResource):
             **network,
         )
 
+    def workers_for(self, profile: ComputeProfile) -> int:
+        """A step's Coiled workers: OCR_COILED_WORKERS for every step when set, else the
+        profile's own count."""
+        return self.coiled_workers or profile.workers
+
     def coiled_cluster_kwargs(
         self, context: Any, name: str, profile: ComputeProfile
     ) -> dict[str, Any]:
@@ -364,7 +419,7 @@ class OcrCompute(ConfigurableResource):
             )
         kwargs: dict[str, Any] = {
             "name": f"ocr-{name.replace('_', '-')}-{context.run.run_id[:8]}",
-            "n_workers": self.coiled_workers,
+            "n_workers": self.workers_for(profile),
             "worker_vm_types": [profile.vm_type],
             "region": self.coiled_region,
             "spot_policy": COILED_SPOT_POLICY,
@@ -373,6 +428,11 @@ class OcrCompute(ConfigurableResource):
         }
         if profile.scheduler_vm_type:
             kwargs["scheduler_vm_types"] = [profile.scheduler_vm_type]
+        if profile.worker_on_scheduler:
+            # the scheduler's VM, of the workers' type, runs one of the n_workers
+            kwargs["extra_worker_on_scheduler"] = True
+        if profile.tasks_per_worker:
+            kwargs["worker_options"] = {"nthreads": profile.tasks_per_worker}
         if profile.disk_size_gb:
             kwargs["worker_disk_size"] = profile.disk_size_gb
         if self.coiled_software:

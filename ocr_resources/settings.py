@@ -111,7 +111,8 @@ class OcrSettings(BaseSettings):
     dask_scheduler_address: str | None = None
     dask_cluster: dict[str, dict[str, Any]] | None = None
     coiled_region: str = "us-west-2"
-    coiled_workers: int = 1
+    # workers of every step's Coiled cluster; unset: each step's profile (PROFILES)
+    coiled_workers: int | None = Field(default=None, ge=1, le=1000)
     # the Coiled software environment the workers run (CI builds one per commit and names it in
     # COILED_SOFTWARE_ENV_NAME); unset: Coiled's package sync of the local environment
     coiled_software: str | None = Field(

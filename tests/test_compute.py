@@ -151,7 +151,7 @@ def fake_coiled(monkeypatch):
 def _expected(name: str, software: str | None) -> dict:
     p = PROFILES[name]
     kwargs = {
-        "n_workers": 1,
+        "n_workers": p.workers,
         "worker_vm_types": [p.vm_type],
         "region": "us-west-2",
         "spot_policy": "spot_with_fallback",
@@ -160,6 +160,10 @@ def _expected(name: str, software: str | None) -> dict:
     }
     if p.scheduler_vm_type:
         kwargs["scheduler_vm_types"] = [p.scheduler_vm_type]
+    if p.scheduler_vm_type == p.vm_type:  # one VM fewer: the scheduler's runs a worker
+        kwargs["extra_worker_on_scheduler"] = True
+    if p.tasks_per_worker:
+        kwargs["worker_options"] = {"nthreads": p.tasks_per_worker}
     if p.disk_size_gb:
         kwargs["worker_disk_size"] = p.disk_size_gb
     if software:
@@ -195,6 +199,32 @@ def test_coiled_receives_each_assets_profile(fake_coiled, local_settings, monkey
     assert set(by_profile) == set(PROFILES)
     for name, kwargs in by_profile.items():
         assert kwargs == _expected(name, "ocr-pr-42"), name
+
+
+def test_coiled_clusters_take_each_profiles_workers_unless_the_setting_names_a_count():
+    """A step's cluster has its profile's workers and tasks per worker; a scheduler VM of the
+    workers' type runs a worker itself (one VM, not two, for a one-worker step);
+    OCR_COILED_WORKERS, when set, is every step's count."""
+    context = _Context("region_risk_raster")
+    region = OcrCompute(backend="coiled").coiled_cluster_kwargs(
+        context, "region_risk_raster", PROFILES["region_risk_raster"]
+    )
+    assert region["n_workers"] == PROFILES["region_risk_raster"].workers > 1
+    assert region["worker_options"] == {"nthreads": PROFILES["region_risk_raster"].tasks_per_worker}
+    assert "extra_worker_on_scheduler" not in region  # Coiled's default scheduler VM
+    tiles = OcrCompute(backend="coiled").coiled_cluster_kwargs(
+        context, "building_pmtiles", PROFILES["building_pmtiles"]
+    )
+    assert tiles["n_workers"] == 1 and tiles["extra_worker_on_scheduler"] is True
+    assert PROFILES["building_pmtiles"].vms() == 1 and PROFILES["region_risk_raster"].vms() == 5
+    forced = OcrCompute(backend="coiled", coiled_workers=3).coiled_cluster_kwargs(
+        context, "building_pmtiles", PROFILES["building_pmtiles"]
+    )
+    assert forced["n_workers"] == 3
+    assert (
+        ComputeProfile.from_tags(PROFILES["region_risk_raster"].tags("r"))[1]
+        == PROFILES["region_risk_raster"]
+    )
 
 
 def test_missing_software_env_warns_and_carries_on(fake_coiled, monkeypatch, caplog):

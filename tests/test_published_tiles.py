@@ -309,3 +309,23 @@ def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_ta
     with pytest.raises(ValueError, match=r"bad\.pmtiles: expected a PMTiles v3 archive laid out"):
         storage.put_pmtiles(str(bad), moved, {})
     assert Path(moved).read_bytes() == kept
+
+
+def test_layer_lines_are_the_same_bytes_on_one_thread_and_on_several(tiles, tmp_path):
+    """The feature lines are written a batch per thread (in order): small batches, so several
+    are in flight, give the very bytes one thread writes, for every layer of every tileset."""
+    from ocr_assets.science.parallel import thread_limit
+    from ocr_assets.tiles import write_layer
+
+    storage = tiles["storage"]
+    for spec in TILESETS:
+        written = {}
+        for threads in (1, 4):
+            with thread_limit(threads):
+                layers = spec.layers(storage, spec, 97)
+                for name, source in layers.items():
+                    path = tmp_path / f"{spec.archive}-{name}-{threads}.ndjson"
+                    count = write_layer(source, path)
+                    written.setdefault(name, []).append((count, path.read_bytes()))
+        for name, (one, several) in written.items():
+            assert one[0] > 0 and one == several, (spec.archive, name)

@@ -5,12 +5,15 @@ pyramid)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from types import SimpleNamespace
 
 import dask.array
 import numpy as np
 import pytest
+from dask.distributed import LocalCluster
 from pyproj import Transformer
 
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
@@ -26,6 +29,7 @@ from ocr_assets.science.pyramid import (
 )
 from ocr_assets.science.regions import RegionGrid
 from ocr_assets.science.sampling import RISK_VARIABLES
+from ocr_resources.compute import PROFILES, OcrCompute
 from ocr_resources.storage import OcrStorage
 
 ARC_SECOND = 1 / 3600
@@ -161,3 +165,35 @@ def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
     np.testing.assert_array_equal(after["2"]["rps_2011"].values, before)
     leftovers = [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".tmp")]
     assert leftovers == []
+
+
+class _PyramidContext:
+    """The slice of an asset context the compute resource reads: the pyramid's profile."""
+
+    def __init__(self) -> None:
+        self.op_execution_context = SimpleNamespace(
+            op_def=SimpleNamespace(tags=PROFILES["risk_pyramid"].tags("risk_pyramid"))
+        )
+        self.run = SimpleNamespace(run_id="0123456789abcdef")
+        self.log = logging.getLogger("test-pyramid")
+
+
+def test_a_graph_step_computes_on_the_clusters_workers(raster_storage):
+    """``run_graph``: the function runs here and its dask graph on the cluster's workers (the
+    pyramid's path on Coiled), with the same result as on this process's threads."""
+    threaded, _ = OcrCompute().run_graph(_PyramidContext(), write_pyramid, raster_storage, 3)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ) as cluster:
+        compute = OcrCompute(backend="dask", scheduler_address=cluster.scheduler_address)
+        distributed, meta = compute.run_graph(_PyramidContext(), write_pyramid, raster_storage, 3)
+        ran = cluster.scheduler.task_prefixes
+        assert any("store" in name for name in ran), sorted(ran)
+        assert any("coarsen" in name or "mean" in name for name in ran), sorted(ran)
+    assert meta["compute_backend"] == "dask"
+    assert distributed == threaded
+    level0 = distributed["level0_max"]
+    assert set(level0) == {"rps_2011", "rps_2047"}
+    store = raster_storage.open_raster_store()
+    for name, value in level0.items():
+        assert value == pytest.approx(float(store[name].max(skipna=True)))

@@ -7,9 +7,15 @@ import ctypes
 import ctypes.util
 import functools
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # The caller's cap on threads (the ``threads`` setting, set by the compute resource around a
 # step's work); a context variable so that concurrent steps in one process keep their own.
@@ -31,6 +37,31 @@ def worker_threads() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     limit = _THREAD_LIMIT.get()
     return max(1, min(cpus or 1, limit or cpus or 1))
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None
+) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads, results in the items' order, with at most
+    ``ahead`` (default 2 × workers) items taken from ``items`` and not yet yielded: memory is
+    bounded by that window, never by the number of items. ``items`` is consumed here, in
+    order (a reader stays sequential); an error in ``fn`` is raised at its item."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    window: deque[Future[R]] = deque()
+    limit = max(1, ahead or 2 * workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="ordered-map") as pool:
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= limit:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
 
 
 def blocks(n: int, size: int) -> list[slice]:

@@ -60,8 +60,13 @@ def _s3_client(endpoint_url: str | None):
 # a forked child must not share the parent's pooled connections
 os.register_at_fork(after_in_child=_s3_client.cache_clear)
 
+# S3 requests one filesystem keeps in flight (botocore's default pool: 10): a folder swapped
+# into place is copied ~this many objects at a time (a CONUS pyramid: ~440,000 objects)
+S3_CONNECTIONS = 64
 # what every temporary of an atomic write is named after; a reader never lists these
 TEMPORARY_PREFIX = ".tmp-"
+# a Zarr tree's metadata documents (v3 and v2): published after the chunks they describe
+METADATA_OBJECTS = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 # folders written whole (stores, datasets): a sweep of dead temporaries does not walk them
 WRITTEN_WHOLE = (".icechunk", ".zarr", ".parquet")
 # the answers of a conditional S3 request whose condition failed: the object exists (create),
@@ -106,9 +111,13 @@ class FileStore:
         return self.options_for(self.root)
 
     def options_for(self, url: str) -> dict[str, Any]:
-        """fsspec options for ``url``: the S3 endpoint for an S3 URL (inputs and outputs may
-        be on different kinds of storage)."""
-        return {"endpoint_url": self.endpoint_url} if _is_s3(url) and self.endpoint_url else {}
+        """fsspec options for ``url``: for an S3 URL the endpoint and a connection pool wide
+        enough for fsspec's concurrent batches (inputs and outputs may be on different kinds
+        of storage)."""
+        if not _is_s3(url):
+            return {}
+        options: dict[str, Any] = {"config_kwargs": {"max_pool_connections": S3_CONNECTIONS}}
+        return options | ({"endpoint_url": self.endpoint_url} if self.endpoint_url else {})
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -355,15 +364,21 @@ class FileStore:
             self.fs.rm(old, recursive=True)
 
     def _replace_object_dir(self, tmp: str, path: str) -> None:
-        """Object stores have no directories to rename: copy each finished object into place,
-        then delete the old objects the new set does not have."""
-        base = self.fs_path(tmp)
-        fresh = {f[len(base) :] for f in self.fs.find(tmp)}
-        for rel in sorted(fresh):
-            self.fs.copy(base + rel, f"{self.fs_path(path)}{rel}")
+        """Object stores have no directories to rename: copy the finished objects into place
+        (server-side copies, concurrently in fsspec's batches, not one request after another:
+        a CONUS pyramid has tens of thousands), metadata objects last, so a reader meets new
+        metadata only over the data it describes; then delete the old objects the new set
+        does not have."""
+        base, dest = self.fs_path(tmp), self.fs_path(path)
+        fresh = sorted(f[len(base) :] for f in self.fs.find(tmp))
+        data = [rel for rel in fresh if posixpath.basename(rel) not in METADATA_OBJECTS]
+        metadata = [rel for rel in fresh if posixpath.basename(rel) in METADATA_OBJECTS]
+        for batch in (data, metadata):
+            if batch:
+                self.fs.copy([base + rel for rel in batch], [dest + rel for rel in batch])
         if self.fs.exists(path):
-            dest = self.fs_path(path)
-            stale = [f for f in self.fs.find(path) if f[len(dest) :] not in fresh]
+            kept = set(fresh)
+            stale = [f for f in self.fs.find(path) if f[len(dest) :] not in kept]
             if stale:
                 self.fs.rm(stale)
 

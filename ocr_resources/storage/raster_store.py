@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import dask.array
 import fsspec
@@ -367,21 +368,41 @@ class RasterStore(FileStore):
         path = self.layout.raster_store
         return ds.assign({n: RegionChunks(ds[n].variable, n, path).chunked() for n in ds})
 
-    def write_consolidated_tree(self, tree: xr.DataTree, path: str, encoding: dict) -> None:
+    def write_consolidated_tree(
+        self,
+        tree: xr.DataTree,
+        path: str,
+        encoding: dict,
+        reductions: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """A whole tree as Zarr v3 with the root's consolidated metadata, as OCR writes its
         pyramid (``to_zarr`` then ``zarr.consolidate_metadata``); swapped into place at
-        ``path`` only when complete, so a failed write leaves the previous tree."""
+        ``path`` only when complete, so a failed write leaves the previous tree.
+
+        Every level's chunks are written by one dask computation on the current scheduler
+        (the step's threads, or its cluster's workers), with ``reductions`` (lazy values of
+        the arrays written, e.g. a maximum) computed in the same pass over the same chunks:
+        their values are returned, and nothing is read back afterwards."""
         options = self.storage_options or None
         with self.atomic_path(path) as tmp, warnings.catch_warnings():
             # zarr warns that consolidated metadata is not part of the v3 spec: OCR's map reads it
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-            tree.to_zarr(tmp, mode="w", zarr_format=3, encoding=encoding, storage_options=options)
+            writes = tree.to_zarr(
+                tmp,
+                mode="w",
+                zarr_format=3,
+                encoding=encoding,
+                storage_options=options,
+                compute=False,
+            )
+            _, values = dask.compute(writes, reductions or {})
             store = (
                 zarr.storage.FsspecStore.from_url(tmp, storage_options=options)
                 if self.is_s3
                 else zarr.storage.LocalStore(tmp)
             )
             zarr.consolidate_metadata(store)
+        return values
 
     def open_datatree(self, path: str) -> xr.DataTree:
         """Lazily, dask-backed with the stored chunks: a reduction reads a chunk at a time."""
