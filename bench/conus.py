@@ -34,6 +34,7 @@ from ocr_jobs.jobs import region_runs
 from ocr_resources.compute import PROFILES, ComputeProfile
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings, load_settings
+from ocr_resources.storage.files import S3_CONNECTIONS
 
 BENCH = Path(__file__).parent
 PRODUCTION_ENV = BENCH.parent / "ocr_resources" / "envs" / "production.env"
@@ -72,9 +73,6 @@ ASSUMPTIONS: dict[str, Figure] = {
         400, "MB/s per VM", "S3 GETs into one VM (an m8g.2xlarge's baseline is ~470 MB/s)", True
     ),
     "s3_copy_s": Figure(0.05, "s per object", "one server-side S3 CopyObject, end to end", True),
-    "s3_copy_batch": Figure(
-        32, "objects at once", "fsspec's batch of concurrent copies (s3fs, default)", True
-    ),
     "driver_cpus": Figure(
         4, "CPUs", "a GitHub-hosted ubuntu-latest runner runs `ocr deploy`", True
     ),
@@ -123,6 +121,7 @@ class Measured:
     steps_peak_gib: dict[str, Figure]
     tile_lines_share: dict[str, Figure]
     tippecanoe_serial_fraction: dict[str, Figure]
+    lines_serial_fraction: dict[str, Figure]
 
     def figures(self) -> dict[str, Figure]:
         out: dict[str, Figure] = {}
@@ -231,29 +230,36 @@ def measured_downstream() -> dict[str, dict[str, Figure]]:
     alone_records = [r for r in records if "tippecanoe_alone" in r]
     threaded = [r for r in alone_records if _by_threads(r)]
     latest = (threaded or alone_records)[-1]
-    share, serial = {}, {}
+    share, serial, lines_serial = {}, {}, {}
     for key in TILE_STEPS:
         alone = latest["tippecanoe_alone"][key]
-        lines_s, tippecanoe_s = alone["lines_write_s"], alone["tippecanoe_s"]
-        source = f"bench/scale_results.jsonl tippecanoe alone, {latest['config']}"
-        share[key] = Figure(round(lines_s / (lines_s + tippecanoe_s), 3), "of the step", source)
         by = alone.get("tippecanoe_by_threads", {})
-        if "1" in by and "2" in by:
-            # Amdahl: T(2) / T(1) = s + (1 - s) / 2
-            ratio = by["2"]["seconds"] / by["1"]["seconds"]
-            serial[key] = Figure(
-                round(min(1.0, max(0.0, 2 * ratio - 1)), 3),
-                "serial fraction",
-                f"{source}, 1 vs 2 threads",
-            )
-        else:
-            serial[key] = Figure(1.0, "serial fraction", "no thread scaling recorded: none", True)
+        source = f"bench/scale_results.jsonl tippecanoe alone, {latest['config']}"
+        # the extrapolated step wrote its lines on one thread and ran tippecanoe on two
+        lines_s = by["1"]["lines_write_s"] if "lines_write_s" in by.get("1", {}) else None
+        lines_s = lines_s or alone["lines_write_s"]
+        share[key] = Figure(
+            round(lines_s / (lines_s + alone["tippecanoe_s"]), 3), "of the step", source
+        )
+        serial[key] = _serial_fraction(by, "seconds", f"{source}, tippecanoe at 1 vs 2 threads")
+        lines_serial[key] = _serial_fraction(
+            by, "lines_write_s", f"{source}, GeoJSON lines at 1 vs 2 threads"
+        )
     return {
         "steps_s": steps_s,
         "steps_peak_gib": peaks,
         "tile_lines_share": share,
         "tippecanoe_serial_fraction": serial,
+        "lines_serial_fraction": lines_serial,
     }
+
+
+def _serial_fraction(by_threads: dict, key: str, source: str) -> Figure:
+    """Amdahl's serial fraction s from times at 1 and 2 threads: T(2) / T(1) = s + (1 − s) / 2."""
+    one, two = by_threads.get("1", {}).get(key), by_threads.get("2", {}).get(key)
+    if not (one and two):
+        return Figure(1.0, "serial fraction", f"not measured ({key}): no speed-up", True)
+    return Figure(round(min(1.0, max(0.0, 2 * two / one - 1)), 3), "serial fraction", source)
 
 
 def _by_threads(record: dict) -> bool:
@@ -277,6 +283,7 @@ class Scenario:
     pyramid_on_workers: bool  # the pyramid's graph on every worker (else one task, one VM)
     s3_copy_batched: bool  # the pyramid's copy into place: concurrent batches (else serial)
     pyramid_check_downloads: bool  # the pyramid check reads level 0 on the driver
+    lines_on_threads: bool  # tile steps write their GeoJSON lines on the VM's threads
     # Coiled's worker threads default to the VM's vCPUs: a region task each
     notes: list[str] = field(default_factory=list)
 
@@ -293,6 +300,7 @@ def after_scenario(settings: OcrSettings | None = None) -> Scenario:
         pyramid_on_workers=True,
         s3_copy_batched=True,
         pyramid_check_downloads=False,
+        lines_on_threads=True,
     )
 
 
@@ -315,6 +323,7 @@ def before_scenario() -> Scenario:
         pyramid_on_workers=False,
         s3_copy_batched=False,
         pyramid_check_downloads=True,
+        lines_on_threads=False,
         notes=["schedulers of the workers' VM type ran no worker then"],
     )
 
@@ -381,7 +390,7 @@ def pyramid_row(m: Measured, s: Scenario) -> Row:
     threads = vcpus * (profile.workers if s.pyramid_on_workers else 1)
     compute_s = m.pyramid_thread_s.value / threads / _assumed("vcpu_vs_core_here")
     objects = m.pyramid_objects.value
-    batch = _assumed("s3_copy_batch") if s.s3_copy_batched else 1
+    batch = S3_CONNECTIONS if s.s3_copy_batched else 1
     copy_s = objects / batch * _assumed("s3_copy_s")
     check_s = (
         m.pyramid_level0_gib.value * GIB / 1e6 / _assumed("driver_read_mb_s")
@@ -409,17 +418,17 @@ def downstream_row(m: Measured, s: Scenario, step: str) -> Row:
     vcpus, gib = VMS[profile.vm_type]
     measured_s = m.steps_s[step].value
     if step in TILE_STEPS:
-        lines = measured_s * m.tile_lines_share[step].value
+        lines = measured_s * m.tile_lines_share[step].value  # on one thread
         serial = m.tippecanoe_serial_fraction[step].value
-
-        def amdahl(n: int) -> float:
-            return serial + (1 - serial) / n
-
-        tiles = (measured_s - lines) * amdahl(vcpus) / amdahl(2)
-        compute_s = lines / _assumed("python_steps_scale") + tiles
+        tiles = (measured_s - lines) * _amdahl(serial, vcpus) / _amdahl(serial, 2)
+        lines_serial = m.lines_serial_fraction[step].value
+        threads = vcpus if s.lines_on_threads else 1
+        lines = lines * _amdahl(lines_serial, threads)
+        compute_s = lines + tiles
         how = (
-            f"GeoJSON lines {lines / 60:.0f} min (one thread) + tippecanoe on {vcpus} vCPUs "
-            f"{tiles / 60:.0f} min (serial fraction {serial:.2f})"
+            f"GeoJSON lines on {threads} thread(s) {lines / 60:.0f} min (serial fraction "
+            f"{lines_serial:.2f}) + tippecanoe on {vcpus} vCPUs {tiles / 60:.0f} min "
+            f"(serial fraction {serial:.2f})"
         )
     else:
         compute_s = measured_s / _assumed("python_steps_scale")
@@ -429,6 +438,11 @@ def downstream_row(m: Measured, s: Scenario, step: str) -> Row:
     return Row(
         step, profile.vm_type, vms, wall, vms * wall / 3600, m.steps_peak_gib[step].value, gib, how
     )
+
+
+def _amdahl(serial: float, threads: int) -> float:
+    """The share of one thread's time ``threads`` threads take (Amdahl's law)."""
+    return serial + (1 - serial) / threads
 
 
 # phase 02/03 dependencies (ocr_assets: each step's upstream among these)

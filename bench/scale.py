@@ -342,9 +342,11 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
 def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) -> dict:
     """Per tileset: write its layers to GeoJSON lines (timed apart), then tippecanoe alone
     with the tileset's flags; wall time and peak RSS of tippecanoe. With ``threads``, tippecanoe
-    again at each of those thread counts (``TIPPECANOE_MAX_THREADS``): how its time scales with
-    cores, for the CONUS cost model (``bench/conus.py``)."""
+    and the lines again at each of those thread counts (``TIPPECANOE_MAX_THREADS``, the
+    step's thread cap): how their times scale with cores, for the CONUS cost model
+    (``bench/conus.py``)."""
     from bench.scale_data import ENVIRONMENT
+    from ocr_assets.science.parallel import thread_limit
     from ocr_assets.science.tiling import TileLayer, tippecanoe_command
     from ocr_assets.tiles import TILESETS, tippecanoe_binary, write_layer
     from ocr_resources.storage import OcrStorage
@@ -371,9 +373,15 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
         by_threads = {}
         for count in threads or []:
             seconds, counted = _tippecanoe_timed(argv, count)
+            with thread_limit(count):  # the step's lines again, on ``count`` threads
+                start = time.perf_counter()
+                for layer in layers:
+                    write_layer(spec.layers(storage, spec)[layer.name], folder / "again.ndjson")
+                lines_s = time.perf_counter() - start
             by_threads[str(count)] = {
                 "seconds": round(seconds, 2),
                 "cpu_s": round(counted.cpu_s, 1),
+                "lines_write_s": round(lines_s, 2),
             }
         out[spec.key] = {
             "features": features,

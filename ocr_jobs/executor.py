@@ -53,10 +53,9 @@ def in_process_when_one_step_executor(max_concurrent: int | None = None) -> dg.E
         requirements=dg.multiple_process_executor_requirements(),
     )
     def in_process_when_one_step(init_context: dg.InitExecutorContext) -> dg.Executor:
-        defaults: dict[str, Any] = {"start_method": DEFAULT_START_METHOD}
-        if max_concurrent:
-            defaults["max_concurrent"] = max_concurrent
-        config = {**defaults, **init_context.executor_config}
+        config = {"start_method": DEFAULT_START_METHOD, **init_context.executor_config}
+        # the schema's default is None (Dagster's CPU count): only a value the run set wins
+        config["max_concurrent"] = config.get("max_concurrent") or max_concurrent
         multiprocess = dg.InitExecutorContext(
             job=init_context.job,
             executor_def=init_context.executor_def,

@@ -157,10 +157,18 @@ def profile_tags(name: str) -> dict[str, str]:
 
 def render_profile_table() -> str:
     """Markdown of the profile table, for the README."""
-    rows = ["| asset | Coiled VM | scheduler VM | disk |", "|---|---|---|---|"]
+    rows = [
+        "| asset | Coiled VM | scheduler VM | disk | workers | tasks per worker | VMs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, p in PROFILES.items():
         disk = f"{p.disk_size_gb} GB" if p.disk_size_gb else "–"
-        rows.append(f"| `{name}` | {p.vm_type} | {p.scheduler_vm_type or '–'} | {disk} |")
+        scheduler = p.scheduler_vm_type or "Coiled's default"
+        tasks = p.tasks_per_worker or "one per vCPU"
+        rows.append(
+            f"| `{name}` | {p.vm_type} | {scheduler} | {disk} | {p.workers} | {tasks} | "
+            f"{p.vms()} |"
+        )
     return "\n".join(rows)
 
 

@@ -10,7 +10,11 @@ import dagster as dg
 import psutil
 import pytest
 
-from ocr_jobs.executor import DEFAULT_START_METHOD, in_process_when_one_step
+from ocr_jobs.executor import (
+    DEFAULT_START_METHOD,
+    in_process_when_one_step,
+    in_process_when_one_step_executor,
+)
 
 
 @dg.op
@@ -70,3 +74,51 @@ def test_one_step_runs_in_the_runs_own_process(tmp_path):
 
 def test_the_default_preloads_the_code_location_module():
     assert DEFAULT_START_METHOD == {"forkserver": {"preload_modules": ["ocr_jobs.definitions"]}}
+
+
+WINDOW_S = 1.5
+
+
+@dg.op(out=dg.Out(dict))
+def waits_for_its_cluster() -> dict:
+    """A step whose work runs elsewhere: it only waits (as a step waits for its cluster)."""
+    import time
+
+    start = time.time()
+    time.sleep(WINDOW_S)
+    return {"start": start, "end": time.time()}
+
+
+@dg.graph
+def four_waiting_steps() -> None:
+    for i in range(4):
+        waits_for_its_cluster.alias(f"wait_{i}")()
+
+
+def limited_by_cpus() -> dg.JobDefinition:
+    return four_waiting_steps.to_job("limited_by_cpus", executor_def=in_process_when_one_step)
+
+
+def limited_by_clusters() -> dg.JobDefinition:
+    return four_waiting_steps.to_job(
+        "limited_by_clusters", executor_def=in_process_when_one_step_executor(4)
+    )
+
+
+def _most_at_once(spans: list[dict]) -> int:
+    return max(sum(s["start"] <= t["start"] < s["end"] for s in spans) for t in spans)
+
+
+@pytest.mark.parametrize("job", ["limited_by_cpus", "limited_by_clusters"])
+def test_a_step_limit_lets_waiting_steps_run_past_the_cpu_count(job, tmp_path):
+    """Dagster's default runs at most the CPU count of steps at once; the limit the code
+    location sets for cluster backends (``step_concurrency``: the cluster limit) runs all
+    four waiting steps together."""
+    with (
+        dg.DagsterInstance.local_temp(str(tmp_path)) as instance,
+        dg.execute_job(dg.reconstructable(globals()[job]), instance) as result,
+    ):
+        assert result.success
+        spans = [result.output_for_node(f"wait_{i}") for i in range(4)]
+    expected = 4 if job == "limited_by_clusters" else min(4, os.cpu_count() or 1)
+    assert _most_at_once(spans) == expected

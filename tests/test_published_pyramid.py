@@ -55,7 +55,7 @@ def storage(tmp_path_factory) -> OcrStorage:
         values[:64, :64] = np.nan  # whole blocks NaN
         values[rng.random(REGION) < 0.1] = 0
         storage.write_region_window(
-            region, {v: values * (1.5 if v == "rps_2047" else 1) for v in RISK_VARIABLES}
+            region, {v: values * (0.5 if v == "rps_2047" else 1) for v in RISK_VARIABLES}
         )
     return storage
 

@@ -107,10 +107,10 @@ REGION = (120, 150)  # (lat, lon) pixels
 GRID = (2, 3)  # regions: 240 × 450 px, 8 levels at most
 
 
-@pytest.fixture(scope="module")
-def raster_storage(tmp_path_factory) -> OcrStorage:
-    """A 240 × 450 px raster store written by the real code: RPS in 0–100, zeros, NaN."""
-    storage = OcrStorage(root=str(tmp_path_factory.mktemp("pyramid")), environment="local")
+def small_store(root: str, scale_2047: float = 1.1) -> OcrStorage:
+    """A 240 × 450 px raster store written by the real code: RPS in 0–100, zeros, NaN
+    (rps_2047 is rps_2011 × ``scale_2047``)."""
+    storage = OcrStorage(root=root, environment="local")
     rows, cols = GRID[0] * REGION[0], GRID[1] * REGION[1]
     grid = RegionGrid(
         latitude=37.1 + (np.arange(rows) + 0.5) * ARC_SECOND,
@@ -123,13 +123,19 @@ def raster_storage(tmp_path_factory) -> OcrStorage:
     for rid in grid.all_region_ids():
         region = grid.region(rid)
         shape = (REGION[0], REGION[1])
-        values = (100 * rng.random(shape) ** 4).astype(np.float32)
+        values = (90 * rng.random(shape) ** 4).astype(np.float32)
         values[rng.random(shape) < 0.2] = np.nan
         values[rng.random(shape) < 0.1] = 0
         storage.write_region_window(
-            region, {v: values * (1 + 0.1 * (v == "rps_2047")) for v in RISK_VARIABLES}
+            region,
+            {v: values * (scale_2047 if v == "rps_2047" else 1) for v in RISK_VARIABLES},
         )
     return storage
+
+
+@pytest.fixture(scope="module")
+def raster_storage(tmp_path_factory) -> OcrStorage:
+    return small_store(str(tmp_path_factory.mktemp("pyramid")))
 
 
 def test_a_small_grid_gets_the_levels_it_can_halve_into(raster_storage):
@@ -197,3 +203,31 @@ def test_a_graph_step_computes_on_the_clusters_workers(raster_storage):
     store = raster_storage.open_raster_store()
     for name, value in level0.items():
         assert value == pytest.approx(float(store[name].max(skipna=True)))
+
+
+@pytest.mark.parametrize(("scale_2047", "passes"), [(1.1, True), (1.5, False)])
+def test_the_check_reads_the_maxima_the_step_computed_and_the_stored_levels(
+    tmp_path, scale_2047, passes
+):
+    """The check passes on RPS within [0, 100] and fails on an rps_2047 level 0 above 100,
+    from the maxima the step computed while writing (recorded in its materialization) — it
+    reads no level-0 chunk itself."""
+    import dagster as dg
+
+    from ocr_assets.pyramid import pyramid_levels_coarsen, risk_pyramid
+
+    storage = small_store(str(tmp_path), scale_2047)
+    result = dg.materialize(
+        [risk_pyramid, pyramid_levels_coarsen],
+        resources={"storage": storage, "compute": OcrCompute()},
+        raise_on_error=False,
+    )
+    (check,) = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    assert check.passed is passes
+    recorded = check.metadata["level0_max"].value
+    assert recorded["rps_2047"] == pytest.approx(recorded["rps_2011"] * scale_2047, rel=1e-6)
+    assert (recorded["rps_2047"] <= 100) is passes
