@@ -22,13 +22,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask.array
+import numpy as np
 import xarray as xr
 from topozarr.metadata import create_level_encoding
 
 from bench.pyramid import REGION_SHAPE, conus_estimate
 from bench.scale import CONUS_BLOCKS, CONUS_BUILDINGS
 from ocr_assets.pyramid import PYRAMID_VARIABLES, SOURCE_CHUNK_PX
-from ocr_assets.science.pyramid import PYRAMID_TARGET_RESOLUTION_M, published_levels
+from ocr_assets.science.pyramid import (
+    PYRAMID_TARGET_RESOLUTION_M,
+    levels_for_shape,
+    published_levels,
+)
 from ocr_jobs.definitions import step_concurrency
 from ocr_jobs.jobs import region_runs
 from ocr_resources.compute import PROFILES, ComputeProfile
@@ -89,10 +94,25 @@ ASSUMPTIONS: dict[str, Figure] = {
         "past the 2 cores measured (most of their time is one thread)",
         True,
     ),
+    "dask_scheduler_tasks_s": Figure(
+        3000,
+        "tasks/s",
+        "one distributed scheduler's throughput (Dask's docs: ~200 µs–1 ms of overhead a task)",
+        True,
+    ),
+    "pyramid_workers_scale": Figure(
+        1.0,
+        "× per worker",
+        "the pyramid's workers add up: each computes its share of the chunks (here two local "
+        "worker processes on 2 cores contend with the scheduler and each other)",
+        True,
+    ),
     "pyramid_peak_per_worker": Figure(
         1.0,
-        "× the measured peak",
-        "each pyramid worker's peak is at most the whole 2-thread writer's (extrapolated)",
+        "÷ workers × the measured peak",
+        "each pyramid worker holds its share of the chunks in flight: the 2-thread writer's "
+        "extrapolated peak divided among the workers (Dask spills past 70 % of a worker's "
+        "memory before it would run out)",
         True,
     ),
 }
@@ -113,9 +133,10 @@ class Measured:
     region_peak_gib: Figure
     region_input_mib: Figure
     pyramid_thread_s: Figure
+    pyramid_serial_fraction: Figure
     pyramid_peak_gib: Figure
-    pyramid_two_thread_speedup: Figure
     pyramid_objects: Figure
+    pyramid_tasks: Figure
     pyramid_level0_gib: Figure
     steps_s: dict[str, Figure]
     steps_peak_gib: dict[str, Figure]
@@ -163,47 +184,96 @@ def pyramid_objects_at(shape: tuple[int, int]) -> tuple[int, list[tuple[int, int
     return count, shapes
 
 
-def measured_pyramid() -> dict[str, Figure]:
-    lines = _lines("pyramid_results.jsonl")
-    estimate = conus_estimate(lines, SOURCE_CHUNK_PX, threads=2)
-    where = "bench/pyramid_results.jsonl (topozarr writer, fit over 1×1, 2×2, 4×4 grids)"
-    mine = [line for line in lines if line.get("step") == "topozarr" and "seconds" in line]
-    one = {line["grid"]: line["seconds"] for line in mine if line.get("threads") == 1}
-    two = {
-        line["grid"]: line["seconds"]
-        for line in mine
-        if line.get("threads") == 2 and not line.get("dask_workers")
+def pyramid_tasks_per_px(shape: tuple[int, int] = (12000, 9000)) -> float:
+    """Tasks of the writer's dask graph per source px, from the graph ``write_pyramid``
+    builds for a lazy grid of ``shape`` (2 × 2 regions; nothing computed, no data written)."""
+    import zarr
+    from topozarr.coarsen import create_pyramid
+
+    from ocr_assets.pyramid import pyramid_source
+
+    lazy = dask.array.zeros(shape, dtype="float32", chunks=(1500, 1125))
+    coords = {
+        "latitude": 37.0 + (np.arange(shape[0]) + 0.5) / 3600,
+        "longitude": -120.0 + (np.arange(shape[1]) + 0.5) / 3600,
     }
-    both = sorted(set(one) & set(two))
-    if both:
-        grid = both[-1]
-        speedup = Figure(
-            one[grid] / two[grid],
-            "×",
-            f"bench/pyramid_results.jsonl ({grid}×{grid}, 1 vs 2 threads)",
-        )
-    else:
-        speedup = Figure(2.0, "×", "linear: no 1-thread run recorded", True)
-    largest = max((line for line in mine if "level_bytes" in line), key=lambda r: r["source_px"])
+    store = xr.Dataset(
+        {v: (("latitude", "longitude"), lazy) for v in PYRAMID_VARIABLES}, coords=coords
+    )
+    source = pyramid_source(store)
+    levels = levels_for_shape(published_levels(PYRAMID_TARGET_RESOLUTION_M), shape)
+    pyramid = create_pyramid(
+        source, levels=levels, x_dim="longitude", y_dim="latitude", target_shard_bytes=None
+    )
+    writes = pyramid.dt.to_zarr(
+        zarr.storage.MemoryStore(),
+        mode="w",
+        zarr_format=3,
+        encoding=pyramid.encoding,
+        compute=False,
+    )
+    return len(writes.__dask_graph__()) / (shape[0] * shape[1])
+
+
+def latest_pyramid_run(lines: list[dict]) -> tuple[str, list[dict]]:
+    """The writer's lines of the latest recorded ``bench.pyramid`` run that timed it on 1 and
+    2 threads (a run starts with its header line, the one naming its grids)."""
+    runs: list[tuple[dict, list[dict]]] = []
+    for line in lines:
+        if "grids" in line:
+            runs.append((line, []))
+        elif runs and line.get("step") == "topozarr" and "seconds" in line:
+            runs[-1][1].append(line)
+    for header, mine in reversed(runs):
+        if {1, 2} <= {line.get("threads") for line in mine}:
+            return header.get("when", "?") + (
+                f", {header['note']}" if "note" in header else ""
+            ), mine
+    raise ValueError("bench/pyramid_results.jsonl holds no run timed on 1 and 2 threads")
+
+
+def measured_pyramid() -> dict[str, Figure]:
+    """The writer at CONUS size from the latest run on 1 and 2 threads: seconds per px on one
+    thread (fit over the run's grids), Amdahl's serial fraction on its largest grid, the
+    peak (fit at 2 threads); the object count from topozarr's chunking of the CONUS levels."""
+    when, mine = latest_pyramid_run(_lines("pyramid_results.jsonl"))
+    where = f"bench/pyramid_results.jsonl run {when}"
+    one = conus_estimate(mine, SOURCE_CHUNK_PX, threads=1)
+    two = conus_estimate(mine, SOURCE_CHUNK_PX, threads=2)
+    by_threads = {
+        (line["grid"], line["threads"]): line["seconds"]
+        for line in mine
+        if not line.get("dask_workers")
+    }
+    grid = max(g for g, t in by_threads if (g, 1) in by_threads and (g, 2) in by_threads)
+    ratio = by_threads[(grid, 2)] / by_threads[(grid, 1)]
+    largest = max(mine, key=lambda r: r["source_px"])
     conus_px = CONUS_GRID[0] * CONUS_GRID[1] * REGION_SHAPE[0] * REGION_SHAPE[1]
     shape = (CONUS_GRID[0] * REGION_SHAPE[0], CONUS_GRID[1] * REGION_SHAPE[1])
     objects, _ = pyramid_objects_at(shape)
     level0 = largest["level_bytes"]["0"] / largest["source_px"] * conus_px / GIB
     return {
-        # thread-seconds: the 2-thread wall times 2 threads, spread by the measured speed-up
         "pyramid_thread_s": Figure(
-            estimate["conus_seconds"] * speedup.value, "thread-s", f"{where}, 2 threads"
+            one["conus_seconds"], "s on 1 thread", f"{where} (fit over its grids, 1 thread)"
         ),
-        "pyramid_peak_gib": Figure(estimate["conus_peak_gib"], "GiB", f"{where}, 2 threads"),
-        "pyramid_two_thread_speedup": speedup,
+        "pyramid_serial_fraction": Figure(
+            round(min(1.0, max(0.0, 2 * ratio - 1)), 3),
+            "serial fraction",
+            f"{where} ({grid}×{grid}: 1 vs 2 threads)",
+        ),
+        "pyramid_peak_gib": Figure(two["conus_peak_gib"], "GiB", f"{where} (fit, 2 threads)"),
         "pyramid_objects": Figure(
             objects, "objects", "topozarr's chunking of each CONUS level (computed, no data)"
+        ),
+        "pyramid_tasks": Figure(
+            round(pyramid_tasks_per_px() * conus_px),
+            "dask tasks",
+            "the writer's graph per px on a lazy 2×2 grid, times CONUS's px (computed, no data)",
         ),
         "pyramid_level0_gib": Figure(
             round(level0, 1),
             "GiB",
-            f"bench/pyramid_results.jsonl (level 0 bytes per px, {largest['grid']}×"
-            f"{largest['grid']} grid)",
+            f"{where} (level 0 bytes per px, {largest['grid']}×{largest['grid']} grid)",
         ),
     }
 
@@ -387,8 +457,19 @@ def region_row(m: Measured, s: Scenario) -> Row:
 def pyramid_row(m: Measured, s: Scenario) -> Row:
     profile = s.profiles["risk_pyramid"]
     vcpus, gib = VMS[profile.vm_type]
-    threads = vcpus * (profile.workers if s.pyramid_on_workers else 1)
-    compute_s = m.pyramid_thread_s.value / threads / _assumed("vcpu_vs_core_here")
+    workers = profile.workers if s.pyramid_on_workers else 1
+    serial = m.pyramid_serial_fraction.value
+    # Amdahl within a worker's threads; workers (processes, VMs) side by side
+    compute_s = (
+        m.pyramid_thread_s.value
+        * _amdahl(serial, vcpus)
+        / (workers * _assumed("pyramid_workers_scale"))
+        / _assumed("vcpu_vs_core_here")
+    )
+    # on a cluster, its scheduler hands out every task: a floor under the compute
+    scheduling_s = m.pyramid_tasks.value / _assumed("dask_scheduler_tasks_s")
+    if s.pyramid_on_workers:
+        compute_s = max(compute_s, scheduling_s)
     objects = m.pyramid_objects.value
     batch = S3_CONNECTIONS if s.s3_copy_batched else 1
     copy_s = objects / batch * _assumed("s3_copy_s")
@@ -405,9 +486,10 @@ def pyramid_row(m: Measured, s: Scenario) -> Row:
         vms,
         wall + check_s,
         vms * wall / 3600,
-        m.pyramid_peak_gib.value * _assumed("pyramid_peak_per_worker"),
+        m.pyramid_peak_gib.value * _assumed("pyramid_peak_per_worker") / workers,
         gib,
-        f"{threads} threads: compute {compute_s / 60:.0f} min; {objects:,.0f} objects copied "
+        f"{workers} worker(s) × {vcpus} threads (serial fraction {serial:.2f}): compute "
+        f"{compute_s / 60:.0f} min; {objects:,.0f} objects copied "
         f"{'in batches' if s.s3_copy_batched else 'one by one'} ({copy_s / 60:.0f} min)"
         + (f"; check reads level 0 on the driver ({check_s / 60:.0f} min)" if check_s else ""),
     )

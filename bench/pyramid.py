@@ -168,6 +168,12 @@ def level_bytes(path: str) -> dict[str, int]:
     return {p.name: tree_bytes(p) for p in sorted(Path(path).iterdir()) if p.is_dir()}
 
 
+def _write_pyramid_at(root: str, levels: int) -> dict:
+    """``write_pyramid`` on the bench store at ``root`` (a plain function of plain values: it
+    runs on a cluster's worker as the asset's does)."""
+    return write_pyramid(OcrStorage(root=root, environment=ENVIRONMENT), levels)
+
+
 def run_writer(
     root: str, source_chunk: str = "default", threads: str = "all", workers: str = "0"
 ) -> dict:
@@ -194,17 +200,16 @@ def run_writer(
         )
         session.client = Client(cluster.scheduler_address, set_as_default=False)
     start = time.perf_counter()
-    with session.graph_scheduler():
-        result = write_pyramid(storage, published_levels())
+    result = session.run_graph(_write_pyramid_at, root, published_levels())
     seconds = time.perf_counter() - start
     if cluster is not None:
         session.client.close()
         cluster.close()
-    # what the check cost before issue 30 (level 0 read back in the check's process) and now
+    # what the check cost before issue 30 (level 0 read back on the check's threads) and now
     # (the stored levels' metadata and the coarsest level; level 0's maxima came with the write)
     tree = storage.open_datatree(storage.layout.pyramid)
     start = time.perf_counter()
-    with session.graph_scheduler():
+    with ComputeSession("local", "risk_pyramid", PROFILES["risk_pyramid"]).graph_scheduler():
         float(tree["0"]["rps_2011"].max(skipna=True).compute())
     level0_read_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -374,10 +379,12 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cpus": len(os.sched_getaffinity(0)),
                 "threads": worker_threads(),
                 "writer": WRITER,
                 "grids": args.grids,
+                "scratch": args.scratch or tempfile.gettempdir(),
             }
         ),
         flush=True,

@@ -113,22 +113,29 @@ def write_lines(lines: pa.Array, f: IO[bytes]) -> None:
 
 
 def parallel_lines(
-    batches: Iterator[pa.RecordBatch],
+    storage: OcrStorage,
+    path: str,
+    columns: list[str],
+    batch_rows: int,
     batch_lines: Callable[[duckdb.DuckDBPyConnection, pa.RecordBatch], pa.Array],
 ) -> Iterator[pa.Array]:
-    """Each batch's feature lines on the step's threads (DuckDB, shapely and Arrow release
-    the GIL), in the batches' order, so the file is the same bytes whatever the thread count;
-    a few batches in flight at a time. At CONUS size the lines took a quarter of the building
-    tiles' time on one thread (bench/conus.py). Each thread has its own single-threaded DuckDB
-    connection."""
+    """The feature lines of a Parquet file's rows: each row group read (its page checksums
+    verified) and turned into lines on one of the step's threads (Arrow, DuckDB and shapely
+    release the GIL), yielded in the file's order, so the layer is the same bytes whatever the
+    thread count; a few row groups in memory at a time (``ordered_map``'s window). At CONUS
+    size the lines took a quarter of the building tiles' time on one thread
+    (bench/conus.py). Each thread has its own single-threaded DuckDB connection."""
     local = threading.local()
 
-    def one(batch: pa.RecordBatch) -> pa.Array:
+    def group_lines(group: int) -> list[pa.Array]:
         if not hasattr(local, "con"):
             local.con = duckdb.connect(config={"threads": 1})
-        return batch_lines(local.con, batch)
+        batches = storage.iter_batches(path, columns, batch_rows, row_groups=[group])
+        return [batch_lines(local.con, batch) for batch in batches]
 
-    return ordered_map(one, batches, worker_threads())
+    groups = range(storage.parquet_metadata(path).num_row_groups)
+    for lines in ordered_map(group_lines, groups, worker_threads()):
+        yield from lines
 
 
 def write_layer(source: LayerSource, path: Path) -> int:
@@ -188,8 +195,7 @@ def building_layers(
         )
 
     def lines() -> Iterator[pa.Array]:
-        batches = storage.iter_batches(path, [*columns, "geometry"], batch_rows)
-        return parallel_lines(batches, batch_lines)
+        return parallel_lines(storage, path, [*columns, "geometry"], batch_rows, batch_lines)
 
     return {BUILDING_LAYER: lines}
 
@@ -213,8 +219,7 @@ def regional_layers(
             return feature_lines(con, table.select(columns), polygons, keys)
 
         def lines() -> Iterator[pa.Array]:
-            batches = storage.iter_batches(path, [*columns, "geometry"], batch_rows)
-            return parallel_lines(batches, batch_lines)
+            return parallel_lines(storage, path, [*columns, "geometry"], batch_rows, batch_lines)
 
         return lines
 

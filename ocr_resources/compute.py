@@ -166,8 +166,7 @@ def render_profile_table() -> str:
         scheduler = p.scheduler_vm_type or "Coiled's default"
         tasks = p.tasks_per_worker or "one per vCPU"
         rows.append(
-            f"| `{name}` | {p.vm_type} | {scheduler} | {disk} | {p.workers} | {tasks} | "
-            f"{p.vms()} |"
+            f"| `{name}` | {p.vm_type} | {scheduler} | {disk} | {p.workers} | {tasks} | {p.vms()} |"
         )
     return "\n".join(rows)
 
@@ -182,6 +181,16 @@ def _with_storage(spec: dict, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(storage, *args)`` with the storage rebuilt from ``spec``: Dagster resources do not
     pickle, so a remote worker receives plain values."""
     return fn(OcrStorage(**spec), *args)
+
+
+def _graph_on_cluster(fn: Callable[..., Any], *args: Any) -> Any:
+    """On a worker: ``fn(*args)`` with the cluster as the scheduler of the graph it computes
+    (the task secedes from the worker's thread pool while it waits, so the worker's threads
+    run the graph's tasks)."""
+    from distributed import worker_client
+
+    with worker_client() as client, dask.config.set(scheduler=client):
+        return fn(*args)
 
 
 @dataclass
@@ -231,15 +240,21 @@ class ComputeSession:
             one_done.wait(timeout)
         return {f for f in futures if f.done()}
 
+    def run_graph(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)``, a function that builds and computes a dask graph: on the cluster, it
+        runs as a task that hands its graph to the cluster's scheduler (``worker_client``:
+        the graph is built and its data read and written on the workers, never on the
+        machine running the step — a CONUS pyramid's graph has millions of tasks); here, on
+        this process's threads, capped like every task's compiled loops."""
+        if self.client is not None:
+            return self.client.submit(_graph_on_cluster, fn, *args, pure=False).result()
+        with self.graph_scheduler():
+            return fn(*args)
+
     @contextmanager
     def graph_scheduler(self) -> Iterator[None]:
-        """Where a dask graph built in this process computes: the cluster's workers (its
-        tasks read and write storage there, this process only sends the graph), or this
-        process's threads, capped like every task's compiled loops."""
-        if self.client is not None:
-            with dask.config.set(scheduler=self.client):
-                yield
-            return
+        """Dask graphs computed in this block run on this process's threads, capped like
+        every task's compiled loops."""
         with (
             thread_limit(self.threads),
             dask.config.set(scheduler="threads", num_workers=worker_threads()),
@@ -332,11 +347,12 @@ class OcrCompute(ConfigurableResource):
     def run_graph(
         self, context: Any, fn: Callable[..., Any], storage: Any, *args: Any
     ) -> tuple[Any, dict]:
-        """``fn(storage, *args)`` here, its dask computations on the step's cluster (every
-        worker, not one task on one of them) or, without one, on this process's threads;
+        """``fn(storage, *args)``, which computes a dask graph, on every worker of the step's
+        cluster (not as one task on one of them) or, without one, on this process's threads;
         (result, compute metadata)."""
-        with self.session(context) as session, session.graph_scheduler():
-            return fn(storage, *args), session.metadata()
+        with self.session(context) as session:
+            result = session.run_graph(_with_storage, storage.spec(), fn, *args)
+            return result, session.metadata()
 
     def profile_for(self, tags: dict[str, str]) -> tuple[str, ComputeProfile]:
         name, profile = ComputeProfile.from_tags(tags)

@@ -252,3 +252,43 @@ def test_absent_chunks_are_found_by_dimension_name_in_zarr_v2_and_v3(tmp_path, z
     # latitude 0:2 and longitude 3:6 are stored chunk (1, 0), as (longitude, latitude)
     assert stored.absent({"latitude": slice(0, 2), "longitude": slice(3, 6)}) == [key]
     assert stored.absent({"latitude": slice(2, 4), "longitude": slice(0, 6)}) == []
+
+
+def test_a_tree_is_copied_into_place_on_s3_concurrently_metadata_last(s3_endpoint, monkeypatch):
+    """S3 has no rename: a finished tree's objects are copied into place many at a time
+    (a CONUS pyramid has ~440,000; issue 30: one after another took hours), every chunk before
+    any metadata document, and objects the new tree does not have are deleted."""
+    import asyncio
+
+    import s3fs
+
+    storage = OcrStorage(root=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
+    target = f"{storage.root}/tree.zarr"
+    fs = storage.fs
+    fs.pipe({f"{target}/stale/c/0": b"old", f"{target}/zarr.json": b"{}"})
+    fresh = {f"{target}/zarr.json": b'{"root": 1}'}
+    for level in range(3):
+        fresh[f"{target}/{level}/zarr.json"] = b"{}"
+        fresh |= {f"{target}/{level}/rps/c/0/{i}": bytes([i]) * 64 for i in range(12)}
+    started, in_flight, most = [], [0], [0]
+    real = s3fs.S3FileSystem._cp_file
+
+    async def counted(self, path1, path2, **kwargs):
+        started.append(path2)
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            await asyncio.sleep(0.01)
+            return await real(self, path1, path2, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cp_file", counted)
+    with storage.atomic_path(target) as tmp:
+        fs.pipe({tmp + key[len(target) :]: value for key, value in fresh.items()})
+    assert most[0] > 1, "copied one object at a time"
+    kinds = [p.rsplit("/", 1)[-1] == "zarr.json" for p in started]
+    assert kinds == sorted(kinds), "a metadata document was copied before a chunk"
+    assert len(started) == len(fresh)
+    stored = {p: fs.cat_file(p) for p in fs.find(target)}
+    assert stored == {k.removeprefix("s3://"): v for k, v in fresh.items()}
