@@ -18,7 +18,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask.array
@@ -192,7 +192,8 @@ def pyramid_tasks_per_px(shape: tuple[int, int] = (12000, 9000)) -> float:
 
     from ocr_assets.pyramid import pyramid_source
 
-    lazy = dask.array.zeros(shape, dtype="float32", chunks=(1500, 1125))
+    # dask chunks as the raster store is read: a region each
+    lazy = dask.array.zeros(shape, dtype="float32", chunks=REGION_SHAPE)
     coords = {
         "latitude": 37.0 + (np.arange(shape[0]) + 0.5) / 3600,
         "longitude": -120.0 + (np.arange(shape[1]) + 0.5) / 3600,
@@ -354,8 +355,8 @@ class Scenario:
     s3_copy_batched: bool  # the pyramid's copy into place: concurrent batches (else serial)
     pyramid_check_downloads: bool  # the pyramid check reads level 0 on the driver
     lines_on_threads: bool  # tile steps write their GeoJSON lines on the VM's threads
-    # Coiled's worker threads default to the VM's vCPUs: a region task each
-    notes: list[str] = field(default_factory=list)
+    # a scheduler VM of the workers' type runs a worker (else it is a VM of its own)
+    worker_on_scheduler: bool
 
 
 def after_scenario(settings: OcrSettings | None = None) -> Scenario:
@@ -371,6 +372,7 @@ def after_scenario(settings: OcrSettings | None = None) -> Scenario:
         s3_copy_batched=True,
         pyramid_check_downloads=False,
         lines_on_threads=True,
+        worker_on_scheduler=True,
     )
 
 
@@ -381,7 +383,7 @@ def before_scenario() -> Scenario:
     by reading level 0 on the driver."""
 
     def old(profile: ComputeProfile) -> ComputeProfile:
-        # a scheduler VM of the workers' type then ran no worker: counted apart
+        # one worker, Coiled's default of one task per vCPU
         return replace(profile, workers=1, tasks_per_worker=None)
 
     return Scenario(
@@ -394,7 +396,7 @@ def before_scenario() -> Scenario:
         s3_copy_batched=False,
         pyramid_check_downloads=True,
         lines_on_threads=False,
-        notes=["schedulers of the workers' VM type ran no worker then"],
+        worker_on_scheduler=False,
     )
 
 
@@ -416,9 +418,8 @@ class Row:
 
 
 def _vms(scenario: Scenario, profile: ComputeProfile) -> int:
-    if scenario.name == "before" and profile.scheduler_vm_type:
-        return profile.workers + 1  # the scheduler's own VM, idle of tasks
-    return profile.vms()
+    """VMs of one cluster of ``profile`` in ``scenario``."""
+    return profile.vms() if scenario.worker_on_scheduler else profile.workers + 1
 
 
 def _assumed(name: str) -> float:
