@@ -90,8 +90,8 @@ ASSUMPTIONS: dict[str, Figure] = {
     "python_steps_scale": Figure(
         1.0,
         "× past 2 cores",
-        "consolidation, statistics, analysis files and tile-line writing: no speed-up assumed "
-        "past the 2 cores measured (most of their time is one thread)",
+        "consolidation, statistics and analysis files: no speed-up assumed past the 2 cores "
+        "measured (most of their time is one thread or two)",
         True,
     ),
     "dask_scheduler_tasks_s": Figure(
@@ -142,7 +142,10 @@ class Measured:
     steps_peak_gib: dict[str, Figure]
     tile_lines_share: dict[str, Figure]
     tippecanoe_serial_fraction: dict[str, Figure]
-    lines_serial_fraction: dict[str, Figure]
+    lines_writer_share: dict[str, Figure]
+    lines_workers_share: dict[str, Figure]
+    lines_worker_peak_gib: dict[str, Figure]
+    outputs_side_by_side: Figure
 
     def figures(self) -> dict[str, Figure]:
         out: dict[str, Figure] = {}
@@ -301,27 +304,45 @@ def measured_downstream() -> dict[str, dict[str, Figure]]:
     alone_records = [r for r in records if "tippecanoe_alone" in r]
     threaded = [r for r in alone_records if _by_threads(r)]
     latest = (threaded or alone_records)[-1]
-    share, serial, lines_serial = {}, {}, {}
+    share, serial, writer, workers, worker_peak = {}, {}, {}, {}, {}
     for key in TILE_STEPS:
         alone = latest["tippecanoe_alone"][key]
         by = alone.get("tippecanoe_by_threads", {})
         source = f"bench/scale_results.jsonl tippecanoe alone, {latest['config']}"
-        # the extrapolated step wrote its lines on one thread and ran tippecanoe on two
+        # the extrapolated step wrote its lines in one process and ran tippecanoe on two
         lines_s = by["1"]["lines_write_s"] if "lines_write_s" in by.get("1", {}) else None
         lines_s = lines_s or alone["lines_write_s"]
         share[key] = Figure(
             round(lines_s / (lines_s + alone["tippecanoe_s"]), 3), "of the step", source
         )
         serial[key] = _serial_fraction(by, "seconds", f"{source}, tippecanoe at 1 vs 2 threads")
-        lines_serial[key] = _serial_fraction(
-            by, "lines_write_s", f"{source}, GeoJSON lines at 1 vs 2 threads"
+        # on worker processes: this process reads their results and writes the file (one
+        # thread, the floor), the workers share the rest; each as a share of the lines' wall
+        # time in one process
+        two = by.get("2", {})
+        where = f"{source}, GeoJSON lines on 2 worker processes vs in 1"
+        writer[key] = Figure(round(two["lines_cpu_s"] / lines_s, 3), "of 1 process", where)
+        workers[key] = Figure(round(two["lines_workers_cpu_s"] / lines_s, 3), "of 1 process", where)
+        worker_peak[key] = Figure(
+            round(two["lines_worker_peak_mib"] * MIB / GIB, 2), "GiB", f"{where} (its USS)"
         )
+    consolidation = [r for r in records if "consolidation_by_threads" in r][-1]
+    by = consolidation["consolidation_by_threads"]
+    side_by_side = Figure(
+        round(by["2"] / by["1"], 3),
+        "× the step",
+        f"bench/scale_results.jsonl {consolidation['config']}: buildings_geoparquet's two "
+        f"outputs side by side (2 threads, {by['2']} s) vs one after the other (1, {by['1']} s)",
+    )
     return {
         "steps_s": steps_s,
         "steps_peak_gib": peaks,
         "tile_lines_share": share,
         "tippecanoe_serial_fraction": serial,
-        "lines_serial_fraction": lines_serial,
+        "lines_writer_share": writer,
+        "lines_workers_share": workers,
+        "lines_worker_peak_gib": worker_peak,
+        "outputs_side_by_side": side_by_side,
     }
 
 
@@ -354,7 +375,8 @@ class Scenario:
     pyramid_on_workers: bool  # the pyramid's graph on every worker (else one task, one VM)
     s3_copy_batched: bool  # the pyramid's copy into place: concurrent batches (else serial)
     pyramid_check_downloads: bool  # the pyramid check reads level 0 on the driver
-    lines_on_threads: bool  # tile steps write their GeoJSON lines on the VM's threads
+    lines_on_processes: bool  # tile steps make their GeoJSON lines on the VM's processes
+    outputs_side_by_side: bool  # buildings_geoparquet writes its two outputs at once
     # a scheduler VM of the workers' type runs a worker (else it is a VM of its own)
     worker_on_scheduler: bool
 
@@ -371,7 +393,8 @@ def after_scenario(settings: OcrSettings | None = None) -> Scenario:
         pyramid_on_workers=True,
         s3_copy_batched=True,
         pyramid_check_downloads=False,
-        lines_on_threads=True,
+        lines_on_processes=True,
+        outputs_side_by_side=True,
         worker_on_scheduler=True,
     )
 
@@ -395,7 +418,8 @@ def before_scenario() -> Scenario:
         pyramid_on_workers=False,
         s3_copy_batched=False,
         pyramid_check_downloads=True,
-        lines_on_threads=False,
+        lines_on_processes=False,
+        outputs_side_by_side=False,
         worker_on_scheduler=False,
     )
 
@@ -500,27 +524,31 @@ def downstream_row(m: Measured, s: Scenario, step: str) -> Row:
     profile = s.profiles[step]
     vcpus, gib = VMS[profile.vm_type]
     measured_s = m.steps_s[step].value
+    peak = m.steps_peak_gib[step].value
     if step in TILE_STEPS:
-        lines = measured_s * m.tile_lines_share[step].value  # on one thread
+        lines = measured_s * m.tile_lines_share[step].value  # in one process
         serial = m.tippecanoe_serial_fraction[step].value
         tiles = (measured_s - lines) * _amdahl(serial, vcpus) / _amdahl(serial, 2)
-        lines_serial = m.lines_serial_fraction[step].value
-        threads = vcpus if s.lines_on_threads else 1
-        lines = lines * _amdahl(lines_serial, threads)
+        workers = vcpus if s.lines_on_processes else 1
+        if workers > 1:  # the writer's share is the floor; the workers' CPU is shared out
+            writer, shared = m.lines_writer_share[step].value, m.lines_workers_share[step].value
+            lines *= max(writer, shared / workers / _assumed("vcpu_vs_core_here"))
+            # the workers are gone before tippecanoe starts: the larger of the two
+            peak = max(peak, workers * m.lines_worker_peak_gib[step].value)
         compute_s = lines + tiles
         how = (
-            f"GeoJSON lines on {threads} thread(s) {lines / 60:.0f} min (serial fraction "
-            f"{lines_serial:.2f}) + tippecanoe on {vcpus} vCPUs {tiles / 60:.0f} min "
-            f"(serial fraction {serial:.2f})"
+            f"GeoJSON lines on {workers} process(es) {lines / 60:.0f} min + tippecanoe on "
+            f"{vcpus} vCPUs {tiles / 60:.0f} min (serial fraction {serial:.2f})"
         )
+    elif step == "buildings_geoparquet" and s.outputs_side_by_side:
+        compute_s = measured_s * m.outputs_side_by_side.value / _assumed("python_steps_scale")
+        how = f"its two outputs side by side: {m.outputs_side_by_side.value:.2f} × as measured"
     else:
         compute_s = measured_s / _assumed("python_steps_scale")
         how = "as measured on 2 cores"
     wall = _assumed("cluster_start_s") + compute_s
     vms = _vms(s, profile)
-    return Row(
-        step, profile.vm_type, vms, wall, vms * wall / 3600, m.steps_peak_gib[step].value, gib, how
-    )
+    return Row(step, profile.vm_type, vms, wall, vms * wall / 3600, peak, gib, how)
 
 
 def _amdahl(serial: float, threads: int) -> float:

@@ -30,14 +30,17 @@ one JSON line per configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +376,12 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
         by_threads = {}
         for count in threads or []:
             seconds, counted = _tippecanoe_timed(argv, count)
-            with thread_limit(count):  # the step's lines again, on ``count`` threads
+            # the step's lines again, on ``count`` workers (processes past one): the wall
+            # time, this process's CPU (reading the workers' results, writing the file) and
+            # the workers' CPU (reaped with their pool, so counted as this process's children)
+            self_before = resource.getrusage(resource.RUSAGE_SELF)
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with thread_limit(count), _ChildrenPeak() as workers_peak:
                 start = time.perf_counter()
                 for layer in layers:
                     write_layer(spec.layers(storage, spec)[layer.name], folder / "again.ndjson")
@@ -382,6 +390,9 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
                 "seconds": round(seconds, 2),
                 "cpu_s": round(counted.cpu_s, 1),
                 "lines_write_s": round(lines_s, 2),
+                "lines_cpu_s": round(_cpu_s(resource.RUSAGE_SELF, self_before), 2),
+                "lines_workers_cpu_s": round(_cpu_s(resource.RUSAGE_CHILDREN, children_before), 2),
+                "lines_worker_peak_mib": round(workers_peak.peak / MIB),
             }
         out[spec.key] = {
             "features": features,
@@ -397,6 +408,57 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
         }
         shutil.rmtree(folder)
     return out
+
+
+def consolidation_by_threads(root: str, threads: list[int], rounds: int = 2) -> dict:
+    """buildings_geoparquet's work (``consolidate_buildings``) on the run's region files at
+    each thread count (on one its two outputs are written one after the other, on two side
+    by side), the counts alternating for ``rounds`` rounds: the mean wall time per count."""
+    from bench.scale_data import ENVIRONMENT
+    from ocr_assets.buildings import consolidate_buildings
+    from ocr_assets.science.parallel import thread_limit
+    from ocr_resources.storage import OcrStorage
+
+    storage = OcrStorage(root=root, environment=ENVIRONMENT)
+    regions = storage.list_region_buildings()
+    seconds: dict[str, list[float]] = {str(t): [] for t in threads}
+    for _ in range(rounds):
+        for count in threads:
+            with thread_limit(count):
+                start = time.perf_counter()
+                consolidate_buildings(storage, regions, None)
+                seconds[str(count)].append(time.perf_counter() - start)
+    return {count: round(sum(s) / len(s), 2) for count, s in seconds.items()}
+
+
+class _ChildrenPeak:
+    """The largest unique memory (USS) any child process of this one had while the block ran,
+    sampled every 50 ms on a thread: a lines worker process's peak."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            for child in psutil.Process().children():
+                with contextlib.suppress(psutil.Error):  # gone, or not ours to read
+                    self.peak = max(self.peak, child.memory_full_info().uss)
+
+    def __enter__(self) -> _ChildrenPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _cpu_s(who: int, before: resource.struct_rusage) -> float:
+    """User + system CPU seconds of ``who`` since ``before``."""
+    now = resource.getrusage(who)
+    return now.ru_utime - before.ru_utime + now.ru_stime - before.ru_stime
 
 
 def _tippecanoe_timed(argv: list[str], threads: int | None) -> tuple[float, TreeSampler]:
@@ -442,6 +504,9 @@ def bench_config(config: Config, args: argparse.Namespace) -> dict:
             threads = [str(t) for t in args.alone_threads]
             alone, _, _ = measured(_one("alone", str(root), str(scratch), *threads), logs, "alone")
             result["tippecanoe_alone"] = alone
+            if threads:
+                by, _, _ = measured(_one("consolidate", str(root), *threads), logs, "consolidate")
+                result["consolidation_by_threads"] = by
         usage = shutil.disk_usage(base)
         result["storage_mib"] = round(
             sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / MIB
@@ -786,6 +851,8 @@ def main() -> None:
             result = run_downstream(rest[0], rest[1], rest[2] == "parallel")
         elif what == "alone":
             result = tippecanoe_alone(rest[0], rest[1], [int(t) for t in rest[2:]])
+        elif what == "consolidate":
+            result = consolidation_by_threads(rest[0], [int(t) for t in rest[1:]])
         else:
             raise SystemExit(f"unknown --one {what!r}")
         print(json.dumps(result))

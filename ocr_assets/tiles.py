@@ -17,8 +17,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -70,9 +71,9 @@ class ToolMissingError(RuntimeError):
     """An external program the step needs is not installed."""
 
 
-# A tile layer's GeoJSON Feature lines in batches, made when tiling starts (a fresh stream
-# each time it is called)
-LayerSource = Callable[[], Iterator[pa.Array]]
+# A tile layer's GeoJSON Feature lines in pieces (feature count, their text), made when
+# tiling starts (a fresh stream each time it is called)
+LayerSource = Callable[[], Iterator[tuple[int, bytes]]]
 
 
 def tippecanoe_binary() -> str:
@@ -102,14 +103,43 @@ def _unwrapped(program: str) -> str:
     return str(binary) if binary.is_file() else program
 
 
-def write_lines(lines: pa.Array, f: IO[bytes]) -> None:
+def lines_text(lines: pa.Array) -> bytes:
     """A string array's text as it is in memory (each element ends its own line)."""
     if lines.null_count:
         raise ValueError("a feature line is null")
     width = np.int64 if pa.types.is_large_string(lines.type) else np.int32
     offsets = np.frombuffer(lines.buffers()[1], width)[lines.offset : lines.offset + len(lines) + 1]
-    if len(lines):
-        f.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
+    if not len(lines):
+        return b""
+    return bytes(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
+
+
+# per thread of whichever process turns row groups into lines: its storage and DuckDB
+_LOCAL = threading.local()
+
+
+@dataclass(frozen=True)
+class RowGroupLines:
+    """A Parquet file's row group → (feature count, GeoJSON lines), in this process or in a
+    worker process: plain values only (the storage travels as its spec), ``batch_lines`` a
+    module-level function (or a partial of one) of a DuckDB connection and a batch."""
+
+    storage: dict[str, Any]  # OcrStorage.spec()
+    path: str
+    columns: tuple[str, ...]
+    batch_rows: int
+    batch_lines: Callable[[duckdb.DuckDBPyConnection, pa.RecordBatch], pa.Array]
+
+    def __call__(self, group: int) -> tuple[int, bytes]:
+        if getattr(_LOCAL, "spec", None) != self.storage:
+            _LOCAL.spec, _LOCAL.storage = self.storage, OcrStorage(**self.storage)
+        if not hasattr(_LOCAL, "con"):
+            _LOCAL.con = duckdb.connect(config={"threads": 1})
+        batches = _LOCAL.storage.iter_batches(
+            self.path, list(self.columns), self.batch_rows, row_groups=[group]
+        )
+        pieces = [self.batch_lines(_LOCAL.con, batch) for batch in batches]
+        return sum(len(p) for p in pieces), b"".join(lines_text(p) for p in pieces)
 
 
 def parallel_lines(
@@ -118,33 +148,24 @@ def parallel_lines(
     columns: list[str],
     batch_rows: int,
     batch_lines: Callable[[duckdb.DuckDBPyConnection, pa.RecordBatch], pa.Array],
-) -> Iterator[pa.Array]:
+) -> Iterator[tuple[int, bytes]]:
     """The feature lines of a Parquet file's rows: each row group read (its page checksums
-    verified) and turned into lines on one of the step's threads (Arrow, DuckDB and shapely
-    release the GIL), yielded in the file's order, so the layer is the same bytes whatever the
-    thread count; a few row groups in memory at a time (``ordered_map``'s window). At CONUS
-    size the lines took a quarter of the building tiles' time on one thread
-    (bench/conus.py). Each thread has its own single-threaded DuckDB connection."""
-    local = threading.local()
-
-    def group_lines(group: int) -> list[pa.Array]:
-        if not hasattr(local, "con"):
-            local.con = duckdb.connect(config={"threads": 1})
-        batches = storage.iter_batches(path, columns, batch_rows, row_groups=[group])
-        return [batch_lines(local.con, batch) for batch in batches]
-
+    verified) and turned into lines in a worker process (shapely's WKB reader and GeoJSON
+    writer hold the GIL: threads gained 1.2× from 2 cores, bench/scale_results.jsonl), yielded
+    in the file's order, so the layer is the same bytes whatever the worker count; a few row
+    groups in memory at a time (``ordered_map``'s window). One row group: in this process."""
     groups = range(storage.parquet_metadata(path).num_row_groups)
-    for lines in ordered_map(group_lines, groups, worker_threads()):
-        yield from lines
+    job = RowGroupLines(storage.spec(), path, tuple(columns), batch_rows, batch_lines)
+    yield from ordered_map(job, groups, min(worker_threads(), len(groups)), processes=True)
 
 
 def write_layer(source: LayerSource, path: Path) -> int:
     """Stream a layer into a newline-delimited GeoJSON file; the feature count."""
     count = 0
     with open(path, "wb") as f:
-        for lines in source():
-            write_lines(lines, f)
-            count += len(lines)
+        for features, text in source():
+            f.write(text)
+            count += features
     return count
 
 
@@ -178,26 +199,41 @@ def building_layers(
     path = storage.layout.consolidated_buildings
     keys = spec.key_maps[BUILDING_LAYER]
     columns = list(keys.values())
+    batch_lines = partial(building_batch_lines, keys, spec.centroids)
 
-    def batch_lines(con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch) -> pa.Array:
-        table = pa.Table.from_batches([batch])
-        if spec.centroids:
-            values = {k: table.column(k).to_numpy() for k in CENTROID_KEYS}
-            table = table.filter(pa.array(centroid_rows(values)))
-        polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-        return feature_lines(
-            con,
-            table.select(columns),
-            polygons,
-            keys,
-            centroids=spec.centroids,
-            decimals=CENTROID_DECIMALS if spec.centroids else None,
-        )
-
-    def lines() -> Iterator[pa.Array]:
+    def lines() -> Iterator[tuple[int, bytes]]:
         return parallel_lines(storage, path, [*columns, "geometry"], batch_rows, batch_lines)
 
     return {BUILDING_LAYER: lines}
+
+
+def building_batch_lines(
+    keys: dict[str, str], centroids: bool, con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch
+) -> pa.Array:
+    """A batch of buildings as feature lines: polygons, or centroid points where both RPS > 0
+    with values rounded (OCR's centroid rule)."""
+    table = pa.Table.from_batches([batch])
+    if centroids:
+        values = {k: table.column(k).to_numpy() for k in CENTROID_KEYS}
+        table = table.filter(pa.array(centroid_rows(values)))
+    polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    return feature_lines(
+        con,
+        table.select(list(keys.values())),
+        polygons,
+        keys,
+        centroids=centroids,
+        decimals=CENTROID_DECIMALS if centroids else None,
+    )
+
+
+def region_batch_lines(
+    keys: dict[str, str], columns: list[str], con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch
+) -> pa.Array:
+    """A batch of census units as feature lines (their bbox from their polygons)."""
+    table = pa.Table.from_batches([batch])
+    polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    return feature_lines(con, table.select(columns), polygons, keys)
 
 
 def regional_layers(
@@ -213,12 +249,9 @@ def regional_layers(
         if missing:
             raise ValueError(f"{path} has no column(s) {sorted(missing)} for the {level} tiles")
 
-        def batch_lines(con: duckdb.DuckDBPyConnection, batch: pa.RecordBatch) -> pa.Array:
-            table = pa.Table.from_batches([batch])
-            polygons = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-            return feature_lines(con, table.select(columns), polygons, keys)
+        batch_lines = partial(region_batch_lines, keys, columns)
 
-        def lines() -> Iterator[pa.Array]:
+        def lines() -> Iterator[tuple[int, bytes]]:
             return parallel_lines(storage, path, [*columns, "geometry"], batch_rows, batch_lines)
 
         return lines

@@ -38,6 +38,9 @@ from ocr_resources.storage import OcrStorage
 TAG_PREFIX = "ocr/"
 COILED_SPOT_POLICY = "spot_with_fallback"
 COILED_TAGS = {"Project": "OCR"}
+# set before Dask starts on the VMs: worker processes that are not daemonic, so a step may
+# start worker processes of its own (the tile steps' GeoJSON lines; a daemonic one may not)
+COILED_ENVIRON = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class ComputeProfile:
 _PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
 # DESIGN §2, "compute profile" column: the one source of truth (the README table is rendered
 # from it and a test compares it with DESIGN.md). Worker counts and tasks per worker are the
-# CONUS cost model's (bench/conus.py): a region run's 51 regions (OCR_REGIONS_PER_RUN) in three
+# CONUS cost model's (bench/conus.py): a region run's 40 regions (OCR_REGIONS_PER_RUN) in two
 # rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
 # under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy); the
 # pyramid's graph over two m8g.4xlarge; every other step is one task on one VM.
@@ -448,6 +451,7 @@ class OcrCompute(ConfigurableResource):
             "region": self.coiled_region,
             "spot_policy": COILED_SPOT_POLICY,
             "tags": dict(COILED_TAGS),
+            "environ": dict(COILED_ENVIRON),
             "shutdown_on_close": True,
         }
         if profile.scheduler_vm_type:

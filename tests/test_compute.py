@@ -156,6 +156,7 @@ def _expected(name: str, software: str | None) -> dict:
         "region": "us-west-2",
         "spot_policy": "spot_with_fallback",
         "tags": {"Project": "OCR"},
+        "environ": {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"},
         "shutdown_on_close": True,
     }
     if p.scheduler_vm_type:

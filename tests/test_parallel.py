@@ -43,3 +43,73 @@ def test_ordered_map_keeps_the_order_and_a_bounded_window():
             seen.append(value)
     assert seen == [0, 1, 2, 3, 4]
     assert list(ordered_map(str, range(3), workers=1)) == ["0", "1", "2"]
+
+
+def _pid_and_square(i: int) -> tuple[int, int]:
+    """Where an item ran and its result (module-level: a worker process imports it)."""
+    import os
+
+    return os.getpid(), i * i
+
+
+def _reciprocal(i: int) -> float:
+    return 1 / i
+
+
+def _ran_in(processes: bool) -> tuple[int, bool, set[int], list[int]]:
+    """On a Dask worker: its pid, whether it may start processes, where ``ordered_map`` ran
+    eight items and their results."""
+    import os
+
+    from ocr_assets.science.parallel import may_start_processes, ordered_map
+
+    ran = list(ordered_map(_pid_and_square, range(8), workers=2, processes=processes))
+    return os.getpid(), may_start_processes(), {pid for pid, _ in ran}, [r for _, r in ran]
+
+
+def test_ordered_map_on_processes_keeps_the_order_and_errors():
+    """Work that holds the GIL goes to worker processes: the items' order, and an error at
+    its item, as on threads."""
+    import os
+
+    from ocr_assets.science.parallel import ordered_map
+
+    ran = list(ordered_map(_pid_and_square, range(12), workers=2, ahead=3, processes=True))
+    assert [r for _, r in ran] == [i * i for i in range(12)]
+    assert os.getpid() not in {pid for pid, _ in ran}
+    with pytest.raises(ZeroDivisionError):
+        list(ordered_map(_reciprocal, [1, 2, 0, 4], workers=2, processes=True))
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_a_dask_worker_starts_processes_only_when_it_is_not_daemonic(daemon, monkeypatch):
+    """A Dask worker under its nanny is daemonic and may not start processes: the map runs on
+    its threads there, with the same results; with ``DASK_DISTRIBUTED__WORKER__DAEMON=False``
+    (what a Coiled cluster's VMs get, ``COILED_ENVIRON``) it runs on worker processes."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from ocr_resources.compute import COILED_ENVIRON
+
+    if not daemon:
+        for name, value in COILED_ENVIRON.items():
+            monkeypatch.setenv(name, value)
+    dask.config.refresh()
+    try:
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            worker, may, pids, results = client.submit(_ran_in, True).result()
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
+    assert results == [i * i for i in range(8)]
+    assert may is not daemon
+    assert (pids == {worker}) is daemon  # its own threads, or processes of its own

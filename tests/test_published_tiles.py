@@ -311,21 +311,43 @@ def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_ta
     assert Path(moved).read_bytes() == kept
 
 
-def test_layer_lines_are_the_same_bytes_on_one_thread_and_on_several(tiles, tmp_path):
-    """The feature lines are written a batch per thread (in order): small batches, so several
-    are in flight, give the very bytes one thread writes, for every layer of every tileset."""
+def test_layer_lines_are_the_same_bytes_on_one_worker_and_on_several(tiles, tmp_path):
+    """The feature lines are made a row group per worker process, written in order: from a
+    copy of every tiled file cut into small row groups, three processes give the very bytes
+    one in-process pass gives on the files as published, for every layer of every
+    tileset."""
+    import shutil
+
+    import psutil
+
     from ocr_assets.science.parallel import thread_limit
     from ocr_assets.tiles import write_layer
 
     storage = tiles["storage"]
+    copy = tmp_path / "small-row-groups"
+    shutil.copytree(tiles["root"], copy, symlinks=True)
+    cut = OcrStorage(**{**storage.spec(), "root": str(copy)})
+    tiled = [cut.layout.consolidated_buildings]
+    tiled += [cut.layout.region_summary_stats(level) for level in TILESETS[0].layer_names]
+    for path in tiled:
+        table = pq.read_table(path)
+        pq.write_table(table, path, row_group_size=max(1, table.num_rows // 5))
+    for path in (cut.layout.consolidated_buildings, cut.layout.region_summary_stats("blocks")):
+        assert pq.ParquetFile(path).metadata.num_row_groups >= 3, path
+    children = set()
     for spec in TILESETS:
-        written = {}
-        for threads in (1, 4):
-            with thread_limit(threads):
-                layers = spec.layers(storage, spec, 97)
-                for name, source in layers.items():
-                    path = tmp_path / f"{spec.archive}-{name}-{threads}.ndjson"
-                    count = write_layer(source, path)
-                    written.setdefault(name, []).append((count, path.read_bytes()))
-        for name, (one, several) in written.items():
-            assert one[0] > 0 and one == several, (spec.archive, name)
+        expected = {}
+        with thread_limit(1):
+            for name, source in spec.layers(storage, spec).items():
+                path = tmp_path / f"{spec.archive}-{name}-1.ndjson"
+                expected[name] = (write_layer(source, path), path.read_bytes())
+        with thread_limit(3):
+            for name, source in spec.layers(cut, spec).items():
+                stream = source()
+                pieces = [next(stream)]  # the workers are running now
+                children |= {c.pid for c in psutil.Process().children()}
+                pieces += list(stream)
+                count, text = sum(n for n, _ in pieces), b"".join(t for _, t in pieces)
+                assert expected[name][0] > 0, (spec.archive, name)
+                assert (count, text) == expected[name], (spec.archive, name)
+    assert children  # worker processes made the lines

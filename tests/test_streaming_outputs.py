@@ -21,6 +21,7 @@ import pytest
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
 from ocr_assets import analysis_files, buildings, statistics, tiles
+from ocr_assets.science.parallel import thread_limit
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.layout import CENSUS_LEVELS
@@ -133,12 +134,15 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
     assert batches[new.layout.region_summary_stats("blocks")] > 2
 
     # tiles: the same GeoJSON lines, hence the same tiles, whatever the batch size (the
-    # tiles' own contract is tests/test_published_tiles.py)
+    # tiles' own contract is tests/test_published_tiles.py); in this process, whose reads
+    # are counted (several workers would read in processes of their own)
     for spec in tiles.TILESETS:
-        whole = tiles.build_tileset(new, spec, batch_rows=10**9)
+        with thread_limit(1):
+            whole = tiles.build_tileset(new, spec, batch_rows=10**9)
         tiles_whole, fields_whole = _tiles(new.layout.pmtiles(spec.archive))
         small = 3 if spec.archive == "regions" else 100
-        result = tiles.build_tileset(new, spec, batch_rows=small)
+        with thread_limit(1):
+            result = tiles.build_tileset(new, spec, batch_rows=small)
         assert result["features"] == whole["features"] and sum(result["features"].values()) > 0
         tiles_new, fields_new = _tiles(new.layout.pmtiles(spec.archive))
         assert len(tiles_new) > 1 and tiles_new == tiles_whole, spec.archive

@@ -1,15 +1,17 @@
-"""Thread counts and blocks for the compiled and SciPy loops, which release the GIL, and
-giving freed memory back to the system between the stages of a field."""
+"""Thread counts and blocks for the compiled and SciPy loops, which release the GIL, worker
+processes for the work that holds it, and giving freed memory back to the system between the
+stages of a field."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
@@ -39,19 +41,38 @@ def worker_threads() -> int:
     return max(1, min(cpus or 1, limit or cpus or 1))
 
 
+def may_start_processes() -> bool:
+    """Whether this process may start worker processes: a daemonic one (a Dask worker under
+    its nanny, unless ``distributed.worker.daemon`` is off) may not."""
+    return not multiprocessing.current_process().daemon
+
+
 def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    ahead: int | None = None,
+    processes: bool = False,
 ) -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads, results in the items' order, with at most
     ``ahead`` (default 2 × workers) items taken from ``items`` and not yet yielded: memory is
     bounded by that window, never by the number of items. ``items`` is consumed here, in
-    order (a reader stays sequential); an error in ``fn`` is raised at its item."""
+    order (a reader stays sequential); an error in ``fn`` is raised at its item.
+
+    ``processes``: on worker processes instead, for work that holds the GIL (``fn``, the items
+    and the results pickle; the workers are spawned, so they see this process's environment
+    as it is now); on threads where this process may not start any."""
     if workers <= 1:
         yield from map(fn, items)
         return
     window: deque[Future[R]] = deque()
     limit = max(1, ahead or 2 * workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="ordered-map") as pool:
+    pool: Executor
+    if processes and may_start_processes():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ordered-map")
+    with pool:
         try:
             for item in items:
                 window.append(pool.submit(fn, item))
