@@ -390,7 +390,9 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
                 "seconds": round(seconds, 2),
                 "cpu_s": round(counted.cpu_s, 1),
                 "lines_write_s": round(lines_s, 2),
-                "lines_cpu_s": round(_cpu_s(resource.RUSAGE_SELF, self_before), 2),
+                "lines_cpu_s": round(
+                    _cpu_s(resource.RUSAGE_SELF, self_before) - workers_peak.cpu_s, 2
+                ),
                 "lines_workers_cpu_s": round(_cpu_s(resource.RUSAGE_CHILDREN, children_before), 2),
                 "lines_worker_peak_mib": round(workers_peak.peak / MIB),
             }
@@ -433,10 +435,12 @@ def consolidation_by_threads(root: str, threads: list[int], rounds: int = 2) -> 
 
 class _ChildrenPeak:
     """The largest unique memory (USS) any child process of this one had while the block ran,
-    sampled every 50 ms on a thread: a lines worker process's peak."""
+    sampled every 50 ms on a thread: a lines worker process's peak. ``cpu_s`` is the
+    sampling's own CPU time (reading /proc's smaps), to leave out of this process's."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.cpu_s = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -445,6 +449,7 @@ class _ChildrenPeak:
             for child in psutil.Process().children():
                 with contextlib.suppress(psutil.Error):  # gone, or not ours to read
                     self.peak = max(self.peak, child.memory_full_info().uss)
+        self.cpu_s = time.thread_time()
 
     def __enter__(self) -> _ChildrenPeak:
         self._thread.start()

@@ -153,7 +153,9 @@ def parallel_lines(
     verified) and turned into lines in a worker process (shapely's WKB reader and GeoJSON
     writer hold the GIL: threads gained 1.2× from 2 cores, bench/scale_results.jsonl), yielded
     in the file's order, so the layer is the same bytes whatever the worker count; a few row
-    groups in memory at a time (``ordered_map``'s window). One row group: in this process."""
+    groups in memory at a time (``ordered_map``'s window). One row group: in this process.
+    The workers are spawned: a script of one's own that tiles guards its entry point
+    (``if __name__ == "__main__":``), as Python's multiprocessing asks."""
     groups = range(storage.parquet_metadata(path).num_row_groups)
     job = RowGroupLines(storage.spec(), path, tuple(columns), batch_rows, batch_lines)
     yield from ordered_map(job, groups, min(worker_threads(), len(groups)), processes=True)
