@@ -587,6 +587,27 @@ def test_a_region_file_that_must_not_be_published_is_named_and_nothing_is(case_i
     )  # the previous outputs, byte for byte, and no temporary left
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failed_partitioned_copy_publishes_neither_output(threads, root, monkeypatch):
+    """The two outputs are written side by side (on two threads) or one after the other: a
+    failure of the partitioned copy, its consolidated file written, is raised as it is and
+    both previous outputs stay, byte for byte."""
+    from ocr_assets import buildings
+    from ocr_assets.science.parallel import thread_limit
+
+    storage = OcrStorage(root=str(root), environment="local")
+    outputs = Path(storage.layout.consolidated_buildings).parent
+    before = _files_under(outputs)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(buildings, "_write_by_county", disk_full)
+    with thread_limit(threads), pytest.raises(OSError, match="No space left on device"):
+        consolidate_buildings(storage, [REGION], "0.0.0")
+    assert _files_under(outputs) == before
+
+
 def _files_under(folder: Path | str) -> dict[Path, str]:
     """Every file under ``folder`` with its content's digest."""
     files = [p for p in Path(folder).rglob("*") if p.is_file()]
