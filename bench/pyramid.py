@@ -35,12 +35,12 @@ import psutil
 
 from ocr_assets import pyramid as pyramid_step
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
-from ocr_assets.science.parallel import worker_threads
-from ocr_assets.science.pyramid import published_levels
-from ocr_assets.science.regions import RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.compute import PROFILES, ComputeSession
 from ocr_resources.storage import OcrStorage
+from ocr_science.parallel import worker_threads
+from ocr_science.pyramid import published_levels
+from ocr_science.regions import RegionGrid
+from ocr_science.sampling import RISK_VARIABLES
 
 ARC_SECOND = 1 / 3600
 REGION_SHAPE = (6000, 4500)  # (lat, lon) pixels of a real region

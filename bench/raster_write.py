@@ -40,10 +40,10 @@ import psutil
 import xarray as xr
 
 from bench.pyramid import GIB, SAMPLE_SECONDS, SmoothField, bench_grid, tree_bytes
-from ocr_assets.science.regions import Region, RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.raster_store import RASTER_COMPRESSORS
+from ocr_science.regions import Region, RegionGrid
+from ocr_science.sampling import RISK_VARIABLES
 
 RESULTS = Path(__file__).with_name("raster_write_results.jsonl")
 WRITERS = ("shard", "icechunk")

@@ -88,11 +88,11 @@ from bench.ui_path import (
     own_work,
     region_ids,
 )
-from ocr_assets.science.regions import HALO_DEG, RegionGrid
 from ocr_jobs.deploy import open_instance
 from ocr_resources.layout import YEARS
 from ocr_resources.sample_data import GRID_STEP, SampleSpec, write_sample_data
 from ocr_resources.storage import OcrStorage
+from ocr_science.regions import HALO_DEG, RegionGrid
 
 SIZES: dict[str, SampleSpec] = {
     "sample": SAMPLE,

@@ -11,7 +11,7 @@ Each measurement runs in a fresh process so its peak RSS is its own. Prints wall
 peak resident memory per stage, and appends them to ``bench/run_results.jsonl``.
 
 The accuracy check compares EVERY pixel of the 1/4-size field (3540 × 2790) with the float64
-SciPy reference (``ocr_assets/science/reference.py``) and reports the largest relative
+SciPy reference (``ocr_science/reference.py``) and reports the largest relative
 difference and where it is. The reference is slow — 48 full-area correlations, ~170 CPU
 seconds at this size — so it runs in row strips, one process per CPU, each strip with as
 many rows of context as the reference reaches (129), which gives the whole-field reference
@@ -53,18 +53,19 @@ from bench.synthetic import (
     window_field,
     write_wind_store,
 )
-from ocr_assets.science.blur import blur_kernel_size
-from ocr_assets.science.fire_model import YEARS, assemble_region_rasters, field_bp, wind_adjusted_bp
-from ocr_assets.science.kernels import direction_kernels, pixel_size_m
-from ocr_assets.science.parallel import blocks
-from ocr_assets.science.reference import reference_field
-from ocr_assets.science.sampling import RISK_VARIABLES, region_buildings_table
-from ocr_assets.science.spreading import ITERATIONS
-from ocr_assets.science.tiling import TileLayer, tippecanoe_command
-from ocr_assets.science.timing import StageTimer
-from ocr_assets.tiles import TILESETS, build_tileset, tippecanoe_binary, write_layer
+from ocr_assets.tiles import TILESETS, build_tileset, write_layer
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.regions import wind_tiles
+from ocr_resources.tools import tippecanoe_binary
+from ocr_science.blur import blur_kernel_size
+from ocr_science.fire_model import YEARS, assemble_region_rasters, field_bp, wind_adjusted_bp
+from ocr_science.kernels import direction_kernels, pixel_size_m
+from ocr_science.parallel import blocks
+from ocr_science.reference import reference_field
+from ocr_science.sampling import RISK_VARIABLES, region_buildings_table
+from ocr_science.spreading import ITERATIONS
+from ocr_science.tiling import TileLayer, tippecanoe_command
+from ocr_science.timing import StageTimer
 
 FULL_WINDOW = (7080, 5580)
 SIZES = {"1/4": (3540, 2790), "1/2": (3540, 5580), "full": FULL_WINDOW}

@@ -349,10 +349,11 @@ def tippecanoe_alone(root: str, scratch: str, threads: list[int] | None = None) 
     step's thread cap): how their times scale with cores, for the CONUS cost model
     (``bench/conus.py``)."""
     from bench.scale_data import ENVIRONMENT
-    from ocr_assets.science.parallel import thread_limit
-    from ocr_assets.science.tiling import TileLayer, tippecanoe_command
-    from ocr_assets.tiles import TILESETS, tippecanoe_binary, write_layer
+    from ocr_assets.tiles import TILESETS, write_layer
     from ocr_resources.storage import OcrStorage
+    from ocr_resources.tools import tippecanoe_binary
+    from ocr_science.parallel import thread_limit
+    from ocr_science.tiling import TileLayer, tippecanoe_command
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     out: dict[str, dict] = {}
@@ -418,8 +419,8 @@ def consolidation_by_threads(root: str, threads: list[int], rounds: int = 2) -> 
     by side), the counts alternating for ``rounds`` rounds: the mean wall time per count."""
     from bench.scale_data import ENVIRONMENT
     from ocr_assets.buildings import consolidate_buildings
-    from ocr_assets.science.parallel import thread_limit
     from ocr_resources.storage import OcrStorage
+    from ocr_science.parallel import thread_limit
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     regions = storage.list_region_buildings()

@@ -27,8 +27,8 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import OcrStorage
+from ocr_science.sampling import RISK_VARIABLES
 
 # A valid OcrSettings environment (Literal local|qa|staging|production): "bench" is refused
 # by the settings model, so the benchmark uses "qa" under a storage root of its own.

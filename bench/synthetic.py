@@ -19,11 +19,11 @@ import shapely
 import xarray as xr
 from pyproj import CRS, Transformer
 
-from ocr_assets.science.fire_model import YEARS, RegionInputs, wind_adjusted_bp
-from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid
-from ocr_assets.science.reproject import window_edges
 from ocr_resources.storage.regions import WIND_DIMS, wind_tiles
+from ocr_science.fire_model import YEARS, RegionInputs, wind_adjusted_bp
+from ocr_science.kernels import DIRECTIONS
+from ocr_science.regions import HALO_DEG, Region, RegionGrid
+from ocr_science.reproject import window_edges
 
 ARC_SECOND = 1 / 3600
 FULL_REGION = (6000, 4500)

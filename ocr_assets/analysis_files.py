@@ -14,12 +14,12 @@ import shapely
 from shapely.geometry import mapping
 
 from ocr_assets.constants import PHASE02_GROUP, REGIONAL_ANALYSIS_FILES
-from ocr_assets.science.statistics import CENSUS_LEVELS, SCORED
 from ocr_assets.statistics import region_risk_summary_stats, statistics_batches, statistics_schema
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_science.statistics import CENSUS_LEVELS, SCORED
 
 # statistics columns the published analysis files leave out, per level: the nation's NAME
 # (ocr/pipeline/write_aggregated_region_analysis_files.py:22-26 names no nation NAME)
@@ -111,7 +111,7 @@ def write_analysis_files(
     (
         __name__,
         "ocr_assets.statistics",
-        "ocr_assets.science.statistics",
+        "ocr_science.statistics",
         "ocr_resources.publication",
         "ocr_resources.storage.files",
         "ocr_resources.storage.vector",

@@ -25,14 +25,14 @@ from ocr_assets.region_records import (
     materialized_regions,
     recompute_hint,
 )
-from ocr_assets.science.parallel import worker_threads
-from ocr_assets.science.regions import sort_region_ids
-from ocr_assets.science.sampling import RISK_VARIABLES, BuildingValueTally, out_of_range
 from ocr_assets.step import run_step, step_asset
 from ocr_resources.compute import OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, PARQUET_WRITE_OPTIONS, OcrStorage, even_batches
+from ocr_science.parallel import worker_threads
+from ocr_science.regions import sort_region_ids
+from ocr_science.sampling import RISK_VARIABLES, BuildingValueTally, out_of_range
 
 
 def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
@@ -298,8 +298,8 @@ def consolidate_buildings(
     (
         __name__,
         "ocr_assets.region_records",
-        "ocr_assets.science.regions",
-        "ocr_assets.science.sampling",
+        "ocr_science.regions",
+        "ocr_science.sampling",
         "ocr_resources.publication",
         "ocr_resources.storage.vector",
         "ocr_resources.storage.geoparquet",

@@ -5,7 +5,7 @@ no version to bump by hand.
 
 A version is ``src-<12 hex>``: a SHA-256 over each module's name and source bytes, read once
 when the asset is defined (the code location's import). The modules an asset names are
-widened by the science modules they import, directly or not (``ocr_assets.science`` is where
+widened by the science modules they import, directly or not (``ocr_science`` is where
 values are computed), so a constant moved between science modules is not missed. The region
 model's version is its parameters' (``science.model_version``).
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SOURCE_VERSION_PREFIX = "src-"
-SCIENCE_PACKAGE = "ocr_assets.science"
+SCIENCE_PACKAGE = "ocr_science"
 
 
 def module_source(name: str) -> Path:
@@ -32,8 +32,8 @@ def module_source(name: str) -> Path:
 
 
 def science_imports(source: bytes) -> list[str]:
-    """The science modules a module's source imports (``from ocr_assets.science.x import …``,
-    ``from ocr_assets.science import x``, ``import ocr_assets.science.x``)."""
+    """The science modules a module's source imports (``from ocr_science.x import …``,
+    ``from ocr_science import x``, ``import ocr_science.x``)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

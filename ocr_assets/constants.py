@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ocr_assets.science.fire_model import YEARS  # the model's years; re-exported, not restated
+from ocr_science.fire_model import YEARS  # the model's years; re-exported, not restated
 
 __all__ = [
     "CLUSTER_POOL",

@@ -14,8 +14,8 @@ import math
 import geopandas as gpd
 import numpy as np
 
-from ocr_assets.science.fire_model import YEARS
-from ocr_assets.science.scoring import N_SCORES, RISK_COLORS, risk_score
+from ocr_science.fire_model import YEARS
+from ocr_science.scoring import N_SCORES, RISK_COLORS, risk_score
 
 PREVIEW_PIXELS = 480  # longest side of a raster preview's data, before the figure's margins
 MAX_CHOROPLETH_UNITS = 5000  # finest level drawn: tracts when few, else counties, else states

@@ -13,14 +13,14 @@ from pyproj import CRS
 from topozarr.coarsen import create_pyramid
 
 from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER, RISK_PYRAMID
-from ocr_assets.science.pyramid import (
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
+from ocr_resources.storage import OcrStorage
+from ocr_science.pyramid import (
     PYRAMID_TARGET_RESOLUTION_M,
     levels_for_shape,
     published_levels,
 )
-from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
-from ocr_resources.storage import OcrStorage
 
 PYRAMID_VARIABLES = ("rps_2011", "rps_2047")
 PYRAMID_CRS = "EPSG:4326"
@@ -81,7 +81,7 @@ def _finite_or_none(value: float) -> float | None:
     "Optional: OCR's multiscale pyramid of rps_2011 / rps_2047 (topozarr, EPSG:4326, Zarr v3, "
     "consolidated), levels 0 (the store's grid) to zoom_for_res(30 m) − 1.",
     {"zarr"},
-    (__name__, "ocr_assets.science.pyramid", "ocr_resources.storage.raster_store"),
+    (__name__, "ocr_science.pyramid", "ocr_resources.storage.raster_store"),
     optional=True,
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):

@@ -27,18 +27,18 @@ from ocr_assets.inputs import (
     wind_direction_distribution,
 )
 from ocr_assets.previews import NO_FINITE_VALUES, png_markdown, raster_preview
-from ocr_assets.science.composite import NegativeWindWeights
-from ocr_assets.science.fire_model import assemble_region_rasters, field_bp
-from ocr_assets.science.model_version import model_code_version
-from ocr_assets.science.sampling import (
+from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
+from ocr_resources.storage import InputDataError, OcrStorage
+from ocr_resources.storage.inputs import ROWS_WITHOUT_GEOMETRY, without_input_traceback
+from ocr_science.composite import NegativeWindWeights
+from ocr_science.fire_model import assemble_region_rasters, field_bp
+from ocr_science.model_version import model_code_version
+from ocr_science.sampling import (
     merge_building_rows,
     out_of_range,
     region_buildings_table,
 )
-from ocr_assets.science.timing import StageTimer
-from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
-from ocr_resources.storage import InputDataError, OcrStorage
-from ocr_resources.storage.inputs import ROWS_WITHOUT_GEOMETRY, without_input_traceback
+from ocr_science.timing import StageTimer
 
 RETRY_DELAY_SECONDS = 5
 # Peak memory of one BP field task per window pixel (bench/run.py measures it, interpreter

@@ -15,7 +15,12 @@ from ocr_assets.buildings import buildings_geoparquet
 from ocr_assets.constants import PHASE02_GROUP
 from ocr_assets.inputs import census_boundaries
 from ocr_assets.previews import choropleth_level, choropleth_preview, png_markdown
-from ocr_assets.science.statistics import (
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
+from ocr_resources.layout import CENSUS_COLUMNS
+from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
+from ocr_resources.storage.geoparquet import geoparquet_crs
+from ocr_science.statistics import (
     CENSUS_LEVELS,
     SCORED,
     STATISTICS_COLUMNS,
@@ -24,11 +29,6 @@ from ocr_assets.science.statistics import (
     statistics_query,
     units_query,
 )
-from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
-from ocr_resources.layout import CENSUS_COLUMNS
-from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
-from ocr_resources.storage.geoparquet import geoparquet_crs
 
 
 def _census_problem(con: duckdb.DuckDBPyConnection, level: str) -> str | None:
@@ -213,7 +213,7 @@ def statistics_batches(
     {"parquet", "duckdb"},
     (
         __name__,
-        "ocr_assets.science.statistics",
+        "ocr_science.statistics",
         "ocr_resources.layout",  # the census columns per level
         "ocr_resources.storage.vector",
         "ocr_resources.storage.geoparquet",

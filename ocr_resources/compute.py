@@ -31,9 +31,9 @@ import psutil
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ocr_assets.science.parallel import thread_limit, worker_threads
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from ocr_science.parallel import thread_limit, worker_threads
 
 TAG_PREFIX = "ocr/"
 COILED_SPOT_POLICY = "spot_with_fallback"

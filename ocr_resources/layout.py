@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass, field
 from typing import get_args
 
-from ocr_assets.science.fire_model import YEARS
-from ocr_assets.science.regions import validate_region_id
-from ocr_assets.science.statistics import CENSUS_LEVELS
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName, semantic_version
+from ocr_science.fire_model import YEARS
+from ocr_science.regions import validate_region_id
+from ocr_science.statistics import CENSUS_LEVELS
 
 PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ocr_assets.science.regions import sort_region_ids
+from ocr_science.regions import sort_region_ids
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -25,9 +25,9 @@ import xarray as xr
 from pyproj import CRS, Transformer
 from scipy.ndimage import gaussian_filter
 
-from ocr_assets.science.kernels import DIRECTIONS
 from ocr_resources.layout import YEARS
 from ocr_resources.storage import OcrStorage
+from ocr_science.kernels import DIRECTIONS
 
 # the published 30 m grid's step (latitude and longitude), read from its coordinates' attrs
 GRID_STEP = 0.00030799387843481654

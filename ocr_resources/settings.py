@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["local", "qa", "staging", "production"]
 RegionCatalog = Literal["sample", "conus"]
-# The fire model's numerics (ocr_assets.science.variants.VARIANTS, in this order):
+# The fire model's numerics (ocr_science.variants.VARIANTS, in this order):
 # "published" reproduces the published OCR data; "corrected" is opt-in and written elsewhere.
 ModelVariantName = Literal["published", "corrected"]
 DEFAULT_MODEL_VARIANT: ModelVariantName = "published"

@@ -13,8 +13,11 @@ import pandas as pd
 import pyarrow as pa
 from shapely.geometry import mapping
 
-from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
-from ocr_assets.science.statistics import (
+from ocr_resources.layout import CENSUS_COLUMNS, CENSUS_LEVELS
+from ocr_resources.publication import vector_metadata
+from ocr_resources.storage import OcrStorage
+from ocr_science.scoring import HISTOGRAM_BOUNDARIES
+from ocr_science.statistics import (
     LEVEL_GEOID_LENGTH,
     NATION_GEOID,
     SCORED,
@@ -22,9 +25,6 @@ from ocr_assets.science.statistics import (
     STATISTICS_COLUMNS,
     connect,
 )
-from ocr_resources.layout import CENSUS_COLUMNS, CENSUS_LEVELS
-from ocr_resources.publication import vector_metadata
-from ocr_resources.storage import OcrStorage
 
 
 def level_statistics(

@@ -30,18 +30,14 @@ import xarray as xr
 from pyproj import CRS
 from typer.testing import CliRunner
 
-import ocr_assets.science.statistics as science
+import ocr_science.statistics as science
 from ocr_assets.buildings import consolidate_buildings
 from ocr_assets.pyramid import write_pyramid
 from ocr_assets.region_records import RegionFilesError, checked_region_files
-from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import Region, RegionGrid, RegionIdError, select_regions
-from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
 from ocr_assets.statistics import StatisticsCheckError, write_summary_statistics
 from ocr_assets.tiles import (
     TILESET_BY_ARCHIVE,
     ArchiveCheckError,
-    ToolMissingError,
     build_pmtiles,
     build_tileset,
 )
@@ -53,6 +49,10 @@ from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
 from ocr_resources.storage.raster_store import RasterStoreReadError
+from ocr_resources.tools import ToolMissingError
+from ocr_science.kernels import DIRECTIONS
+from ocr_science.regions import Region, RegionGrid, RegionIdError, select_regions
+from ocr_science.sampling import RISK_VARIABLES, centroids_deg
 from tests.sample_inputs import copy_inputs
 from tests.test_deploy import s3_endpoint  # noqa: F401  (a fixture: S3 on a local moto server)
 
@@ -593,7 +593,7 @@ def test_a_failed_partitioned_copy_publishes_neither_output(threads, root, monke
     failure of the partitioned copy, its consolidated file written, is raised as it is and
     both previous outputs stay, byte for byte."""
     from ocr_assets import buildings
-    from ocr_assets.science.parallel import thread_limit
+    from ocr_science.parallel import thread_limit
 
     storage = OcrStorage(root=str(root), environment="local")
     outputs = Path(storage.layout.consolidated_buildings).parent

@@ -13,10 +13,10 @@ import xarray as xr
 from bench.region_path import PUBLISHED_BP_CHUNK, cached_bytes, design_chunking, evict
 from bench.run import field_error, reference_in_strips, reference_reach
 from bench.synthetic import WIND_STORE_CHUNK, WIND_VARIABLE
-from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
-from ocr_assets.science.reference import reference_field
 from ocr_resources.sample_data import write_sample_data
 from ocr_resources.storage import OcrStorage
+from ocr_science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
+from ocr_science.reference import reference_field
 
 MB = 2**20
 

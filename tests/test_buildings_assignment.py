@@ -6,8 +6,8 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from ocr_assets.science.regions import Region, RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES, merge_building_rows, region_buildings_table
+from ocr_science.regions import Region, RegionGrid
+from ocr_science.sampling import RISK_VARIABLES, merge_building_rows, region_buildings_table
 
 
 def test_every_building_in_exactly_one_region(sample_storage, sample_grid):
@@ -58,7 +58,7 @@ def test_missing_values_drop_rows_and_are_counted(sample_storage, sample_grid):
 def test_the_value_tally_of_written_buildings_names_what_must_not_be_published():
     """Hand-made batches: the tally spans batches (a range found across two), counts NaN per
     variable and buildings without a location, and says nothing of clean rows."""
-    from ocr_assets.science.sampling import BuildingValueTally
+    from ocr_science.sampling import BuildingValueTally
 
     tally = BuildingValueTally()
     tally.add(

@@ -23,11 +23,11 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from ocr_assets.science.regions import RegionIdError, validate_region_id
 from ocr_jobs import cli
 from ocr_jobs.deploy import output_locations
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import OcrSettings, load_settings
+from ocr_science.regions import RegionIdError, validate_region_id
 from tests.test_deploy import _local_env, ocr
 from tests.test_faults import _with_fault
 

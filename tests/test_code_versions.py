@@ -65,11 +65,11 @@ def test_a_changed_module_source_changes_the_version_and_only_where_it_is_used()
         modules, lambda name: read.get(name) or module_source(name).read_bytes()
     )
     # the science modules imported on the way (statistics → science.statistics → scoring)
-    assert {"ocr_assets.science.statistics", "ocr_assets.science.scoring"} <= set(found)
+    assert {"ocr_science.statistics", "ocr_science.scoring"} <= set(found)
     assert sources_version(found.items()) == source_code_version(*modules)
     # a patched copy of a science module reached only through an import: a new version
     patched = dict(found)
-    patched["ocr_assets.science.scoring"] += b"\n# an edit\n"
+    patched["ocr_science.scoring"] += b"\n# an edit\n"
     assert sources_version(patched.items()) != sources_version(found.items())
     # the same bytes under the same names: the same version (no path, no time in it)
     assert sources_version(dict(found).items()) == sources_version(found.items())

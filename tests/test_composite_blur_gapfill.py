@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur, gaussian_weights
-from ocr_assets.science.composite import (
+from ocr_science.blur import blur_kernel_size, blur_sigma, gaussian_blur, gaussian_weights
+from ocr_science.composite import (
     NegativeWindWeights,
     WindComposite,
     WindWeights,
     combine,
     composite,
 )
-from ocr_assets.science.gapfill import gap_fill
+from ocr_science.gapfill import gap_fill
 
 
 def test_composite_equals_explicit_weighted_sum():

@@ -11,10 +11,10 @@ import pytest
 from dask.distributed import LocalCluster
 
 from ocr_assets.regions import region_field
-from ocr_assets.science.fire_model import YEARS, compute_region_rasters
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import DOWNSTREAM_JOB, REGION_JOB
 from ocr_resources.compute import PROFILES, ComputeProfile, OcrCompute, render_profile_table
+from ocr_science.fire_model import YEARS, compute_region_rasters
 
 REGION = "y1_x1"
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"

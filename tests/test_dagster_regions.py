@@ -12,9 +12,9 @@ import pytest
 import xarray as xr
 
 from ocr_assets import regions as region_module
-from ocr_assets.science.sampling import RISK_VARIABLES, centroids_deg
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
+from ocr_science.sampling import RISK_VARIABLES, centroids_deg
 
 RASTER = dg.AssetKey("region_risk_raster")
 BUILDINGS = dg.AssetKey("region_buildings")

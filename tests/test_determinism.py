@@ -26,7 +26,6 @@ import shapely.geometry
 from pmtiles.reader import MmapSource, Reader
 
 from ocr_assets import buildings
-from ocr_assets.science.regions import sort_region_ids
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, build_pmtiles
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_JOB, REGION_JOB
@@ -34,6 +33,7 @@ from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.scratch import remove_stale_scratch, scratch_dir, scratch_parent
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from ocr_science.regions import sort_region_ids
 from tests.sample_inputs import link_inputs
 
 REGIONS = ("y1_x2", "y1_x1")  # given out of order: the consolidation orders them itself
@@ -125,7 +125,7 @@ def test_partitioned_copy_is_the_same_on_every_run(reruns):
     """DuckDB sorts with threads: equal GEOIDs came out in a different order on each run.
     The two outputs are written side by side on two threads, or one after the other on one:
     the same bytes either way."""
-    from ocr_assets.science.parallel import thread_limit
+    from ocr_science.parallel import thread_limit
 
     source = reruns["storage"]
     storage = OcrStorage(root=source.root, environment="qa")  # leaves the fixture's outputs

@@ -17,8 +17,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.storage import PARQUET_WRITE_OPTIONS, OcrStorage
+from ocr_science.sampling import RISK_VARIABLES
 from tests.test_deploy import BUCKET, _local_env, ocr, s3_endpoint, with_faults_path  # noqa: F401
 
 

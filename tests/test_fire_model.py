@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from ocr_assets.science.fire_model import YEARS, compute_region_rasters, wind_adjusted_bp
-from ocr_assets.science.kernels import direction_kernels, pixel_size_m
-from ocr_assets.science.regions import RegionGrid
+from ocr_science.fire_model import YEARS, compute_region_rasters, wind_adjusted_bp
+from ocr_science.kernels import direction_kernels, pixel_size_m
+from ocr_science.regions import RegionGrid
 
 
 def _synthetic(shape, seed=5):
@@ -74,7 +74,7 @@ def test_region_rasters_on_the_sample(sample_storage, sample_grid):
 def test_science_modules_do_not_import_dagster():
     from pathlib import Path
 
-    import ocr_assets.science as science
+    import ocr_science as science
 
     for path in Path(science.__file__).parent.glob("*.py"):
         assert "dagster" not in path.read_text(), path.name
@@ -86,7 +86,7 @@ def test_field_equals_the_float64_reference_on_a_mid_size_window():
     reference is > 1e-9, and NaN in the same places."""
     from bench.run import max_relative_error
     from bench.synthetic import window_field
-    from ocr_assets.science.reference import reference_field
+    from ocr_science.reference import reference_field
 
     inputs = window_field((1000, 900), seed=3)
     assert 0.25 < float(np.mean(inputs["bp30"] == 0)) < 0.35  # the realistic non-burnable share

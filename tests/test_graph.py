@@ -18,10 +18,10 @@ import xarray as xr
 from pmtiles.reader import MmapSource, Reader
 
 from ocr_assets.region_records import record_region_files
-from ocr_assets.science.pyramid import levels_for_shape, published_levels
-from ocr_assets.science.statistics import STAT_VARIABLES
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_CORE_JOB, DOWNSTREAM_JOB, REGION_JOB
+from ocr_science.pyramid import levels_for_shape, published_levels
+from ocr_science.statistics import STAT_VARIABLES
 from tests.sample_inputs import link_inputs
 
 FIRST, ADDED = ["y1_x1", "y1_x2"], "y2_x1"

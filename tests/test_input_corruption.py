@@ -28,13 +28,13 @@ import zarr
 from geopandas.testing import assert_geodataframe_equal
 
 import ocr_assets.regions as region_module
-from ocr_assets.science.sampling import centroids_deg
 from ocr_jobs.definitions import build_definitions
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage
+from ocr_science.sampling import centroids_deg
 from tests.test_bad_inputs import (  # noqa: F401  (fixtures: the good root and its copies)
     REGION,
     _no_ocr_variables,

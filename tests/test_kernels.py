@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ocr_assets.science.kernels import (
+from ocr_science.kernels import (
     DIRECTIONS,
     direction_kernel,
     direction_kernels,
@@ -48,7 +48,7 @@ def _extent_m(kernel, dx, dy):
 
 def test_ellipse_geometry_is_mirror_symmetric():
     """On a grid symmetric about the pixel, W mirrors E and N mirrors S exactly."""
-    from ocr_assets.science.kernels import ELLIPSES
+    from ocr_science.kernels import ELLIPSES
 
     y, x = np.meshgrid(np.linspace(-900, 900, 181), np.linspace(-900, 900, 181), indexing="ij")
     assert np.array_equal(ELLIPSES["W"].contains(-x, y), ELLIPSES["E"].contains(x, y))

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import zarr
 
-from ocr_assets.science.scoring import RISK_COLORS, risk_score
 from ocr_jobs.serve import map_site, missing_vendor_files, serve_in_thread
 from ocr_resources.storage import OcrStorage
+from ocr_science.scoring import RISK_COLORS, risk_score
 from tests.sample_inputs import link_inputs
 
 REGIONS = "y0-y1_x0-x3"  # 8 sample regions: every census level, a few hundred buildings

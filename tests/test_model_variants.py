@@ -12,17 +12,17 @@ import pytest
 from pyproj import Transformer
 from typer.testing import CliRunner
 
-from ocr_assets.science.blur import gaussian_blur, gaussian_blur_ignoring_nan, gaussian_weights
-from ocr_assets.science.fire_model import field_bp
-from ocr_assets.science.kernels import direction_kernels, sample_offsets
-from ocr_assets.science.reproject import exact_nearest
-from ocr_assets.science.variant_comparison import RELATIVE_TOLERANCE, WIND_ADJUSTED
-from ocr_assets.science.variants import VARIANTS, model_variant
 from ocr_jobs.cli import app
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import ModelVariantName, OcrSettings
+from ocr_science.blur import gaussian_blur, gaussian_blur_ignoring_nan, gaussian_weights
+from ocr_science.fire_model import field_bp
+from ocr_science.kernels import direction_kernels, sample_offsets
+from ocr_science.reproject import exact_nearest
+from ocr_science.variant_comparison import RELATIVE_TOLERANCE, WIND_ADJUSTED
+from ocr_science.variants import VARIANTS, model_variant
 
 
 def _max_relative(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""The thread helpers of ``ocr_assets.science.parallel``, alone."""
+"""The thread helpers of ``ocr_science.parallel``, alone."""
 
 import pytest
 
@@ -11,7 +11,7 @@ def test_ordered_map_keeps_the_order_and_a_bounded_window():
     import threading
     import time
 
-    from ocr_assets.science.parallel import ordered_map
+    from ocr_science.parallel import ordered_map
 
     taken, lock, in_flight = [], threading.Lock(), []
 
@@ -61,7 +61,7 @@ def _ran_in(processes: bool) -> tuple[int, bool, set[int], list[int]]:
     eight items and their results."""
     import os
 
-    from ocr_assets.science.parallel import may_start_processes, ordered_map
+    from ocr_science.parallel import may_start_processes, ordered_map
 
     ran = list(ordered_map(_pid_and_square, range(8), workers=2, processes=processes))
     return os.getpid(), may_start_processes(), {pid for pid, _ in ran}, [r for _, r in ran]
@@ -72,7 +72,7 @@ def test_ordered_map_on_processes_keeps_the_order_and_errors():
     its item, as on threads."""
     import os
 
-    from ocr_assets.science.parallel import ordered_map
+    from ocr_science.parallel import ordered_map
 
     ran = list(ordered_map(_pid_and_square, range(12), workers=2, ahead=3, processes=True))
     assert [r for _, r in ran] == [i * i for i in range(12)]

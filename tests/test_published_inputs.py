@@ -19,15 +19,15 @@ import xarray as xr
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
-from ocr_assets.science.blur import blur_kernel_size
-from ocr_assets.science.fire_model import wind_adjusted_bp
-from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.sampling import merge_building_rows
-from ocr_assets.science.statistics import connect, level_statistics
 from ocr_resources.layout import INPUT_CATALOG, StorageLayout, contains
 from ocr_resources.sample_data import GRID_STEP, SampleSpec, write_sample_data
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import InputDataError, OcrStorage
+from ocr_science.blur import blur_kernel_size
+from ocr_science.fire_model import wind_adjusted_bp
+from ocr_science.kernels import DIRECTIONS
+from ocr_science.sampling import merge_building_rows
+from ocr_science.statistics import connect, level_statistics
 from tests.sample_inputs import copy_inputs, inputs_of
 
 REGION = "y0_x0"

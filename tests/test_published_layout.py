@@ -25,9 +25,9 @@ import shapely
 import xarray as xr
 import zarr
 
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import vector_metadata
 from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_science.sampling import RISK_VARIABLES
 from tests.test_deploy import _local_env, ocr
 from tests.test_published_vector import NAMES, STATS
 

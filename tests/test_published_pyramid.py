@@ -25,10 +25,10 @@ from ocr_assets.pyramid import (
     pyramid_levels_coarsen,
     risk_pyramid,
 )
-from ocr_assets.science.regions import RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import OcrStorage
+from ocr_science.regions import RegionGrid
+from ocr_science.sampling import RISK_VARIABLES
 
 ARC_SECOND = 1 / 3600
 REGION = (1024, 1030)  # 2 × 2 regions: 2048 × 2060 px, the least that halves 11 times

@@ -22,13 +22,13 @@ import shapely
 import shapely.affinity
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
-from ocr_assets.science.tiling import TileLayer, tippecanoe_command
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, TILESETS, build_tileset
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_CORE_JOB, REGION_JOB
 from ocr_resources.publication import vector_metadata
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
+from ocr_science.tiling import TileLayer, tippecanoe_command
 from tests.sample_inputs import link_inputs
 
 REGIONS = ("y1_x1", "y1_x2")
@@ -320,8 +320,8 @@ def test_layer_lines_are_the_same_bytes_on_one_worker_and_on_several(tiles, tmp_
 
     import psutil
 
-    from ocr_assets.science.parallel import thread_limit
     from ocr_assets.tiles import write_layer
+    from ocr_science.parallel import thread_limit
 
     storage = tiles["storage"]
     copy = tmp_path / "small-row-groups"

@@ -13,11 +13,11 @@ import rasterio.warp
 import xarray as xr
 from affine import Affine
 
-from ocr_assets.science import variants
-from ocr_assets.science.fire_model import field_bp
-from ocr_assets.science.gapfill import gap_fill
-from ocr_assets.science.regions import HALO_DEG
-from ocr_assets.science.reproject import (
+from ocr_science import variants
+from ocr_science.fire_model import field_bp
+from ocr_science.gapfill import gap_fill
+from ocr_science.regions import HALO_DEG
+from ocr_science.reproject import (
     gdal_warp,
     published_warp,
     raster_crs,

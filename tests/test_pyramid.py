@@ -17,7 +17,9 @@ from dask.distributed import LocalCluster
 from pyproj import Transformer
 
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
-from ocr_assets.science.pyramid import (
+from ocr_resources.compute import PROFILES, OcrCompute
+from ocr_resources.storage import OcrStorage
+from ocr_science.pyramid import (
     TILE_SIZE,
     choose_level,
     levels_for_shape,
@@ -27,10 +29,8 @@ from ocr_assets.science.pyramid import (
     tile_pixel_centres,
     tile_resolution,
 )
-from ocr_assets.science.regions import RegionGrid
-from ocr_assets.science.sampling import RISK_VARIABLES
-from ocr_resources.compute import PROFILES, OcrCompute
-from ocr_resources.storage import OcrStorage
+from ocr_science.regions import RegionGrid
+from ocr_science.sampling import RISK_VARIABLES
 
 ARC_SECOND = 1 / 3600
 

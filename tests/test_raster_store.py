@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import raster_attributes
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.raster_store import TEMPLATE_MESSAGE, committed_region_ids
+from ocr_science.sampling import RISK_VARIABLES
 from tests.serial_s3 import serial_s3_server
 
 BUCKET = "ocr-raster-test"

@@ -20,12 +20,12 @@ from PIL import Image
 from pyproj import Transformer
 
 from ocr_assets.pyramid import PYRAMID_CRS
-from ocr_assets.science.pyramid import TILE_SIZE
-from ocr_assets.science.scoring import RISK_COLORS, score_rgba
 from ocr_jobs.serve import serve_in_thread
 from ocr_jobs.serve.raster import PyramidTiles
 from ocr_jobs.serve.site import VENDOR_FILES, MapSite, ServeError, map_site
 from ocr_resources.storage import OcrStorage
+from ocr_science.pyramid import TILE_SIZE
+from ocr_science.scoring import RISK_COLORS, score_rgba
 from tests.test_deploy import BUCKET, s3_endpoint  # noqa: F401  (S3 on a local moto server)
 from tests.test_map_page import _hex_rgb
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from ocr_assets.science.regions import (
+from ocr_resources.region_catalog import load_valid_region_ids
+from ocr_resources.sample_data import GRID_STEP
+from ocr_science.regions import (
     HALO_DEG,
     RegionGrid,
     RegionIdError,
@@ -11,8 +13,6 @@ from ocr_assets.science.regions import (
     select_regions,
     validate_region_id,
 )
-from ocr_resources.region_catalog import load_valid_region_ids
-from ocr_resources.sample_data import GRID_STEP
 
 
 def test_grid_comes_from_the_input_chunking(sample_grid):

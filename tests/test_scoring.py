@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ocr_assets.science.scoring import risk_score, score_histogram
+from ocr_science.scoring import risk_score, score_histogram
 
 EDGES = [0.01, 0.02, 0.035, 0.06, 0.1, 0.2, 0.5, 1, 3]
 

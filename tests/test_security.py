@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ocr_assets.science import statistics
-from ocr_assets.science.regions import RegionIdError
 from ocr_resources.layout import StorageLayout
 from ocr_resources.storage import OcrStorage
+from ocr_science import statistics
+from ocr_science.regions import RegionIdError
 from tests.test_deploy import _files_containing, deploy_with_blocked_region
 
 SECRETS = {

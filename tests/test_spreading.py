@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import correlate as scipy_correlate
 
-from ocr_assets.science.kernels import DIRECTIONS, direction_kernel
-from ocr_assets.science.reference import reference_spread
-from ocr_assets.science.spreading import NOISE_FLOOR, RunKernel, spread
+from ocr_science.kernels import DIRECTIONS, direction_kernel
+from ocr_science.reference import reference_spread
+from ocr_science.spreading import NOISE_FLOOR, RunKernel, spread
 
 
 def _box(h, w, size=3):

@@ -154,8 +154,8 @@ def _webserver_log(settings: OcrSettings) -> Path:
 
 
 def test_stale_regions_say_why_and_the_report_names_at_most_twenty():
-    from ocr_assets.science.regions import select_regions
     from ocr_jobs.deploy.plan import STALE_LISTED, RegionReport, stale_regions
+    from ocr_science.regions import select_regions
 
     ids = [f"y{i}_x0" for i in range(25)]
     recorded = {

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
-from ocr_assets.science.statistics import (
+from ocr_science.scoring import HISTOGRAM_BOUNDARIES
+from ocr_science.statistics import (
     STAT_VARIABLES,
     STATISTICS_COLUMNS,
     connect,

@@ -26,10 +26,10 @@ import pytest
 import shapely
 
 from ocr_assets import statistics as statistics_asset
-from ocr_assets.science.sampling import VALUE_RANGES
-from ocr_assets.science.statistics import STAT_VARIABLES, connect, level_statistics
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
+from ocr_science.sampling import VALUE_RANGES
+from ocr_science.statistics import STAT_VARIABLES, connect, level_statistics
 
 THREADS = 4  # more than one, whatever the machine: the order rows are added in varies
 

@@ -21,13 +21,13 @@ import pytest
 from pmtiles.reader import MmapSource, Reader, all_tiles
 
 from ocr_assets import analysis_files, buildings, statistics, tiles
-from ocr_assets.science.parallel import thread_limit
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
 from ocr_resources.storage.geoparquet import GeoParquetWriter
+from ocr_science.parallel import thread_limit
 from tests import legacy_outputs as legacy
 from tests.sample_inputs import link_inputs
 

@@ -15,9 +15,9 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
-from ocr_assets.science.composite import NegativeWindWeights, WindTile, WindWeights
 from ocr_resources.storage import regions
 from ocr_resources.storage.regions import WIND_DIMS, wind_tiles
+from ocr_science.composite import NegativeWindWeights, WindTile, WindWeights
 
 NAME = "wind_direction_distribution"
 

@@ -79,8 +79,8 @@ def regions_select(
     env_file: EnvFile = None,
 ) -> None:
     """Report which of the given regions are valid."""
-    from ocr_assets.science.regions import RegionIdError, select_regions
     from ocr_resources.region_catalog import load_valid_region_ids
+    from ocr_science.regions import RegionIdError, select_regions
 
     settings = _settings(env_file)
     try:

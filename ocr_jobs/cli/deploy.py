@@ -76,9 +76,9 @@ def deploy(
     ] = False,
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
-    from ocr_assets.science.regions import RegionIdError
     from ocr_jobs import deploy as d
     from ocr_jobs.deploy.plan import deploy_target
+    from ocr_science.regions import RegionIdError
 
     overrides = {} if process_retries is None else {"process_retries": process_retries}
     settings = _settings(env_file, **overrides)

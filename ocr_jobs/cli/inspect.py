@@ -164,10 +164,10 @@ def compare_variants(
 
     from rich.table import Table
 
-    from ocr_assets.science.regions import RegionIdError, select_regions
     from ocr_jobs.compare import compare_variants as run_comparison
     from ocr_resources.region_catalog import load_valid_region_ids
     from ocr_resources.storage import InputDataError
+    from ocr_science.regions import RegionIdError, select_regions
 
     settings = _settings(env_file, model_variant="published")
     try:

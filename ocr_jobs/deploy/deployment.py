@@ -19,7 +19,6 @@ from ocr_assets.constants import CLUSTER_POOL
 from ocr_assets.inputs import REGION_INPUTS
 from ocr_assets.region_records import committed_materialized_regions, outputs_older_than_regions
 from ocr_assets.step import OUTPUTS_KEY
-from ocr_assets.tiles import ToolMissingError, tippecanoe_binary
 from ocr_jobs.definitions import build_definitions, region_partitions
 from ocr_jobs.deploy.lock import DeploymentLock
 from ocr_jobs.deploy.plan import (
@@ -58,6 +57,7 @@ from ocr_resources.deployment_lock import DEPLOYMENT_TAG, ENVIRONMENT_TAG
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import InputDataError, OcrStorage, StorageRootError
+from ocr_resources.tools import ToolMissingError, tippecanoe_binary
 
 
 class DeployProgress(Protocol):

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_assets.constants import OPTIONAL_ASSETS, REGIONAL_ANALYSIS_FILES, RISK_PYRAMID
-from ocr_assets.science.model_version import model_code_version
-from ocr_assets.science.regions import RegionSelection, select_regions
-from ocr_assets.science.statistics import CENSUS_LEVELS
 from ocr_resources.layout import PMTILES_NAMES, StorageLayout
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings
+from ocr_science.model_version import model_code_version
+from ocr_science.regions import RegionSelection, select_regions
+from ocr_science.statistics import CENSUS_LEVELS
 
 RISK_TYPES = ("fire",)
 STALE_LISTED = 20  # stale regions the report names one by one

@@ -25,14 +25,14 @@ from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from PIL import Image
 from zarr.storage import FsspecStore
 
-from ocr_assets.science.pyramid import (
+from ocr_science.pyramid import (
     TILE_SIZE,
     choose_level,
     native_zoom,
     pixel_index,
     tile_pixel_centres,
 )
-from ocr_assets.science.scoring import score_rgba
+from ocr_science.scoring import score_rgba
 
 RASTER_VARIABLES = ("rps_2011", "rps_2047")  # what the pyramid holds (risk_pyramid)
 CACHE_BYTES = 256 * 2**20  # decoded chunks kept for the next tiles

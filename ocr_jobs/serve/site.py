@@ -22,11 +22,11 @@ import numpy as np
 
 from ocr_assets.constants import RISK_PYRAMID
 from ocr_assets.region_records import newest_region_materialization, outputs_older_than_regions
-from ocr_assets.science.scoring import RISK_COLORS, SCORE_EDGES
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, TILESETS
 from ocr_jobs.serve.raster import RASTER_VARIABLES, PyramidTiles
 from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
+from ocr_science.scoring import RISK_COLORS, SCORE_EDGES
 
 WEB_DIR = Path(__file__).with_name("web")
 VENDOR_DIR = WEB_DIR / "vendor"

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from pyproj import CRS, Transformer
 
-from ocr_assets.science.fire_model import YEARS
-from ocr_assets.science.regions import HALO_DEG, RegionGrid, RegionIdError
 from ocr_resources.layout import InputSpec
 from ocr_resources.storage.regions import RegionReader
 from ocr_resources.storage.vector import covering_extents, meets
+from ocr_science.fire_model import YEARS
+from ocr_science.regions import HALO_DEG, RegionGrid, RegionIdError
 
 # cells kept around a region's window in a projected input (its read takes a margin for the
 # gap-fill and the warp's neighbourhood; generous, so a change that can matter is never missed)

@@ -25,11 +25,11 @@ import xarray as xr
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from ocr_assets.science.kernels import DIRECTIONS
 from ocr_resources.layout import BUILDING_COLUMNS, LATLON, InputSpec
 from ocr_resources.storage.geoparquet import BBOX_FIELDS, geoparquet_crs
 from ocr_resources.storage.raster_store import StoredArray
 from ocr_resources.storage.vector import Extent, VectorStore, covering_extents, meets
+from ocr_science.kernels import DIRECTIONS
 
 # how many rows of the row groups a windowed read went through have no geometry (null or
 # empty: no location, so in no window), in the read's ``attrs``: counted, never dropped unsaid

@@ -22,11 +22,11 @@ from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
-from ocr_assets.science.regions import Region, RegionGrid, region_id
-from ocr_assets.science.sampling import RISK_VARIABLES
 from ocr_resources.publication import raster_attributes
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT
 from ocr_resources.storage.files import FileStore
+from ocr_science.regions import Region, RegionGrid, region_id
+from ocr_science.sampling import RISK_VARIABLES
 
 # How every Zarr output is written: v3, no consolidated metadata (objects appear one by one)
 ZARR_FORMAT = {"consolidated": False, "zarr_format": 3}

@@ -12,11 +12,11 @@ import geopandas as gpd
 import numpy as np
 import xarray as xr
 
-from ocr_assets.science.composite import GATHER_ROWS, NegativeWindWeights, WindTile
-from ocr_assets.science.fire_model import YEARS, RegionInputs, WindTiles
-from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.regions import HALO_DEG, Region, RegionGrid, valid_region_ids_from_mask
 from ocr_resources.storage.inputs import InputDataError, InputReader
+from ocr_science.composite import GATHER_ROWS, NegativeWindWeights, WindTile
+from ocr_science.fire_model import YEARS, RegionInputs, WindTiles
+from ocr_science.kernels import DIRECTIONS
+from ocr_science.regions import HALO_DEG, Region, RegionGrid, valid_region_ids_from_mask
 
 WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
 

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from pmtiles.reader import Reader
 from pmtiles.tile import Compression, deserialize_header, serialize_header
 
-from ocr_assets.science.regions import sort_region_ids
 from ocr_resources.storage.files import FileStore
 from ocr_resources.storage.geoparquet import BBOX_FIELDS, PARQUET_WRITE_OPTIONS, GeoParquetWriter
+from ocr_science.regions import sort_region_ids
 
 REGION_FILE = re.compile(r"^y\d+_x\d+\.parquet$")
 # Rows per record batch where a table is streamed (buildings, census units): memory is set by

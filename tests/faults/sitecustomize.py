@@ -190,7 +190,7 @@ def _model_constant_changed() -> None:
     import sys
 
     sys.meta_path.insert(
-        0, _WrapOnImport("ocr_assets.science.kernels", "ALONG_WIND_M", lambda metres: metres + 1)
+        0, _WrapOnImport("ocr_science.kernels", "ALONG_WIND_M", lambda metres: metres + 1)
     )
 
 

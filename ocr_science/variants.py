@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from ocr_assets.science.blur import gaussian_blur, gaussian_blur_ignoring_nan
-from ocr_assets.science.reproject import corrected_warp, published_warp
+from ocr_science.blur import gaussian_blur, gaussian_blur_ignoring_nan
+from ocr_science.reproject import corrected_warp, published_warp
 
 Warp = Callable[[xr.DataArray, np.ndarray, np.ndarray], np.ndarray]
 Blur = Callable[..., np.ndarray]

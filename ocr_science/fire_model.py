@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import WindComposite, WindTile, WindWeights, combine
-from ocr_assets.science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
-from ocr_assets.science.parallel import release_freed_memory
-from ocr_assets.science.reproject import Bounds, subset_projected
-from ocr_assets.science.spreading import Spreader
-from ocr_assets.science.timing import StageTimer
-from ocr_assets.science.variants import DEFAULT_VARIANT, Blur, model_variant
+from ocr_science.blur import blur_kernel_size, blur_sigma, gaussian_blur
+from ocr_science.composite import WindComposite, WindTile, WindWeights, combine
+from ocr_science.kernels import DIRECTIONS, direction_kernels, pixel_size_m
+from ocr_science.parallel import release_freed_memory
+from ocr_science.reproject import Bounds, subset_projected
+from ocr_science.spreading import Spreader
+from ocr_science.timing import StageTimer
+from ocr_science.variants import DEFAULT_VARIANT, Blur, model_variant
 
 YEARS: tuple[int, ...] = (2011, 2047)
 # The wind distribution as tiles of (rows, cols, wind_direction) at their place in the window,

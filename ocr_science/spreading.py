@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ocr_assets.science.parallel import blocks, worker_threads
+from ocr_science.parallel import blocks, worker_threads
 
 # Published: values below this after a convolution are numerical noise and become 0.
 NOISE_FLOOR = 1e-11

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
-from ocr_assets.science.statistics import STAT_VARIABLES
+from ocr_science.statistics import STAT_VARIABLES
 
 # What each numeric key holds, in key order ("0", "1", …): create_building_pmtiles.py:49-57,
 # create_building_centroid_pmtiles.py:43-46, create_regional_pmtiles.py:75-90 at OCR 0a1b285.

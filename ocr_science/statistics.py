@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ocr_assets.science.sampling import RISK_VARIABLES, VALUE_RANGES
-from ocr_assets.science.scoring import HISTOGRAM_BOUNDARIES
+from ocr_science.sampling import RISK_VARIABLES, VALUE_RANGES
+from ocr_science.scoring import HISTOGRAM_BOUNDARIES
 
 # The census levels (docs/inputs.md), each with the length of the block GEOID's prefix that
 # names its unit; the nation is the one unit "US"; a block is its whole GEOID (15 digits and

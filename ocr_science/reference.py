@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import correlate
 
-from ocr_assets.science.blur import blur_kernel_size, blur_sigma, gaussian_blur
-from ocr_assets.science.composite import combine
-from ocr_assets.science.kernels import DIRECTIONS
-from ocr_assets.science.spreading import ITERATIONS, NOISE_FLOOR
+from ocr_science.blur import blur_kernel_size, blur_sigma, gaussian_blur
+from ocr_science.composite import combine
+from ocr_science.kernels import DIRECTIONS
+from ocr_science.spreading import ITERATIONS, NOISE_FLOOR
 
 
 def reference_spread(bp30: np.ndarray, kernel: np.ndarray, iterations: int = ITERATIONS):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.ndimage import correlate1d
 
-from ocr_assets.science.parallel import blocks, worker_threads
+from ocr_science.parallel import blocks, worker_threads
 
 BLUR_RADIUS_M = 300.0
 METRES_PER_DEGREE = 111_000.0

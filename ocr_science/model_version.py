@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 
-from ocr_assets.science import blur, kernels, regions, reproject, sampling, spreading, variants
+from ocr_science import blur, kernels, regions, reproject, sampling, spreading, variants
 
 # Bump when a change to the model's code (not only its constants) changes its results.
 MODEL_REVISION = 1

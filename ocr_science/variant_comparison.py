@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ocr_assets.science.scoring import risk_score
+from ocr_science.scoring import risk_score
 
 # The variables the variants compute differently (the others are copied from the inputs).
 WIND_ADJUSTED: tuple[str, ...] = ("bp_2011", "bp_2047", "rps_2011", "rps_2047")

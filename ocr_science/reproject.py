@@ -24,8 +24,8 @@ from odc.geo.xr import assign_crs, xr_reproject
 from pyproj import CRS, Transformer
 from rasterio.errors import NotGeoreferencedWarning
 
-from ocr_assets.science.gapfill import gap_fill
-from ocr_assets.science.parallel import blocks, worker_threads
+from ocr_science.gapfill import gap_fill
+from ocr_science.parallel import blocks, worker_threads
 
 Bounds = tuple[float, float, float, float]  # (west, south, east, north), degrees
 # The published gap-fill is a centred 3 × 3 rolling mean: dask pads each axis by 1 on both

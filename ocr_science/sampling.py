@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ocr_assets.science.regions import Region, RegionGrid
+from ocr_science.regions import Region, RegionGrid
 
 # the 8 risk variables in the published order (the raster template's and the region files')
 RISK_VARIABLES: tuple[str, ...] = (
