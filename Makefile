@@ -59,9 +59,10 @@ serve: setup web
 	$(BIN)/ocr serve --env-file envs/local.env --open
 
 # three test workers on two cores: the end-to-end tests wait on subprocesses and servers; a
-# module's tests stay on one worker (its fixtures, such as a deployment, are made once)
+# module's tests stay on one worker (its fixtures, such as a deployment, are made once); the
+# 30 slowest tests are listed at the end
 test: lint validate tools/node_modules web
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=30
 
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port): ocr dev runs
 # dg dev with the top-level dagster.yaml (DAGSTER_HOME = this folder) and the local environment's
