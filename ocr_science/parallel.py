@@ -9,6 +9,8 @@ import ctypes.util
 import functools
 import multiprocessing
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -17,6 +19,7 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 T = TypeVar("T")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 R = TypeVar("R")
 
 # The caller's cap on threads (the ``threads`` setting, set by the compute resource around a
@@ -47,6 +50,15 @@ def may_start_processes() -> bool:
     return not multiprocessing.current_process().daemon
 
 
+def _die_with_parent() -> None:
+    """In a worker process: be killed when the process that started it dies (Linux's
+    ``PR_SET_PDEATHSIG``), so a step killed mid-map leaves no workers behind waiting for work
+    that will never come; elsewhere nothing."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "prctl") and sys.platform.startswith("linux"):
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def ordered_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -69,7 +81,9 @@ def ordered_map(
     limit = max(1, ahead or 2 * workers)
     pool: Executor
     if processes and may_start_processes():
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        )
     else:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="ordered-map")
     with pool:

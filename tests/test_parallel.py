@@ -113,3 +113,46 @@ def test_a_dask_worker_starts_processes_only_when_it_is_not_daemonic(daemon, mon
     assert results == [i * i for i in range(8)]
     assert may is not daemon
     assert (pids == {worker}) is daemon  # its own threads, or processes of its own
+
+
+STARTS_WORKERS_THEN_WAITS = """
+import time
+from ocr_science.parallel import ordered_map
+
+def forever(i):
+    time.sleep(600)
+    return i
+
+if __name__ == "__main__":
+    print("started", flush=True)
+    next(ordered_map(forever, range(4), workers=2, processes=True))
+"""
+
+
+def test_worker_processes_die_with_the_process_that_started_them(tmp_path):
+    """A step killed mid-map (SIGKILL: nothing of its own runs) leaves no worker processes
+    behind waiting for work that will never come."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "starts_workers.py"
+    script.write_text(STARTS_WORKERS_THEN_WAITS)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:  # the two busy workers
+            # (not multiprocessing's resource tracker, also a child)
+            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+            time.sleep(0.2)
+        assert len(workers) == 2, parent.children()
+    finally:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
