@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # dagster.yaml does not stop them); ocr sets it for its own children too (ocr_jobs/process_env.py)
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run test lint validate dev clean web serve
+.PHONY: setup run test test-fast lint validate dev clean web serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -63,6 +63,10 @@ serve: setup web
 # 30 slowest tests are listed at the end
 test: lint validate tools/node_modules web
 	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=30
+
+# the developer's loop: everything but the tests marked slow (whole deploys, daemons, browsers)
+test-fast: lint web
+	$(BIN)/python -m pytest -n 3 --dist loadfile -m "not slow" --durations=10
 
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port): ocr dev runs
 # dg dev with the top-level dagster.yaml (DAGSTER_HOME = this folder) and the local environment's

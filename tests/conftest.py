@@ -47,8 +47,9 @@ def local_settings(env_root):
     return OcrSettings(storage_root=env_root, environment="local")
 
 
-# Modules of whole deploys, a daemon, a browser, longest first (by their measured durations):
-# they start first, so that the test workers (make test: one module per worker at a time) do
+# Modules of whole deploys, a daemon, a browser, longest first (by their measured durations,
+# make test lists the slowest): marked ``slow`` (``make test-fast`` leaves them out), and
+# started first, so that the test workers (make test: one module per worker at a time) do
 # not end the suite with one long module each
 LONG_FIRST = (
     "test_deploy",
@@ -80,9 +81,17 @@ LONG_FIRST = (
 )
 
 
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _module(item) in LONG_FIRST:
+            item.add_marker(pytest.mark.slow)
+
     def rank(item: pytest.Item) -> int:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        module = _module(item)
         return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)
