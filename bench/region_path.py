@@ -19,7 +19,7 @@ both fields one after the other, every store warm. Here nothing is left out:
    its window cut at the grid's edges: 6000 × 5040 pixels, 0.77 of an interior window), then
    (``--chunking design``, the default) rewrites the two stores whose chunking the generator
    sets differently from the real inputs and which decide what a region reads: the wind
-   distribution in 1000 × 1000 × 8 chunks (DESIGN §3; the generator chunks it like a region,
+   distribution in 1000 × 1000 × 8 chunks (docs/design.md §3; the generator chunks it like a region,
    6000 × 4500 × 8 = 864 MB a chunk at full size) and the 270 m BP in the published
    6000 × 4500-cell chunks (README, "the published warp": the warp is tiled by the subset's
    chunks, so the generator's 64 × 64 cells give 7,426 tiles of 64 × 64 pixels a field at

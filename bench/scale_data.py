@@ -343,7 +343,7 @@ def _risk_values(
 def region_buildings(
     lattice: Lattice, region_id: str, rows: slice, cols: slice, n: int
 ) -> gpd.GeoDataFrame:
-    """One region's buildings in the schema ``region_buildings`` writes (DESIGN §6)."""
+    """One region's buildings in the schema ``region_buildings`` writes (docs/design.md §6)."""
     iy, ix = (int(p[1:]) for p in region_id.split("_"))
     rng = np.random.default_rng([lattice.seed, 1, iy, ix])
     jj, ii = np.mgrid[rows, cols]

@@ -73,8 +73,8 @@ def wind_distribution(rng: np.random.Generator, shape: tuple[int, int]) -> np.nd
 
 
 def write_wind_store(wind: np.ndarray, path: str | Path) -> None:
-    """An ``(8, H, W)`` distribution written as the wind input is stored (DESIGN §3: directions
-    last), in chunks of ``WIND_STORE_CHUNK`` pixels square."""
+    """An ``(8, H, W)`` distribution written as the wind input is stored (docs/design.md §3:
+    directions last), in chunks of ``WIND_STORE_CHUNK`` pixels square."""
     chunks = (WIND_STORE_CHUNK, WIND_STORE_CHUNK, len(DIRECTIONS))
     da = xr.DataArray(np.moveaxis(wind, 0, -1), dims=WIND_DIMS, name=WIND_VARIABLE)
     da.to_dataset().to_zarr(

@@ -1,6 +1,7 @@
 """`regional_analysis_files` (phase 02, optional): each level's statistics → ``stats.csv`` and
-``stats.geojson`` in ``region-analysis/<folder>/``, as published (PUBLISHED §4.5): the CSV opens
-with one ``# key: value`` line per vector metadata key, the GeoJSON has a ``metadata`` member."""
+``stats.geojson`` in ``region-analysis/<folder>/``, as published (docs/published.md §4.5):
+the CSV opens with one ``# key: value`` line per vector metadata key, the GeoJSON has a
+``metadata`` member."""
 
 import csv
 import json

@@ -60,10 +60,10 @@ def _geo_metadata(dataset: ds.Dataset, region_paths: list[str]) -> bytes:
 SORT_MEMORY_LIMIT = "256MB"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition of a missing value, as pyarrow names it
 # a county's file in the partitioned copy, as DuckDB names its first file (consumers glob
-# ``buildings.parquet/**/data_*.parquet``, PUBLISHED §4.3)
+# ``buildings.parquet/**/data_*.parquet``, docs/published.md §4.3)
 PARTITION_FILE = "data_0.parquet"
 # the columns of the region files, the consolidated file and the partitioned copy, in the
-# published order (PUBLISHED §4.2): the partition keys state_fips / county_fips are in the
+# published order (docs/published.md §4.2): the partition keys state_fips / county_fips are in the
 # hive paths only, never in the files
 BUILDINGS_COLUMNS: tuple[str, ...] = (
     *RISK_VARIABLES,

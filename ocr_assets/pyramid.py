@@ -1,5 +1,5 @@
 """`risk_pyramid` (phase 02, optional): the raster store's rps_2011 / rps_2047 as OCR publishes
-them for its web map (PUBLISHED §4.7): topozarr's multiscale Zarr v3 pyramid in EPSG:4326,
+them for its web map (docs/published.md §4.7): topozarr's multiscale Zarr v3 pyramid in EPSG:4326,
 each level the 2 × 2 mean of the one before, unsharded, consolidated."""
 
 import itertools

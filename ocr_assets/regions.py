@@ -1,4 +1,4 @@
-"""Phase 01 — region processing: one op writes both region assets (DESIGN §2) for every
+"""Phase 01 — region processing: one op writes both region assets (docs/design.md §2) for every
 region of its run.
 
 - `region_risk_raster` (region_id): inputs → the region's window in the CONUS raster store

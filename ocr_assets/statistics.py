@@ -1,5 +1,5 @@
 """`region_risk_summary_stats` (phase 02): the consolidated buildings joined to the census
-units of each level → one Parquet file of statistics per level (DESIGN §6)."""
+units of each level → one Parquet file of statistics per level (docs/design.md §6)."""
 
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -53,9 +53,9 @@ def _census_problem(con: duckdb.DuckDBPyConnection, level: str) -> str | None:
 
 
 def statistics_schema(level: str) -> pa.Schema:
-    """A level's statistics columns in the published order (PUBLISHED §4.4): GEOID, the unit's
-    names (counties NAME; states STUSPS, NAME; nation NAME), the count, the 7 means, the 7
-    medians, the 2 histograms, the unit's polygon last. No covering bbox: the published
+    """A level's statistics columns in the published order (docs/published.md §4.4): GEOID,
+    the unit's names (counties NAME; states STUSPS, NAME; nation NAME), the count, the 7
+    means, the 7 medians, the 2 histograms, the unit's polygon last. No covering bbox: the published
     files have none, and a few thousand units need no row-group filter."""
     types = {"building_count": pa.int64(), **dict.fromkeys(SCORED, pa.list_(pa.int64()))}
     return pa.schema(

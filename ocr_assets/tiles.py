@@ -1,4 +1,4 @@
-"""The three PMTiles archives as OCR publishes them (PUBLISHED §4.6), from one table
+"""The three PMTiles archives as OCR publishes them (docs/published.md §4.6), from one table
 (``TILESETS``): layer and tileset names, numeric keys, tippecanoe flags, centroid rule.
 
 - `regional_pmtiles` (phase02): `region_risk_summary_stats` → `regions.pmtiles`, a layer per
@@ -357,7 +357,7 @@ def check_name(spec: Tileset) -> str:
 
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
-    # all three tilesets in the tiles group (DESIGN §2)
+    # all three tilesets in the tiles group (docs/design.md §2)
     @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"}, CODE)
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

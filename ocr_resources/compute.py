@@ -69,7 +69,7 @@ class ComputeProfile:
         return workers + 1  # the scheduler's VM (Coiled's default type when none is named)
 
     def describe(self) -> str:
-        """As DESIGN §2 writes it: ``vm / scheduler vm, N GB``."""
+        """As docs/design.md §2 writes it: ``vm / scheduler vm, N GB``."""
         text = self.vm_type + (f" / {self.scheduler_vm_type}" if self.scheduler_vm_type else "")
         return text + (f", {self.disk_size_gb} GB" if self.disk_size_gb else "")
 
@@ -93,8 +93,8 @@ class ComputeProfile:
 
 
 _PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
-# DESIGN §2, "compute profile" column: the one source of truth (the README table is rendered
-# from it and a test compares it with DESIGN.md). Worker counts and tasks per worker are the
+# docs/design.md §2, "compute profile" column: the one source of truth (the README table is rendered
+# from it and a test compares it with docs/design.md). Worker counts and tasks per worker are the
 # CONUS cost model's (bench/conus.py): a region run's 40 regions (OCR_REGIONS_PER_RUN) in two
 # rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
 # under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy); the
@@ -121,8 +121,8 @@ def vm_architecture(vm_type: str) -> str:
 
 
 def software_architecture() -> str:
-    """The one architecture of every VM in ``PROFILES`` (DESIGN §2: all Graviton, arm64): what
-    the Coiled software environment is built for, so the two cannot disagree."""
+    """The one architecture of every VM in ``PROFILES`` (docs/design.md §2: all Graviton,
+    arm64): what the Coiled software environment is built for, so the two cannot disagree."""
     found = {
         vm_architecture(vm)
         for p in PROFILES.values()

@@ -1,4 +1,4 @@
-"""Every path of DESIGN §3, built in one place from (root, environment, version)."""
+"""Every path of docs/design.md §3, built in one place from (root, environment, version)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ GEOID_PATTERNS: dict[str, str] = {
     "tracts": r"\d{11}",
     "blocks": r"\d{15}[A-Z]?",
 }
-# the analysis files' folder of a level where it is not the level's name (PUBLISHED §4.5)
+# the analysis files' folder of a level where it is not the level's name (docs/published.md §4.5)
 ANALYSIS_FOLDERS: dict[str, str] = {"blocks": "block"}
 # census columns the pipeline uses, per level (TIGER carries more; they are ignored)
 CENSUS_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""Valid region ids shipped as package data, one list per input catalog (DESIGN §4)."""
+"""Valid region ids shipped as package data, one list per input catalog (docs/design.md §4)."""
 
 from __future__ import annotations
 

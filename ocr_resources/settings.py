@@ -100,7 +100,7 @@ class OcrSettings(BaseSettings):
     # multiprocess: downstream steps in parallel processes; in_process: one process (small hosts)
     dagster_executor: Literal["multiprocess", "in_process"] = "multiprocess"
     lock_stale_seconds: int = Field(default=900, ge=30)
-    # compute (DESIGN §8)
+    # compute (docs/design.md §8)
     compute_backend: Literal["local", "coiled", "dask"] = "local"
     local_workers: int = 0
     # the local cluster's Dask dashboard (its link is logged); off, a local step starts faster

@@ -1,4 +1,4 @@
-"""Gaussian smoothing of the combined field (DESIGN §5 step 9)."""
+"""Gaussian smoothing of the combined field (docs/design.md §5 step 9)."""
 
 from __future__ import annotations
 

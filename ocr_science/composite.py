@@ -1,4 +1,4 @@
-"""Weighted composite of the eight spread fields and the combine step (DESIGN §5 steps 7–8).
+"""Weighted composite of the eight spread fields and the combine step (docs/design.md §5 steps 7–8).
 
 The composite is accumulated one direction at a time, so the fire model never holds the
 eight spread fields together (1.3 GB each at full size), and keeps the weights only of the

@@ -1,4 +1,4 @@
-"""The per-region fire model (DESIGN §5), composed from the pure steps beside it."""
+"""The per-region fire model (docs/design.md §5), composed from the pure steps beside it."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ocr_science.variants import DEFAULT_VARIANT, Blur, model_variant
 YEARS: tuple[int, ...] = (2011, 2047)
 # The wind distribution as tiles of (rows, cols, wind_direction) at their place in the window,
 # each row's from left to right, made fresh by each call: the storage resource reads them from
-# the stored layout (DESIGN §3), one stored chunk's part at a time.
+# the stored layout (docs/design.md §3), one stored chunk's part at a time.
 WindTiles = Callable[[], Iterable[WindTile]]
 
 

@@ -1,4 +1,4 @@
-"""Gap-fill of the 270 m burn probability (DESIGN §5 step 3)."""
+"""Gap-fill of the 270 m burn probability (docs/design.md §5 step 3)."""
 
 from __future__ import annotations
 

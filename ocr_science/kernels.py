@@ -1,4 +1,4 @@
-"""Elliptical wind kernels (DESIGN §5 step 5).
+"""Elliptical wind kernels (docs/design.md §5 step 5).
 
 A kernel gathers burn probability from the side the wind blows *from*: the W kernel's ellipse
 sits west of the pixel, so fire upwind (west) of a pixel spreads onto it under a west wind.
@@ -43,7 +43,7 @@ class Ellipse:
 
 _D = CENTRE_OFFSET_M / math.sqrt(2)
 _C, _L, _S = CENTRE_OFFSET_M, ALONG_WIND_M, ACROSS_WIND_M
-# One row per direction, exactly the table of DESIGN §5.
+# One row per direction, exactly the table of docs/design.md §5.
 ELLIPSES: dict[str, Ellipse] = {
     "N": Ellipse(0.0, _C, _S, _L, diagonal=False),
     "NE": Ellipse(_D, _D, _L, _S, diagonal=True),

@@ -1,7 +1,7 @@
 """The published pyramid's level count, and Web Mercator tiles sampled from its EPSG:4326 levels.
 
-OCR publishes the pyramid as topozarr builds it (PUBLISHED §4.7): level 0 is the raster store's
-grid, each next level the 2 × 2 mean of the one before, all in EPSG:4326. A map asks for Web
+OCR publishes the pyramid as topozarr builds it (docs/published.md §4.7): level 0 is the raster
+store's grid, each next level the 2 × 2 mean of the one before, all in EPSG:4326. A map asks for Web
 Mercator tiles; a tile is drawn from the level whose pixels best fit its zoom, nearest pixel
 centre, so the map needs no second (reprojected) pyramid.
 """

@@ -1,4 +1,4 @@
-"""A straightforward float64 implementation of DESIGN §5 steps 6–9, to check the fast one.
+"""A straightforward float64 implementation of docs/design.md §5 steps 6–9, to check the fast one.
 
 SciPy's ``correlate`` over the full kernel area (``mode="mirror"`` is OpenCV's
 BORDER_REFLECT_101) and an explicit weighted sum: slow and memory-hungry, but each line is a

@@ -17,7 +17,7 @@ _SELECTION_PATTERN = re.compile(r"^y(\d+)(?:-y(\d+))?_x(\d+)(?:-x(\d+))?$")
 # A chunk index has at most this many digits (CONUS has 17 × 47 chunks): a longer one names no
 # region, and refusing it first keeps int() far from Python's 4300-digit conversion limit.
 MAX_INDEX_DIGITS = 6
-# Halo around a region for neighbourhood operations (DESIGN §4): 0.15° ≈ 16.7 km ≈ 540 px.
+# Halo around a region for neighbourhood operations (docs/design.md §4): 0.15° ≈ 16.7 km ≈ 540 px.
 HALO_DEG = 0.15
 
 

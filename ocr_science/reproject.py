@@ -1,4 +1,5 @@
-"""Burn probability from its 270 m EPSG:5070 grid onto a window's 30 m grid (DESIGN §5, 2–4).
+"""Burn probability from its 270 m EPSG:5070 grid onto a window's 30 m grid
+(docs/design.md §5, 2–4).
 
 Two warps, one per model variant:
 - :func:`published_warp` reproduces the published numbers: GDAL's nearest-neighbour warper,
@@ -62,7 +63,7 @@ def subset_projected(bp: xr.DataArray, bounds: Bounds, margin: int = 0) -> xr.Da
     has them; works for y ascending or descending.
 
     The published model passes the region's pixel-edge bounds widened by the halo, *not* cut
-    at the 30 m grid's edge (DESIGN §5 step 2): the subset's shape sets the warp's tiles.
+    at the 30 m grid's edge (docs/design.md §5 step 2): the subset's shape sets the warp's tiles.
     """
     west, south, east, north = bounds
     to_proj = Transformer.from_crs("EPSG:4326", raster_crs(bp), always_xy=True)
@@ -147,7 +148,7 @@ def gdal_warp(
     """GDAL nearest-neighbour warp of a dask-backed subset onto the window's 30 m grid, tile
     by tile (``tile`` rows × columns from the window's first row and column).
 
-    GDAL's approximate transformer is kept on purpose (DESIGN §5 step 4): which 270 m cell a
+    GDAL's approximate transformer is kept on purpose (docs/design.md §5 step 4): which 270 m cell a
     30 m pixel on a cell boundary takes depends on the tile's scanline ends. odc-geo takes the
     tile as ``chunks=`` and only for dask input; any other keyword would reach GDAL and be
     ignored silently, so the tiling of the result is checked.

@@ -1,4 +1,4 @@
-"""Buildings: region assignment by centroid and nearest-pixel sampling (DESIGN §4, §6)."""
+"""Buildings: region assignment by centroid and nearest-pixel sampling (docs/design.md §4, §6)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def region_buildings_table(
 ) -> tuple[object, int]:
     """The region's buildings (centroid inside, half-open) with the eight variables sampled.
 
-    Returns (GeoDataFrame in the DESIGN §6 schema, number of rows dropped for missing values).
+    Returns (GeoDataFrame in the docs/design.md §6 schema, number of rows dropped for missing
+    values).
     """
     lon, lat = centroids_deg(buildings.geometry.values)
     inside = region.contains(lon, lat)
@@ -92,7 +93,7 @@ def region_buildings_table(
     return table.loc[keep, columns].reset_index(drop=True), int((~keep).sum())
 
 
-# Documented value ranges (DESIGN §5): RPS and CRPS are percentages, BP is a fraction.
+# Documented value ranges (docs/design.md §5): RPS and CRPS are percentages, BP is a fraction.
 VALUE_RANGES: dict[str, tuple[float, float]] = {
     name: (0.0, 100.0) if name.startswith(("rps", "crps")) else (0.0, 1.0)
     for name in RISK_VARIABLES

@@ -7,7 +7,7 @@ import numpy as np
 # Lower-inclusive bin edges of RPS (%) for scores 1–10; RPS == 0 is score 0.
 SCORE_EDGES = np.array([0.01, 0.02, 0.035, 0.06, 0.1, 0.2, 0.5, 1, 3], dtype=np.float64)
 N_SCORES = SCORE_EDGES.size + 2  # 0 … 10
-# The published statistics' histogram (PUBLISHED §4.4): element 0 counts the zeros, elements
+# The published statistics' histogram (docs/published.md §4.4): element 0 counts the zeros, elements
 # 1–10 are DuckDB's ``histogram(x, HISTOGRAM_BOUNDARIES)`` of the nonzero values, whose bins are
 # (previous boundary, boundary] in the values' own precision (float32), values above the last
 # boundary left out. It differs from :func:`risk_score` (the documented [a, b) scores) only for

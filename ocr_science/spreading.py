@@ -1,4 +1,4 @@
-"""Wind spreading by normalised convolution (DESIGN §5 step 6).
+"""Wind spreading by normalised convolution (docs/design.md §5 step 6).
 
 Each kernel is a binary ellipse scaled to sum 1, so a correlation with it is a sum of
 contiguous runs times one weight. Summing runs from float64 running sums costs O(runs) per

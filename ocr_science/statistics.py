@@ -1,4 +1,4 @@
-"""Summary statistics per census unit (DESIGN §6), aggregated by DuckDB.
+"""Summary statistics per census unit (docs/design.md §6), aggregated by DuckDB.
 
 A building is counted once per level: its unit is a prefix of its block GEOID (15 digits,
 maybe a suffix letter): state = [0:2], county = [0:5], tract = [0:11], block = all of it; never
@@ -34,7 +34,7 @@ NATION_GEOID = "US"
 STAT_VARIABLES: tuple[str, ...] = tuple(v for v in RISK_VARIABLES if v != "rps_scott")
 SCORED: dict[str, str] = {"risk_score_2011_hist": "rps_2011", "risk_score_2047_hist": "rps_2047"}
 # the statistics' columns after GEOID and the unit's names, in the published order
-# (PUBLISHED §4.4): the count, the 7 means, the 7 medians, the 2 histograms
+# (docs/published.md §4.4): the count, the 7 means, the 7 medians, the 2 histograms
 MEAN_COLUMNS: dict[str, str] = {f"{v}_mean": v for v in STAT_VARIABLES}
 MEDIAN_COLUMNS: dict[str, str] = {f"{v}_median": v for v in STAT_VARIABLES}
 STATISTICS_COLUMNS: tuple[str, ...] = ("building_count", *MEAN_COLUMNS, *MEDIAN_COLUMNS, *SCORED)

@@ -1,5 +1,5 @@
-"""Vector tiles as OCR publishes them (PUBLISHED §4.6): numeric property keys, the features as
-newline-delimited GeoJSON, tippecanoe's command line.
+"""Vector tiles as OCR publishes them (docs/published.md §4.6): numeric property keys, the
+features as newline-delimited GeoJSON, tippecanoe's command line.
 
 The properties are written by DuckDB's ``json_object``, as OCR's own export does, so numbers
 carry the same text: a float32 value as its exact double (``0.10000000149011612``), a list as

@@ -14,7 +14,8 @@ from ocr_science.scoring import risk_score
 
 # The variables the variants compute differently (the others are copied from the inputs).
 WIND_ADJUSTED: tuple[str, ...] = ("bp_2011", "bp_2047", "rps_2011", "rps_2047")
-# The tolerance the published data is reproduced to (DESIGN §5): |a − b| ≤ 1e-4 · max(|a|, |b|).
+# The tolerance the published data is reproduced to (docs/design.md §5):
+# |a − b| ≤ 1e-4 · max(|a|, |b|).
 RELATIVE_TOLERANCE = 1e-4
 
 

@@ -1,4 +1,4 @@
-"""The two named numerics of the fire model: ``published`` and ``corrected`` (DESIGN §5).
+"""The two named numerics of the fire model: ``published`` and ``corrected`` (docs/design.md §5).
 
 ``published`` (the default) reproduces the published OCR v1.1 numbers, quirks included.
 ``corrected`` is opt-in: each of its deviations removes a dependence on how the work was cut

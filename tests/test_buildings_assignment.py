@@ -1,4 +1,4 @@
-"""Every sample building lands in exactly one region's output (DESIGN §4 half-open rule)."""
+"""Every sample building lands in exactly one region's output (docs/design.md §4 half-open rule)."""
 
 from collections import Counter
 

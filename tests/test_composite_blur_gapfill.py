@@ -1,4 +1,4 @@
-"""Composite, combine, blur and gap-fill (DESIGN §5 steps 3, 7–9)."""
+"""Composite, combine, blur and gap-fill (docs/design.md §5 steps 3, 7–9)."""
 
 import numpy as np
 import pytest

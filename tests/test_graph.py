@@ -184,7 +184,7 @@ def _decode(path, z, x, y):
 
 
 def test_pmtiles_decode_with_expected_layers_and_properties(graph):
-    """The archives after a region was added: numeric keys (PUBLISHED §4.6), decoded."""
+    """The archives after a region was added: numeric keys (docs/published.md §4.6), decoded."""
     lay = graph["storage"].layout
     buildings = gpd.read_parquet(lay.consolidated_buildings)
     centre = buildings.geometry.iloc[0].centroid

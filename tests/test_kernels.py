@@ -1,4 +1,4 @@
-"""Kernel geometry (DESIGN §5 step 5)."""
+"""Kernel geometry (docs/design.md §5 step 5)."""
 
 import math
 

@@ -1,5 +1,5 @@
 """The published layout end to end: one production deploy of the whole sample (version 1.0.0,
-with the pyramid and the analysis files), then every product where ``../shared/PUBLISHED.md``
+with the pyramid and the analysis files), then every product where ``docs/published.md``
 §1.3 puts it, read the way OCR's documentation and web map read it (§5).
 
 The per-product details (column types, values against independent readers) are in
@@ -37,7 +37,7 @@ TENSOR = f"output/fire-risk/tensor/{ENV}/v{VERSION}"
 INTERMEDIATE = f"intermediate/fire-risk/vector/{ENV}/v{VERSION}"
 VECTOR = f"output/fire-risk/vector/{ENV}/v{VERSION}"
 PYRAMID = f"output/fire-risk/pyramid/{ENV}/v{VERSION}"
-# the published analysis folders: ``block`` is singular (PUBLISHED §4.5)
+# the published analysis folders: ``block`` is singular (docs/published.md §4.5)
 ANALYSIS_FOLDERS = ("block", "tracts", "counties", "states", "nation")
 STATS_LEVELS = ("blocks", "tracts", "counties", "states", "nation")
 HIVE_FILE = re.compile(
@@ -216,7 +216,7 @@ def test_statistics_and_analysis_files(published, level):
     metadata = vector_metadata(VERSION)
     assert lines[: len(metadata)] == [f"# {k}: {v}" for k, v in metadata.items()]
     header = lines[len(metadata)].split(",")
-    # the published CSV of the nation has no NAME (PUBLISHED §4.5)
+    # the published CSV of the nation has no NAME (docs/published.md §4.5)
     dropped = {"geometry", "NAME"} if level == "nation" else {"geometry"}
     assert header == [c for c in stats_columns(level) if c not in dropped]
     assert len(lines) - len(metadata) - 1 == stats.num_rows

@@ -1,4 +1,4 @@
-"""Golden test of the pyramid against the published contract (PUBLISHED §4.7): the
+"""Golden test of the pyramid against the published contract (docs/published.md §4.7): the
 ``risk_pyramid`` asset materialized on a small store writes what OCR's
 ``topozarr.coarsen.create_pyramid`` + ``to_zarr`` + ``zarr.consolidate_metadata`` writes —
 groups, dims, coordinates, chunks, attributes, consolidated metadata — with

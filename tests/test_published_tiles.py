@@ -1,7 +1,7 @@
-"""Golden tests of the three PMTiles archives against the published contract (PUBLISHED §4.6):
-paths, tileset and layer names, numeric keys and their key maps, tippecanoe's argv, and the
-decoded tiles' properties against the rows they come from (read here with pyarrow, decoded
-with ``pmtiles`` and ``mapbox-vector-tile``)."""
+"""Golden tests of the three PMTiles archives against the published contract
+(docs/published.md §4.6): paths, tileset and layer names, numeric keys and their key maps,
+tippecanoe's argv, and the decoded tiles' properties against the rows they come from (read
+here with pyarrow, decoded with ``pmtiles`` and ``mapbox-vector-tile``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from tests.sample_inputs import link_inputs
 REGIONS = ("y1_x1", "y1_x2")
 VERSION = "1.2.3"
 
-# PUBLISHED §4.6, written out here rather than taken from the code under test
+# docs/published.md §4.6, written out here rather than taken from the code under test
 BUILDING_KEYS = {
     "0": "rps_2011",
     "1": "rps_2047",

@@ -1,4 +1,4 @@
-"""Golden tests of the vector products against the published contract (PUBLISHED.md §4.2–4.5,
+"""Golden tests of the vector products against the published contract (docs/published.md §4.2–4.5,
 §5): paths, file names, columns and their order, types, metadata, and reads as OCR's docs
 show them, with values recomputed independently (pandas/numpy) from the consolidated file.
 

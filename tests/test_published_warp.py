@@ -1,6 +1,6 @@
-"""DESIGN §5 steps 2–4 as published, pinned: the uncut 270 m subset, the float32 gap-fill and
-the warp tiled as the published dask graph tiled it. Each check is against an independent
-implementation (dask and xarray themselves, rasterio called tile by tile)."""
+"""docs/design.md §5 steps 2–4 as published, pinned: the uncut 270 m subset, the float32
+gap-fill and the warp tiled as the published dask graph tiled it. Each check is against an
+independent implementation (dask and xarray themselves, rasterio called tile by tile)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _rasterio_tiled_warp(
     filled: np.ndarray, subset: xr.DataArray, latitude, longitude, tile
 ) -> np.ndarray:
     """GDAL's nearest warp called directly through rasterio, one destination tile at a time,
-    each from the whole gap-filled subset (DESIGN §5 step 4)."""
+    each from the whole gap-filled subset (docs/design.md §5 step 4)."""
     x, y = subset["x"].values, subset["y"].values
     dx, dy = x[1] - x[0], y[1] - y[0]
     source = Affine(dx, 0, x[0] - dx / 2, 0, dy, y[0] - dy / 2)

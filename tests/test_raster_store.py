@@ -164,7 +164,7 @@ def test_killed_region_writer_leaves_no_data(spec):
 
 
 def test_stored_layout_is_the_published_one(env_root):
-    """PUBLISHED §4.1: variables, dims, dtype, one chunk per region, NaN fill, attributes,
+    """docs/published.md §4.1: variables, dims, dtype, one chunk per region, NaN fill, attributes,
     coordinates without ``spatial_ref``, as an independent reader sees them."""
     storage = OcrStorage(root=env_root, version="1.2.3")
     grid = storage.region_grid()

@@ -1,4 +1,4 @@
-"""Region grid, valid ids and selection (DESIGN §4)."""
+"""Region grid, valid ids and selection (docs/design.md §4)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The embedded sample (DESIGN §10): formats, nesting, determinism."""
+"""The embedded sample (docs/design.md §10): formats, nesting, determinism."""
 
 import hashlib
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The one binning function (DESIGN §5, risk score)."""
+"""The one binning function (docs/design.md §5, risk score)."""
 
 import numpy as np
 import pytest

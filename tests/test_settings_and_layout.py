@@ -1,4 +1,4 @@
-"""Configuration (no I/O when built) and the storage layout of DESIGN §3."""
+"""Configuration (no I/O when built) and the storage layout of docs/design.md §3."""
 
 import time
 

@@ -1,4 +1,4 @@
-"""Normalised convolution (DESIGN §5 step 6)."""
+"""Normalised convolution (docs/design.md §5 step 6)."""
 
 import numpy as np
 import pytest

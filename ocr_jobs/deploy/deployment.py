@@ -90,7 +90,7 @@ class DeployResult:
 def check_storage(plan: DeployPlan, storage: OcrStorage) -> int:
     """Refusals that need I/O, made before the instance, the lock, a wipe or any run (and not
     by --dry-run, which stays offline): the root exists and is writable, the inputs the deploy
-    reads match DESIGN §3 (the buildings' row groups no region reads checked too), and
+    reads match docs/design.md §3 (the buildings' row groups no region reads checked too), and
     tippecanoe is installed when tiles are built on this machine. Returns the buildings input's
     rows outside every region of the catalog."""
     regions_only = plan.options.regions_only

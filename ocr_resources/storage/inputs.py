@@ -1,4 +1,4 @@
-"""The five inputs (DESIGN §3): checked against their documented format before anything is
+"""The five inputs (docs/design.md §3): checked against their documented format before anything is
 computed or written. A broken input is an ``InputDataError``
 naming the input, what was expected and what was found."""
 
@@ -37,7 +37,7 @@ ROWS_WITHOUT_GEOMETRY = "rows_without_geometry"
 
 
 class InputDataError(ValueError):
-    """An input dataset that is missing or not in the documented format (DESIGN §3).
+    """An input dataset that is missing or not in the documented format (docs/design.md §3).
 
     The message names the input (asset key and path) and says what was expected and what was
     found. Retrying cannot fix it, so steps fail at once rather than retry.

@@ -77,7 +77,7 @@ def _template_snapshot(repo: icechunk.Repository) -> str | None:
 def raster_template(
     grid: RegionGrid, version: str | None, model_variant: str
 ) -> tuple[xr.Dataset, dict]:
-    """The published template (PUBLISHED §4.1): the risk variables in template order over
+    """The published template (docs/published.md §4.1): the risk variables in template order over
     (latitude, longitude), float32, NaN-filled, one chunk per region, no ``spatial_ref``; the
     coordinates' and the dataset's published attributes. Returns (lazy dataset, encoding).
 
@@ -96,7 +96,8 @@ def raster_template(
         },
         coords={
             # the published store's latitude says resolution -step although its latitude
-            # ascends (observed, PUBLISHED §4.1): matched, so readers see the same attributes
+            # ascends (observed, docs/published.md §4.1): matched, so readers see the same
+            # attributes
             "latitude": (
                 "latitude",
                 grid.latitude,

@@ -1,5 +1,5 @@
 """A region's inputs: the region grid (the conditional-risk input's chunks) and every input cut
-to one region's window, as the fire model takes them (DESIGN §4–5)."""
+to one region's window, as the fire model takes them (docs/design.md §4–5)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ocr_science.fire_model import YEARS, RegionInputs, WindTiles
 from ocr_science.kernels import DIRECTIONS
 from ocr_science.regions import HALO_DEG, Region, RegionGrid, valid_region_ids_from_mask
 
-WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (DESIGN §3)
+WIND_DIMS = ("latitude", "longitude", "wind_direction")  # the stored layout (docs/design.md §3)
 
 
 # One stored wind chunk read and gathered at a time in this process. A region's fields run side
