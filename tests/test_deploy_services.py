@@ -6,8 +6,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ocr_jobs.deploy import DeployRefused
+from ocr_jobs.deploy import DeployRefused, runner
 from ocr_jobs.deploy.runner import (
+    RETRY_RUN_TAG,
+    WILL_RETRY_TAG,
+    DeploymentRuns,
+    _Followed,
     instance_home,
     refuse_settings_the_ui_runs_without,
     resume_log,
@@ -115,3 +119,35 @@ def test_a_failed_or_canceled_downstream_run_is_resumed(status, resumed):
             run_to_resume(instance, ("aggregate_and_tile",), "aggregate_and_tile", keys[:1]) is None
         )
         assert run_to_resume(instance, ("aggregate_and_tile",), "other_job", keys) is None
+
+
+def _instance_with_run_retries(home: Path) -> dg.DagsterInstance:
+    home.mkdir()
+    (home / "dagster.yaml").write_text("run_retries:\n  enabled: true\n  max_retries: 1\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def test_a_failed_run_is_not_taken_as_final_before_the_retry_decision(tmp_path, monkeypatch):
+    """Dagster writes a failed run's status before its will-retry tag: a deploy polling between
+    the two writes must wait for the decision (it once reported the region failed and exited
+    while the retry it had not waited for ran)."""
+    instance = _instance_with_run_retries(tmp_path / "home")
+    runs = DeploymentRuns(services=None, instance=instance, tags={})  # type: ignore[arg-type]
+    run = instance.add_run(dg.DagsterRun(job_name="region_job", status=dg.DagsterRunStatus.FAILURE))
+    item = _Followed("region_job", ["y0_x0"], run.run_id)
+    assert runs._retried(run, item)  # failed, undecided: followed on
+    # decided "no retry": final
+    instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+    assert not runs._retried(instance.get_run_by_id(run.run_id), item)
+    # decided "retry", and the retry exists: followed into it
+    instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "true", RETRY_RUN_TAG: "retry-id"})
+    assert runs._retried(instance.get_run_by_id(run.run_id), item)
+    assert item.run_id == "retry-id" and item.failure_seen is None
+    # an undecided failure is waited for a bounded time, then taken as final
+    other = instance.add_run(
+        dg.DagsterRun(job_name="region_job", status=dg.DagsterRunStatus.FAILURE)
+    )
+    waited = _Followed("region_job", ["y0_x1"], other.run_id)
+    monkeypatch.setattr(runner, "RETRY_DECISION_SECONDS", 0.0)
+    assert not runs._retried(other, waited)
+    instance.dispose()

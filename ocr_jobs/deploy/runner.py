@@ -45,6 +45,9 @@ POLL_SECONDS = 0.5
 WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_RUN_TAG = "dagster/auto_retry_run_id"
 RETRY_WAIT_SECONDS = 120  # for the daemon to create the retry it promised
+# A failed run's status is written before its will-retry tag (two writes, in
+# ``instance.handle_new_event``): a run seen failed without the tag is not yet decided
+RETRY_DECISION_SECONDS = 30
 STOP_GRACE_SECONDS = 30  # for interrupted runs to end before they are marked canceled
 
 
@@ -246,6 +249,7 @@ class _Followed:
     regions: list[str]
     run_id: str
     retry_promised: float | None = None  # when it ended saying it will be retried
+    failure_seen: float | None = None  # when it was first seen failed, before the decision
 
 
 class DeploymentRuns:
@@ -349,13 +353,19 @@ class DeploymentRuns:
     def _retried(self, run: dg.DagsterRun, item: _Followed) -> bool:
         """Whether Dagster's run retries take over this ended run: then ``item`` follows the
         retry (or waits, a bounded time, for the daemon to create the one it promised)."""
-        if run.status != dg.DagsterRunStatus.FAILURE or run.tags.get(WILL_RETRY_TAG) != "true":
+        if run.status != dg.DagsterRunStatus.FAILURE:
+            return False
+        will_retry = run.tags.get(WILL_RETRY_TAG)
+        if will_retry is None and self.instance.run_retries_enabled:
+            item.failure_seen = item.failure_seen or time.monotonic()
+            return time.monotonic() - item.failure_seen < RETRY_DECISION_SECONDS
+        if will_retry != "true":
             return False
         retry = run.tags.get(RETRY_RUN_TAG)
         if retry:
             self.live.discard(item.run_id)
             self.live.add(retry)
-            item.run_id, item.retry_promised = retry, None
+            item.run_id, item.retry_promised, item.failure_seen = retry, None, None
             return True
         item.retry_promised = item.retry_promised or time.monotonic()
         return time.monotonic() - item.retry_promised < RETRY_WAIT_SECONDS
