@@ -28,10 +28,11 @@ from topozarr.metadata import create_level_encoding
 
 from bench.pyramid import REGION_SHAPE, conus_estimate
 from bench.scale import CONUS_BLOCKS, CONUS_BUILDINGS
+from ocr_assets.graph import PROFILES
 from ocr_assets.pyramid import PYRAMID_VARIABLES, SOURCE_CHUNK_PX
 from ocr_jobs.definitions import step_concurrency
 from ocr_jobs.jobs import region_runs
-from ocr_resources.compute import PROFILES, ComputeProfile
+from ocr_resources.compute import ComputeProfile
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings, load_settings
 from ocr_resources.storage.files import S3_CONNECTIONS

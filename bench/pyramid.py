@@ -34,8 +34,9 @@ import numpy as np
 import psutil
 
 from ocr_assets import pyramid as pyramid_step
+from ocr_assets.graph import PROFILES
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
-from ocr_resources.compute import PROFILES, ComputeSession
+from ocr_resources.compute import ComputeSession
 from ocr_resources.storage import OcrStorage
 from ocr_science.parallel import worker_threads
 from ocr_science.pyramid import published_levels

@@ -730,7 +730,7 @@ def conus_extrapolation(results: list[dict]) -> dict:
     """Per asset step (and its checks): time and peak at 150 M buildings and 8 M blocks —
     linear in buildings from the two largest building sizes, plus the per-block slope from
     the two block sizes — beside the memory of the VM the step is documented to use."""
-    from ocr_resources.compute import PROFILES
+    from ocr_assets.graph import PROFILES
 
     ok = [r for r in results if r["run"]["success"]]
     if len(ok) < 2:

@@ -17,7 +17,7 @@ from shapely.geometry import mapping
 from ocr_assets.constants import PHASE02_GROUP, REGIONAL_ANALYSIS_FILES
 from ocr_assets.statistics import region_risk_summary_stats, statistics_batches, statistics_schema
 from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
 from ocr_science.statistics import CENSUS_LEVELS, SCORED
@@ -117,7 +117,7 @@ def write_analysis_files(
         "ocr_resources.storage.files",
         "ocr_resources.storage.vector",
     ),
-    optional=True,
+    ComputeProfile("r8g.4xlarge", "r8g.4xlarge"),
 )
 def regional_analysis_files(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

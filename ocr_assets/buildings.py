@@ -26,7 +26,7 @@ from ocr_assets.region_records import (
     recompute_hint,
 )
 from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, PARQUET_WRITE_OPTIONS, OcrStorage, even_batches
@@ -304,6 +304,7 @@ def consolidate_buildings(
         "ocr_resources.storage.vector",
         "ocr_resources.storage.geoparquet",
     ),
+    ComputeProfile("c8g.12xlarge", "c8g.12xlarge"),
 )
 def buildings_geoparquet(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

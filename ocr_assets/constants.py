@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ocr_resources.layout import StorageLayout
 from ocr_science.fire_model import YEARS  # the model's years; re-exported, not restated
 
 __all__ = [
     "CLUSTER_POOL",
     "INPUTS_GROUP",
     "OPTIONAL_ASSETS",
+    "OPTIONAL_KEYS",
     "OPTIONAL_TAG",
     "PHASE01_GROUP",
     "PHASE02_GROUP",
@@ -28,12 +33,39 @@ PHASE03_GROUP = "phase03_tiles"
 REGION_RASTER = "region_risk_raster"
 REGION_BUILDINGS = "region_buildings"
 
-# Optional assets carry this tag; jobs leave them out by selecting on it, and a deployment
-# asks for them by key. THE list: a new optional asset is added here and nowhere else.
+
+@dataclass(frozen=True)
+class OptionalAsset:
+    """An asset a deployment builds only when asked: the ``ocr deploy`` flag that asks for it
+    and what it writes, (label, path) for the deployment's summary."""
+
+    key: str
+    flag: str
+    help: str
+    outputs: Callable[[StorageLayout], list[tuple[str, str]]]
+
+
+# Optional assets carry this tag (``step_asset`` sets it from the table below); jobs leave
+# them out by selecting on it, and a deployment asks for them by flag. THE table: a new
+# optional asset is a row here and its asset's module, nothing else.
 OPTIONAL_TAG = ("ocr/optional", "true")
 RISK_PYRAMID = "risk_pyramid"
 REGIONAL_ANALYSIS_FILES = "regional_analysis_files"
-OPTIONAL_ASSETS: tuple[str, ...] = (RISK_PYRAMID, REGIONAL_ANALYSIS_FILES)
+OPTIONAL_ASSETS: tuple[OptionalAsset, ...] = (
+    OptionalAsset(
+        RISK_PYRAMID,
+        "--create-pyramid",
+        "Also build the multiscale pyramid of the risk rasters (the map's risk surface).",
+        lambda layout: [("pyramid", layout.pyramid)],
+    ),
+    OptionalAsset(
+        REGIONAL_ANALYSIS_FILES,
+        "--write-regional-stats",
+        "Also write each census level's statistics as stats.csv and stats.geojson.",
+        lambda layout: [("analysis files", layout.region_analysis("<level>", "{geojson,csv}"))],
+    ),
+)
+OPTIONAL_KEYS: tuple[str, ...] = tuple(a.key for a in OPTIONAL_ASSETS)
 
 # Every heavy asset runs in this Dagster pool (its limit is in dagster.yaml): at most that
 # many clusters at once.

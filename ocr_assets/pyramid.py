@@ -14,7 +14,7 @@ from topozarr.coarsen import create_pyramid
 
 from ocr_assets.constants import PHASE02_GROUP, REGION_RASTER, RISK_PYRAMID
 from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.storage import OcrStorage
 from ocr_science.pyramid import (
     PYRAMID_TARGET_RESOLUTION_M,
@@ -82,7 +82,8 @@ def _finite_or_none(value: float) -> float | None:
     "consolidated), levels 0 (the store's grid) to zoom_for_res(30 m) − 1.",
     {"zarr"},
     (__name__, "ocr_science.pyramid", "ocr_resources.storage.raster_store"),
-    optional=True,
+    # the level writes are one dask graph, over two workers
+    ComputeProfile("m8g.4xlarge", "m8g.4xlarge", workers=2),
 )
 def risk_pyramid(context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute):
     levels = published_levels(PYRAMID_TARGET_RESOLUTION_M)

@@ -27,7 +27,7 @@ from ocr_assets.inputs import (
     wind_direction_distribution,
 )
 from ocr_assets.previews import NO_FINITE_VALUES, png_markdown, raster_preview
-from ocr_resources.compute import ComputeSession, OcrCompute, profile_tags
+from ocr_resources.compute import ComputeProfile, ComputeSession, OcrCompute
 from ocr_resources.storage import InputDataError, OcrStorage
 from ocr_resources.storage.inputs import ROWS_WITHOUT_GEOMETRY, without_input_traceback
 from ocr_science.composite import NegativeWindWeights
@@ -45,6 +45,10 @@ RETRY_DELAY_SECONDS = 5
 # included). The wind kept for the composite grows with the share of non-burnable pixels; a
 # task asks for the case where every pixel is non-burnable.
 BYTES_PER_WINDOW_PIXEL = 80
+# The CONUS cost model's (bench/conus.py): a region run's 40 regions (OCR_REGIONS_PER_RUN) in
+# two rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
+# under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy).
+REGION_PROFILE = ComputeProfile("m8g.2xlarge", workers=4, tasks_per_worker=5)
 
 
 @without_input_traceback
@@ -260,7 +264,7 @@ def build_region_assets(
         # a backfill of N regions: ⌈N / regions_per_run⌉ runs (per contiguous stretch), one
         # cluster each
         backfill_policy=dg.BackfillPolicy.multi_run(regions_per_run),
-        op_tags=profile_tags("region_risk_raster"),
+        op_tags=REGION_PROFILE.tags(REGION_RASTER),
         pool=CLUSTER_POOL,
         # the regions retry on their own inside the step; this retries what is not a region's
         # (e.g. a cluster that would not start), with the same delays

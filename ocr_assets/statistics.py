@@ -16,7 +16,7 @@ from ocr_assets.constants import PHASE02_GROUP
 from ocr_assets.inputs import census_boundaries
 from ocr_assets.previews import choropleth_level, choropleth_preview, png_markdown
 from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.layout import CENSUS_COLUMNS
 from ocr_resources.storage import BATCH_ROWS, OcrStorage, even_batches
 from ocr_resources.storage.geoparquet import geoparquet_crs
@@ -218,6 +218,7 @@ def statistics_batches(
         "ocr_resources.storage.vector",
         "ocr_resources.storage.geoparquet",
     ),
+    ComputeProfile("m8g.16xlarge", "m8g.16xlarge"),
 )
 def region_risk_summary_stats(
     context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute

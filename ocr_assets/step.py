@@ -9,8 +9,8 @@ from typing import Any
 import dagster as dg
 
 from ocr_assets.code_version import source_code_version
-from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_TAG
-from ocr_resources.compute import OcrCompute, profile_tags
+from ocr_assets.constants import CLUSTER_POOL, OPTIONAL_KEYS, OPTIONAL_TAG
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.storage import OcrStorage
 
 # the materialization metadata that holds each output's manifest, by path
@@ -65,12 +65,12 @@ def step_asset(
     description: str,
     kinds: set[str],
     code: tuple[str, ...],
-    optional: bool = False,
+    profile: ComputeProfile,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
-    """``@dg.asset`` for a heavy step: its compute profile as op tags (``PROFILES``), the
-    cluster pool, its kinds (the badges in the graph), the optional tag when a deployment
-    may leave it out, and a code version from the source of ``code``, the modules that
-    compute it (a change there makes it stale)."""
+    """``@dg.asset`` for a heavy step: its compute ``profile`` as op tags, the cluster pool,
+    its kinds (the badges in the graph), the optional tag when ``OPTIONAL_ASSETS`` lists it
+    (a deployment may leave it out), and a code version from the source of ``code``, the
+    modules that compute it (a change there makes it stale)."""
     return dg.asset(
         name=name,
         group_name=group,
@@ -78,7 +78,7 @@ def step_asset(
         description=description,
         kinds=kinds,
         code_version=source_code_version(*code),
-        tags=dict([OPTIONAL_TAG]) if optional else None,
-        op_tags=profile_tags(name),
+        tags=dict([OPTIONAL_TAG]) if name in OPTIONAL_KEYS else None,
+        op_tags=profile.tags(name),
         pool=CLUSTER_POOL,
     )

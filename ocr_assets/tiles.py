@@ -27,7 +27,7 @@ import shapely
 
 from ocr_assets.constants import PHASE03_GROUP
 from ocr_assets.step import run_step, step_asset
-from ocr_resources.compute import OcrCompute
+from ocr_resources.compute import ComputeProfile, OcrCompute
 from ocr_resources.publication import vector_metadata
 from ocr_resources.scratch import scratch_dir
 from ocr_resources.storage import BATCH_ROWS, OcrStorage
@@ -145,7 +145,7 @@ class Tileset:
     and source."""
 
     key: str
-    archive: str  # the file's name in the layout (PMTILES_NAMES)
+    archive: str  # the file's name: pmtiles/<archive>.pmtiles
     name: str  # tippecanoe's -n, the metadata's "name"
     upstream: str
     key_maps: dict[str, dict[str, str]]  # layer → {"0": column, …}, layers in tippecanoe's order
@@ -154,6 +154,7 @@ class Tileset:
     min_zoom: int  # what the header must say (-Z, or tippecanoe's default)
     layers: Callable[..., dict[str, LayerSource]]  # (storage, spec, batch_rows) → layers
     description: str
+    profile: ComputeProfile  # the VM its step runs on (tippecanoe's threads, the lines' workers)
     centroids: bool = False  # points where both RPS > 0, values rounded (OCR's centroid rule)
 
     @property
@@ -229,6 +230,8 @@ def regional_layers(
     return {level: level_layer(level) for level in spec.layer_names}
 
 
+# every archive's step: one VM, its disk for tippecanoe's temporary files
+TILE_PROFILE = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
 TILESETS: tuple[Tileset, ...] = (
     Tileset(
         "regional_pmtiles",
@@ -242,6 +245,7 @@ TILESETS: tuple[Tileset, ...] = (
         regional_layers,
         "Census-unit statistics under numeric keys, one layer per level (counties, tracts, "
         "blocks, states, nation).",
+        TILE_PROFILE,
     ),
     Tileset(
         "building_centroid_pmtiles",
@@ -254,6 +258,7 @@ TILESETS: tuple[Tileset, ...] = (
         DEFAULT_MIN_ZOOM,
         building_layers,
         "Building centroids where both RPS > 0, RPS rounded to 3 decimals (layer risk).",
+        TILE_PROFILE,
         centroids=True,
     ),
     Tileset(
@@ -267,6 +272,7 @@ TILESETS: tuple[Tileset, ...] = (
         6,  # "-Z 6"
         building_layers,
         "Building polygons with RPS, BP and CRPS under numeric keys (layer risk), from zoom 6.",
+        TILE_PROFILE,
     ),
 )
 TILESET_BY_ARCHIVE: dict[str, Tileset] = {spec.archive: spec for spec in TILESETS}
@@ -358,7 +364,9 @@ def check_name(spec: Tileset) -> str:
 
 def _tileset_asset(spec: Tileset) -> dg.AssetsDefinition:
     # all three tilesets in the tiles group (docs/design.md §2)
-    @step_asset(spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"}, CODE)
+    @step_asset(
+        spec.key, PHASE03_GROUP, [spec.upstream], spec.description, {"pmtiles"}, CODE, spec.profile
+    )
     def _build(
         context: dg.AssetExecutionContext, storage: OcrStorage, compute: OcrCompute
     ) -> dg.MaterializeResult:

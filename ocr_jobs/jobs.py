@@ -7,7 +7,7 @@ from collections.abc import Collection
 import dagster as dg
 
 from ocr_assets.constants import (
-    OPTIONAL_ASSETS,
+    OPTIONAL_KEYS,
     OPTIONAL_TAG,
     PHASE01_GROUP,
     PHASE02_GROUP,
@@ -58,10 +58,10 @@ def build_jobs(partitions: dg.PartitionsDefinition) -> list[dg.UnresolvedAssetJo
 
 def downstream_assets(optional: Collection[str], defs: dg.Definitions) -> list[str]:
     """The phase 02/03 assets a deploy builds with the chosen optional assets."""
-    unknown = set(optional) - set(OPTIONAL_ASSETS)
+    unknown = set(optional) - set(OPTIONAL_KEYS)
     if unknown:
-        raise ValueError(f"not optional assets: {sorted(unknown)}; expected {OPTIONAL_ASSETS}")
-    skipped = dg.AssetSelection.assets(*(set(OPTIONAL_ASSETS) - set(optional)))
+        raise ValueError(f"not optional assets: {sorted(unknown)}; expected {OPTIONAL_KEYS}")
+    skipped = dg.AssetSelection.assets(*(set(OPTIONAL_KEYS) - set(optional)))
     return sorted(
         k.to_user_string() for k in (DOWNSTREAM - skipped).resolve(defs.resolve_asset_graph())
     )
@@ -83,7 +83,7 @@ def downstream_run(optional: Collection[str], defs: dg.Definitions) -> tuple[str
     keys = downstream_assets(optional, defs)
     if not optional:
         return DOWNSTREAM_CORE_JOB, None
-    if set(optional) == set(OPTIONAL_ASSETS):
+    if set(optional) == set(OPTIONAL_KEYS):
         return DOWNSTREAM_JOB, None
     return DOWNSTREAM_JOB, keys
 

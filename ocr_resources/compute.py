@@ -3,11 +3,11 @@
 Backends: ``local`` (default; a ``LocalCluster`` sized to the machine, or in process for the
 single-function steps), ``coiled`` (a Coiled cluster on the asset's documented VM type) and
 ``dask`` (an existing scheduler address, or any cluster dagster-dask can describe: SLURM, PBS,
-Kubernetes, …). The VM profile of each asset comes from one table, ``PROFILES``, carried by
-the asset as op tags; config can override it per asset.
+Kubernetes, …). Each asset states its VM profile where it is declared (``ocr_assets``) and
+carries it as op tags; config can override it per asset.
 
-(Just over 300 lines: the profile table, the session a step holds and the three backends that
-open it are read together when a backend changes; split, each would need the others.)
+(Just over 300 lines: the profile, the session a step holds and the three backends that open
+it are read together when a backend changes; split, each would need the others.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -92,25 +92,6 @@ class ComputeProfile:
         )
 
 
-_PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
-# docs/design.md §2, "compute profile" column: the one source of truth (the README table is rendered
-# from it and a test compares it with docs/design.md). Worker counts and tasks per worker are the
-# CONUS cost model's (bench/conus.py): a region run's 40 regions (OCR_REGIONS_PER_RUN) in two
-# rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
-# under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy); the
-# pyramid's graph over two m8g.4xlarge; every other step is one task on one VM.
-PROFILES: dict[str, ComputeProfile] = {
-    "region_risk_raster": ComputeProfile("m8g.2xlarge", workers=4, tasks_per_worker=5),
-    "risk_pyramid": ComputeProfile("m8g.4xlarge", "m8g.4xlarge", workers=2),
-    "buildings_geoparquet": ComputeProfile("c8g.12xlarge", "c8g.12xlarge"),
-    "region_risk_summary_stats": ComputeProfile("m8g.16xlarge", "m8g.16xlarge"),
-    "regional_analysis_files": ComputeProfile("r8g.4xlarge", "r8g.4xlarge"),
-    "regional_pmtiles": _PMTILES,
-    "building_centroid_pmtiles": _PMTILES,
-    "building_pmtiles": _PMTILES,
-}
-
-
 # AWS Graviton instance families carry a "g" after their generation (m8g, c8g, r8g, m7gd, …)
 _GRAVITON = re.compile(r"^[a-z]+\d+g[a-z]*\.")
 
@@ -120,23 +101,20 @@ def vm_architecture(vm_type: str) -> str:
     return "aarch64" if _GRAVITON.match(vm_type) else "x86_64"
 
 
-def software_architecture() -> str:
-    """The one architecture of every VM in ``PROFILES`` (docs/design.md §2: all Graviton,
+def software_architecture(profiles: Iterable[ComputeProfile]) -> str:
+    """The one architecture of every VM in ``profiles`` (docs/design.md §2: all Graviton,
     arm64): what the Coiled software environment is built for, so the two cannot disagree."""
-    found = {
-        vm_architecture(vm)
-        for p in PROFILES.values()
-        for vm in (p.vm_type, p.scheduler_vm_type)
-        if vm
-    }
+    found = {vm_architecture(vm) for p in profiles for vm in (p.vm_type, p.scheduler_vm_type) if vm}
     if len(found) != 1:
         raise ValueError(f"the compute profiles mix CPU architectures {sorted(found)}")
     return found.pop()
 
 
-def software_env_command(name: str, workspace: str, requirements: str) -> list[str]:
-    """``coiled env create`` for the profiles' VMs: their architecture, the project's pinned
-    dependencies (a pip requirements file) and the project's own code."""
+def software_env_command(
+    name: str, workspace: str, requirements: str, profiles: Iterable[ComputeProfile]
+) -> list[str]:
+    """``coiled env create`` for the ``profiles``' VMs: their architecture, the project's
+    pinned dependencies (a pip requirements file) and the project's own code."""
     return [
         "coiled",
         "env",
@@ -146,32 +124,11 @@ def software_env_command(name: str, workspace: str, requirements: str) -> list[s
         "--workspace",
         workspace,
         "--architecture",
-        software_architecture(),
+        software_architecture(profiles),
         "--pip",
         requirements,
         "--include-local-code",
     ]
-
-
-def profile_tags(name: str) -> dict[str, str]:
-    """Op tags that carry an asset's profile from the table."""
-    return PROFILES[name].tags(name)
-
-
-def render_profile_table() -> str:
-    """Markdown of the profile table, for the README."""
-    rows = [
-        "| asset | Coiled VM | scheduler VM | disk | workers | tasks per worker | VMs |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, p in PROFILES.items():
-        disk = f"{p.disk_size_gb} GB" if p.disk_size_gb else "–"
-        scheduler = p.scheduler_vm_type or "Coiled's default"
-        tasks = p.tasks_per_worker or "one per vCPU"
-        rows.append(
-            f"| `{name}` | {p.vm_type} | {scheduler} | {disk} | {p.workers} | {tasks} | {p.vms()} |"
-        )
-    return "\n".join(rows)
 
 
 def _limited(threads: int | None, fn: Callable[..., Any], *args: Any) -> Any:
@@ -438,11 +395,15 @@ class OcrCompute(ConfigurableResource):
         self, context: Any, name: str, profile: ComputeProfile
     ) -> dict[str, Any]:
         """Exactly what ``coiled.Cluster`` receives for a step."""
-        if vm_architecture(profile.vm_type) != software_architecture():
+        # the software environment is built for the declared profiles' one architecture
+        # (``software_architecture``): an override must keep the declared VM's
+        declared = ComputeProfile.from_tags(dict(context.op_execution_context.op_def.tags))[1]
+        built_for = vm_architecture(declared.vm_type)
+        if vm_architecture(profile.vm_type) != built_for:
             raise ValueError(
                 f"{name}: VM {profile.vm_type} is {vm_architecture(profile.vm_type)}, but the "
-                f"software environment is built for {software_architecture()} (the profiles' "
-                "architecture); override with a VM of that architecture"
+                f"software environment is built for {built_for} (the architecture of the "
+                "declared profiles); override with a VM of that architecture"
             )
         kwargs: dict[str, Any] = {
             "name": f"ocr-{name.replace('_', '-')}-{context.run.run_id[:8]}",

@@ -14,11 +14,11 @@ from ocr_science.fire_model import YEARS
 from ocr_science.regions import validate_region_id
 from ocr_science.statistics import CENSUS_LEVELS
 
-PMTILES_NAMES: tuple[str, ...] = ("buildings", "building_centroids", "regions")
-
 LATLON = ("latitude", "longitude")
 # An environment name becomes a path segment: a plain lowercase word, never "..", "/" or "".
 ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# A PMTiles archive's name is a file name under pmtiles/: a plain lowercase word.
+ARCHIVE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 # Containers an input can be in: a raster is an Icechunk repository or plain Zarr ("auto":
@@ -385,8 +385,9 @@ class StorageLayout:
         return f"{self.vector_prefix}/region-analysis/{folder}/stats.{ext}"
 
     def pmtiles(self, name: str) -> str:
-        if name not in PMTILES_NAMES:
-            raise ValueError(f"pmtiles name {name!r} is not one of {PMTILES_NAMES}")
+        """``pmtiles/<name>.pmtiles``: the archive names are the tilesets' (``TILESETS``)."""
+        if not ARCHIVE_NAME.fullmatch(name):
+            raise ValueError(f"pmtiles name {name!r} is not a lowercase word (a-z, 0-9, _)")
         return f"{self.vector_prefix}/pmtiles/{name}.pmtiles"
 
     pyramid = _under("pyramid_prefix", "pyramid.zarr")

@@ -111,7 +111,7 @@ class OcrSettings(BaseSettings):
     dask_scheduler_address: str | None = None
     dask_cluster: dict[str, dict[str, Any]] | None = None
     coiled_region: str = "us-west-2"
-    # workers of every step's Coiled cluster; unset: each step's profile (PROFILES)
+    # workers of every step's Coiled cluster; unset: the profile its asset declares
     coiled_workers: int | None = Field(default=None, ge=1, le=1000)
     # the Coiled software environment the workers run (CI builds one per commit and names it in
     # COILED_SOFTWARE_ENV_NAME); unset: Coiled's package sync of the local environment

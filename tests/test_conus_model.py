@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from bench import conus
+from ocr_assets.graph import PROFILES
 from ocr_jobs.definitions import step_concurrency
-from ocr_resources.compute import PROFILES
 from ocr_resources.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,6 @@ from ocr_assets import buildings
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, build_pmtiles
 from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import DOWNSTREAM_JOB, REGION_JOB
-from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.scratch import remove_stale_scratch, scratch_dir, scratch_parent
 from ocr_resources.settings import OcrSettings
 from ocr_resources.storage import OcrStorage
@@ -74,7 +73,7 @@ def test_a_rerun_writes_every_output_byte_for_byte(reruns):
     lay = reruns["storage"].layout
     root = str(reruns["root"]) + "/"
     written = {root + name for name in first}
-    expected = {lay.consolidated_buildings, *(lay.pmtiles(n) for n in PMTILES_NAMES)}
+    expected = {lay.consolidated_buildings, *(lay.pmtiles(n) for n in TILESET_BY_ARCHIVE)}
     assert expected <= written
     assert any(n.startswith(lay.partitioned_buildings.removeprefix(root)) for n in first)
     changed = sorted(n for n in first.keys() | second.keys() if first.get(n) != second.get(n))
@@ -84,7 +83,7 @@ def test_a_rerun_writes_every_output_byte_for_byte(reruns):
 def test_archives_record_no_scratch_path(reruns):
     """tippecanoe writes its command line into the archive's metadata: it must not carry the
     run's scratch folder (nor this machine's paths); the name is the tileset's (-n)."""
-    for name in PMTILES_NAMES:
+    for name in TILESET_BY_ARCHIVE:
         with open(reruns["storage"].layout.pmtiles(name), "rb") as f:
             metadata = Reader(MmapSource(f)).metadata()
         options = metadata["generator_options"]

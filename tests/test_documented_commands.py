@@ -17,8 +17,8 @@ import pytest
 import typer
 import zarr
 
+from ocr_assets.graph import PROFILES
 from ocr_jobs.serve import missing_vendor_files
-from ocr_resources.compute import PROFILES
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import load_settings
 from ocr_resources.storage import OcrStorage

@@ -16,8 +16,9 @@ import pytest
 from dask.distributed import LocalCluster
 from pyproj import Transformer
 
+from ocr_assets.graph import PROFILES
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
-from ocr_resources.compute import PROFILES, OcrCompute
+from ocr_resources.compute import OcrCompute
 from ocr_resources.storage import OcrStorage
 from ocr_science.pyramid import (
     TILE_SIZE,

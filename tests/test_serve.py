@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ocr_assets.tiles import TILESET_BY_ARCHIVE
 from ocr_jobs import serve
 from ocr_jobs.serve import (
     VENDOR_FILES,
@@ -25,7 +26,6 @@ from ocr_jobs.serve import (
     serve_in_thread,
 )
 from ocr_jobs.serve import server as http_server
-from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
 
 SIZE = 300_000
@@ -55,7 +55,7 @@ def web_dir(tmp_path) -> Path:
 @pytest.fixture
 def storage(tmp_path) -> OcrStorage:
     store = OcrStorage(root=str(tmp_path / "data"), environment="local")
-    for name in PMTILES_NAMES:
+    for name in TILESET_BY_ARCHIVE:
         path = Path(store.layout.pmtiles(name))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_payload(name))
@@ -133,7 +133,7 @@ def test_range_requests_return_206_with_exact_bytes(server, header, start, stop)
 
 
 def test_each_archive_is_its_own_file(server):
-    for name in PMTILES_NAMES:
+    for name in TILESET_BY_ARCHIVE:
         response, body = _get(server, f"/pmtiles/{name}.pmtiles", {"Range": "bytes=1000-1099"})
         assert response.status == 206 and body == _payload(name)[1000:1100]
 
@@ -210,7 +210,7 @@ def test_page_config_and_static_files(server):
     assert response.status == 200 and response.getheader("Content-Type") == "text/javascript"
     response, body = _get(server, "/config.json")
     config = json.loads(body)
-    assert set(config["archives"]) == set(PMTILES_NAMES)
+    assert set(config["archives"]) == set(TILESET_BY_ARCHIVE)
     assert len(config["colors"]) == len(config["score_edges"]) + 2 == 11
 
 

@@ -113,8 +113,9 @@ def test_the_software_environment_is_built_for_the_profiles_vms():
     """The workflow builds it with `ocr coiled-software-env` (never a bare `coiled env create`),
     whose command asks the installed coiled CLI for the profiles' architecture (arm64: every
     documented VM is Graviton), the pinned requirements and the local code."""
+    from ocr_assets.graph import PROFILES
     from ocr_resources.compute import (
-        PROFILES,
+        ComputeProfile,
         software_architecture,
         software_env_command,
         vm_architecture,
@@ -123,9 +124,13 @@ def test_the_software_environment_is_built_for_the_profiles_vms():
     text = (ROOT / ".github" / "workflows" / "deploy.yaml").read_text()
     assert "ocr coiled-software-env" in text and "coiled env create" not in text
     assert "pip freeze --exclude-editable > requirements-coiled.txt" in text
-    assert software_architecture() == "aarch64"
+    assert software_architecture(PROFILES.values()) == "aarch64"
     assert {vm_architecture(p.vm_type) for p in PROFILES.values()} == {"aarch64"}
-    argv = software_env_command("ocr-pr-1", "carbonplan", "requirements-coiled.txt")
+    with pytest.raises(ValueError, match="mix CPU architectures"):
+        software_architecture([ComputeProfile("m8g.large"), ComputeProfile("m7i.large")])
+    argv = software_env_command(
+        "ocr-pr-1", "carbonplan", "requirements-coiled.txt", PROFILES.values()
+    )
     assert argv[:3] == ["coiled", "env", "create"]
     assert argv[argv.index("--architecture") + 1] == "aarch64"
     assert argv[argv.index("--pip") + 1] == "requirements-coiled.txt"

@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from ocr_assets.constants import OPTIONAL_ASSETS, OptionalAsset
 from ocr_jobs.cli.app import EnvFile, _settings, _storage, app, checked_as, console, interruptible
 
 RESUMES = "the next deploy resumes the remaining regions and steps"
 
 
+def _flag_parameter(optional: OptionalAsset) -> str:
+    return optional.flag.removeprefix("--").replace("-", "_")
+
+
+def with_optional_asset_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one boolean flag per row of ``OPTIONAL_ASSETS`` (its ``--help`` lists
+    them), called with the keys of those given as ``optional_assets``: a new optional asset
+    needs no new parameter here."""
+    signature = inspect.signature(command, eval_str=True)
+    flags = [
+        inspect.Parameter(
+            _flag_parameter(optional),
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option(optional.flag, help=optional.help)],
+        )
+        for optional in OPTIONAL_ASSETS
+    ]
+    kept = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in signature.parameters.values()
+        if p.name != "optional_assets"
+    ]
+
+    @functools.wraps(command)
+    def with_flags(**params: Any) -> None:
+        chosen = tuple(o.key for o in OPTIONAL_ASSETS if params.pop(_flag_parameter(o)))
+        command(**params, optional_assets=chosen)
+
+    parameters = [*kept, *flags]
+    with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_flags
+
+
 @app.command("deploy")
+@with_optional_asset_flags
 def deploy(
     env_file: EnvFile = None,
     region_id: Annotated[
@@ -22,8 +62,6 @@ def deploy(
     ] = None,
     all_region_ids: Annotated[bool, typer.Option("--all-region-ids")] = False,
     risk_type: Annotated[str, typer.Option(help="Only 'fire' exists.")] = "fire",
-    create_pyramid: Annotated[bool, typer.Option("--create-pyramid")] = False,
-    write_regional_stats: Annotated[bool, typer.Option("--write-regional-stats")] = False,
     wipe: Annotated[
         bool, typer.Option("--wipe", help="Delete this environment's outputs first.")
     ] = False,
@@ -74,6 +112,7 @@ def deploy(
             "--verbose", "-v", help="Print the runs' Dagster events too (always in the log file)."
         ),
     ] = False,
+    optional_assets: tuple[str, ...] = (),  # one flag each, from OPTIONAL_ASSETS
 ) -> None:
     """Deploy one environment: remaining region partitions, then phases 02/03, as Dagster runs."""
     from ocr_jobs import deploy as d
@@ -86,8 +125,7 @@ def deploy(
         region_ids=region_id or [],
         all_region_ids=all_region_ids,
         risk_type=risk_type,
-        create_pyramid=create_pyramid,
-        write_regional_stats=write_regional_stats,
+        optional_assets=optional_assets,
         wipe=wipe,
         allow_all_processed=allow_all_processed,
         regions_only=regions_only,
@@ -256,9 +294,10 @@ def coiled_software_env(
     import shlex
     import subprocess
 
+    from ocr_assets.graph import PROFILES
     from ocr_resources.compute import software_env_command
 
-    argv = software_env_command(name, workspace, str(requirements))
+    argv = software_env_command(name, workspace, str(requirements), PROFILES.values())
     if dry_run:
         console.print(f"dry run: {shlex.join(argv)}", soft_wrap=True, markup=False)
         return

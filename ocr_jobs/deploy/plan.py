@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ocr_assets.constants import OPTIONAL_ASSETS, REGIONAL_ANALYSIS_FILES, RISK_PYRAMID
-from ocr_resources.layout import PMTILES_NAMES, StorageLayout
+from ocr_assets.constants import OPTIONAL_ASSETS
+from ocr_assets.tiles import TILESETS
+from ocr_resources.layout import StorageLayout
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.settings import OcrSettings
 from ocr_science.model_version import model_code_version
@@ -33,8 +34,8 @@ class DeployOptions:
     region_ids: list[str] = field(default_factory=list)
     all_region_ids: bool = False
     risk_type: str = "fire"
-    create_pyramid: bool = False
-    write_regional_stats: bool = False
+    # the keys of the optional assets asked for (one flag each, ``OPTIONAL_ASSETS``)
+    optional_assets: tuple[str, ...] = ()
     wipe: bool = False
     allow_all_processed: bool = False
     regions_only: bool = False
@@ -44,15 +45,6 @@ class DeployOptions:
     # the Parquet outputs' pages read and their checksums verified (else sizes, footers)
     verify: bool = False
     verbose: bool = False  # the runs' Dagster events on the console too (always in the log file)
-
-    @property
-    def optional_assets(self) -> tuple[str, ...]:
-        """The optional asset keys the flags ask for (--create-pyramid, --write-regional-stats)."""
-        chosen = {
-            RISK_PYRAMID: self.create_pyramid,
-            REGIONAL_ANALYSIS_FILES: self.write_regional_stats,
-        }
-        return tuple(key for key in OPTIONAL_ASSETS if chosen[key])
 
 
 def check_options(settings: OcrSettings, options: DeployOptions) -> None:
@@ -256,10 +248,9 @@ def output_locations(
         ("consolidated buildings", layout.consolidated_buildings),
         ("partitioned buildings", layout.partitioned_buildings),
         ("summary statistics", layout.region_summary_stats(levels)),
-        *((f"{name}.pmtiles", layout.pmtiles(name)) for name in PMTILES_NAMES),
+        *((f"{t.archive}.pmtiles", layout.pmtiles(t.archive)) for t in TILESETS),
     ]
-    if REGIONAL_ANALYSIS_FILES in optional_assets:
-        rows.append(("analysis files", layout.region_analysis("<level>", "{geojson,csv}")))
-    if RISK_PYRAMID in optional_assets:
-        rows.append(("pyramid", layout.pyramid))
+    for optional in OPTIONAL_ASSETS:
+        if optional.key in optional_assets:
+            rows += optional.outputs(layout)
     return rows

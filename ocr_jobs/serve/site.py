@@ -24,7 +24,6 @@ from ocr_assets.constants import RISK_PYRAMID
 from ocr_assets.region_records import newest_region_materialization, outputs_older_than_regions
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, TILESETS
 from ocr_jobs.serve.raster import RASTER_VARIABLES, PyramidTiles
-from ocr_resources.layout import PMTILES_NAMES
 from ocr_resources.storage import OcrStorage
 from ocr_science.scoring import RISK_COLORS, SCORE_EDGES
 
@@ -173,7 +172,7 @@ def map_site(
         )
     fs = storage.fs
     archives, missing = {}, []
-    for name in PMTILES_NAMES:
+    for name in TILESET_BY_ARCHIVE:
         path = storage.layout.pmtiles(name)
         if fs.isfile(path):
             archives[name] = ServedFile(fs, path, CONTENT_TYPES[".pmtiles"])
