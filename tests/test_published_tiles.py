@@ -82,7 +82,9 @@ def _argv(text: str) -> list[str]:
 
 
 def test_tippecanoe_argv_is_the_published_one():
-    for spec in TILESETS:
+    """Each published archive's command (a product of this project's own needs no pin)."""
+    for archive in PUBLISHED_ARGV:
+        spec = TILESET_BY_ARCHIVE[archive]
         layers = [TileLayer(n, Path(f"{n}.ndjson")) for n in spec.layer_names]
         argv = tippecanoe_command("tippecanoe", Path("out.pmtiles"), spec.name, layers, spec.flags)
         assert argv == _argv(PUBLISHED_ARGV[spec.archive]), spec.archive
