@@ -233,7 +233,7 @@ def test_missing_archives_are_left_out(tmp_path, web_dir, storage):
     os.remove(storage.layout.pmtiles("buildings"))
     site = map_site(storage, web_dir)
     assert site.missing == ["buildings"]
-    assert set(site.config["archives"]) == {"building_centroids", "regions"}
+    assert set(site.config["archives"]) == set(TILESET_BY_ARCHIVE) - {"buildings"}
 
 
 def test_archives_on_s3_are_served_the_same_way(tmp_path, web_dir, monkeypatch):
