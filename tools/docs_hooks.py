@@ -26,6 +26,7 @@ import ast
 import io
 import json
 import re
+import sys
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable
@@ -245,7 +246,9 @@ def assets() -> str:
 def checks() -> str:
     graph = _definitions().resolve_asset_graph()
     rows = []
-    for check in sorted(graph.asset_check_keys, key=lambda c: (_group_order(c.asset_key, graph), c.name)):
+    for check in sorted(
+        graph.asset_check_keys, key=lambda c: (_group_order(c.asset_key, graph), c.name)
+    ):
         spec = graph.get_check_spec(check)
         rows.append(
             (
@@ -299,7 +302,11 @@ def conus() -> str:
 
     printed: list[str] = []
     model.main(["--markdown"], echo=printed.append)
-    return printed[0] + "\n\n*Generated at build time by `bench/conus.py --markdown` from the records it names.*"
+    return (
+        printed[0]
+        + "\n\n*Generated at build time by `bench/conus.py --markdown` from the records it"
+        + " names.*"
+    )
 
 
 # ---------------------------------------------------------------------------------- bench records
@@ -323,8 +330,17 @@ def bench_run() -> str:
                 r.get("note"),
             )
         )
-    header = ["when", "size", "window (px)", "field wall s", "CPU s", "peak RSS GiB",
-              "field stages, s", "max rel. diff. from reference", "note"]
+    header = [
+        "when",
+        "size",
+        "window (px)",
+        "field wall s",
+        "CPU s",
+        "peak RSS GiB",
+        "field stages, s",
+        "max rel. diff. from reference",
+        "note",
+    ]
     return table(header, rows) + "\n\n" + source(name)
 
 
@@ -347,8 +363,18 @@ def bench_region_path() -> str:
                     r.get("note"),
                 )
             )
-    header = ["when", "chunking", "size", "region", "run", "whole command s",
-              "before the run s", "region's own work s", "peak RSS GiB", "note"]
+    header = [
+        "when",
+        "chunking",
+        "size",
+        "region",
+        "run",
+        "whole command s",
+        "before the run s",
+        "region's own work s",
+        "peak RSS GiB",
+        "note",
+    ]
     return table(header, rows) + "\n\n" + source(name)
 
 
@@ -369,8 +395,17 @@ def bench_ui_path() -> str:
                 r.get("note"),
             )
         )
-    header = ["when", "size", "regions", "runs", "`ocr deploy` s",
-              "UI: launch → last region s", "UI: launch → backfill done s", "UI / deploy", "note"]
+    header = [
+        "when",
+        "size",
+        "regions",
+        "runs",
+        "`ocr deploy` s",
+        "UI: launch → last region s",
+        "UI: launch → backfill done s",
+        "UI / deploy",
+        "note",
+    ]
     return table(header, rows) + "\n\n" + source(name)
 
 
@@ -392,8 +427,18 @@ def bench_raster_tiles() -> str:
                 r.get("note"),
             )
         )
-    header = ["date", "zooms", "tiles", "server start s", "cold median ms", "cold p95 ms",
-              "warm median ms", "warm p95 ms", "warm max ms", "note"]
+    header = [
+        "date",
+        "zooms",
+        "tiles",
+        "server start s",
+        "cold median ms",
+        "cold p95 ms",
+        "warm median ms",
+        "warm p95 ms",
+        "warm max ms",
+        "note",
+    ]
     return table(header, rows) + "\n\n" + source(name)
 
 
@@ -416,8 +461,15 @@ def bench_raster_write() -> str:
                     _num((m.get("stored_bytes_per_region") or 0) / 2**20, 0),
                 )
             )
-    header = ["run", "writer", "repeats", "cold s (median)", "warm s (median)",
-              "peak RSS GiB", "stored MiB per region"]
+    header = [
+        "run",
+        "writer",
+        "repeats",
+        "cold s (median)",
+        "warm s (median)",
+        "peak RSS GiB",
+        "stored MiB per region",
+    ]
     return table(header, rows) + "\n\n" + source(name)
 
 
@@ -457,7 +509,7 @@ def bench_scale() -> str:
             continue
         steps = get(r, "run.steps") or {}
         row = [
-            r.get("note") and r["note"].split(":")[0] or "",
+            (r.get("note") and r["note"].split(":")[0]) or "",
             r.get("config"),
             _num(get(r, "run.run_s")),
             _num(get(r, "run.tree_peak_anon_mib"), 0),
@@ -470,11 +522,21 @@ def bench_scale() -> str:
                 else f"{_num(s.get('wall_s'))} s / {_num(s.get('ours_anon_mib'), 0)} MiB"
             )
         rows.append(row)
-    header = ["run", "buildings × blocks", "run s", "tree anon peak MiB",
-              *(f"`{s}` wall / own anon peak" for s in SCALE_STEPS)]
-    return table(header, rows) + "\n\n" + source(name) + (
-        " The full output of the runs, per step and check, is in "
-        "[`bench/scale_results.txt`](bench/scale_results.txt)."
+    header = [
+        "run",
+        "buildings × blocks",
+        "run s",
+        "tree anon peak MiB",
+        *(f"`{s}` wall / own anon peak" for s in SCALE_STEPS),
+    ]
+    return (
+        table(header, rows)
+        + "\n\n"
+        + source(name)
+        + (
+            " The full output of the runs, per step and check, is in "
+            "[`bench/scale_results.txt`](bench/scale_results.txt)."
+        )
     )
 
 
@@ -488,8 +550,10 @@ def bench_pyramid() -> str:
         if step is None:  # a run's header line: what the lines below it measured
             run += 1
             note = (r.get("note") or "").split(":")[0]
-            label = f"{run}" + (f" ({note})" if note else "") + (
-                f", scratch {r['scratch']}" if r.get("scratch") else ""
+            label = (
+                f"{run}"
+                + (f" ({note})" if note else "")
+                + (f", scratch {r['scratch']}" if r.get("scratch") else "")
             )
         elif step in ("real", "whole_graph", "levels", "topozarr"):
             rows.append(
@@ -526,13 +590,32 @@ def bench_pyramid() -> str:
                     _num(r.get("conus_peak_gib")),
                 )
             )
-    header = ["run", "writer", "grid (n × n regions)", "threads", "dask workers",
-              "source chunk px", "seconds", "peak RSS GiB", "objects"]
+    header = [
+        "run",
+        "writer",
+        "grid (n × n regions)",
+        "threads",
+        "dask workers",
+        "source chunk px",
+        "seconds",
+        "peak RSS GiB",
+        "objects",
+    ]
     return (
         table(header, rows)
         + "\n\nThe same store before and after issue 30 (alternating runs):\n\n"
-        + table(["when", "grid", "before s", "after s", "old check's level-0 read s",
-                 "check's reads now s", "note"], before_after)
+        + table(
+            [
+                "when",
+                "grid",
+                "before s",
+                "after s",
+                "old check's level-0 read s",
+                "check's reads now s",
+                "note",
+            ],
+            before_after,
+        )
         + "\n\nLinear fits to the CONUS grid, per run:\n\n"
         + table(["run", "source chunk px", "CONUS hours", "CONUS peak GiB"], estimates)
         + "\n\n"
@@ -561,8 +644,16 @@ GENERATED: dict[str, Callable[[], str]] = {
 }
 
 
+def _checkout_first() -> None:
+    """The checkout's packages (and ``bench``, a folder of the checkout, not an installed
+    package) before any installed copy: the pages describe the code beside them."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def render(markdown: str) -> str:
     """``markdown`` with every marker replaced by its generated part (unknown names fail)."""
+    _checkout_first()
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -576,6 +667,11 @@ def render(markdown: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- MkDocs events
+
+
+def on_config(config: Any) -> Any:
+    _checkout_first()  # MkDocs restores sys.path after loading this module
+    return config
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
