@@ -80,7 +80,7 @@ test-fast: lint web
 
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port): ocr dev runs
 # dg dev with the top-level dagster.yaml (DAGSTER_HOME = this folder) and the local environment's
-# OCR_DAGSTER_STORAGE_DIR / OCR_DAGSTER_PG_URL (README, "The Dagster instance")
+# OCR_DAGSTER_STORAGE_DIR / OCR_DAGSTER_PG_URL (docs/howto/run.md, "The Dagster instance")
 PORT ?= 3000
 dev: setup
 	$(BIN)/ocr dev --port $(PORT)

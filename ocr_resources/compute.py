@@ -93,12 +93,13 @@ class ComputeProfile:
 
 
 _PMTILES = ComputeProfile("c8g.12xlarge", "c8g.12xlarge", 250)
-# docs/design.md §2, "compute profile" column: the one source of truth (the README table is rendered
-# from it and a test compares it with docs/design.md). Worker counts and tasks per worker are the
-# CONUS cost model's (bench/conus.py): a region run's 40 regions (OCR_REGIONS_PER_RUN) in two
-# rounds on four workers, five regions at a time on each (a region's 3–4 GiB peak ×5 stays
-# under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in ~54 s keep the 8 vCPUs busy); the
-# pyramid's graph over two m8g.4xlarge; every other step is one task on one VM.
+# docs/design.md §2, "compute profile" column: the one source of truth (the docs' performance
+# page renders it when the site is built, and a test compares it with docs/design.md). Worker
+# counts and tasks per worker are the CONUS cost model's (bench/conus.py): a region run's 40
+# regions (OCR_REGIONS_PER_RUN) in two rounds on four workers, five regions at a time on each
+# (a region's 3–4 GiB peak ×5 stays under 75 % of an m8g.2xlarge's 32 GiB; its ~68 CPU-s in
+# ~54 s keep the 8 vCPUs busy); the pyramid's graph over two m8g.4xlarge; every other step is
+# one task on one VM.
 PROFILES: dict[str, ComputeProfile] = {
     "region_risk_raster": ComputeProfile("m8g.2xlarge", workers=4, tasks_per_worker=5),
     "risk_pyramid": ComputeProfile("m8g.4xlarge", "m8g.4xlarge", workers=2),
@@ -159,7 +160,7 @@ def profile_tags(name: str) -> dict[str, str]:
 
 
 def render_profile_table() -> str:
-    """Markdown of the profile table, for the README."""
+    """Markdown of the profile table, for the docs (docs/performance.md, generated)."""
     rows = [
         "| asset | Coiled VM | scheduler VM | disk | workers | tasks per worker | VMs |",
         "|---|---|---|---|---|---|---|",
