@@ -86,42 +86,37 @@ def _num(value: Any, digits: int = 1) -> str | None:
 
 
 def cli() -> str:
-    import click
     import typer.main
 
     from ocr_jobs.cli import app
 
+    # typer's command classes are its own (not click's): duck-typed here
     root = typer.main.get_command(app)
     out: list[str] = []
 
-    def walk(command: click.Command, path: list[str]) -> None:
+    def walk(command: Any, path: list[str]) -> None:
         name = " ".join(path)
         if path[1:]:
             out.append(f"## `{name}`\n")
         text = (command.help or "").strip()
         if text:
-            out.append(text.split("\f")[0].strip() + "\n")
+            out.append(" ".join(text.split("\f")[0].split()) + "\n")
         rows = []
+        context = command.context_class(command)
         for param in command.params:
             if param.name == "help":
                 continue
-            if isinstance(param, click.Argument):
-                label = f"`{param.human_readable_name}`"
-                kind = "argument" + (", repeatable" if param.nargs == -1 else "")
-                text = getattr(param, "help", None) or ""
-            else:
-                assert isinstance(param, click.Option)
-                label = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
-                kind = "flag" if param.is_flag else (param.metavar or param.type.name).lower()
-                text = param.help or ""
-            default = param.default
-            shown = "–" if default in (None, (), False) or callable(default) else f"`{default}`"
-            rows.append((label, kind, "yes" if param.required else "", shown, text))
+            if param.param_type_name == "argument":
+                label = f"`{param.name.upper()}`" + (" …" if param.nargs == -1 else "")
+                what = getattr(param, "help", None) or ""
+            else:  # the option as --help shows it, with its value's kind and its default
+                shown, what = param.get_help_record(context) or (", ".join(param.opts), "")
+                label = f"`{shown}`"
+            rows.append((label, "yes" if param.required else "", " ".join(what.split())))
         if rows:
-            out.append(table(["option", "kind", "required", "default", "what"], rows) + "\n")
-        if isinstance(command, click.Group):
-            for sub_name in sorted(command.commands):
-                walk(command.commands[sub_name], [*path, sub_name])
+            out.append(table(["option", "required", "what"], rows) + "\n")
+        for sub_name in sorted(getattr(command, "commands", {})):
+            walk(command.commands[sub_name], [*path, sub_name])
 
     walk(root, ["ocr"])
     return "\n".join(out)
@@ -156,6 +151,17 @@ def _field_comments(cls: type) -> dict[str, str]:
     return found
 
 
+def _type_name(annotation: Any) -> str:
+    """``'local' | 'qa'`` for a Literal, ``int | None``, ``dict[str, Any]``…"""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def settings() -> str:
     from pydantic_core import PydanticUndefined
 
@@ -169,8 +175,7 @@ def settings() -> str:
         alias = field.validation_alias
         if alias is not None and hasattr(alias, "choices"):
             variables = [f"`{c}`" for c in alias.choices]
-        kind = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        kind = kind.replace("typing.", "")
+        kind = _type_name(field.annotation)
         signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
         bounds = [
             f"{sign} {getattr(m, op)}"
@@ -282,6 +287,8 @@ def layout() -> str:
         rows = []
         for path in sorted((ROOT / package).rglob("*.py")):
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            if not doc and path.name == "__init__.py":
+                continue  # a bare package marker
             first = " ".join(doc.split("\n\n")[0].split())
             rows.append((f"`{path.relative_to(ROOT)}`", first.replace("``", "`")))
         out.append(f"### `{package}`\n\n" + table(["module", "what"], rows) + "\n")
