@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 # empty $$DAGSTER_HOME/logs into .logs_queue and upload it (`telemetry: enabled: false` in
 # dagster.yaml does not stop them); ocr sets it for its own children too (ocr_jobs/process_env.py)
 export DAGSTER_DISABLE_TELEMETRY := 1
+# mkdocs-material's console banner about its successor (no network either way)
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup run test test-fast lint validate dev clean web serve
+.PHONY: setup run test test-fast lint validate docs docs-serve dev clean web serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -30,6 +32,14 @@ lint: setup
 
 validate: setup
 	$(BIN)/dagster definitions validate -w workspace.yaml
+
+# The documentation site (mkdocs.yml; docs/), built offline into site/: warnings are errors, and
+# the generated pages (CLI, settings, assets, benchmark tables) are made by tools/docs_hooks.py
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-serve: setup
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 tools/node_modules: tools/package.json
 	if command -v npm >/dev/null; then npm install --prefix tools --silent --no-audit --no-fund; fi
@@ -61,7 +71,7 @@ serve: setup web
 # three test workers on two cores: the end-to-end tests wait on subprocesses and servers; a
 # module's tests stay on one worker (its fixtures, such as a deployment, are made once); the
 # 30 slowest tests are listed at the end
-test: lint validate tools/node_modules web
+test: lint validate docs tools/node_modules web
 	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=30
 
 # the developer's loop: everything but the tests marked slow (whole deploys, daemons, browsers)
@@ -70,7 +80,7 @@ test-fast: lint web
 
 # The Dagster UI on http://127.0.0.1:$(PORT)/ (make dev PORT=3001 for another port): ocr dev runs
 # dg dev with the top-level dagster.yaml (DAGSTER_HOME = this folder) and the local environment's
-# OCR_DAGSTER_STORAGE_DIR / OCR_DAGSTER_PG_URL (README, "The Dagster instance")
+# OCR_DAGSTER_STORAGE_DIR / OCR_DAGSTER_PG_URL (docs/howto/run.md, "The Dagster instance")
 PORT ?= 3000
 dev: setup
 	$(BIN)/ocr dev --port $(PORT)

@@ -68,7 +68,7 @@ def _observe(key: str, partitions: dg.PartitionsDefinition | None) -> Callable[.
 
 
 def build_input_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """The five inputs as observable sources, in the lineage's order: "Observe sources" in the
+    """The five inputs as observable sources, in the lineage's order: "Observe all" in the
     UI (or ``ocr deploy``) records their data versions, and a region whose inputs' versions
     moved since it was materialized shows as stale."""
     assets = []

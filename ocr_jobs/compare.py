@@ -1,5 +1,5 @@
 """``ocr compare-variants``: the published and corrected models on the same regions, in
-process, nothing written — what the correction changes (README "Model variants")."""
+process, nothing written — what the correction changes (docs/methods/variants.md)."""
 
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ def check_env_file(path: Path) -> None:
             why = "it is read from the process environment, never from an env file"
         else:
             close = difflib.get_close_matches(key.upper(), known, n=1)
-            why = f"did you mean {close[0]}?" if close else "see the settings in the README"
+            why = f"did you mean {close[0]}?" if close else "see docs/reference/settings.md"
         raise SettingsFileError(f"env file {str(path)!r}: {key} is not a setting; {why}")
 
 

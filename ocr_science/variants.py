@@ -3,7 +3,7 @@
 ``published`` (the default) reproduces the published OCR v1.1 numbers, quirks included.
 ``corrected`` is opt-in: each of its deviations removes a dependence on how the work was cut
 (warp tiles, the window's extent at the grid's edge) or an artefact of the published grid
-code. The README's "Model variants" section gives the reason for each row below.
+code. docs/methods/variants.md gives the reason for each row below.
 """
 
 from __future__ import annotations

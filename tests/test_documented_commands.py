@@ -1,7 +1,9 @@
 """Every ``ocr …`` command and option the README and docs/ document is run by a test: the ones
 no other module runs are run here against one small deployment (two sample regions), each
 checked to exit 0 and print what the README says; and a parse of the documents makes a newly
-documented command or option without a test fail."""
+documented command or option without a test fail. Every command the README and the how-to
+pages show (``ocr``, ``make``, ``dagster``, ``dg``, ``mkdocs``, ``python -m bench.…``) exists:
+its ``--help`` exits 0, its options are its own, a make target is in the Makefile."""
 
 import os
 import re
@@ -27,7 +29,14 @@ from tests.test_deploy import FAKE_AWS, ocr, write_env
 from tests.test_map_page import _require
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# every page on disk (the generated parts are markers in them, filled in when the site is built)
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# the pages that show commands to type: the README and the how-to pages (and the home page)
+SHOWN = [
+    ROOT / "README.md",
+    ROOT / "docs" / "index.md",
+    *sorted((ROOT / "docs" / "howto").glob("*.md")),
+]
 # three regions of 600 × 600 pixels in a row (as tests/test_staleness.py's): a region's window
 # (halo 0.15°) reaches its neighbour's pixels but not those two regions away, so that an input
 # change under one deployed region leaves the other fresh
@@ -135,6 +144,115 @@ def test_every_documented_command_and_option_is_run_by_a_test():
         # the module names it as it runs it
         assert command.split()[-1] in source, f"{filename} does not run ocr {command}"
         assert option is None or option in source, f"{filename} never passes {option}"
+
+
+# --- every command shown exists ----------------------------------------------------------------
+
+TOOLS = ("ocr", "make", "dagster", "dg", "mkdocs")
+# a command at the start of a code line or of a backticked span, after any VAR=value
+_SHOWN = re.compile(
+    r"(?:^|`)(?:[A-Z_]+=\S*\s+)*((?:" + "|".join(TOOLS) + r"|\.venv/bin/python -m)\s[^`\n]*)",
+    re.MULTILINE,
+)
+
+
+def shown_commands() -> set[str]:
+    """Each command line the README and the how-to pages show, comments and prompts removed."""
+    found: set[str] = set()
+    for path in SHOWN:
+        for match in _SHOWN.finditer(path.read_text()):
+            line = match.group(1).split("  #")[0].split(" # ")[0].rstrip(" \\")
+            found.add(" ".join(line.split()))
+    return found
+
+
+def _click_root(tool: str):
+    if tool == "ocr":
+        from ocr_jobs.cli import app
+
+        return typer.main.get_command(app)
+    if tool == "dagster":
+        from dagster._cli import cli
+
+        return cli
+    if tool == "dg":
+        from dagster_dg_cli.cli import cli
+
+        return cli
+    from mkdocs.__main__ import cli
+
+    return cli
+
+
+def _is_group(command) -> bool:
+    """A group of subcommands (typer's groups are not click's classes: duck-typed)."""
+    return hasattr(command, "get_command") and hasattr(command, "list_commands")
+
+
+def _resolve(tool: str, words: list[str]) -> tuple[list[str], object]:
+    """The subcommand path the words name (as click resolves it) and its command."""
+    command, path = _click_root(tool), []
+    for word in words:
+        if not _is_group(command):
+            break
+        # get_command, not .commands: some groups (dg's) load their commands lazily
+        sub = command.get_command(command.context_class(command), word)
+        if sub is None:
+            break
+        command, path = sub, [*path, word]
+    return path, command
+
+
+def _makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][a-z-]*)\s*:(?!=)", text, re.MULTILINE))
+
+
+def test_the_shown_commands_are_parsed():
+    shown = shown_commands()
+    # the parse sees what the README plainly shows (else the checks below check nothing)
+    for line in ("make run", "make test", "make serve", "make docs", "ocr rollback"):
+        assert any(c.startswith(line) for c in shown), (line, sorted(shown))
+
+
+def test_every_shown_command_exists():
+    """``ocr``/``dagster``/``dg``/``mkdocs`` lines: the subcommand exists, takes every option
+    shown with it, and its ``--help`` exits 0; ``make`` lines: the target is in the Makefile;
+    ``python -m bench.…``: the module exists."""
+    import importlib.util
+
+    targets = _makefile_targets()
+    helped: set[tuple[str, ...]] = set()
+    for line in sorted(shown_commands()):
+        if line.startswith(".venv/bin/python -m "):
+            module = line.split()[3]
+            assert importlib.util.find_spec(module) is not None, line
+            continue
+        tool, *words = line.split()
+        if tool == "make":
+            target = words[0] if words and not words[0].startswith("-") else None
+            assert target is None or target in targets, f"{line}: no target {target!r} in Makefile"
+            continue
+        path, command = _resolve(tool, [w for w in words if not w.startswith("-")])
+        names = [w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)]
+        if _is_group(command) and names[len(path) :]:
+            raise AssertionError(f"{line}: {tool} has no subcommand {names[len(path)]!r}")
+        options = {o for p in command.params for o in [*p.opts, *p.secondary_opts]}
+        for word in words:
+            option = word.split("=")[0]
+            if option.startswith("-") and option != "--help":
+                assert option in options, f"{line}: {tool} {' '.join(path)} takes no {option}"
+        helped.add((tool, *path))
+    for tool, *path in sorted(helped):
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / tool), *path, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1", "NO_MKDOCS_2_WARNING": "1"},
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, (tool, path, done.stdout + done.stderr)
 
 
 # --- the deployment the smoke tests run against ---------------------------------------------
