@@ -2,7 +2,7 @@
 the steps measured under ``bench/`` and the production settings (issue 30).
 
     .venv/bin/python -m bench.conus              # the table: before → after, inputs, assumptions
-    .venv/bin/python -m bench.conus --markdown   # the README's table (a test compares them)
+    .venv/bin/python -m bench.conus --markdown   # docs/performance.md's table (a test compares)
 
 Nothing is timed here: every input figure is read from a recorded benchmark result and names
 it; every figure not measured on this machine (a VM's boot, S3 throughput, how a step's time
@@ -47,7 +47,7 @@ PRODUCTION_ENV = BENCH.parent / "ocr_resources" / "envs" / "production.env"
 GIB = 2**30
 MIB = 2**20
 MEMORY_CEILING = 0.75  # issue 30: no step above 75 % of its VM's memory
-CONUS_GRID = (17, 47)  # region rows × columns of the real grid (README, "Regions")
+CONUS_GRID = (17, 47)  # region rows × columns of the real grid (docs/design.md §4)
 
 # AWS's documented sizes of the profiles' instance types (vCPUs, GiB):
 # aws.amazon.com/ec2/instance-types
@@ -644,7 +644,7 @@ def _minutes(seconds: float) -> str:
 
 
 def markdown(before: Result, after: Result) -> str:
-    """The README's table: per step, before → after."""
+    """The docs' table (docs/performance.md): per step, before → after."""
     head = [
         "| step | VM | VMs | wall | VM-hours | peak / VM memory | how (after) |",
         "|---|---|---|---|---|---|---|",
@@ -699,7 +699,7 @@ def results() -> tuple[Measured, Result, Result]:
 
 def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--markdown", action="store_true", help="only the README's table")
+    parser.add_argument("--markdown", action="store_true", help="only the docs' table")
     args = parser.parse_args(argv)
     m, before, after = results()
     echo(markdown(before, after) if args.markdown else report(m, before, after))

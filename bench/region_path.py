@@ -21,10 +21,11 @@ both fields one after the other, every store warm. Here nothing is left out:
    sets differently from the real inputs and which decide what a region reads: the wind
    distribution in 1000 × 1000 × 8 chunks (docs/design.md §3; the generator chunks it like a region,
    6000 × 4500 × 8 = 864 MB a chunk at full size) and the 270 m BP in the published
-   6000 × 4500-cell chunks (README, "the published warp": the warp is tiled by the subset's
-   chunks, so the generator's 64 × 64 cells give 7,426 tiles of 64 × 64 pixels a field at
-   full size, the published chunks 72 tiles of 845 × 622). It also runs the model once on a
-   tiny window so numba's on-disk cache is filled: the runs time the model, not the compiler.
+   6000 × 4500-cell chunks (docs/methods/numerics.md, "the published warp": the warp is tiled
+   by the subset's chunks, so the generator's 64 × 64 cells give 7,426 tiles of 64 × 64 pixels
+   a field at full size, the published chunks 72 tiles of 845 × 622). It also runs the model
+   once on a tiny window so numba's on-disk cache is filled: the runs time the model, not the
+   compiler.
    ``--chunking real`` lays the inputs out as the real ones are stored: the wind
    distribution and every 30 m store in chunks of a region (6000 × 4500 pixels; a wind chunk
    holds all eight directions, 864 MB decoded), the 270 m BP in the published chunks. Its
@@ -99,7 +100,8 @@ SIZES: dict[str, SampleSpec] = {
     "quarter": replace(FULL, chunk_lat=3000, chunk_lon=2250, n_buildings=30_000),
     "full": FULL,
 }
-# the published 270 m stores' chunks along (y, x), from the first row and column (README)
+# the published 270 m stores' chunks along (y, x), from the first row and column
+# (docs/published.md §2.1)
 PUBLISHED_BP_CHUNK = (6000, 4500)
 PUBLISHED_BP_CHUNKS = dict(zip(("y", "x"), PUBLISHED_BP_CHUNK, strict=True))
 RESULTS = Path(__file__).with_name("region_path_results.jsonl")

@@ -381,7 +381,7 @@ def test_map_page_in_chromium(deployed):
                 assert _rendered(other, "tracts-fill")
                 other.close()
 
-            # the picture for the README: the whole sample with a tract's popup open
+            # the picture for the README and docs: the whole sample with a tract's popup open
             page.evaluate("ocrMap.closePopup()")
             _view(page, *centre, 11.4)
             _click(page, point.x, point.y)

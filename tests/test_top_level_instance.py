@@ -52,7 +52,7 @@ def test_plain_dg_dev_shows_the_deployments_materializations(tmp_path, sample_ro
 
     port = _free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OCR_", "DAGSTER_"))}
-    documented = {  # README, "The Dagster instance"
+    documented = {  # docs/howto/run.md, "The Dagster instance"
         "DAGSTER_HOME": str(ROOT),
         "OCR_DAGSTER_STORAGE_DIR": str(home),
         "OCR_DAGSTER_PG_URL": "",
