@@ -15,7 +15,7 @@ SciPy reference (``ocr_science/reference.py``) and reports the largest relative
 difference and where it is. The reference is slow — 48 full-area correlations, ~170 CPU
 seconds at this size — so it runs in row strips, one process per CPU, each strip with as
 many rows of context as the reference reaches (129), which gives the whole-field reference
-value for value (``tests/test_bench_helpers.py`` checks it).
+value for value (``tests/unit/test_bench_helpers.py`` checks it).
 
 What these figures leave out — inputs generated in memory, no input check, building read,
 preview, cluster or Dagster, both fields one after the other, every store warm in the page

@@ -47,54 +47,28 @@ def local_settings(env_root):
     return OcrSettings(storage_root=env_root, environment="local")
 
 
-# Modules of whole deploys, a daemon, a browser, longest first (by their measured durations,
-# make test lists the slowest): marked ``slow`` (``make test-fast`` leaves them out), and
-# started first, so that the test workers (make test: one module per worker at a time) do
-# not end the suite with one long module each
-LONG_FIRST = (
-    "test_deploy",
-    "test_faults",
-    "test_recovery",
-    "test_staleness",
-    "test_downstream_staleness",
-    "test_cli_hardening",
-    "test_published_layout",
-    "test_documented_commands",
-    "test_raster_store",
-    "test_ui_staleness",
-    "test_map_page",
-    "test_postgres_instance",
-    "test_top_level_instance",
-    "test_backfill",
-    "test_dagster_regions",
-    "test_security",
-    "test_compute",
-    "test_ui_conventions",
-    "test_input_corruption",
-    "test_workflows",
-    "test_telemetry_off",
-    "test_lock_doors",
-    "test_graph",
-    "test_fire_model",
-    "test_determinism",
-    "test_pyramid",
-)
+# The tests are in folders by what they test: unit/ (pure functions, no I/O of the project's
+# own), integration/ (resources, assets and Dagster in process, with real parts: a LocalCluster,
+# an S3 API server on loopback) and e2e/ (the ``ocr`` command, Dagster's services, the UI, a
+# browser). Each test carries its folder's marker (``pytest -m unit``). A module that runs
+# whole deploys, a daemon, a browser or a long computation marks itself ``slow``
+# (``make test-fast`` leaves those out). Slow modules start first, end-to-end ones first among
+# them, so that the test workers (make test: one module per worker at a time) do not end the
+# suite with one long module each.
+KINDS = ("e2e", "integration", "unit")
 
 
-def _module(item: pytest.Item) -> str:
-    return item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+def _kind(item: pytest.Item) -> str:
+    folder = item.path.parent.name
+    if folder not in KINDS:
+        raise pytest.UsageError(f"{item.path}: a test module belongs in one of tests/{KINDS}")
+    return folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _module(item) in LONG_FIRST:
-            item.add_marker(pytest.mark.slow)
-
-    def rank(item: pytest.Item) -> int:
-        module = _module(item)
-        return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
-
-    items.sort(key=rank)
+        item.add_marker(getattr(pytest.mark, _kind(item)))
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, KINDS.index(_kind(item))))
 
 
 @pytest.fixture(autouse=True)

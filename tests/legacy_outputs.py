@@ -1,6 +1,6 @@
 """The phase 02/03 writers as they were before streaming (GeoPandas, whole tables in memory):
 kept here only as the reference the streaming writers are compared with on the sample
-(tests/test_streaming_outputs.py)."""
+(tests/integration/test_streaming_outputs.py)."""
 
 from __future__ import annotations
 

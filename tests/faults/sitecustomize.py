@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_faults.py: put this folder on PYTHONPATH and set
+"""Fault injection for tests/e2e/test_faults.py: put this folder on PYTHONPATH and set
 ``OCR_TEST_FAULT`` and every Python process started (deploy, its run processes, Dagster's
 step processes) kills itself with SIGKILL in the middle of one kind of write, as a crash,
 an OOM kill or a lost VM would. Nothing here is imported when the variable is unset.
