@@ -136,7 +136,7 @@ def generate(n: int, root: str) -> dict:
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
     grid = bench_grid(n)
     start = time.perf_counter()
-    storage.ensure_raster_store(grid)
+    storage.raster.ensure_raster_store(grid)
     fields = risk_fields(grid)
     make = write = 0.0
     nan_share: list[float] = []
@@ -145,11 +145,11 @@ def generate(n: int, root: str) -> dict:
         t0 = time.perf_counter()
         rasters = region_rasters(fields, region.lat_slice, region.lon_slice)
         t1 = time.perf_counter()
-        storage.write_region_window(region, rasters)
+        storage.raster.write_region_window(region, rasters)
         make, write = make + t1 - t0, write + time.perf_counter() - t1
         nan_share.append(float(np.isnan(rasters["rps_2011"]).mean()))
         del rasters
-    source = storage.open_raster_store()["rps_2011"]
+    source = storage.raster.open_raster_store()["rps_2011"]
     return {
         "step": "generate",
         "grid": n,
@@ -208,13 +208,13 @@ def run_writer(
         cluster.close()
     # what the check cost before issue 30 (level 0 read back on the check's threads) and now
     # (the stored levels' metadata and the coarsest level; level 0's maxima came with the write)
-    tree = storage.open_datatree(storage.layout.pyramid)
+    tree = storage.raster.open_datatree(storage.layout.pyramid)
     start = time.perf_counter()
     with ComputeSession("local", "risk_pyramid", PROFILES["risk_pyramid"]).graph_scheduler():
         float(tree["0"]["rps_2011"].max(skipna=True).compute())
     level0_read_s = time.perf_counter() - start
     start = time.perf_counter()
-    tree = storage.open_datatree(storage.layout.pyramid)
+    tree = storage.raster.open_datatree(storage.layout.pyramid)
     coarsest = tree[str(max(int(k) for k in tree.children))]
     [float(coarsest[v].max(skipna=True)) for v in PYRAMID_VARIABLES]
     check_reads_s = time.perf_counter() - start
@@ -225,7 +225,7 @@ def run_writer(
         "dask_workers": int(workers),
         "source_chunk_px": pyramid_step.SOURCE_CHUNK_PX,
         "seconds": round(seconds, 1),
-        "source_px": int(np.prod(storage.open_raster_store()["rps_2011"].shape)),
+        "source_px": int(np.prod(storage.raster.open_raster_store()["rps_2011"].shape)),
         "result": result,
         "level_bytes": level_bytes(storage.layout.pyramid),
         "objects": sum(len(files) for _, _, files in os.walk(storage.layout.pyramid)),

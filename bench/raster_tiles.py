@@ -36,7 +36,7 @@ RESULTS = Path(__file__).with_name("raster_tiles_results.jsonl")
 
 def _tiles(storage: OcrStorage, zooms: range) -> list[tuple[int, int, int]]:
     """Every (z, x, y) tile over the finest level's bounds at each zoom the server draws."""
-    pyramid = PyramidTiles(storage.fs, storage.fs_path(storage.layout.pyramid))
+    pyramid = PyramidTiles(storage.files.fs, storage.files.fs_path(storage.layout.pyramid))
     west, south, east, north = pyramid.bounds()
     served = [z for z in zooms if z in pyramid.zooms()]
     tms = morecantile.tms.get("WebMercatorQuad")

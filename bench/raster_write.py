@@ -178,7 +178,7 @@ def one(writer: str, root: str) -> dict:
     if writer == "shard":
         shard_template(path, grid)
     else:
-        storage.ensure_raster_store(grid)
+        storage.raster.ensure_raster_store(grid)
     template_s = time.perf_counter() - start
     writes = []
     for seed, rid in enumerate(REGIONS):
@@ -192,7 +192,7 @@ def one(writer: str, root: str) -> dict:
         if writer == "shard":
             shard_region_write(path, region, rasters)
         else:
-            storage.write_region_window(region, rasters)
+            storage.raster.write_region_window(region, rasters)
         write_s = time.perf_counter() - start
         start = time.perf_counter()
         os.sync()

@@ -210,7 +210,7 @@ def design_chunking(storage: OcrStorage) -> None:
 def _open_store(storage: OcrStorage, path: str) -> tuple[xr.Dataset, bool]:
     """The input store at ``path`` as stored (lazily, chunked as stored), and whether it is an
     Icechunk repository (else plain Zarr)."""
-    session = storage.icechunk_session(storage.layout.input_spec(path))
+    session = storage.inputs.icechunk_session(storage.layout.input_spec(path))
     store = session.store if session is not None else path
     return xr.open_zarr(store, consolidated=False), session is not None
 
@@ -236,10 +236,10 @@ def rewrite_store(
     for variable in ds.variables.values():
         variable.encoding = {}
     if icechunk:
-        with storage.atomic_path(path) as tmp:
-            storage.write_icechunk(ds, tmp, encoding, f"bench.region_path: chunks {chunks}")
+        with storage.files.atomic_path(path) as tmp:
+            storage.raster.write_icechunk(ds, tmp, encoding, f"bench.region_path: chunks {chunks}")
     else:
-        storage.write_zarr(ds, path, encoding)
+        storage.raster.write_zarr(ds, path, encoding)
 
 
 def _mirrored(data: dask.array.Array) -> dask.array.Array:

@@ -277,12 +277,14 @@ def bench_region(count: int, variant: str = "published") -> dict:
             with meter.stage(f"assemble_{n}"):
                 rasters = assemble_region_rasters(inputs, fields)
             with meter.stage(f"write_raster_{n}"):
-                storage.ensure_raster_store(grid)
-                storage.write_region_window(region, rasters)
+                storage.raster.ensure_raster_store(grid)
+                storage.raster.write_region_window(region, rasters)
             with meter.stage(f"sample_buildings_{n}"):
                 table, _ = region_buildings_table(grid, region, rasters, buildings)
             with meter.stage(f"write_buildings_{n}"):
-                storage.write_geoparquet(table, storage.layout.region_buildings(region.region_id))
+                storage.vector.write_geoparquet(
+                    table, storage.layout.region_buildings(region.region_id)
+                )
             walls.append(round(time.perf_counter() - start, 2))
             field_stages.append(timer.rounded())
             del inputs, fields, rasters
@@ -312,7 +314,7 @@ def bench_tiles(n_buildings: int) -> dict:
         table = buildings.assign(**values)[columns]
         out["buildings"] = len(table)
         storage = OcrStorage(root=root, environment="bench")
-        storage.write_geoparquet(table, storage.layout.consolidated_buildings)
+        storage.vector.write_geoparquet(table, storage.layout.consolidated_buildings)
         for spec in (t for t in TILESETS if t.upstream == "buildings_geoparquet"):
             start = time.perf_counter()
             build_tileset(storage, spec)

@@ -1,4 +1,4 @@
-"""A finished tree copied into place on S3, as ``OcrStorage.atomic_path`` does it (issue 30):
+"""A finished tree copied into place on S3, as ``FileStore.atomic_path`` does it (issue 30):
 one object after another (the code before) against the storage's concurrent batches, on a
 moto S3 server on 127.0.0.1 (real HTTP, no network), for the cost model's per-object figure.
 
@@ -38,7 +38,7 @@ def tree(prefix: str, objects: int) -> dict[str, bytes]:
 
 def measure(endpoint: str, objects: int) -> dict:
     storage = OcrStorage(root=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=endpoint)
-    fs = storage.fs
+    fs = storage.files.fs
     # before: the objects copied one request after another (the loop issue 30 replaced)
     source = f"{storage.root}/source.zarr"
     files = tree(source, objects)
@@ -49,7 +49,7 @@ def measure(endpoint: str, objects: int) -> dict:
     serial_s = time.perf_counter() - start
     # after: the storage's own swap into place (its temporary written first, untimed)
     target = f"{storage.root}/batched.zarr"
-    with storage.atomic_path(target) as tmp:
+    with storage.files.atomic_path(target) as tmp:
         fs.pipe({key.replace(source, tmp): value for key, value in files.items()})
         start = time.perf_counter()
     batched_s = time.perf_counter() - start  # the copies into place and the temporary's removal
@@ -77,7 +77,7 @@ def main() -> None:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        OcrStorage(root=f"s3://{BUCKET}", endpoint_url=endpoint).fs.mkdir(BUCKET)
+        OcrStorage(root=f"s3://{BUCKET}", endpoint_url=endpoint).files.fs.mkdir(BUCKET)
         print(json.dumps(measure(endpoint, args.objects)))
     finally:
         server.stop()

@@ -280,7 +280,7 @@ def run_downstream(root: str, home_root: str, parallel: bool) -> dict:
     with open_instance(home) as instance:
         # the generated region files, recorded as the region runs would have (not timed)
         storage = build_resources(settings)["storage"]
-        record_region_files(instance, storage, storage.list_region_buildings())
+        record_region_files(instance, storage, storage.vector.list_region_buildings())
     start = time.time()
     with open_instance(home) as instance:
         # the job rebuilt in every step process from these settings, steps side by side
@@ -423,7 +423,7 @@ def consolidation_by_threads(root: str, threads: list[int], rounds: int = 2) -> 
     from ocr_science.parallel import thread_limit
 
     storage = OcrStorage(root=root, environment=ENVIRONMENT)
-    regions = storage.list_region_buildings()
+    regions = storage.vector.list_region_buildings()
     seconds: dict[str, list[float]] = {str(t): [] for t in threads}
     for _ in range(rounds):
         for count in threads:

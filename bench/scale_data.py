@@ -384,13 +384,15 @@ def write_scale_data(root: str, n_buildings: int, n_blocks: int, seed: int = 202
     lattice = Lattice.for_blocks(n_blocks, seed)
     census_rows, census_bytes = {}, 0
     for level, gdf in census_levels(lattice).items():
-        census_bytes += storage.write_geoparquet(gdf, storage.layout.census(level))
+        census_bytes += storage.vector.write_geoparquet(gdf, storage.layout.census(level))
         census_rows[level] = len(gdf)
     region_bytes, written, largest = 0, 0, 0
     tiles = region_tiles(lattice, n_buildings)
     for region_id, rows, cols, n in tiles:
         gdf = region_buildings(lattice, region_id, rows, cols, n)
-        region_bytes += storage.write_geoparquet(gdf, storage.layout.region_buildings(region_id))
+        region_bytes += storage.vector.write_geoparquet(
+            gdf, storage.layout.region_buildings(region_id)
+        )
         written += len(gdf)
         largest = max(largest, len(gdf))
         del gdf

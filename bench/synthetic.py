@@ -83,7 +83,7 @@ def write_wind_store(wind: np.ndarray, path: str | Path) -> None:
 
 
 def open_wind_store(path: str | Path) -> xr.DataArray:
-    """The stored distribution, lazily (as ``OcrStorage.read_region_inputs`` returns it)."""
+    """The stored distribution, lazily (as ``RegionReader.read_region_inputs`` returns it)."""
     return xr.open_zarr(path, chunks={}, consolidated=False)[WIND_VARIABLE]
 
 
@@ -144,7 +144,7 @@ def synthetic_region(
     seed: int = 0,
 ) -> tuple[RegionGrid, Region, RegionInputs, gpd.GeoDataFrame]:
     """The centre region of a 3 × 3 grid of ``region_shape`` regions, with its window's
-    inputs (as ``OcrStorage.read_region_inputs`` returns them: the wind written to
+    inputs (as ``RegionReader.read_region_inputs`` returns them: the wind written to
     ``wind_path`` and opened lazily) and buildings."""
     rng = np.random.default_rng(seed)
     grid = RegionGrid(

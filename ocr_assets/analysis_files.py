@@ -95,8 +95,8 @@ def write_analysis_files(
     layout = storage.layout
     for level in CENSUS_LEVELS:
         with (
-            storage.atomic_open(layout.region_analysis(level, "csv"), "w") as csv_file,
-            storage.atomic_open(layout.region_analysis(level, "geojson"), "w") as geojson,
+            storage.files.atomic_open(layout.region_analysis(level, "csv"), "w") as csv_file,
+            storage.files.atomic_open(layout.region_analysis(level, "geojson"), "w") as geojson,
         ):
             written[level] = _write_level(storage, level, version, csv_file, geojson, batch_rows)
     return written
@@ -142,14 +142,14 @@ def analysis_files_match_stats(storage: OcrStorage) -> dg.AssetCheckResult:
     problems = []
     expected_lines = metadata_lines(storage.version).splitlines()
     for level in CENSUS_LEVELS:
-        expected = storage.parquet_rows(storage.layout.region_summary_stats(level))
-        with storage.local_copy(storage.layout.region_analysis(level, "geojson")) as path:
+        expected = storage.vector.parquet_rows(storage.layout.region_summary_stats(level))
+        with storage.files.local_copy(storage.layout.region_analysis(level, "geojson")) as path:
             features = pyogrio.read_info(path, force_feature_count=True)["features"]
             with open(path) as f:
                 head = f.read(4096)
         if not head.startswith('{"type": "FeatureCollection", "metadata": '):
             problems.append(f"{level}: geojson does not open with type and metadata members")
-        with storage.open(storage.layout.region_analysis(level, "csv"), "r") as f:
+        with storage.files.open(storage.layout.region_analysis(level, "csv"), "r") as f:
             lines = (line.rstrip("\n") for line in f)
             header = [next(lines, "") for _ in expected_lines]
             names = next(csv.reader([next(lines, "")]))

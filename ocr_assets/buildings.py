@@ -140,7 +140,7 @@ def _write_by_county(
                     open_file.close()
                     state, rest = (key[:2], key[2:]) if key is not None else (HIVE_NULL,) * 2
                     path = f"{root}/state_fips={state}/county_fips={rest}/{PARTITION_FILE}"
-                    sink = open_file.enter_context(storage.open(path, "wb"))
+                    sink = open_file.enter_context(storage.files.open(path, "wb"))
                     writer = open_file.enter_context(
                         pq.ParquetWriter(sink, schema, **PARQUET_WRITE_OPTIONS)
                     )
@@ -160,7 +160,7 @@ def _region_file_batches(
     path = storage.layout.region_buildings(region)
     tally = BuildingValueTally()
     try:
-        for batch in storage.iter_batches(path, schema.names, batch_rows):
+        for batch in storage.vector.iter_batches(path, schema.names, batch_rows):
             batch = pa.RecordBatch.from_arrays(batch.select(schema.names).columns, schema=schema)
             if checked:
                 tally.add(
@@ -217,7 +217,7 @@ def consolidate_buildings(
     layout = storage.layout
     regions = sort_region_ids(region_ids)
     paths = [layout.region_buildings(r) for r in regions]
-    dataset = storage.parquet_dataset(paths)
+    dataset = storage.vector.parquet_dataset(paths)
     if tuple(dataset.schema.names) != BUILDINGS_COLUMNS:
         raise ValueError(
             f"region buildings files have columns {dataset.schema.names}, expected "
@@ -242,7 +242,7 @@ def consolidate_buildings(
     def write_consolidated(path: str) -> int:
         rows = 0
         with (
-            storage.open(path, "wb") as f,
+            storage.files.open(path, "wb") as f,
             pq.ParquetWriter(f, schema, **PARQUET_WRITE_OPTIONS) as w,
         ):
             for batch in region_batches(checked=True):
@@ -253,14 +253,14 @@ def consolidate_buildings(
     def write_partitioned(path: str, scratch: Path) -> tuple[int, int]:
         sorted_batches = _by_geoid(region_batches(checked=False), schema, scratch, batch_rows)
         written = _write_by_county(storage, sorted_batches, schema, path)
-        storage.makedirs(path)  # no rows (all regions empty): no partitions
-        with storage.open(f"{path}/_common_metadata", "wb") as f:
+        storage.files.makedirs(path)  # no rows (all regions empty): no partitions
+        with storage.files.open(f"{path}/_common_metadata", "wb") as f:
             pq.write_metadata(schema, f)
         return written
 
     with ExitStack() as stack:  # both temporaries are moved into place only at its end
-        consolidated = stack.enter_context(storage.atomic_path(layout.consolidated_buildings))
-        partitioned = stack.enter_context(storage.atomic_path(layout.partitioned_buildings))
+        consolidated = stack.enter_context(storage.files.atomic_path(layout.consolidated_buildings))
+        partitioned = stack.enter_context(storage.files.atomic_path(layout.partitioned_buildings))
         scratch = stack.enter_context(scratch_dir("sort-buildings"))
         # the two outputs read the region files side by side on two threads (one after the
         # other on one): the sort's wall time, not the sum (bench/scale.py). The checked
@@ -275,7 +275,7 @@ def consolidate_buildings(
                 raise written.exception()
         rows = written.result()
         files, partitioned_rows = copied.result()
-        consolidated_bytes = storage.size(consolidated)
+        consolidated_bytes = storage.files.size(consolidated)
         if partitioned_rows != rows:  # a region file changed between the two reads
             raise RegionFilesError(
                 f"the partitioned copy got {partitioned_rows} rows, the consolidated file "
@@ -321,7 +321,7 @@ def buildings_geoparquet(
         regions = checked_region_files(storage, materialized)
     except RegionFilesError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    unrecorded = sorted(set(storage.list_region_buildings()) - set(regions))
+    unrecorded = sorted(set(storage.vector.list_region_buildings()) - set(regions))
     if unrecorded:
         context.log.warning(
             f"left out region files no materialization records (a run that did not finish): "
@@ -351,11 +351,11 @@ def buildings_counts_agree(
     """Rows in the materialized regions' files = consolidated file = partitioned copy."""
     lay = storage.layout
     regions = sum(
-        storage.parquet_rows(lay.region_buildings(r))
+        storage.vector.parquet_rows(lay.region_buildings(r))
         for r in materialized_regions(context.instance, storage)
     )
-    consolidated = storage.parquet_rows(lay.consolidated_buildings)
-    partitioned = storage.parquet_dataset(lay.partitioned_buildings).count_rows()
+    consolidated = storage.vector.parquet_rows(lay.consolidated_buildings)
+    partitioned = storage.vector.parquet_dataset(lay.partitioned_buildings).count_rows()
     counts = {"region_files": regions, "consolidated": consolidated, "partitioned": partitioned}
     return dg.AssetCheckResult(passed=len(set(counts.values())) == 1, metadata=counts)
 
@@ -365,7 +365,7 @@ def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
     """Published column order, float32 risk variables, string GEOID, GeoParquet 1.1 covering
     bbox, the 7 vector metadata keys, documented ranges."""
     path = storage.layout.consolidated_buildings
-    schema = storage.parquet_schema(path)
+    schema = storage.vector.parquet_schema(path)
     problems = [] if tuple(schema.names) == BUILDINGS_COLUMNS else [f"columns {schema.names}"]
     expected = vector_metadata(storage.version)
     stored = {k.decode(): v.decode() for k, v in schema.metadata.items() if k != b"geo"}
@@ -382,7 +382,7 @@ def buildings_schema_and_ranges(storage: OcrStorage) -> dg.AssetCheckResult:
     if geo.get("version") != "1.1.0" or "covering" not in geo["columns"]["geometry"]:
         problems.append("geo metadata is not GeoParquet 1.1 with a covering bbox")
     con = duckdb.connect()
-    con.register("b", storage.parquet_stream(path, list(RISK_VARIABLES)))
+    con.register("b", storage.vector.parquet_stream(path, list(RISK_VARIABLES)))
     row = con.execute(
         "SELECT " + ", ".join(f"min({v}), max({v})" for v in RISK_VARIABLES) + " FROM b"
     ).fetchone()

@@ -58,8 +58,8 @@ def _observe(key: str, partitions: dg.PartitionsDefinition | None) -> Callable[.
     def observe(context: dg.AssetExecutionContext) -> Any:
         storage = context.resources.storage
         if partitions is None:
-            return dg.DataVersion(storage.input_version(key))
-        versions = storage.region_input_versions(key, partitions.get_partition_keys())
+            return dg.DataVersion(storage.fingerprints.input_version(key))
+        versions = storage.fingerprints.region_input_versions(key, partitions.get_partition_keys())
         with warnings.catch_warnings():  # beta, as the decorator below
             warnings.simplefilter("ignore", dg.BetaWarning)
             return dg.DataVersionsByPartition(versions)

@@ -45,7 +45,7 @@ def write_pyramid(storage: OcrStorage, levels: int) -> dict:
     small to halve that often), every level in one dask computation on the scheduler the
     compute resource set (the step's cluster, or its threads); each variable's maximum over
     level 0 is computed in the same pass, for the check (nothing is read back)."""
-    source = pyramid_source(storage.open_raster_store())
+    source = pyramid_source(storage.raster.open_raster_store())
     written = levels_for_shape(levels, tuple(source["rps_2011"].shape))
     pyramid = create_pyramid(
         source,
@@ -57,7 +57,7 @@ def write_pyramid(storage: OcrStorage, levels: int) -> dict:
     # level 0 is the source in topozarr's chunks: its maxima from the source's (larger)
     # chunks share their reads with the writes, at no measurable cost (bench/pyramid.py)
     maxima = {name: dask.array.nanmax(source[name].data) for name in PYRAMID_VARIABLES}
-    found = storage.write_consolidated_tree(
+    found = storage.raster.write_consolidated_tree(
         pyramid.dt, storage.layout.pyramid, pyramid.encoding, reductions=maxima
     )
     shapes = {k: list(pyramid.dt[k]["rps_2011"].shape) for k in pyramid.dt.children}
@@ -104,7 +104,7 @@ def pyramid_levels_coarsen(
     values stay in [0, 100]: level 0's maximum as the step computed it on its cluster from
     the chunks it wrote (CONUS level 0 is ~110 GB: not downloaded here to be read again),
     and the coarsest level's stored values, read back."""
-    tree = storage.open_datatree(storage.layout.pyramid)
+    tree = storage.raster.open_datatree(storage.layout.pyramid)
     levels = sorted(int(k) for k in tree.children)
     shapes = [tree[str(k)]["rps_2011"].shape for k in levels]
     halving = all(

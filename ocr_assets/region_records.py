@@ -50,7 +50,7 @@ def committed_materialized_regions(
     with their metadata, the recorded regions whose commit is missing, e.g. after a branch
     reset or a lost repository: they are to be redone)."""
     recorded = materialized_regions(instance, storage)
-    committed = storage.committed_regions()
+    committed = storage.raster.committed_regions()
     done = {r: meta for r, meta in recorded.items() if r in committed}
     return done, sorted(r for r in recorded if r not in committed)
 
@@ -103,7 +103,7 @@ def _region_file_problem(storage: OcrStorage, region: str, meta: dict) -> str | 
     """What is wrong with a materialized region's buildings file, if anything."""
     path = storage.layout.region_buildings(region)
     try:
-        rows = storage.parquet_rows(path)
+        rows = storage.vector.parquet_rows(path)
     except FileNotFoundError:
         return f"region {region}: {path} is missing"
     except (OSError, ValueError) as exc:  # unreadable: truncated or corrupt (ArrowInvalid)
@@ -112,7 +112,7 @@ def _region_file_problem(storage: OcrStorage, region: str, meta: dict) -> str | 
     if expected is not None and rows != expected:
         return f"region {region}: {path} has {rows} rows, its materialization wrote {expected}"
     written = meta.get("bytes")  # another file of the same rows (swapped, rewritten) differs
-    if written is not None and (size := storage.size(path)) != written:
+    if written is not None and (size := storage.files.size(path)) != written:
         return f"region {region}: {path} has {size} bytes, its materialization wrote {written}"
     return None
 
@@ -145,8 +145,8 @@ def record_region_files(
                 partition=region,
                 metadata={
                     "path": dg.MetadataValue.path(path),
-                    "buildings_written": storage.parquet_rows(path),
-                    "bytes": storage.size(path),
+                    "buildings_written": storage.vector.parquet_rows(path),
+                    "bytes": storage.files.size(path),
                 },
             )
         )

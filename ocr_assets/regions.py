@@ -59,14 +59,14 @@ def region_field(spec: dict, region_id: str, year: int) -> tuple[np.ndarray, dic
     storage = OcrStorage(**spec)
     timer = StageTimer()
     with timer.stage("read"):
-        grid = storage.region_grid()
-        inputs = storage.read_region_inputs(
+        grid = storage.regions.region_grid()
+        inputs = storage.regions.read_region_inputs(
             grid, grid.region(region_id), fields=(year,), reference=False
         )
     try:
         return field_bp(inputs, year, timer, storage.model_variant), timer.seconds
     except NegativeWindWeights as exc:  # found while the model reads the wind
-        raise storage.negative_wind_error(region_id, exc) from None
+        raise storage.regions.negative_wind_error(region_id, exc) from None
 
 
 def _value_ranges(rasters: dict[str, np.ndarray]) -> dict[str, list[float | None]]:
@@ -101,12 +101,12 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     the buildings sample and GeoParquet, and the preview. Runs on a Dask worker."""
     storage = OcrStorage(**spec)
     timer = StageTimer()
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     region = grid.region(region_id)
     lat_w, lon_w = grid.window(region)
     with timer.stage("read_reference"):
-        storage.require_region_chunks(region)  # a lost chunk would read as "no data here"
-        inputs = storage.read_region_inputs(grid, region, fields=(), reference=True)
+        storage.regions.require_region_chunks(region)  # a lost chunk would read as "no data here"
+        inputs = storage.regions.read_region_inputs(grid, region, fields=(), reference=True)
     rasters = assemble_region_rasters(inputs, {y: f[0] for y, f in zip(YEARS, fields, strict=True)})
     ranges = _value_ranges(rasters)
     problems = out_of_range(
@@ -115,17 +115,17 @@ def finish_region(spec: dict, region_id: str, *fields: tuple[np.ndarray, dict]) 
     if problems:
         raise ValueError(f"values out of their documented range: {problems}")
     with timer.stage("read_buildings"):
-        tagged = storage.read_buildings(region)
+        tagged = storage.regions.read_buildings(region)
         # one row per (building, block) as published: each building once
         kept = merge_building_rows(shapely.to_wkb(tagged.geometry.values), tagged["GEOID"])
         region_buildings = tagged.iloc[kept]
     with timer.stage("write_raster"):
-        snapshot_id = storage.write_region_window(region, rasters)
+        snapshot_id = storage.raster.write_region_window(region, rasters)
     with timer.stage("sample_buildings"):
         table, dropped = region_buildings_table(grid, region, rasters, region_buildings)
     with timer.stage("write_buildings"):
         path = storage.layout.region_buildings(region_id)
-        size = storage.write_geoparquet(table, path)
+        size = storage.vector.write_geoparquet(table, path)
     with timer.stage("preview"):
         preview = raster_preview(
             rasters["rps_2011"], f"{region_id} rps_2011", latitude=(region.lat0 + region.lat1) / 2
@@ -276,10 +276,10 @@ def build_region_assets(
         region_ids = list(context.partition_keys)
         started = time.perf_counter()
         try:
-            storage.check_inputs(REGION_INPUTS)
-            grid = storage.region_grid()
+            storage.inputs.check_inputs(REGION_INPUTS)
+            grid = storage.regions.region_grid()
             windows = [grid.window(grid.region(r)) for r in region_ids]
-            storage.ensure_raster_store(grid)
+            storage.raster.ensure_raster_store(grid)
         except InputDataError as exc:
             # a broken input stays broken: fail now instead of retrying with backoff
             raise dg.Failure(
@@ -289,7 +289,10 @@ def build_region_assets(
         # fingerprints the inputs' observations report) and the model's code version, so a
         # deploy can tell which regions are stale without Dagster's internal resolver
         # (read before the work: an input rewritten meanwhile leaves the region stale)
-        versions = {key: storage.region_input_versions(key, region_ids) for key in REGION_INPUTS}
+        versions = {
+            key: storage.fingerprints.region_input_versions(key, region_ids)
+            for key in REGION_INPUTS
+        }
         provenance = {
             r: {
                 "model_code_version": code_version,

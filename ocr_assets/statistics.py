@@ -76,12 +76,12 @@ def _numbered_census(
 
     def batches() -> Iterator[pa.RecordBatch]:
         start = 0
-        for batch in storage.iter_batches(storage.layout.census(level), columns, batch_rows):
+        for batch in storage.vector.iter_batches(storage.layout.census(level), columns, batch_rows):
             rows = pa.array(range(start, start + batch.num_rows), pa.int64())
             start += batch.num_rows
             yield batch.append_column("census_row", rows)
 
-    stored = storage.parquet_schema(storage.layout.census(level))
+    stored = storage.vector.parquet_schema(storage.layout.census(level))
     numbered = pa.schema([stored.field(c).remove_metadata() for c in columns])
     return pa.RecordBatchReader.from_batches(
         numbered.append(pa.field("census_row", pa.int64())), batches()
@@ -96,7 +96,7 @@ def write_summary_statistics(storage: OcrStorage, batch_rows: int = BATCH_ROWS) 
     every level is written to a temporary name first: the files are moved into place only
     when all five succeeded, so a failure leaves the previous statistics as they were.
     """
-    with storage.local_copy(storage.layout.consolidated_buildings) as buildings:
+    with storage.files.local_copy(storage.layout.consolidated_buildings) as buildings:
         return _write_summary_statistics(storage, buildings, batch_rows)
 
 
@@ -111,7 +111,7 @@ def _write_summary_statistics(
     con.sql(
         "SELECT * FROM read_parquet($path, can_have_nan = true)", params={"path": buildings}
     ).create_view("buildings_scan")
-    censuses = {level: storage.census_dataset(level) for level in CENSUS_LEVELS}
+    censuses = {level: storage.inputs.census_dataset(level) for level in CENSUS_LEVELS}
     for level, census in censuses.items():
         con.register("census_scan", census)
         problem = _census_problem(con, level)
@@ -135,7 +135,7 @@ def _write_summary_statistics(
             ).to_arrow_reader(batch_rows)
             path = storage.layout.region_summary_stats(level)
             writer = files.enter_context(
-                storage.geoparquet_writer(
+                storage.vector.geoparquet_writer(
                     path, schema, geoparquet_crs(census.schema), covering=False
                 )
             )
@@ -194,14 +194,14 @@ class _CountTally:
 
 def read_summary_statistics(storage: OcrStorage, level: str) -> gpd.GeoDataFrame:
     """A whole level, for what is small by construction (a preview's level)."""
-    return storage.read_geoparquet(storage.layout.region_summary_stats(level))
+    return storage.vector.read_geoparquet(storage.layout.region_summary_stats(level))
 
 
 def statistics_batches(
     storage: OcrStorage, level: str, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     """A level's statistics (every column), a batch at a time."""
-    return storage.iter_batches(storage.layout.region_summary_stats(level), None, batch_rows)
+    return storage.vector.iter_batches(storage.layout.region_summary_stats(level), None, batch_rows)
 
 
 @step_asset(
@@ -239,11 +239,13 @@ def region_risk_summary_stats(
 def histograms_sum_to_counts(storage: OcrStorage) -> dg.AssetCheckResult:
     """Every histogram sums to building_count; each level counts every building once
     (scanned by DuckDB, never loaded whole)."""
-    total = storage.parquet_rows(storage.layout.consolidated_buildings)
+    total = storage.vector.parquet_rows(storage.layout.consolidated_buildings)
     problems, per_level = [], {}
     con = duckdb.connect()
     for level in CENSUS_LEVELS:
-        con.register("stats", storage.parquet_dataset(storage.layout.region_summary_stats(level)))
+        con.register(
+            "stats", storage.vector.parquet_dataset(storage.layout.region_summary_stats(level))
+        )
         wrong, counted = con.execute(
             "SELECT count(*) FILTER (WHERE list_sum(risk_score_2011_hist) != building_count "
             "OR list_sum(risk_score_2047_hist) != building_count), "

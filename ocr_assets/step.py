@@ -33,7 +33,7 @@ class StepRun:
             metadata={
                 **metadata,
                 OUTPUTS_KEY: dg.MetadataValue.json(
-                    {path: self.storage.output_manifest(path) for path in outputs}
+                    {path: self.storage.manifests.output_manifest(path) for path in outputs}
                 ),
                 "seconds": round(time.perf_counter() - self.started, 3),
                 **self.compute_metadata,

@@ -103,7 +103,7 @@ class RowGroupLines:
             _LOCAL.spec, _LOCAL.storage = self.storage, OcrStorage(**self.storage)
         if not hasattr(_LOCAL, "con"):
             _LOCAL.con = duckdb.connect(config={"threads": 1})
-        batches = _LOCAL.storage.iter_batches(
+        batches = _LOCAL.storage.vector.iter_batches(
             self.path, list(self.columns), self.batch_rows, row_groups=[group]
         )
         pieces = [self.batch_lines(_LOCAL.con, batch) for batch in batches]
@@ -124,7 +124,7 @@ def parallel_lines(
     groups in memory at a time (``ordered_map``'s window). One row group: in this process.
     The workers are spawned: a script of one's own that tiles guards its entry point
     (``if __name__ == "__main__":``), as Python's multiprocessing asks."""
-    groups = range(storage.parquet_metadata(path).num_row_groups)
+    groups = range(storage.vector.parquet_metadata(path).num_row_groups)
     job = RowGroupLines(storage.spec(), path, tuple(columns), batch_rows, batch_lines)
     yield from ordered_map(job, groups, min(worker_threads(), len(groups)), processes=True)
 
@@ -216,7 +216,7 @@ def regional_layers(
         path = storage.layout.region_summary_stats(level)
         keys = spec.key_maps[level]
         columns = [c for c in keys.values() if c != BBOX]
-        missing = set(columns) - set(storage.parquet_schema(path).names)
+        missing = set(columns) - set(storage.vector.parquet_schema(path).names)
         if missing:
             raise ValueError(f"{path} has no column(s) {sorted(missing)} for the {level} tiles")
 
@@ -311,10 +311,10 @@ def build_pmtiles(storage: OcrStorage, spec: Tileset, layers: dict[str, LayerSou
             "key_map": {layer: spec.key_maps[layer] for layer in layers},
             "metadata": vector_metadata(storage.version),
         }
-        size = storage.put_pmtiles(
+        size = storage.vector.put_pmtiles(
             str(scratch / output), target, added, lambda summary: _refuse(spec, summary)
         )
-    summary = storage.pmtiles_summary(target)
+    summary = storage.vector.pmtiles_summary(target)
     return {
         "bytes": size,
         "layers": list(layers),
@@ -389,7 +389,7 @@ def _tileset_check(spec: Tileset) -> dg.AssetChecksDefinition:
         "map in its metadata.",
     )
     def _check(storage: OcrStorage) -> dg.AssetCheckResult:
-        summary = storage.pmtiles_summary(storage.layout.pmtiles(spec.archive))
+        summary = storage.vector.pmtiles_summary(storage.layout.pmtiles(spec.archive))
         problems = archive_problems(spec, summary)
         return dg.AssetCheckResult(
             passed=not problems,

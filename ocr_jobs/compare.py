@@ -20,14 +20,14 @@ def compare_variants(
 ) -> VariantComparison:
     """Both variants' rasters for each region, compared pixel by pixel and at each of the
     region's buildings (centroid inside, nearest pixel, as ``region_buildings`` samples)."""
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     comparison = VariantComparison(regions=list(region_ids))
     for region_id in region_ids:
         region = grid.region(region_id)
-        inputs = storage.read_region_inputs(grid, region)
+        inputs = storage.regions.read_region_inputs(grid, region)
         published, corrected = (compute_region_rasters(inputs, variant=v) for v in COMPARED)
         comparison.add_rasters(published, corrected)
-        buildings = storage.read_buildings(region)
+        buildings = storage.regions.read_buildings(region)
         lon, lat = centroids_deg(buildings.geometry.values)
         inside = region.contains(lon, lat)
         rows, cols = nearest_pixel(grid, region, lon[inside], lat[inside])

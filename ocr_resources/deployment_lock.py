@@ -152,7 +152,7 @@ def blocking_holder(
     """The deployment that holds ``storage``'s environment lock, live and not stale, unless it
     is ``deployment`` (a run's ``ocr/deployment`` tag: the deploy's own runs); None when no
     lock is in force. An unreadable record holds nothing (``ocr unlock`` removes it too)."""
-    current = storage.read_versioned(storage.layout.deployment_lock)
+    current = storage.files.read_versioned(storage.layout.deployment_lock)
     if current is None:
         return None
     try:

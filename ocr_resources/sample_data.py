@@ -358,9 +358,9 @@ def write_sample_data(
 
     def write(ds: xr.Dataset, path: str, encoding: dict, message: str) -> None:
         if container == "icechunk":
-            storage.write_icechunk(ds, path, encoding, message)
+            storage.raster.write_icechunk(ds, path, encoding, message)
         else:
-            storage.write_zarr(ds, path, encoding)
+            storage.raster.write_zarr(ds, path, encoding)
 
     x, y, bp270 = _bp_270m(spec, rng)
     for year in YEARS:
@@ -432,7 +432,7 @@ def write_sample_data(
 
     census = _census(spec)
     for level, gdf in census.items():
-        storage.write_geoparquet(gdf, layout.census(level))
+        storage.vector.write_geoparquet(gdf, layout.census(level))
     buildings = _buildings(spec, rng, census["blocks"], census["counties"], census["states"])
-    storage.write_parquet_table(buildings, layout.buildings, BUILDING_ROW_GROUP)
+    storage.vector.write_parquet_table(buildings, layout.buildings, BUILDING_ROW_GROUP)
     return layout.input_paths()

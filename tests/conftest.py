@@ -27,7 +27,7 @@ def sample_storage(sample_root) -> OcrStorage:
 
 @pytest.fixture(scope="session")
 def sample_grid(sample_storage):
-    return sample_storage.region_grid()
+    return sample_storage.regions.region_grid()
 
 
 @pytest.fixture

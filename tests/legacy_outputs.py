@@ -74,12 +74,12 @@ def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
     Every level is computed (and its census input checked) before the first is written, so a
     bad census level leaves all earlier statistics as they were, not a mix of old and new.
     """
-    buildings = storage.parquet_dataset(storage.layout.consolidated_buildings)
+    buildings = storage.vector.parquet_dataset(storage.layout.consolidated_buildings)
     con = connect()
     tables: dict[str, gpd.GeoDataFrame] = {}
     for level in CENSUS_LEVELS:
         stats = level_statistics(con, buildings, level)
-        census = storage.read_census(level)
+        census = storage.inputs.read_census(level)
         names = list(CENSUS_COLUMNS[level])
         units = census[[*names, "geometry"]].merge(
             stats, on="GEOID", how="inner", validate="one_to_one"
@@ -94,13 +94,13 @@ def write_summary_statistics(storage: OcrStorage) -> dict[str, int]:
         tables[level] = gpd.GeoDataFrame(ordered, crs=census.crs)
     for level, table in tables.items():
         path = storage.layout.region_summary_stats(level)
-        with storage.atomic_path(path) as tmp:
+        with storage.files.atomic_path(path) as tmp:
             table.to_parquet(tmp, compression="zstd", schema_version="1.1.0", index=False)
     return {level: len(table) for level, table in tables.items()}
 
 
 def read_summary_statistics(storage, level):
-    return gpd.read_parquet(storage.layout.region_summary_stats(level), filesystem=storage.fs)
+    return gpd.read_parquet(storage.layout.region_summary_stats(level), filesystem=storage.files.fs)
 
 
 def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, int]:
@@ -124,12 +124,14 @@ def write_analysis_files(storage: OcrStorage, version: str | None) -> dict[str, 
                 for r, g in zip(records, stats.geometry, strict=True)
             ],
         }
-        storage.write_text(storage.layout.region_analysis(level, "geojson"), json.dumps(collection))
+        storage.files.write_text(
+            storage.layout.region_analysis(level, "geojson"), json.dumps(collection)
+        )
         table = pd.DataFrame(stats[columns])
         for column in SCORED:
             table[column] = [json.dumps(h, separators=(",", ":")) for h in table[column]]
         lines = "".join(f"# {k}: {v}\n" for k, v in metadata.items())
-        storage.write_text(
+        storage.files.write_text(
             storage.layout.region_analysis(level, "csv"), lines + table.to_csv(index=False)
         )
         written[level] = len(table)

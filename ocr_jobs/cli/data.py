@@ -38,8 +38,10 @@ def sample_data(
     with interruptible("writing the sample inputs", "run it again to write them all"):
         paths = write_sample_data(_storage(settings), spec)
     storage = _storage(settings)
-    if not storage.is_s3:  # the sample's environment is ready to deploy: its output folder too
-        storage.makedirs(storage.root)
+    if (
+        not storage.files.is_s3
+    ):  # the sample's environment is ready to deploy: its output folder too
+        storage.files.makedirs(storage.root)
     console.print(f"[green]wrote {len(paths)} sample inputs[/] under {storage.layout.inputs_root}")
 
 
@@ -57,8 +59,8 @@ def regions_refresh(
 
     settings = _settings(env_file)
     with interruptible("reading the input's regions", "nothing was written"):
-        ids = _storage(settings).valid_region_ids()
-    grid = _storage(settings).region_grid()
+        ids = _storage(settings).regions.valid_region_ids()
+    grid = _storage(settings).regions.region_grid()
     console.print(
         f"{len(ids)} valid of {len(grid.all_region_ids())} regions "
         f"({grid.n_chunks[0]} × {grid.n_chunks[1]} chunks of {grid.chunk_lat} × {grid.chunk_lon})"

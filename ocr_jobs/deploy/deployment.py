@@ -95,9 +95,9 @@ def check_storage(plan: DeployPlan, storage: OcrStorage) -> int:
     rows outside every region of the catalog."""
     regions_only = plan.options.regions_only
     try:
-        storage.check_root()
-        storage.check_inputs(REGION_INPUTS if regions_only else None)
-        outside = storage.check_buildings_outside(
+        storage.files.check_root()
+        storage.inputs.check_inputs(REGION_INPUTS if regions_only else None)
+        outside = storage.regions.check_buildings_outside(
             load_valid_region_ids(plan.settings.region_catalog)
         )
         if not regions_only and plan.settings.compute_backend == "local":
@@ -111,7 +111,7 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
     """Point production's "current" at this storage's version (its outputs must exist)."""
     lay = storage.layout
     required = [lay.consolidated_buildings, *(lay.pmtiles(n) for n in ("buildings", "regions"))]
-    missing = [p for p in required if not storage.exists(p)]
+    missing = [p for p in required if not storage.files.exists(p)]
     if missing:
         raise DeployError(f"version {storage.version} has no complete outputs; missing {missing}")
     pointer = {
@@ -121,7 +121,7 @@ def publish_pointer(storage: OcrStorage) -> dict[str, Any]:
         "raster": lay.raster_prefix,
         "pyramid": lay.pyramid_prefix,
     }
-    storage.write_json(lay.current_pointer, pointer)
+    storage.files.write_json(lay.current_pointer, pointer)
     return pointer
 
 
@@ -138,7 +138,7 @@ def observe_inputs(
 
 def region_input_versions(storage: OcrStorage, regions: list[str]) -> dict[str, dict[str, str]]:
     """The region inputs' data versions now, per region (input -> region -> version)."""
-    return {key: storage.region_input_versions(key, regions) for key in REGION_INPUTS}
+    return {key: storage.fingerprints.region_input_versions(key, regions) for key in REGION_INPUTS}
 
 
 def _reason(exc: Exception) -> str:
@@ -190,11 +190,11 @@ def damaged_outputs(
             problems = [
                 problem
                 for path, manifest in metadata[OUTPUTS_KEY].value.items()
-                for problem in storage.output_problems(path, manifest, verify)
+                for problem in storage.manifests.output_problems(path, manifest, verify)
             ]
         else:
             path = metadata.get("path")
-            gone = path is not None and not storage.exists(str(path.value))
+            gone = path is not None and not storage.files.exists(str(path.value))
             problems = [f"{path.value} is missing"] if gone else []
         if problems:
             damaged[key] = problems
@@ -345,13 +345,13 @@ def _deploy(
     valid_all = region_partitions(settings).get_partition_keys()
     settle_earlier_runs(instance, runs, progress)
     if options.wipe:
-        wiped = storage.wipe_environment()
+        wiped = storage.files.wipe_environment()
         wipe_records(instance, defs)
         progress.say(
             f"wiped {len(wiped)} prefix(es) of {settings.environment} and its asset records"
         )
     # the lock is held and no earlier run is live: no writer that could own a temporary is
-    if swept := storage.remove_dead_temporaries():
+    if swept := storage.files.remove_dead_temporaries():
         shown = ", ".join(swept[:3]) + (f" and {len(swept) - 3} more" if len(swept) > 3 else "")
         progress.say(f"removed {len(swept)} temporary file(s) that dead writers left: {shown}")
     # done: recorded by Dagster and committed in the raster store

@@ -77,10 +77,10 @@ class DeploymentLock:
         ``say`` gets names it), or raise DeployError naming the deployment that holds it, when
         it goes stale and how to break it."""
         for _ in range(ATTEMPTS):
-            self._token = self.storage.create_exclusive(self.path, self._payload())
+            self._token = self.storage.files.create_exclusive(self.path, self._payload())
             if self._token:
                 break
-            current = self.storage.read_versioned(self.path)
+            current = self.storage.files.read_versioned(self.path)
             if current is None:
                 continue  # released between our attempt and the read
             holder = self._parse(current)
@@ -88,7 +88,7 @@ class DeploymentLock:
             reason = holder.stale_reason(alive, time.time(), self.stale_seconds)
             if reason is None:
                 raise DeployError(self._refusal(holder, alive, time.time()))
-            self._token = self.storage.replace_if(self.path, current.token, self._payload())
+            self._token = self.storage.files.replace_if(self.path, current.token, self._payload())
             if self._token:
                 self._say(f"took over the deployment lock of {holder.who()}: {reason}")
                 break
@@ -130,7 +130,7 @@ class DeploymentLock:
     def _ours(self) -> Versioned | None:
         """The lock's current version if it is still ours (whatever our last token says: a
         write whose answer was lost still wrote our record)."""
-        current = self.storage.read_versioned(self.path)
+        current = self.storage.files.read_versioned(self.path)
         if current is None:
             return None
         try:
@@ -149,7 +149,7 @@ class DeploymentLock:
         False (``lost`` says why, ``say`` too) when someone else holds the lock now."""
         if self.lost:
             return False
-        token = self.storage.replace_if(self.path, self._token, self._payload())
+        token = self.storage.files.replace_if(self.path, self._token, self._payload())
         if token is None and (ours := self._ours()) is not None:
             token = ours.token  # still ours: the next beat refreshes it
         if token is None:
@@ -161,7 +161,7 @@ class DeploymentLock:
 
     def _holder_now(self) -> str:
         """Who holds the lock now, in words."""
-        current = self.storage.read_versioned(self.path)
+        current = self.storage.files.read_versioned(self.path)
         if current is None:
             return "nobody holds it now"
         try:
@@ -184,15 +184,15 @@ class DeploymentLock:
             self._beat.join(timeout=self.interval)
         if self._token is None or self.lost:
             return
-        if not self.storage.delete_if(self.path, self._token) and (ours := self._ours()):
-            self.storage.delete_if(self.path, ours.token)
+        if not self.storage.files.delete_if(self.path, self._token) and (ours := self._ours()):
+            self.storage.files.delete_if(self.path, ours.token)
 
 
 def break_lock(storage: OcrStorage, *, force: bool = False) -> str:
     """``ocr unlock``: delete this environment's lock (the version read, never a newer one) and
     say whose it was. A holder running on this host is refused unless ``force``: stop it."""
     path = storage.layout.deployment_lock
-    current = storage.read_versioned(path)
+    current = storage.files.read_versioned(path)
     if current is None:
         return f"no deployment to {storage.environment!r} holds the lock ({path})"
     try:
@@ -205,6 +205,6 @@ def break_lock(storage: OcrStorage, *, force: bool = False) -> str:
             f"{who} is running on this host: stop it (kill {holder.owner.pid}) and its lock is "
             "taken over at once by the next deploy; --force breaks it anyway"
         )
-    if not storage.delete_if(path, current.token):
+    if not storage.files.delete_if(path, current.token):
         raise DeployError(f"the lock {path} changed while it was being broken; run this again")
     return f"broke the deployment lock of {who}: {path}"

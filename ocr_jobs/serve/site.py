@@ -170,7 +170,7 @@ def map_site(
             f"the map page's libraries are missing from {web_dir / 'vendor'} "
             f"({', '.join(missing_vendor)}); run `make web` (npm) to install them"
         )
-    fs = storage.fs
+    fs = storage.files.fs
     archives, missing = {}, []
     for name in TILESET_BY_ARCHIVE:
         path = storage.layout.pmtiles(name)
@@ -185,7 +185,9 @@ def map_site(
         )
     pyramid = storage.layout.pyramid
     raster = (
-        PyramidTiles(fs, storage.fs_path(pyramid)) if fs.isfile(f"{pyramid}/zarr.json") else None
+        PyramidTiles(fs, storage.files.fs_path(pyramid))
+        if fs.isfile(f"{pyramid}/zarr.json")
+        else None
     )
     try:
         config = page_config(storage, list(archives), raster)

@@ -1,45 +1,58 @@
 """The storage resource: every read and write of the pipeline, atomic, under one root.
 
-``OcrStorage`` is one Dagster resource assembled from the modules beside it, each one kind of
-I/O: ``files`` (atomic writes, exclusive create, wipe), ``vector`` (GeoParquet, streamed
-Parquet), ``raster_store`` (Zarr), ``inputs`` (the inputs' checks), ``regions`` (a region's
-inputs), ``fingerprints`` (the inputs' data versions per region), ``manifests`` (what each
-output held when written, compared with storage now).
+``OcrStorage`` is the Dagster resource (configuration, the layout) and hands out one
+collaborator per kind of I/O, each a plain class of the module beside it, so a caller's code
+says which kind it does: ``files`` (atomic writes, exclusive create, wipe), ``vector``
+(GeoParquet, streamed Parquet, PMTiles), ``raster`` (the raster store, Zarr), ``inputs`` (the
+inputs, opened and checked), ``regions`` (the region grid, a region's inputs),
+``fingerprints`` (the inputs' data versions per region), ``manifests`` (what each output held
+when written, compared with storage now).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from dagster import ConfigurableResource, InitResourceContext
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ocr_resources.deployment_lock import refuse_beside_deployment
 from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, OcrSettings
-from ocr_resources.storage.files import StorageRootError
+from ocr_resources.storage.files import FileStore, StorageRootError
 from ocr_resources.storage.fingerprints import InputFingerprints
 from ocr_resources.storage.geoparquet import PARQUET_WRITE_OPTIONS
-from ocr_resources.storage.inputs import InputDataError
+from ocr_resources.storage.inputs import InputDataError, InputReader
 from ocr_resources.storage.manifests import OutputManifests
 from ocr_resources.storage.raster_store import RasterStore
-from ocr_resources.storage.regions import wind_tiles
-from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, even_batches
+from ocr_resources.storage.regions import RegionReader, wind_tiles
+from ocr_resources.storage.vector import BATCH_ROWS, GEOPARQUET_OPTIONS, VectorStore, even_batches
 
 __all__ = [
     "BATCH_ROWS",
     "GEOPARQUET_OPTIONS",
     "PARQUET_WRITE_OPTIONS",
+    "FileStore",
     "InputDataError",
+    "InputFingerprints",
+    "InputReader",
     "OcrStorage",
+    "OutputManifests",
+    "RasterStore",
+    "RegionReader",
     "StorageRootError",
+    "VectorStore",
     "even_batches",
     "wind_tiles",
 ]
 
+T = TypeVar("T")
 
-class OcrStorage(InputFingerprints, RasterStore, OutputManifests, ConfigurableResource):
-    """Storage root, environment and version; resolves paths and owns every read and write."""
+
+class OcrStorage(ConfigurableResource):
+    """Storage root, environment and version; resolves paths and hands out the collaborators
+    that own every read and write (each built once per resource, on first use)."""
 
     root: str
     environment: str = "local"
@@ -53,6 +66,9 @@ class OcrStorage(InputFingerprints, RasterStore, OutputManifests, ConfigurableRe
     input_overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
     # a deployment lock whose heartbeat is older than this is no longer in force
     lock_stale_seconds: int = 900
+    # the collaborators built so far, by name: private, so never part of the config (nor of
+    # the copies Dagster makes of the resource, which build their own)
+    _collaborators: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: OcrSettings) -> OcrStorage:
@@ -103,3 +119,44 @@ class OcrStorage(InputFingerprints, RasterStore, OutputManifests, ConfigurableRe
             "input_overrides": self.input_overrides,
             "lock_stale_seconds": self.lock_stale_seconds,
         }
+
+    def _collaborator(self, name: str, build: Callable[[], T]) -> T:
+        """The collaborator ``name``, built on first use (from the layout, checked then)."""
+        if name not in self._collaborators:
+            self._collaborators[name] = build()
+        return self._collaborators[name]
+
+    @property
+    def files(self) -> FileStore:
+        return self._collaborator("files", lambda: FileStore(self.layout, self.endpoint_url))
+
+    @property
+    def vector(self) -> VectorStore:
+        return self._collaborator("vector", lambda: VectorStore(self.files, self.layout))
+
+    @property
+    def manifests(self) -> OutputManifests:
+        return self._collaborator("manifests", lambda: OutputManifests(self.files, self.vector))
+
+    @property
+    def raster(self) -> RasterStore:
+        return self._collaborator("raster", lambda: RasterStore(self.files, self.layout))
+
+    @property
+    def inputs(self) -> InputReader:
+        return self._collaborator(
+            "inputs", lambda: InputReader(self.files, self.vector, self.layout)
+        )
+
+    @property
+    def regions(self) -> RegionReader:
+        return self._collaborator("regions", lambda: RegionReader(self.inputs, self.layout))
+
+    @property
+    def fingerprints(self) -> InputFingerprints:
+        return self._collaborator(
+            "fingerprints",
+            lambda: InputFingerprints(
+                self.files, self.vector, self.inputs, self.regions, self.layout
+            ),
+        )

@@ -22,6 +22,7 @@ import fsspec
 import icechunk
 from fsspec.implementations.local import LocalFileSystem
 
+from ocr_resources.layout import StorageLayout
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT, ModelVariantName
 
 
@@ -97,18 +98,22 @@ def _is_s3(url: str) -> bool:
 
 
 class FileStore:
-    """File operations of :class:`OcrStorage` (a mixin: it uses the resource's fields ``root``,
-    ``environment``, ``endpoint_url``, ``model_variant`` and its ``layout``; no fields of its
-    own, so pydantic sees only the resource's)."""
+    """Files under the storage root: filesystems, atomic and conditional writes, locks, the
+    environment's wipe. Holds only plain values (the layout, the S3 endpoint), so it pickles
+    to a worker as it is."""
+
+    def __init__(self, layout: StorageLayout, endpoint_url: str | None = None) -> None:
+        self._layout, self._root = layout, layout.root
+        self._endpoint_url = endpoint_url  # an S3-compatible endpoint (e.g. a test server)
 
     @property
     def is_s3(self) -> bool:
-        return self.root.startswith("s3://")
+        return self._root.startswith("s3://")
 
     @property
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for URLs under the root (credentials come from the environment)."""
-        return self.options_for(self.root)
+        return self.options_for(self._root)
 
     def options_for(self, url: str) -> dict[str, Any]:
         """fsspec options for ``url``: for an S3 URL the endpoint and a connection pool wide
@@ -117,11 +122,11 @@ class FileStore:
         if not _is_s3(url):
             return {}
         options: dict[str, Any] = {"config_kwargs": {"max_pool_connections": S3_CONNECTIONS}}
-        return options | ({"endpoint_url": self.endpoint_url} if self.endpoint_url else {})
+        return options | ({"endpoint_url": self._endpoint_url} if self._endpoint_url else {})
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return self.fs_for(self.root)
+        return self.fs_for(self._root)
 
     def fs_for(self, url: str) -> fsspec.AbstractFileSystem:
         """The filesystem of ``url`` (an input may be local while the outputs are on S3)."""
@@ -132,7 +137,7 @@ class FileStore:
         published reader) or a local folder."""
         if _is_s3(uri):
             bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-            endpoint = self.endpoint_url
+            endpoint = self._endpoint_url
             return icechunk.s3_storage(
                 bucket=bucket,
                 prefix=prefix.rstrip("/") or None,
@@ -150,7 +155,7 @@ class FileStore:
 
     def s3_client(self):
         """boto3 S3 client through dagster-aws, for what fsspec cannot do (conditional puts)."""
-        return _s3_client(self.endpoint_url)
+        return _s3_client(self._endpoint_url)
 
     def _s3_key(self, path: str) -> dict[str, str]:
         bucket, _, key = path.removeprefix("s3://").partition("/")
@@ -267,13 +272,13 @@ class FileStore:
 
     def wipe_environment(self) -> list[str]:
         """Delete exactly this environment's output prefixes; returns those that existed."""
-        if self.environment == "production":
+        if self._layout.environment == "production":
             raise PermissionError("wipe is refused for production: versions are kept for rollback")
-        root = _normalised(self.root).rstrip("/") + "/"
-        scope = "/".join([self.environment, *filter(None, [self.layout.variant_segment])])
+        root = _normalised(self._root).rstrip("/") + "/"
+        scope = "/".join([self._layout.environment, *filter(None, [self._layout.variant_segment])])
         others = self._other_variants()
         deleted = []
-        for prefix in self.layout.environment_prefixes():
+        for prefix in self._layout.environment_prefixes():
             # compared normalised, so "..", "." or doubled "/" in a crafted root cannot widen
             # the scope: a prefix must be exactly what it says, under the root, for this env
             exact = _normalised(prefix) == prefix and prefix.startswith(root)
@@ -293,7 +298,7 @@ class FileStore:
     def _other_variants(self) -> set[str]:
         """The folders in this deployment's prefixes that are other model variants' own
         prefixes (the default variant's prefix holds them): never this deployment's to touch."""
-        if self.layout.variant_segment:
+        if self._layout.variant_segment:
             return set()
         return set(get_args(ModelVariantName)) - {DEFAULT_MODEL_VARIANT}
 
@@ -304,7 +309,7 @@ class FileStore:
         not walked. Only for a deployment holding the lock with no run of the environment live:
         then no writer that could own one is alive. Paths are returned as URLs (``s3://…``)."""
         removed: list[str] = []
-        prefixes = [self.fs_path(p) for p in self.layout.environment_prefixes()]
+        prefixes = [self.fs_path(p) for p in self._layout.environment_prefixes()]
         folders = [p for p in prefixes if self.fs.exists(p)]
         others = self._other_variants()
         while folders:
@@ -390,25 +395,25 @@ class FileStore:
         """The root exists and can be written: a local folder gets a probe file (created and
         removed); an S3 root needs its bucket (the deploy's lock is its first write)."""
         if self.is_s3:
-            bucket = self.root.removeprefix("s3://").split("/", 1)[0]
+            bucket = self._root.removeprefix("s3://").split("/", 1)[0]
             if not self.fs.exists(bucket):
                 raise StorageRootError(
-                    f"storage root {self.root} does not exist: expected an existing bucket "
+                    f"storage root {self._root} does not exist: expected an existing bucket "
                     f"{bucket!r} (fix OCR_STORAGE_ROOT or create the bucket)"
                 )
             return
-        if not os.path.exists(self.root):
+        if not os.path.exists(self._root):
             raise StorageRootError(
-                f"storage root {self.root} does not exist: expected an existing folder "
+                f"storage root {self._root} does not exist: expected an existing folder "
                 "(create it, or fix OCR_STORAGE_ROOT)"
             )
-        if not os.path.isdir(self.root):
-            raise StorageRootError(f"storage root {self.root} is not a folder: expected a folder")
+        if not os.path.isdir(self._root):
+            raise StorageRootError(f"storage root {self._root} is not a folder: expected a folder")
         try:
-            tempfile.TemporaryFile(dir=self.root, prefix=".ocr-write-check-").close()
+            tempfile.TemporaryFile(dir=self._root, prefix=".ocr-write-check-").close()
         except OSError as exc:
             raise StorageRootError(
-                f"storage root {self.root} is not writable ({exc.strerror}): expected a folder "
+                f"storage root {self._root} is not writable ({exc.strerror}): expected a folder "
                 "this user can create files in"
             ) from exc
 

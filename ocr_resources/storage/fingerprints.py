@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 from pyproj import CRS, Transformer
 
-from ocr_resources.layout import InputSpec
+from ocr_resources.layout import InputSpec, StorageLayout
+from ocr_resources.storage.files import FileStore
+from ocr_resources.storage.inputs import InputReader
 from ocr_resources.storage.regions import RegionReader
-from ocr_resources.storage.vector import covering_extents, meets
+from ocr_resources.storage.vector import VectorStore, covering_extents, meets
 from ocr_science.fire_model import YEARS
 from ocr_science.regions import HALO_DEG, RegionGrid, RegionIdError
 
@@ -128,24 +130,36 @@ def _in_grid(grid: RegionGrid, region_id: str) -> bool:
     return True
 
 
-class InputFingerprints(RegionReader):
+class InputFingerprints:
     """Per-region fingerprints of the inputs (the observations' data versions)."""
+
+    def __init__(
+        self,
+        files: FileStore,
+        vector: VectorStore,
+        inputs: InputReader,
+        regions: RegionReader,
+        layout: StorageLayout,
+    ) -> None:
+        self._files, self._vector, self._inputs = files, vector, inputs
+        self._regions, self._layout = regions, layout
 
     def _zarr_fingerprints(
         self, spec: InputSpec, grid: RegionGrid, region_ids: list[str]
     ) -> dict[str, list[str]]:
         """Per region, the stamps of the objects of each variable the region's read covers:
         the window with its halo for the 270 m BP and the wind (what the fields read), the
-        region alone for the 30 m inputs (CRPS, RPS, BP reference), as ``read_region_inputs``."""
-        snapshot = self.input_snapshot(spec)
+        region alone for the 30 m inputs (CRPS, RPS, BP reference), as
+        ``RegionReader.read_region_inputs`` reads them."""
+        snapshot = self._inputs.input_snapshot(spec)
         if snapshot is not None:  # an Icechunk input: the snapshot it is read at
             return {r: [f"snapshot:{snapshot}"] for r in region_ids}
-        listing = _ObjectStamps(self.fs_for(spec.path), self.fs_path(spec.path))
-        windowed = {self.layout.wind, *(self.layout.bp_270m(y) for y in YEARS)}
+        listing = _ObjectStamps(self._files.fs_for(spec.path), self._files.fs_path(spec.path))
+        windowed = {self._layout.wind, *(self._layout.bp_270m(y) for y in YEARS)}
         halo = HALO_DEG if spec.path in windowed else 0.0
         projected = not CRS.from_user_input(spec.crs[0]).equals(CRS.from_epsg(4326))
         if projected:
-            ds = self.open_input(spec.path, spec.variables)
+            ds = self._inputs.open_input(spec.path, spec.variables)
             ys, xs = ds[spec.dims[0]].values, ds[spec.dims[1]].values
             to_store = Transformer.from_crs(4326, spec.crs[0], always_xy=True)
         parts: dict[str, list[str]] = {r: [] for r in region_ids}
@@ -173,14 +187,14 @@ class InputFingerprints(RegionReader):
 
     def _object_shape(self, store: str, name: str) -> tuple[int, ...]:
         """The shape of one stored object of an array (its shard, or chunk, grid)."""
-        meta = self.read_json(posixpath.join(store, name, "zarr.json"))
+        meta = self._files.read_json(posixpath.join(store, name, "zarr.json"))
         return tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
 
     def _parquet_fingerprints(
         self, path: str, grid: RegionGrid, region_ids: list[str]
     ) -> dict[str, list[str]]:
         """Per region, the footer's row groups whose bbox covering meets the region."""
-        meta = self.parquet_metadata(path)
+        meta = self._vector.parquet_metadata(path)
         groups = []
         for g, extent in enumerate(covering_extents(meta, "bbox")):
             rg = meta.row_group(g)
@@ -213,10 +227,10 @@ class InputFingerprints(RegionReader):
     def region_input_versions(self, asset: str, region_ids: list[str]) -> dict[str, str]:
         """A data version per region of one region input (asset key): a digest of what the
         region reads of it, so it changes exactly when that part of the input changes."""
-        grid = self.region_grid()
+        grid = self._regions.region_grid()
         region_ids = [r for r in region_ids if _in_grid(grid, r)]
         parts: dict[str, list[str]] = {r: [] for r in region_ids}
-        for spec in self.layout.input_specs():
+        for spec in self._layout.input_specs():
             if spec.asset != asset:
                 continue
             found = (
@@ -233,12 +247,12 @@ class InputFingerprints(RegionReader):
         GeoParquet file per level): each file's footer, its row groups' sizes and column
         statistics, so rewriting the same rows changes nothing."""
         stamps: list[Any] = []
-        for spec in self.layout.input_specs():
+        for spec in self._layout.input_specs():
             if spec.asset != asset:
                 continue
             if spec.is_raster:
                 raise ValueError(f"{asset} is read per region: use region_input_versions")
-            footer = self.parquet_metadata(spec.path)
+            footer = self._vector.parquet_metadata(spec.path)
             groups = [footer.row_group(g).to_dict() for g in range(footer.num_row_groups)]
             schema = footer.schema.to_arrow_schema().to_string()
             stamps.append((spec.path, _digest([footer.num_rows, schema, groups])))

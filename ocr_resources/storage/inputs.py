@@ -25,7 +25,8 @@ import xarray as xr
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from ocr_resources.layout import BUILDING_COLUMNS, LATLON, InputSpec
+from ocr_resources.layout import BUILDING_COLUMNS, LATLON, InputSpec, StorageLayout
+from ocr_resources.storage.files import FileStore
 from ocr_resources.storage.geoparquet import BBOX_FIELDS, geoparquet_crs
 from ocr_resources.storage.raster_store import StoredArray
 from ocr_resources.storage.vector import Extent, VectorStore, covering_extents, meets
@@ -252,8 +253,12 @@ class _GroupRead:
     eps: float
 
 
-class InputReader(VectorStore):
-    """Input checks and reads of :class:`OcrStorage`."""
+class InputReader:
+    """The published inputs, opened and checked against their catalog entries: rasters lazily,
+    vector inputs a row group at a time."""
+
+    def __init__(self, files: FileStore, vector: VectorStore, layout: StorageLayout) -> None:
+        self._files, self._vector, self._layout = files, vector, layout
 
     def check_inputs(self, assets: Collection[str] | None = None) -> None:
         """Every input (or those of the given asset keys) against its documented format.
@@ -261,7 +266,7 @@ class InputReader(VectorStore):
         Metadata only (Zarr metadata and coordinates, Parquet footers), so it is cheap enough
         to run before a deploy or a region starts; values are checked where they are read.
         """
-        for spec in self.layout.input_specs():
+        for spec in self._layout.input_specs():
             if assets is None or spec.asset in assets:
                 if spec.is_raster:
                     self.open_input(spec.path)
@@ -269,7 +274,7 @@ class InputReader(VectorStore):
                     self._geoparquet_schema(spec)
 
     def _require_exists(self, spec: InputSpec, kind: str) -> None:
-        if not self.exists(spec.path):
+        if not self._files.exists(spec.path):
             raise InputDataError(
                 spec.asset,
                 spec.path,
@@ -284,7 +289,7 @@ class InputReader(VectorStore):
         if spec.container == "zarr":
             return None
         # nothing there is no repository (and Icechunk's local storage would create the folder)
-        storage = self.icechunk_storage(spec.path) if self.exists(spec.path) else None
+        storage = self._files.icechunk_storage(spec.path) if self._files.exists(spec.path) else None
         if storage is None or not icechunk.Repository.exists(storage):
             if spec.container == "icechunk":
                 raise InputDataError(
@@ -316,7 +321,7 @@ class InputReader(VectorStore):
         stored chunk that does not decode when it is read is an ``InputDataError`` naming it
         (:class:`CheckedChunks`). Variables come in the catalog's dim order, the wind's
         directions in the published order N … NW."""
-        spec = self.layout.input_spec(path)
+        spec = self._layout.input_spec(path)
         session = self.icechunk_session(spec)
         if session is None:
             self._require_exists(spec, "an Icechunk repository or a Zarr store")
@@ -330,7 +335,9 @@ class InputReader(VectorStore):
                 chunks=None,
                 cache=False,
                 decode_coords="all",
-                storage_options=None if session is not None else self.options_for(path) or None,
+                storage_options=None
+                if session is not None
+                else self._files.options_for(path) or None,
             )
         except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
             raise InputDataError(
@@ -359,7 +366,7 @@ class InputReader(VectorStore):
         """Array ``name`` of a raster input as the objects it is stored in."""
         if session is not None:
             return StoredArray(None, "", name, session.store)
-        return StoredArray(self.fs_for(spec.path), self.fs_path(spec.path), name)
+        return StoredArray(self._files.fs_for(spec.path), self._files.fs_path(spec.path), name)
 
     def require_chunks(
         self, path: str, names: tuple[str, ...], window: dict[str, slice], where: str
@@ -368,7 +375,7 @@ class InputReader(VectorStore):
         (slices by dim name; ``where`` says what it is): read, a missing chunk is the fill
         value, NaN, which the model would take for "no data here" and write a region without
         its buildings."""
-        spec = self.layout.input_spec(path)
+        spec = self._layout.input_spec(path)
         session = self.icechunk_session(spec)
         for name in names:
             absent = self._stored_array(spec, session, name).absent(window)
@@ -471,7 +478,7 @@ class InputReader(VectorStore):
 
         self._require_exists(spec, "a GeoParquet file")
         try:
-            with self.fs_for(spec.path).open(spec.path, "rb") as f:
+            with self._files.fs_for(spec.path).open(spec.path, "rb") as f:
                 schema = pq.read_schema(f)
         except pa.ArrowInvalid as exc:
             refuse(f"expected a Parquet file, got one that cannot be read ({exc})")
@@ -513,7 +520,7 @@ class InputReader(VectorStore):
         """A checked vector input, read whole; GEOIDs of the documented form only."""
         self._geoparquet_schema(spec)
         try:
-            gdf = gpd.read_parquet(spec.path, filesystem=self.fs_for(spec.path))
+            gdf = gpd.read_parquet(spec.path, filesystem=self._files.fs_for(spec.path))
         except pa.ArrowInvalid as exc:
             raise InputDataError(
                 spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
@@ -545,7 +552,7 @@ class InputReader(VectorStore):
         eps = _bbox_eps(schema, bbox) if bbox else 0.0
         stored = stored_columns(spec, schema.names)
         columns = [*dict.fromkeys([geometry, *filter(None, [bbox]), *stored.values()])]
-        meta = self.parquet_metadata(spec.path)
+        meta = self._vector.parquet_metadata(spec.path)
         extents = covering_extents(meta, bbox) if bbox else [None] * meta.num_row_groups
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         kept: list[pa.RecordBatch] = []
@@ -582,7 +589,7 @@ class InputReader(VectorStore):
         group, row = reading.group, reading.first_row
         spanned = np.array([np.inf, np.inf, -np.inf, -np.inf])
         try:
-            for batch in self.iter_batches(spec.path, reading.columns, row_groups=[group]):
+            for batch in self._vector.iter_batches(spec.path, reading.columns, row_groups=[group]):
                 shape = self._decode_geometry(spec, group, batch.column(reading.geometry))
                 bounds = shapely.bounds(shape)
                 if reading.bbox:
@@ -600,7 +607,7 @@ class InputReader(VectorStore):
                 f"expected a readable Parquet file, got an error in row group {group} ({exc})",
             ) from exc
         except OSError:  # a page that does not decompress, or an I/O error on the way
-            problem = self.undecodable_row_group(spec.path, group)
+            problem = self._vector.undecodable_row_group(spec.path, group)
             if problem is None:
                 raise  # as it came: retryable
             raise InputDataError(
@@ -622,7 +629,7 @@ class InputReader(VectorStore):
         bbox = covering_column(schema, geo)
         if bbox is None:
             return 0  # no statistics: every window reads every group
-        meta = self.parquet_metadata(spec.path)
+        meta = self._vector.parquet_metadata(spec.path)
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         columns = [geo["primary_column"], bbox]
         outside = 0
@@ -718,16 +725,16 @@ class InputReader(VectorStore):
         return gpd.GeoDataFrame(frame, geometry=geometry)
 
     def read_census(self, level: str) -> gpd.GeoDataFrame:
-        return self._read_geoparquet(self.layout.input_spec(self.layout.census(level)))
+        return self._read_geoparquet(self._layout.input_spec(self._layout.census(level)))
 
     def census_dataset(self, level: str) -> ds.Dataset:
         """A census level as a pyarrow dataset, checked first (GeoParquet metadata, CRS,
         columns, GEOID lengths) by a scan of its GEOID column a batch at a time."""
-        spec = self.layout.input_spec(self.layout.census(level))
+        spec = self._layout.input_spec(self._layout.census(level))
         self._geoparquet_schema(spec)
         wrong, examples = 0, []
         try:
-            for batch in self.iter_batches(spec.path, ["GEOID"]):
+            for batch in self._vector.iter_batches(spec.path, ["GEOID"]):
                 count, found = _wrong_geoids(spec, batch.column(0))
                 wrong, examples = wrong + count, [*examples, *found][:3]
         except pa.ArrowInvalid as exc:
@@ -735,4 +742,4 @@ class InputReader(VectorStore):
                 spec.asset, spec.path, f"expected a readable Parquet file, got an error ({exc})"
             ) from exc
         _refuse_geoids(spec, wrong, examples)
-        return self.parquet_dataset(spec.path)
+        return self._vector.parquet_dataset(spec.path)

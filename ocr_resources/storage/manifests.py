@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ocr_resources.storage.files import FileStore
 from ocr_resources.storage.vector import VectorStore
 
 # the sections a PMTiles v3 header points at: each must lie inside the archive
@@ -34,15 +35,18 @@ def _content_tag(info: dict[str, Any]) -> str:
     return str(info.get("ETag", "")).strip('"')
 
 
-class OutputManifests(VectorStore):
-    """The manifests of :class:`OcrStorage`'s outputs."""
+class OutputManifests:
+    """What each output held when written, and how storage differs from it now."""
+
+    def __init__(self, files: FileStore, vector: VectorStore) -> None:
+        self._files, self._vector = files, vector
 
     def _folder_files(self, path: str) -> dict[str, tuple[int, str]]:
         """Every file under folder ``path``, by its name relative to it, with its size and
         content tag."""
-        fs = self.fs_for(path)
+        fs = self._files.fs_for(path)
         fs.invalidate_cache(path)  # a listing cached before a write (s3fs) would be stale
-        base = self.fs_path(path).rstrip("/") + "/"
+        base = self._files.fs_path(path).rstrip("/") + "/"
         return {
             name[len(base) :]: (int(info["size"]), _content_tag(info))
             for name, info in fs.find(path, detail=True).items()
@@ -52,7 +56,7 @@ class OutputManifests(VectorStore):
     def output_manifest(self, path: str) -> dict[str, Any]:
         """What output ``path`` (a file or a folder) holds now: a folder's file count, bytes
         and listing digest; a file's bytes and content tag, and a Parquet file's rows."""
-        fs = self.fs_for(path)
+        fs = self._files.fs_for(path)
         fs.invalidate_cache(path)
         if fs.isdir(path):
             files = self._folder_files(path)
@@ -64,7 +68,7 @@ class OutputManifests(VectorStore):
         info = fs.info(path)
         manifest: dict[str, Any] = {"bytes": int(info["size"]), "tag": _content_tag(info)}
         if path.endswith(".parquet"):
-            manifest["rows"] = self.parquet_rows(path)
+            manifest["rows"] = self._vector.parquet_rows(path)
         return manifest
 
     def output_problems(
@@ -81,7 +85,7 @@ class OutputManifests(VectorStore):
 
     def _page_problems(self, path: str) -> list[str]:
         """The Parquet files of output ``path`` whose pages do not read or verify."""
-        fs = self.fs_for(path)
+        fs = self._files.fs_for(path)
         files = (
             [f"{path.rstrip('/')}/{name}" for name in self._folder_files(path)]
             if fs.isdir(path)
@@ -90,14 +94,14 @@ class OutputManifests(VectorStore):
         found = []
         for file in (f for f in files if f.endswith(".parquet")):
             try:
-                for _ in self.iter_batches(file):
+                for _ in self._vector.iter_batches(file):
                     pass
             except (OSError, ValueError) as exc:  # a checksum, a decoder (ArrowInvalid)
                 found.append(f"{file}: a page does not verify ({exc})")
         return found
 
     def _manifest_problems(self, path: str, recorded: dict[str, Any]) -> list[str]:
-        fs = self.fs_for(path)
+        fs = self._files.fs_for(path)
         fs.invalidate_cache(path)
         if not fs.exists(path):
             return [f"{path} is missing"]
@@ -127,11 +131,11 @@ class OutputManifests(VectorStore):
         (every section inside the file): the bytes a reader opens first."""
         try:
             if path.endswith(".parquet"):
-                rows = self.parquet_rows(path)
+                rows = self._vector.parquet_rows(path)
                 if rows != recorded.get("rows", rows):
                     return [f"{path} has {rows} rows, its materialization wrote {recorded['rows']}"]
             elif path.endswith(".pmtiles"):
-                with self.pmtiles_reader(path) as reader:
+                with self._vector.pmtiles_reader(path) as reader:
                     header = reader.header()
                 ends = {s: header[f"{s}_offset"] + header[f"{s}_length"] for s in PMTILES_SECTIONS}
                 outside = [s for s, end in ends.items() if end > size]

@@ -22,6 +22,7 @@ from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
+from ocr_resources.layout import StorageLayout
 from ocr_resources.publication import raster_attributes
 from ocr_resources.settings import DEFAULT_MODEL_VARIANT
 from ocr_resources.storage.files import FileStore
@@ -251,17 +252,21 @@ class RegionChunks:
             ) from exc
 
 
-class RasterStore(FileStore):
-    """Zarr operations of :class:`OcrStorage`."""
+class RasterStore:
+    """The CONUS raster store (an Icechunk repository) and the other Zarr outputs: whole
+    stores and the pyramid's tree."""
+
+    def __init__(self, files: FileStore, layout: StorageLayout) -> None:
+        self._files, self._layout = files, layout
 
     def write_zarr(self, ds: xr.Dataset, path: str, encoding: dict | None = None) -> None:
         """A whole Zarr v3 store, swapped into place when complete."""
-        with self.atomic_path(path) as tmp:
+        with self._files.atomic_path(path) as tmp:
             ds.to_zarr(
                 tmp,
                 mode="w-",
                 encoding=encoding,
-                storage_options=self.storage_options or None,
+                storage_options=self._files.storage_options or None,
                 **ZARR_FORMAT,
             )
 
@@ -269,7 +274,7 @@ class RasterStore(FileStore):
         """A whole dataset as one commit on ``main`` of an Icechunk repository at ``path``
         (created if missing; an existing one gets a new snapshot replacing its content), as
         the published inputs are written; returns the snapshot id."""
-        repo = icechunk.Repository.open_or_create(self.icechunk_storage(path))
+        repo = icechunk.Repository.open_or_create(self._files.icechunk_storage(path))
         session = repo.writable_session("main")
         ds.to_zarr(session.store, mode="w", encoding=encoding, consolidated=False, zarr_format=3)
         return str(session.commit(message))
@@ -277,7 +282,7 @@ class RasterStore(FileStore):
     def raster_repository(self) -> icechunk.Repository:
         """The raster store's Icechunk repository, created if missing (a writer that loses the
         race to create it opens the winner's)."""
-        storage = self.icechunk_storage(self.layout.raster_store)
+        storage = self._files.icechunk_storage(self._layout.raster_store)
         if not icechunk.Repository.exists(storage):
             try:
                 return icechunk.Repository.create(storage)
@@ -291,10 +296,10 @@ class RasterStore(FileStore):
         cannot update a branch conditionally (earth-mover/icechunk#804, #1494), so concurrent
         local commits could lose one another: a local root serialises them with an exclusive
         lock beside the repository. S3 updates the branch conditionally: no lock."""
-        if self.is_s3:
+        if self._files.is_s3:
             yield
             return
-        with self.local_lock(self.layout.raster_store, "commit"):
+        with self._files.local_lock(self._layout.raster_store, "commit"):
             yield
 
     def ensure_raster_store(self, grid: RegionGrid) -> str:
@@ -309,7 +314,9 @@ class RasterStore(FileStore):
                 if found is not None:
                     return found
                 session = repo.writable_session("main")
-                template, encoding = raster_template(grid, self.version, self.model_variant)
+                template, encoding = raster_template(
+                    grid, self._layout.version, self._layout.model_variant
+                )
                 template.to_zarr(
                     session.store, mode="w", compute=False, encoding=encoding, **ZARR_FORMAT
                 )
@@ -318,7 +325,7 @@ class RasterStore(FileStore):
                 except icechunk.ConflictError:
                     continue  # another writer committed first: look for its template
         raise RuntimeError(
-            f"the raster store {self.layout.raster_store} has no template after "
+            f"the raster store {self._layout.raster_store} has no template after "
             f"{TEMPLATE_ATTEMPTS} attempts: every commit conflicted and none was a template"
         )
 
@@ -348,7 +355,7 @@ class RasterStore(FileStore):
     def committed_regions(self) -> dict[str, str]:
         """Regions with a ``wrote region_id (<id>)`` commit in ``main``'s ancestry, each with
         the snapshot id of its latest one (none when the repository does not exist)."""
-        storage = self.icechunk_storage(self.layout.raster_store)
+        storage = self._files.icechunk_storage(self._layout.raster_store)
         if not icechunk.Repository.exists(storage):
             return {}
         regions: dict[str, str] = {}
@@ -361,12 +368,12 @@ class RasterStore(FileStore):
         """``main`` of the raster store, lazily, in its stored chunks (one per region), as the
         published docs open it; a chunk that does not read is named by its region
         (:class:`RegionChunks`)."""
-        repo = icechunk.Repository.open(self.icechunk_storage(self.layout.raster_store))
+        repo = icechunk.Repository.open(self._files.icechunk_storage(self._layout.raster_store))
         session = repo.readonly_session("main")
         ds = xr.open_dataset(session.store, engine="zarr", consolidated=False, chunks=None)
         # Icechunk lists a group's arrays in its own order: ours come in template order
         ds = ds[list(RISK_VARIABLES)]
-        path = self.layout.raster_store
+        path = self._layout.raster_store
         return ds.assign({n: RegionChunks(ds[n].variable, n, path).chunked() for n in ds})
 
     def write_consolidated_tree(
@@ -384,8 +391,8 @@ class RasterStore(FileStore):
         (the step's threads, or its cluster's workers), with ``reductions`` (lazy values of
         the arrays written, e.g. a maximum) computed in the same pass over the same chunks:
         their values are returned, and nothing is read back afterwards."""
-        options = self.storage_options or None
-        with self.atomic_path(path) as tmp, warnings.catch_warnings():
+        options = self._files.storage_options or None
+        with self._files.atomic_path(path) as tmp, warnings.catch_warnings():
             # zarr warns that consolidated metadata is not part of the v3 spec: OCR's map reads it
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
             writes = tree.to_zarr(
@@ -399,7 +406,7 @@ class RasterStore(FileStore):
             _, values = dask.compute(writes, reductions or {})
             store = (
                 zarr.storage.FsspecStore.from_url(tmp, storage_options=options)
-                if self.is_s3
+                if self._files.is_s3
                 else zarr.storage.LocalStore(tmp)
             )
             zarr.consolidate_metadata(store)
@@ -412,5 +419,5 @@ class RasterStore(FileStore):
             engine="zarr",
             consolidated=False,
             chunks={},
-            storage_options=self.storage_options or None,
+            storage_options=self._files.storage_options or None,
         )

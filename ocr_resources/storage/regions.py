@@ -12,6 +12,7 @@ import geopandas as gpd
 import numpy as np
 import xarray as xr
 
+from ocr_resources.layout import StorageLayout
 from ocr_resources.storage.inputs import InputDataError, InputReader
 from ocr_science.composite import GATHER_ROWS, NegativeWindWeights, WindTile
 from ocr_science.fire_model import YEARS, RegionInputs, WindTiles
@@ -64,12 +65,15 @@ def wind_tiles(wind: xr.DataArray) -> WindTiles:
     return tiles
 
 
-class RegionReader(InputReader):
-    """Region reads of :class:`OcrStorage`: each input checked as it is opened."""
+class RegionReader:
+    """The region grid and one region's inputs, each input checked as it is opened."""
+
+    def __init__(self, inputs: InputReader, layout: StorageLayout) -> None:
+        self._inputs, self._layout = inputs, layout
 
     def region_grid(self) -> RegionGrid:
         """The region grid of the conditional-risk input: its coordinates and chunk shape."""
-        crps = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
+        crps = self._inputs.open_input(self._layout.crps_rps, ("CRPS", "RPS"))["CRPS"]
         chunks = crps.encoding.get("shards") or crps.encoding.get("chunks")
         return RegionGrid(
             crps["latitude"].values, crps["longitude"].values, int(chunks[0]), int(chunks[1])
@@ -78,7 +82,7 @@ class RegionReader(InputReader):
     def valid_region_ids(self) -> list[str]:
         """Chunks of the conditional-risk input that hold any non-missing value."""
         grid = self.region_grid()
-        crps = self.open_input(self.layout.crps_rps, ("CRPS",))["CRPS"].data
+        crps = self._inputs.open_input(self._layout.crps_rps, ("CRPS",))["CRPS"].data
         crps = crps.rechunk((grid.chunk_lat, grid.chunk_lon))
         has_data = dask.array.map_blocks(
             lambda b: np.isfinite(b).any(keepdims=True), crps, dtype=bool, chunks=(1, 1)
@@ -107,18 +111,20 @@ class RegionReader(InputReader):
             rows=slice(region.lat_slice.start - lat_w.start, region.lat_slice.stop - lat_w.start),
             cols=slice(region.lon_slice.start - lon_w.start, region.lon_slice.stop - lon_w.start),
             bounds=region.bounds(halo_deg),
-            bp_270m={y: self.open_input(self.layout.bp_270m(y), ("BP",))["BP"] for y in fields},
+            bp_270m={
+                y: self._inputs.open_input(self._layout.bp_270m(y), ("BP",))["BP"] for y in fields
+            },
             wind=wind_tiles(self._read_wind(grid, window)) if fields else no_wind,
             crps=empty,
             rps_scott=empty,
         )
         if reference:
-            scott = self.open_input(self.layout.crps_rps, ("CRPS", "RPS"))
+            scott = self._inputs.open_input(self._layout.crps_rps, ("CRPS", "RPS"))
             inputs.crps = np.asarray(scott["CRPS"].isel(inner).values)
             inputs.rps_scott = np.asarray(scott["RPS"].isel(inner).values)
             for year in YEARS:
-                ref = self.open_input(self.layout.bp_30m(year), ("BP",))["BP"]
-                self._check_same_grid(grid, ref, self.layout.bp_30m(year))
+                ref = self._inputs.open_input(self._layout.bp_30m(year), ("BP",))["BP"]
+                self._check_same_grid(grid, ref, self._layout.bp_30m(year))
                 inputs.bp_riley[year] = np.asarray(ref.isel(inner).values)
         return inputs
 
@@ -131,29 +137,29 @@ class RegionReader(InputReader):
         window = {"latitude": region.lat_slice, "longitude": region.lon_slice}
         where = f"region {region.region_id}, a valid region of the catalog"
         required = [
-            (self.layout.crps_rps, ("CRPS", "RPS")),
-            *((self.layout.bp_30m(year), ("BP",)) for year in YEARS),
-            (self.layout.wind, ("wind_direction_distribution",)),
+            (self._layout.crps_rps, ("CRPS", "RPS")),
+            *((self._layout.bp_30m(year), ("BP",)) for year in YEARS),
+            (self._layout.wind, ("wind_direction_distribution",)),
         ]
         for path, names in required:
-            self.require_chunks(path, names, window, where)
+            self._inputs.require_chunks(path, names, window, where)
 
     def check_buildings_outside(self, region_ids: list[str]) -> int:
         """The buildings input's row groups that no region of ``region_ids`` reads, checked
-        once (:meth:`check_row_groups_outside`); returns their rows: buildings outside every
-        region."""
+        once (:meth:`InputReader.check_row_groups_outside`); returns their rows: buildings
+        outside every region."""
         grid = self.region_grid()
         # a catalog id beyond this grid (a catalog of a larger store) reads nothing here
         ids = set(region_ids) & set(grid.all_region_ids())
         windows = np.array([grid.region(r).bounds() for r in sorted(ids)]).reshape(-1, 4)
-        spec = self.layout.input_spec(self.layout.buildings)
-        return self.check_row_groups_outside(spec, windows)
+        spec = self._layout.input_spec(self._layout.buildings)
+        return self._inputs.check_row_groups_outside(spec, windows)
 
     def _read_wind(self, grid: RegionGrid, window: dict[str, slice]) -> xr.DataArray:
         """The window's wind distribution in its stored layout, lazily: the fire model reads it
         a chunk row at a time and keeps only the pixels it needs (``wind_weights``)."""
-        path = self.layout.wind
-        wind_da = self.open_input(path)["wind_direction_distribution"]
+        path = self._layout.wind
+        wind_da = self._inputs.open_input(path)["wind_direction_distribution"]
         self._check_same_grid(grid, wind_da, path)
         return wind_da.isel(window).transpose(*WIND_DIMS)
 
@@ -161,7 +167,7 @@ class RegionReader(InputReader):
         """A negative fraction found while the model read the wind, as an input error."""
         return InputDataError(
             "wind_direction_distribution",
-            self.layout.wind,
+            self._layout.wind,
             f"expected fractions of hours >= 0, got {exc.count} negative value(s) "
             f"in the window of region {region_id}",
         )
@@ -172,7 +178,7 @@ class RegionReader(InputReader):
             and np.array_equal(da["longitude"].values, grid.longitude)
         ):
             raise InputDataError(
-                self.layout.input_spec(path).asset,
+                self._layout.input_spec(path).asset,
                 path,
                 "expected the conditional-risk grid (bit-identical latitude/longitude "
                 "coordinates, as all 30 m inputs share), got other coordinates",
@@ -181,7 +187,7 @@ class RegionReader(InputReader):
     def read_buildings(self, region: Region) -> gpd.GeoDataFrame:
         """Buildings whose bounding box meets the region, their covering bbox checked against
         their geometry in every row group read (a corrupt bbox is refused, never trusted)."""
-        spec = self.layout.input_spec(self.layout.buildings)
-        return self.read_geoparquet_within(
+        spec = self._layout.input_spec(self._layout.buildings)
+        return self._inputs.read_geoparquet_within(
             spec, (region.lon0, region.lat0, region.lon1, region.lat1)
         )

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pmtiles.reader import Reader
 from pmtiles.tile import Compression, deserialize_header, serialize_header
 
+from ocr_resources.layout import StorageLayout
 from ocr_resources.storage.files import FileStore
 from ocr_resources.storage.geoparquet import BBOX_FIELDS, PARQUET_WRITE_OPTIONS, GeoParquetWriter
 from ocr_science.regions import sort_region_ids
@@ -126,45 +127,53 @@ class _FetchedRanges(io.RawIOBase):
         raise LookupError(f"bytes {self._position}–{self._position + size} were not fetched")
 
 
-class VectorStore(FileStore):
-    """GeoParquet and Parquet operations of :class:`OcrStorage`."""
+class VectorStore:
+    """Parquet, GeoParquet and PMTiles files under the storage root: written atomically, read a
+    row group (or a byte range) at a time."""
+
+    def __init__(self, files: FileStore, layout: StorageLayout) -> None:
+        self._files, self._layout = files, layout
 
     def write_geoparquet(self, gdf: gpd.GeoDataFrame, path: str) -> int:
         """GeoParquet 1.1 (zstd, covering bbox); returns the byte size written."""
-        with self.atomic_path(path) as tmp:
-            gdf.to_parquet(tmp, filesystem=self.fs_for(path), **GEOPARQUET_OPTIONS)
-            size = self.size(tmp)
+        with self._files.atomic_path(path) as tmp:
+            gdf.to_parquet(tmp, filesystem=self._files.fs_for(path), **GEOPARQUET_OPTIONS)
+            size = self._files.size(tmp)
         return int(size)
 
     def write_parquet_table(self, table: pa.Table, path: str, row_group_rows: int) -> int:
         """A pyarrow table as one Parquet file (zstd, its schema metadata kept, e.g. GeoParquet's
         ``geo``); returns the byte size written."""
-        with self.atomic_open(path) as f:
+        with self._files.atomic_open(path) as f:
             pq.write_table(table, f, row_group_size=row_group_rows, **PARQUET_WRITE_OPTIONS)
-        return self.size(path)
+        return self._files.size(path)
 
     def list_region_buildings(self) -> list[str]:
         """Region ids with a buildings file in this environment (others' files are ignored)."""
-        folder = self.layout.region_buildings_dir
-        if not self.exists(folder):
+        folder = self._layout.region_buildings_dir
+        if not self._files.exists(folder):
             return []
-        names = [posixpath.basename(p) for p in self.fs.ls(folder, detail=False)]
+        names = [posixpath.basename(p) for p in self._files.fs.ls(folder, detail=False)]
         ids = [n.removesuffix(".parquet") for n in names if REGION_FILE.match(n)]
         return sort_region_ids(ids)
 
     def parquet_dataset(self, paths: str | list[str]) -> ds.Dataset:
         """A pyarrow dataset over files or a folder (paths without their URL scheme, as
         pyarrow's fsspec bridge expects)."""
-        first = paths if isinstance(paths, str) else (paths[0] if paths else self.root)
-        paths = self.fs_path(paths) if isinstance(paths, str) else [self.fs_path(p) for p in paths]
-        return ds.dataset(paths, format="parquet", filesystem=self.fs_for(first))
+        first = paths if isinstance(paths, str) else (paths[0] if paths else None)
+        fs = self._files.fs if first is None else self._files.fs_for(first)
+        files = self._files
+        paths = (
+            files.fs_path(paths) if isinstance(paths, str) else [files.fs_path(p) for p in paths]
+        )
+        return ds.dataset(paths, format="parquet", filesystem=fs)
 
     @contextmanager
     def geoparquet_writer(
         self, path: str, schema: pa.Schema, crs: Any, covering: bool = True
     ) -> Iterator[Any]:
         """A :class:`GeoParquetWriter` on ``path``: batches in, one atomic GeoParquet out."""
-        with self.atomic_open(path) as f:
+        with self._files.atomic_open(path) as f:
             writer = GeoParquetWriter(f, schema, crs, covering)
             yield writer
             writer.close()
@@ -179,7 +188,7 @@ class VectorStore(FileStore):
         """A Parquet file's rows (of ``row_groups`` only, if given) as record batches of at
         most ``batch_rows`` (one row group in memory at a time); the page checksums of a file
         that has them are verified (a damaged page raises OSError)."""
-        with self.fs_for(path).open(path, "rb") as f:
+        with self._files.fs_for(path).open(path, "rb") as f:
             source = pq.ParquetFile(f, page_checksum_verification=True)
             # a reader per row group: one reader over all of them keeps memory for each group
             # it has read (bench/scale.py measures it)
@@ -203,7 +212,7 @@ class VectorStore(FileStore):
     @contextmanager
     def pmtiles_reader(self, path: str) -> Iterator[Reader]:
         """A PMTiles reader of ``path`` that fetches byte ranges (never the whole archive)."""
-        with self.fs_for(path).open(path, "rb") as f:
+        with self._files.fs_for(path).open(path, "rb") as f:
 
             def get_bytes(offset: int, length: int) -> bytes:
                 f.seek(offset)
@@ -223,7 +232,7 @@ class VectorStore(FileStore):
             "layers": [layer["id"] for layer in metadata.get("vector_layers", [])],
             "name": metadata.get("name"),
             "key_map": metadata.get("key_map"),
-            "bytes": self.size(path),
+            "bytes": self._files.size(path),
         }
 
     def put_pmtiles(
@@ -266,22 +275,22 @@ class VectorStore(FileStore):
                 "leaf_directory_offset": header["leaf_directory_offset"] + moved,
                 "tile_data_offset": header["tile_data_offset"] + moved,
             }
-            with self.atomic_path(path) as tmp:
-                with self.fs.open(tmp, "wb") as out:
+            with self._files.atomic_path(path) as tmp:
+                with self._files.fs.open(tmp, "wb") as out:
                     out.write(serialize_header(new_header))
                     out.write(root)
                     out.write(encoded)
                     shutil.copyfileobj(src, out, COPY_BLOCK)  # leaf directories, then tiles
                 if check is not None:
                     check(self.pmtiles_summary(tmp))
-        return self.size(path)
+        return self._files.size(path)
 
     def read_geoparquet(self, path: str) -> gpd.GeoDataFrame:
         """A whole (small) GeoParquet output, e.g. one level's statistics for a preview."""
-        return gpd.read_parquet(path, filesystem=self.fs_for(path))
+        return gpd.read_parquet(path, filesystem=self._files.fs_for(path))
 
     def parquet_schema(self, path: str) -> pa.Schema:
-        with self.fs_for(path).open(path, "rb") as f:
+        with self._files.fs_for(path).open(path, "rb") as f:
             return pq.read_schema(f)
 
     def undecodable_row_group(self, path: str, group: int) -> str | None:
@@ -293,15 +302,15 @@ class VectorStore(FileStore):
         data)."""
         try:
             metadata = self.parquet_metadata(path)
-            size = self.size(path)
+            size = self._files.size(path)
             columns = [metadata.row_group(group).column(i) for i in range(metadata.num_columns)]
             starts = [c.dictionary_page_offset or c.data_page_offset for c in columns]
             end = max(s + c.total_compressed_size for s, c in zip(starts, columns, strict=True))
             # pyarrow reads a file's last 64 KiB first, then the footer
             tail = min(size, max(1 << 16, metadata.serialized_size + 8))
             ranges = {
-                min(starts): self.fs_for(path).cat_file(path, min(starts), end),
-                size - tail: self.fs_for(path).cat_file(path, size - tail, size),
+                min(starts): self._files.fs_for(path).cat_file(path, min(starts), end),
+                size - tail: self._files.fs_for(path).cat_file(path, size - tail, size),
             }
         except Exception:
             return None
@@ -316,7 +325,7 @@ class VectorStore(FileStore):
 
     def parquet_metadata(self, path: str) -> pq.FileMetaData:
         """A Parquet file's footer: row groups, their sizes and column statistics."""
-        with self.fs_for(path).open(path, "rb") as f:
+        with self._files.fs_for(path).open(path, "rb") as f:
             return pq.ParquetFile(f).metadata
 
     def parquet_rows(self, path: str) -> int:

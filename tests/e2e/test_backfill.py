@@ -131,7 +131,7 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             # y1_x2 failed; y1_x1, in the same run, is materialized all the same
             assert instance.get_materialized_partitions(raster) == {"y0_x0", "y1_x1"}
             storage = OcrStorage(root=str(root), environment="qa")
-            assert set(storage.committed_regions()) == {"y0_x0", "y1_x1"}
+            assert set(storage.raster.committed_regions()) == {"y0_x0", "y1_x1"}
             assert (
                 instance.get_latest_materialization_event(dg.AssetKey("buildings_geoparquet"))
                 is None
@@ -150,7 +150,7 @@ def test_partial_backfill_from_the_ui_and_reexecution_from_failure(
             assert partitions == {("y1_x2", "y1_x2"), (None, None)}
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             assert instance.get_materialized_partitions(raster) == set(REGIONS)
-            assert set(storage.committed_regions()) == set(REGIONS)
+            assert set(storage.raster.committed_regions()) == set(REGIONS)
             assert (
                 instance.get_latest_materialization_event(dg.AssetKey("building_pmtiles"))
                 is not None

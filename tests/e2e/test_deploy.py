@@ -131,16 +131,16 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     storage = OcrStorage(root=root, environment="qa", endpoint_url=s3_endpoint)
     lay = storage.layout
     rows = sum(
-        pq.ParquetFile(lay.region_buildings(r), filesystem=storage.fs).metadata.num_rows
+        pq.ParquetFile(lay.region_buildings(r), filesystem=storage.files.fs).metadata.num_rows
         for r in ("y1_x1", "y1_x2")
     )
     consolidated = pq.ParquetFile(
-        lay.consolidated_buildings, filesystem=storage.fs
+        lay.consolidated_buildings, filesystem=storage.files.fs
     ).metadata.num_rows
     assert rows == consolidated > 0
     for name in ("buildings", "building_centroids", "regions"):
         assert fs.exists(lay.pmtiles(name))
-    assert set(storage.committed_regions()) == {"y1_x1", "y1_x2"}
+    assert set(storage.raster.committed_regions()) == {"y1_x1", "y1_x2"}
     assert not fs.exists(storage.layout.deployment_lock)  # released
     # the credentials in use reach neither the output, the instance nor any object
     assert "testing-secret-key" not in first.stdout + first.stderr
@@ -161,7 +161,7 @@ def test_deploy_to_s3_nothing_remaining_then_wipe_only_this_environment(
     assert fs.cat(other) == b"staging's own file"  # another environment: untouched
     assert fs.exists(lay.region_buildings("y1_x1"))
     assert not fs.exists(lay.region_buildings("y1_x2"))  # wiped, not recomputed
-    assert set(storage.committed_regions()) == {"y1_x1"}  # a new repository
+    assert set(storage.raster.committed_regions()) == {"y1_x1"}  # a new repository
     assert not fs.exists(lay.consolidated_buildings)
     assert fs.exists(lay.buildings) and fs.exists(lay.crps_rps)  # inputs: never wiped
 
@@ -221,7 +221,7 @@ def test_failing_region_fails_the_deploy_and_a_rerun_does_only_it(tmp_path, samp
     assert "region y1_x1: done in" in events  # the steps' own log lines too
     assert Path(storage.layout.region_buildings("y1_x1")).exists()
     assert not Path(storage.layout.region_buildings("y1_x2")).exists()
-    assert set(storage.committed_regions()) == {"y1_x1"}  # the failed region left nothing
+    assert set(storage.raster.committed_regions()) == {"y1_x1"}  # the failed region left nothing
     blocker.unlink()
     rerun = ocr("deploy", "--region-id", "y1_x1-x2", "--regions-only", "-v", env_file=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -242,8 +242,8 @@ def test_a_region_whose_commit_is_missing_from_the_raster_store_is_redone(tmp_pa
     args = ("deploy", "--region-id", "y1_x1", "--regions-only")
     first = ocr(*args, env_file=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    written = storage.committed_regions()["y1_x1"]
-    repo = storage.raster_repository()
+    written = storage.raster.committed_regions()["y1_x1"]
+    repo = storage.raster.raster_repository()
     template = next(s.id for s in repo.ancestry(branch="main") if s.message == TEMPLATE_MESSAGE)
     repo.reset_branch("main", template)
     second = ocr(*args, env_file=env)
@@ -251,8 +251,8 @@ def test_a_region_whose_commit_is_missing_from_the_raster_store_is_redone(tmp_pa
     assert "already materialized in this environment: 0" in second.stdout
     assert "recorded but not committed in the raster store (redone): 1 (y1_x1)" in second.stdout
     assert "remaining: 1" in second.stdout
-    assert set(storage.committed_regions()) == {"y1_x1"}
-    assert storage.committed_regions()["y1_x1"] != written
+    assert set(storage.raster.committed_regions()) == {"y1_x1"}
+    assert storage.raster.committed_regions()["y1_x1"] != written
     third = ocr(*args, env_file=env)
     assert "remaining: 0" in third.stdout and "nothing to do" in third.stdout
 

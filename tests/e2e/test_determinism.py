@@ -129,8 +129,8 @@ def test_partitioned_copy_is_the_same_on_every_run(reruns):
     source = reruns["storage"]
     storage = OcrStorage(root=source.root, environment="qa")  # leaves the fixture's outputs
     for region in REGIONS:
-        storage.fs.makedirs(os.path.dirname(storage.layout.region_buildings(region)), True)
-        storage.fs.copy(
+        storage.files.fs.makedirs(os.path.dirname(storage.layout.region_buildings(region)), True)
+        storage.files.fs.copy(
             source.layout.region_buildings(region), storage.layout.region_buildings(region)
         )
     seen = set()

@@ -374,8 +374,8 @@ def test_sample_data_writes_the_inputs_in_the_published_layout(tmp_path):
     rasters = [spec for spec in storage.layout.input_specs() if spec.variables]
     assert len(rasters) >= 4
     for spec in rasters:  # Icechunk (the command's) against plain Zarr (the reference's)
-        ours = storage.open_input(spec.path)
-        theirs = reference.open_input(reference.layout.input_spec_named(spec.name).path)
+        ours = storage.inputs.open_input(spec.path)
+        theirs = reference.inputs.open_input(reference.layout.input_spec_named(spec.name).path)
         assert set(ours.data_vars) == set(theirs.data_vars) and list(ours.data_vars)
         for var in ours.data_vars:
             np.testing.assert_array_equal(ours[var].values, theirs[var].values, spec.name)
@@ -442,7 +442,7 @@ def _change_wind_under(env: Path, region: str) -> set[str]:
     """New values in the stored wind chunk under ``region``'s first pixel; returns the
     deployed regions whose window (halo included) reads that chunk: those made stale."""
     storage = OcrStorage.from_settings(load_settings(env))
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     wind = zarr.open_group(storage.layout.wind, mode="r+")["wind_direction_distribution"]
     ci, cj = wind.chunks[0], wind.chunks[1]
     own = grid.region(region)

@@ -46,14 +46,14 @@ def _visible_files(folder: Path) -> dict[str, str]:
 
 
 def _region_window(storage: OcrStorage, region_id: str) -> dict[str, np.ndarray]:
-    store = storage.open_raster_store()
-    region = storage.region_grid().region(region_id)
+    store = storage.raster.open_raster_store()
+    region = storage.regions.region_grid().region(region_id)
     return {n: store[n].values[region.lat_slice, region.lon_slice] for n in RISK_VARIABLES}
 
 
 def _archive(storage: OcrStorage) -> dict:
     """Zooms and layers of the buildings archive (its bytes are not reproducible)."""
-    summary = storage.pmtiles_summary(storage.layout.pmtiles("buildings"))
+    summary = storage.vector.pmtiles_summary(storage.layout.pmtiles("buildings"))
     return {k: v for k, v in summary.items() if k != "bytes"}
 
 
@@ -81,16 +81,16 @@ def _killed_region_is_redone(
     killed = ocr(*args, env_file=env, extra=_with_fault(fault))
     assert killed.returncode == 1, killed.stdout + killed.stderr
     assert "y1_x1" in killed.stdout and "terminated by signal 9 (SIGKILL)" in killed.stdout
-    assert "y1_x2" in storage.list_region_buildings()
+    assert "y1_x2" in storage.vector.list_region_buildings()
     # nothing partial is visible: no region file, and no window (the region's Icechunk
     # session died uncommitted)
     assert not Path(storage.layout.region_buildings("y1_x1")).exists()
-    assert "y1_x1" not in storage.list_region_buildings()
+    assert "y1_x1" not in storage.vector.list_region_buildings()
     # one per killed attempt (Dagster's run retry dies the same way) for the parquet kill
     temporaries = list(Path(storage.layout.region_buildings_dir).glob(".tmp-*"))
     assert bool(temporaries) == (fault == "parquet_write"), temporaries
     after_kill = _region_window(storage, "y1_x1")
-    committed_after_kill = set(storage.committed_regions())
+    committed_after_kill = set(storage.raster.committed_regions())
     # Dagster records the run as failed (its process died; nobody else would)
     runs = {
         r.tags["dagster/asset_partition_range_start"]: r.status
@@ -216,11 +216,11 @@ def test_failed_write_leaves_the_previous_output_intact(env_root, monkeypatch, k
     storage = OcrStorage(root=env_root)
     path = storage.layout.region_buildings("y1_x1")
     previous = gpd.GeoDataFrame({"a": [1, 2]}, geometry=gpd.points_from_xy([0, 1], [0, 1]))
-    storage.write_geoparquet(previous, path)
+    storage.vector.write_geoparquet(previous, path)
     good = Path(path).read_bytes()
     monkeypatch.setattr(gpd.GeoDataFrame, "to_parquet", _fail_after_partial_write(kind))
     with pytest.raises(OSError) as raised:
-        storage.write_geoparquet(previous.iloc[:1], path)
+        storage.vector.write_geoparquet(previous.iloc[:1], path)
     assert raised.value.errno == kind
     assert Path(path).read_bytes() == good
     assert [p.name for p in Path(path).parent.iterdir()] == ["y1_x1.parquet"]  # no temp left
@@ -256,14 +256,14 @@ def test_temporaries_of_dead_writers_are_swept_and_nothing_else(backend, tmp_pat
         f"{corrected.layout.region_buildings_dir}/.tmp-7c6d-y1_x1.parquet",
     ]
     for path in dead + kept:
-        storage.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        storage.fs.pipe_file(path, b"x")
-    swept = storage.remove_dead_temporaries()
+        storage.files.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        storage.files.fs.pipe_file(path, b"x")
+    swept = storage.files.remove_dead_temporaries()
     expected = [dead[0], dead[1].rsplit("/", 1)[0], dead[2]]
     assert swept == sorted(expected)
-    assert not any(storage.fs.exists(p) for p in dead)
-    assert all(storage.fs.exists(p) for p in kept)
-    assert storage.remove_dead_temporaries() == []  # nothing left to sweep
+    assert not any(storage.files.fs.exists(p) for p in dead)
+    assert all(storage.files.fs.exists(p) for p in kept)
+    assert storage.files.remove_dead_temporaries() == []  # nothing left to sweep
 
 
 SWAPS = 400
@@ -278,10 +278,10 @@ def _swap_directories(root: str, writer: int, swaps: int, start: float) -> None:
     storage = OcrStorage(root=root)
     time.sleep(max(0.0, start - time.time()))
     for swap in range(swaps):
-        with storage.atomic_path(f"{root}/out/pyramid.zarr") as tmp:
-            storage.fs.makedirs(f"{tmp}/0", exist_ok=True)
-            storage.fs.pipe_file(f"{tmp}/zarr.json", f"{writer}-{swap}".encode())
-            storage.fs.pipe_file(f"{tmp}/0/c", b"chunk")
+        with storage.files.atomic_path(f"{root}/out/pyramid.zarr") as tmp:
+            storage.files.fs.makedirs(f"{tmp}/0", exist_ok=True)
+            storage.files.fs.pipe_file(f"{tmp}/zarr.json", f"{writer}-{swap}".encode())
+            storage.files.fs.pipe_file(f"{tmp}/0/c", b"chunk")
 
 
 def test_concurrent_directory_swaps_leave_one_whole_directory(tmp_path):
@@ -325,19 +325,21 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
     on_s3 = backend == "s3"
     lay = storage.layout
     table, folder = lay.consolidated_buildings, lay.partitioned_buildings
-    with storage.open(table, "wb") as f:
+    with storage.files.open(table, "wb") as f:
         pq.write_table(pa.table({"a": list(range(1000))}), f, **PARQUET_WRITE_OPTIONS)
     for name in ("state_fips=06/data_0.parquet", "state_fips=41/data_0.parquet"):
-        storage.write_bytes(f"{folder}/{name}", b"x" * 100)
-    manifests = {p: storage.output_manifest(p) for p in (table, folder)}
+        storage.files.write_bytes(f"{folder}/{name}", b"x" * 100)
+    manifests = {p: storage.manifests.output_manifest(p) for p in (table, folder)}
     assert manifests[table]["rows"] == 1000 and manifests[folder]["files"] == 2
-    assert all(storage.output_problems(p, m) == [] for p, m in manifests.items())
+    assert all(storage.manifests.output_problems(p, m) == [] for p, m in manifests.items())
 
-    data = storage.fs.cat_file(table)
+    data = storage.files.fs.cat_file(table)
     middle = len(data) // 2
-    storage.fs.pipe_file(table, data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
-    changed = storage.output_problems(table, manifests[table])
-    verified = storage.output_problems(table, manifests[table], verify=True)
+    storage.files.fs.pipe_file(
+        table, data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+    )
+    changed = storage.manifests.output_problems(table, manifests[table])
+    verified = storage.manifests.output_problems(table, manifests[table], verify=True)
     if on_s3:
         assert (
             changed
@@ -347,12 +349,12 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
     else:  # the same size, the same footer: only reading the page finds it (--verify)
         assert changed == []
         assert len(verified) == 1 and verified[0].startswith(f"{table}: a page does not verify")
-    storage.fs.pipe_file(table, data[:-12] + b"\0" * 12)  # the footer's length and magic
-    broken = storage.output_problems(table, manifests[table])
+    storage.files.fs.pipe_file(table, data[:-12] + b"\0" * 12)  # the footer's length and magic
+    broken = storage.manifests.output_problems(table, manifests[table])
     assert len(broken) == 1 and (("(its ETag)" if on_s3 else "is unreadable") in broken[0])
 
-    storage.fs.pipe_file(f"{folder}/state_fips=41/data_0.parquet", b"y" * 100)
-    rewritten = storage.output_problems(folder, manifests[folder])
+    storage.files.fs.pipe_file(f"{folder}/state_fips=41/data_0.parquet", b"y" * 100)
+    rewritten = storage.manifests.output_problems(folder, manifests[folder])
     assert rewritten == (
         [
             f"{folder} holds 2 files of 200 bytes, its materialization wrote 2 "
@@ -361,12 +363,12 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
         if on_s3
         else []
     )
-    storage.fs.rm(f"{folder}/state_fips=06/data_0.parquet")
-    assert storage.output_problems(folder, manifests[folder]) == [
+    storage.files.fs.rm(f"{folder}/state_fips=06/data_0.parquet")
+    assert storage.manifests.output_problems(folder, manifests[folder]) == [
         f"{folder} holds 1 files of 100 bytes, its materialization wrote 2 of 200"
     ]
-    storage.fs.rm(folder, recursive=True)
-    assert storage.output_problems(folder, manifests[folder]) == [f"{folder} is missing"]
+    storage.files.fs.rm(folder, recursive=True)
+    assert storage.manifests.output_problems(folder, manifests[folder]) == [f"{folder} is missing"]
 
     # an archive whose header points past its end (bytes lost, the size as recorded)
     archive = lay.pmtiles("buildings")
@@ -392,8 +394,8 @@ def test_output_manifests_find_what_changed_since_it_was_written(backend, tmp_pa
         "center_lon_e7": 0,
         "center_lat_e7": 0,
     }
-    storage.write_bytes(archive, serialize_header(header) + b"\0" * 100)
-    recorded = {**storage.output_manifest(archive)}
-    assert storage.output_problems(archive, recorded) == [
+    storage.files.write_bytes(archive, serialize_header(header) + b"\0" * 100)
+    recorded = {**storage.manifests.output_manifest(archive)}
+    assert storage.manifests.output_problems(archive, recorded) == [
         f"{archive}: its header's tile_data end past its 227 bytes"
     ]

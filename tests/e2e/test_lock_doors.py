@@ -92,13 +92,13 @@ def test_dagster_asset_materialize_is_refused_while_a_deploy_holds_the_lock(env,
     refused = materialize()
     assert refused.returncode != 0
     holder_named(refused.stdout + refused.stderr, held)
-    assert not storage.exists(storage.layout.region_buildings("y0_x0"))
+    assert not storage.files.exists(storage.layout.region_buildings("y0_x0"))
     held.release()
     done = materialize()
     assert done.returncode == 0, done.stdout + done.stderr
     with open_instance(home) as instance:
         assert instance.get_materialized_partitions(RASTER) == {"y0_x0"}
-    assert storage.exists(storage.layout.region_buildings("y0_x0"))
+    assert storage.files.exists(storage.layout.region_buildings("y0_x0"))
 
 
 def test_a_run_launched_from_the_ui_is_refused_while_a_deploy_holds_the_lock(env, held):
@@ -195,7 +195,7 @@ def _leave(storage: OcrStorage, owner: ProcessOwner, heartbeat: float) -> None:
         "started": "2025-01-01T00:00:00+00:00",
         "heartbeat": heartbeat,
     }
-    storage.write_bytes(storage.layout.deployment_lock, json.dumps(record).encode())
+    storage.files.write_bytes(storage.layout.deployment_lock, json.dumps(record).encode())
 
 
 def test_a_dead_or_stale_lock_blocks_nothing(env):
@@ -216,7 +216,7 @@ def test_a_dead_or_stale_lock_blocks_nothing(env):
         with dg.instance_for_test() as instance, pytest.raises(dg.DagsterResourceFunctionError):
             job.execute_in_process(instance=instance)
     finally:
-        storage.delete(storage.layout.deployment_lock)
+        storage.files.delete(storage.layout.deployment_lock)
 
 
 def test_outside_a_run_the_resource_does_not_check(env, held):

@@ -253,7 +253,7 @@ def test_archives_on_s3_are_served_the_same_way(tmp_path, web_dir, monkeypatch):
         endpoint = f"http://127.0.0.1:{moto.get_host_and_port()[1]}"
         fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True).mkdir("maps")
         store = OcrStorage(root="s3://maps/ocr", environment="qa", endpoint_url=endpoint)
-        store.fs.pipe_file(store.layout.pmtiles("regions"), _payload("regions"))
+        store.files.fs.pipe_file(store.layout.pmtiles("regions"), _payload("regions"))
         with serve_in_thread(map_site(store, web_dir)) as running:
             response, body = _get(running, "/pmtiles/regions.pmtiles", {"Range": "bytes=-100"})
             assert response.status == 206 and body == _payload("regions")[-100:]

@@ -81,7 +81,7 @@ def test_one_input_region_changed_marks_exactly_the_regions_that_read_it(setting
     result, _ = _deploy(settings)
     assert not result.region_failures, result.region_failures
     storage = OcrStorage.from_settings(settings)
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     wind = zarr.open_group(storage.layout.wind, mode="r")["wind_direction_distribution"]
     ci, cj = wind.chunks[0], wind.chunks[1]
     _rewrite_chunk(settings, 0, 2)

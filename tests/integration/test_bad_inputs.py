@@ -441,7 +441,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(case_id, root):
         assert str(raised.value) == expected
     if case.metadata:  # what a deploy checks before its lock, wipe or first run
         with pytest.raises(InputDataError) as raised:
-            storage.check_inputs()
+            storage.inputs.check_inputs()
         assert str(raised.value) == expected
     assert_unchanged(before, root)
 
@@ -449,7 +449,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(case_id, root):
 # regions whose buildings are all missing ------------------------------------------------------
 def no_buildings_in_region(storage: OcrStorage) -> int:
     """Remove the region's buildings from the input; 0 rows are left to drop."""
-    region = storage.region_grid().region(REGION)
+    region = storage.regions.region_grid().region(REGION)
 
     def outside(buildings: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         return buildings[~region.contains(*centroids_deg(buildings.geometry.values))]
@@ -460,7 +460,7 @@ def no_buildings_in_region(storage: OcrStorage) -> int:
 
 def no_values_in_region(storage: OcrStorage) -> int:
     """Conditional risk missing over the whole region: every building loses its values."""
-    region = storage.region_grid().region(REGION)
+    region = storage.regions.region_grid().region(REGION)
 
     def blank(ds: xr.Dataset) -> xr.Dataset:
         for name in ("CRPS", "RPS"):
@@ -527,7 +527,7 @@ def _rewrite_region(storage: OcrStorage, change: Callable[[gpd.GeoDataFrame], No
     path = storage.layout.region_buildings(REGION)
     table = gpd.read_parquet(path)
     change(table)
-    storage.write_geoparquet(table, path)
+    storage.vector.write_geoparquet(table, path)
 
 
 def _set(column: str, value: object) -> Callable[[gpd.GeoDataFrame], None]:
@@ -899,7 +899,7 @@ def test_missing_bucket_is_refused_when_a_deploy_starts(s3_endpoint):  # noqa: F
     lock, the first write)."""
     storage = OcrStorage(root="s3://no-such-bucket/ocr", endpoint_url=s3_endpoint)
     with pytest.raises(StorageRootError) as raised:
-        storage.check_root()
+        storage.files.check_root()
     assert str(raised.value) == (
         "storage root s3://no-such-bucket/ocr does not exist: expected an existing bucket "
         "'no-such-bucket' (fix OCR_STORAGE_ROOT or create the bucket)"

@@ -36,8 +36,10 @@ class _Context:
 
 @pytest.fixture(scope="module")
 def in_process(sample_storage):
-    grid = sample_storage.region_grid()
-    return compute_region_rasters(sample_storage.read_region_inputs(grid, grid.region(REGION)))
+    grid = sample_storage.regions.region_grid()
+    return compute_region_rasters(
+        sample_storage.regions.read_region_inputs(grid, grid.region(REGION))
+    )
 
 
 def _dask_sum(_: int) -> int:

@@ -53,11 +53,11 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
     from ocr_jobs.definitions import build_resources
 
     storage = build_resources(local_settings)["storage"]
-    store = storage.open_raster_store()
+    store = storage.raster.open_raster_store()
     assert list(store.data_vars) == list(RISK_VARIABLES)
     assert "spatial_ref" not in store.variables  # as published
     # each region's commit is the snapshot its materialization names
-    committed = storage.committed_regions()
+    committed = storage.raster.committed_regions()
     assert set(committed) == {"y1_x1", "y1_x2"}
     for record in instance_records:
         meta = record.asset_materialization.metadata
@@ -65,7 +65,9 @@ def test_two_partitions_write_windows_and_parquet(local_settings, sample_storage
     np.testing.assert_array_equal(store["latitude"].values, sample_grid.latitude)
     r1, r_other = sample_grid.region("y1_x1"), sample_grid.region("y3_x0")
     window = store["crps_scott"].values[r1.lat_slice, r1.lon_slice]
-    crps = sample_storage.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"].values
+    crps = sample_storage.inputs.open_input(sample_storage.layout.crps_rps, ("CRPS",))[
+        "CRPS"
+    ].values
     np.testing.assert_array_equal(window, crps[r1.lat_slice, r1.lon_slice])
     assert np.isnan(store["rps_2011"].values[r_other.lat_slice, r_other.lon_slice]).all()
 

@@ -226,7 +226,7 @@ def test_pmtiles_decode_with_expected_layers_and_properties(graph):
 def test_pyramid_levels_open_and_coarsen(graph):
     storage = graph["storage"]
     tree = xr.open_datatree(storage.layout.pyramid, engine="zarr")  # consolidated, as published
-    store = storage.open_raster_store()
+    store = storage.raster.open_raster_store()
     shape = store["rps_2011"].shape
     # the published count (zoom_for_res(30) = 12) where the sample's grid allows it: 540 px
     # halves 9 times
@@ -275,11 +275,11 @@ def test_an_unpublishable_region_file_stops_the_run_before_anything_is_replaced(
     storage = build_resources(settings)["storage"]
     gdf = gpd.read_parquet(storage.layout.region_buildings(ADDED))
     gdf.loc[0, "rps_2011"] = 150.0  # percent > 100
-    storage.write_geoparquet(gdf, storage.layout.region_buildings(ADDED))
+    storage.vector.write_geoparquet(gdf, storage.layout.region_buildings(ADDED))
     outputs = [storage.layout.region_summary_stats("nation"), storage.layout.consolidated_buildings]
     before = [Path(p).stat().st_mtime_ns for p in outputs]
     with dg.instance_for_test() as instance:
-        record_region_files(instance, storage, storage.list_region_buildings())
+        record_region_files(instance, storage, storage.vector.list_region_buildings())
         result = (
             build_definitions(settings)
             .resolve_job_def(DOWNSTREAM_CORE_JOB)

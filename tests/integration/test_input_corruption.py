@@ -33,7 +33,7 @@ from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.region_catalog import load_valid_region_ids
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import OcrSettings
-from ocr_resources.storage import InputDataError, OcrStorage
+from ocr_resources.storage import InputDataError, OcrStorage, VectorStore
 from ocr_science.sampling import centroids_deg
 from tests.e2e.test_deploy import BUCKET, s3_endpoint  # noqa: F401  (S3 on a local moto server)
 from tests.integration.test_bad_inputs import (  # noqa: F401  (fixtures: the good root and its copies)
@@ -199,7 +199,7 @@ def test_row_group_statistics_that_exclude_its_rows_are_refused(root):  # noqa: 
     true_max = lower_footer_statistic(path, "bbox.xmax", short)
 
     with pytest.raises(InputDataError) as raised:
-        storage.read_buildings(region)
+        storage.regions.read_buildings(region)
 
     spanned = shapely.total_bounds(gpd.read_parquet(path).geometry.values)
     assert spanned[2] == true_max
@@ -227,7 +227,7 @@ def test_checked_read_returns_what_the_bbox_filter_returned(sample_storage, samp
             & (bounds[:, 3] >= region.lat0)
         )
         filtered = everything.loc[meets, ["geometry", *columns]].rename(columns=columns)
-        read = sample_storage.read_buildings(region)
+        read = sample_storage.regions.read_buildings(region)
         assert len(read) > 0
         # the file says no CRS (OGC:CRS84); the reader names it EPSG:4326, as OCR's outputs do
         assert read.crs.to_epsg() == 4326 and filtered.crs.equals("OGC:CRS84")
@@ -251,8 +251,8 @@ def test_float32_bbox_rounded_to_nearest_is_accepted(tmp_path, sample_storage):
     pq.write_table(table, path, compression="zstd")
 
     region = sample_region()
-    read = storage.read_buildings(region)
-    expected = sample_storage.read_buildings(region)
+    read = storage.regions.read_buildings(region)
+    expected = sample_storage.regions.read_buildings(region)
     assert_geodataframe_equal(read, expected)
 
 
@@ -343,12 +343,12 @@ def test_on_s3_a_corrupt_chunk_is_named_and_buildings_are_read_checked(
     # plain Zarr on S3 (its chunks are objects to break by key)
     write_sample_data(storage, SampleSpec(), container="zarr")
     chunk = f"{storage.layout.crps_rps}/CRPS/c/1/1"
-    data = bytearray(storage.fs.cat_file(storage.fs_path(chunk)))
+    data = bytearray(storage.files.fs.cat_file(storage.files.fs_path(chunk)))
     data[20:60] = b"\xab" * 40
-    storage.fs.pipe_file(storage.fs_path(chunk), bytes(data))
+    storage.files.fs.pipe_file(storage.files.fs_path(chunk), bytes(data))
 
     region = sample_region()
-    crps = storage.open_input(storage.layout.crps_rps)["CRPS"]
+    crps = storage.inputs.open_input(storage.layout.crps_rps)["CRPS"]
     with pytest.raises(InputDataError) as raised:
         crps.isel(latitude=region.lat_slice, longitude=region.lon_slice).compute()
     assert str(raised.value) == (
@@ -356,14 +356,16 @@ def test_on_s3_a_corrupt_chunk_is_named_and_buildings_are_read_checked(
         "to decode, got chunk 'CRPS/c/1/1' that does not (RuntimeError: Zstd decompression "
         "error: b'Data corruption detected')"
     )
-    assert_geodataframe_equal(storage.read_buildings(region), sample_storage.read_buildings(region))
+    assert_geodataframe_equal(
+        storage.regions.read_buildings(region), sample_storage.regions.read_buildings(region)
+    )
 
 
 def test_transient_read_error_of_a_row_group_stays_as_it_came(sample_storage, monkeypatch):
     """An OSError while a row group is read whose bytes decode when fetched again is not the
     data's fault: it is raised as it came (the region step retries it), never as an input
     error."""
-    read = OcrStorage.iter_batches
+    read = VectorStore.iter_batches
     failed: list[str] = []
 
     def flaky(self, path, *args, **kwargs):
@@ -372,12 +374,12 @@ def test_transient_read_error_of_a_row_group_stays_as_it_came(sample_storage, mo
             raise OSError("connection reset by peer")
         return read(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(OcrStorage, "iter_batches", flaky)
+    monkeypatch.setattr(VectorStore, "iter_batches", flaky)
     region = sample_region()
     with pytest.raises(OSError, match=r"^connection reset by peer$"):
-        sample_storage.read_buildings(region)
+        sample_storage.regions.read_buildings(region)
     assert failed == [sample_storage.layout.buildings]
-    assert len(sample_storage.read_buildings(region)) > 0
+    assert len(sample_storage.regions.read_buildings(region)) > 0
 
 
 def test_a_row_group_no_region_reads_is_checked_once_before_a_deploy(root):  # noqa: F811
@@ -392,7 +394,7 @@ def test_a_row_group_no_region_reads_is_checked_once_before_a_deploy(root):  # n
     table = pq.read_table(path)
     pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, compression="zstd")
     # independently of the bbox column: the groups whose geometries meet no region
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     boxes = np.array([grid.region(r).bounds() for r in valid])
     bounds = shapely.bounds(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)))
     groups = np.arange(len(bounds)) // ROWS_PER_GROUP
@@ -405,7 +407,7 @@ def test_a_row_group_no_region_reads_is_checked_once_before_a_deploy(root):  # n
 
     reads = [meets_a_region(bounds[groups == g]) for g in range(groups.max() + 1)]
     outside = sum(int((groups == g).sum()) for g, read in enumerate(reads) if not read)
-    assert storage.check_buildings_outside(valid) == outside > 0
+    assert storage.regions.check_buildings_outside(valid) == outside > 0
 
     group = (
         int(
@@ -432,7 +434,7 @@ def test_a_row_group_no_region_reads_is_checked_once_before_a_deploy(root):  # n
     )
     pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, compression="zstd")
     with pytest.raises(InputDataError) as refused:
-        storage.check_buildings_outside(valid)
+        storage.regions.check_buildings_outside(valid)
     size = min(ROWS_PER_GROUP, len(table) - group * ROWS_PER_GROUP)
     assert str(refused.value).startswith(
         f"input 'buildings' at {path}: expected a covering bbox that contains each row's "

@@ -46,9 +46,9 @@ def storage(request, tmp_path) -> OcrStorage:
 def lock_record(storage: OcrStorage) -> dict | None:
     """The lock as stored, read as any reader would."""
     path = storage.layout.deployment_lock
-    if not storage.exists(path):
+    if not storage.files.exists(path):
         return None
-    with storage.open(path) as f:
+    with storage.files.open(path) as f:
         return json.load(f)
 
 
@@ -62,7 +62,7 @@ def leave_lock(storage: OcrStorage, **fields) -> dict:
         "heartbeat": time.time(),
         **fields,
     }
-    storage.write_bytes(storage.layout.deployment_lock, json.dumps(record).encode())
+    storage.files.write_bytes(storage.layout.deployment_lock, json.dumps(record).encode())
     return record
 
 
@@ -125,7 +125,7 @@ def test_concurrent_takeover_of_a_stale_lock_has_exactly_one_winner(storage):
     """Many deployments find the same stale lock at once: in every trial exactly one takes it
     over, every other one refuses with a DeployError naming a live holder (never a traceback)."""
     # S3 costs ~50 ms a request on the test server: fewer there (the old code failed 12 of 12)
-    takers, trials = (10, 6) if storage.is_s3 else (16, 30)
+    takers, trials = (10, 6) if storage.files.is_s3 else (16, 30)
     bad = []
     for trial in range(trials):
         leave_lock(storage, heartbeat=time.time() - 3600)
@@ -139,7 +139,7 @@ def test_concurrent_takeover_of_a_stale_lock_has_exactly_one_winner(storage):
             assert all("another deployment to 'qa' is running" in str(e) for e in errors)
         for lock in winners:
             lock.release()
-        storage.delete(storage.layout.deployment_lock)
+        storage.files.delete(storage.layout.deployment_lock)
     assert not bad, f"{len(bad)} of {trials} trials went wrong (trial, winners, errors): {bad}"
 
 
@@ -152,7 +152,7 @@ def test_concurrent_takeover_by_processes_has_exactly_one_winner(tmp_path):
         outcomes = race_processes(str(tmp_path), 8)
         if sorted(outcomes) != ["refused"] * 7 + ["won"]:
             bad.append((trial, outcomes))
-        storage.delete(storage.layout.deployment_lock)
+        storage.files.delete(storage.layout.deployment_lock)
     assert not bad, f"{len(bad)} of 6 trials went wrong: {bad}"
 
 
@@ -282,7 +282,7 @@ def test_an_unreadable_lock_is_refused_by_name_and_unlock_removes_it(storage):
     from ocr_jobs.deploy import lock as lock_module
 
     path = storage.layout.deployment_lock
-    storage.write_bytes(path, b"")
+    storage.files.write_bytes(path, b"")
     with pytest.raises(DeployError) as refused:
         DeploymentLock(storage, 900, "next", env_file="/cfg/qa.env").acquire()
     assert str(refused.value).startswith(f"the deployment lock {path} is not a lock record")

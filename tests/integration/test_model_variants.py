@@ -110,7 +110,7 @@ def test_variant_names_are_one_list():
 # independence from tiling and window cut --------------------------------------------------
 def _field(storage, grid, variant, halo, chunked=True):
     region = grid.region("y2_x2")
-    inputs = storage.read_region_inputs(
+    inputs = storage.regions.read_region_inputs(
         grid, region, fields=(2011,), reference=False, halo_deg=halo
     )
     if not chunked:
@@ -188,12 +188,12 @@ def test_variants_write_apart_record_themselves_and_compare(local_settings, tmp_
         )
         # the published variant's store carries exactly the published attributes; another
         # variant's says which numbers it holds
-        assert storage.open_raster_store().attrs.get("model_variant") == (
+        assert storage.raster.open_raster_store().attrs.get("model_variant") == (
             None if variant == "published" else variant
         )
         storages[variant] = storage
-    published, corrected = (storages[v].open_raster_store() for v in VARIANTS)
-    region = storages["published"].region_grid().region("y1_x1")
+    published, corrected = (storages[v].raster.open_raster_store() for v in VARIANTS)
+    region = storages["published"].regions.region_grid().region("y1_x1")
     window = {"latitude": region.lat_slice, "longitude": region.lon_slice}
     expected = {}
     for name in WIND_ADJUSTED:
@@ -218,12 +218,14 @@ def test_variants_write_apart_record_themselves_and_compare(local_settings, tmp_
     assert "risk score changed for" in result.output
 
     # a wipe of the published variant keeps the corrected outputs, and the other way round
-    storages["published"].wipe_environment()
-    assert not storages["published"].exists(storages["published"].layout.raster_store)
-    assert storages["corrected"].exists(storages["corrected"].layout.raster_store)
-    assert storages["corrected"].exists(storages["corrected"].layout.region_buildings("y1_x1"))
-    storages["corrected"].wipe_environment()
-    assert not storages["corrected"].exists(storages["corrected"].layout.raster_store)
+    storages["published"].files.wipe_environment()
+    assert not storages["published"].files.exists(storages["published"].layout.raster_store)
+    assert storages["corrected"].files.exists(storages["corrected"].layout.raster_store)
+    assert storages["corrected"].files.exists(
+        storages["corrected"].layout.region_buildings("y1_x1")
+    )
+    storages["corrected"].files.wipe_environment()
+    assert not storages["corrected"].files.exists(storages["corrected"].layout.raster_store)
 
 
 def test_compare_variants_refuses_unknown_regions(tmp_path, sample_root):

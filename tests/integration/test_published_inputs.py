@@ -112,8 +112,8 @@ def test_a_wipe_never_touches_an_input(tmp_path: Path, sample_root: str) -> None
     inputs = copy_inputs(sample_root, root)
     before = sorted(str(p.relative_to(inputs)) for p in inputs.rglob("*"))
     storage = OcrStorage(root=str(root), environment="qa")
-    storage.write_json(f"{storage.layout.vector_prefix}/marker.json", {})
-    assert storage.wipe_environment()
+    storage.files.write_json(f"{storage.layout.vector_prefix}/marker.json", {})
+    assert storage.files.wipe_environment()
     assert sorted(str(p.relative_to(inputs)) for p in inputs.rglob("*")) == before
 
 
@@ -128,7 +128,7 @@ def test_the_sample_is_in_the_published_layout(sample_storage: OcrStorage) -> No
         if entry.variables:
             assert not (path / "zarr.json").exists()
             spec = layout.input_spec_named(name)
-            assert sample_storage.input_snapshot(spec) is not None
+            assert sample_storage.inputs.input_snapshot(spec) is not None
 
 
 def test_an_icechunk_input_is_read_at_its_tag_and_versioned_by_snapshot(
@@ -142,34 +142,36 @@ def test_an_icechunk_input_is_read_at_its_tag_and_versioned_by_snapshot(
     name = "scott-et-al-2024-30m-4326"
     spec = storage.layout.input_spec_named(name)
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(spec.path))
-    first = storage.input_snapshot(spec)
+    first = storage.inputs.input_snapshot(spec)
     repo.create_tag("v1", first)
-    versions = storage.region_input_versions("conditional_risk", [REGION, "y0_x1"])
+    versions = storage.fingerprints.region_input_versions("conditional_risk", [REGION, "y0_x1"])
     # a new commit on main: the snapshot moves, and with it every region's version
     session = repo.writable_session("main")
     crps = zarr.open_array(session.store, path="CRPS", mode="r+")
     crps[0, 0] = 99.0
     session.commit("change one pixel")
-    assert storage.input_snapshot(spec) != first
-    changed = storage.region_input_versions("conditional_risk", [REGION, "y0_x1"])
+    assert storage.inputs.input_snapshot(spec) != first
+    changed = storage.fingerprints.region_input_versions("conditional_risk", [REGION, "y0_x1"])
     assert all(changed[r] != versions[r] for r in versions)
-    assert storage.open_input(spec.path)["CRPS"][0, 0].values.item() == 99.0
+    assert storage.inputs.open_input(spec.path)["CRPS"][0, 0].values.item() == 99.0
     # an override at the tag reads the first snapshot again
     tagged = OcrStorage(
         root=str(root),
         environment="qa",
         input_overrides={name: {"uri": spec.path, "container": "icechunk", "tag": "v1"}},
     )
-    assert tagged.input_snapshot(tagged.layout.input_spec_named(name)) == first
-    assert tagged.open_input(spec.path)["CRPS"][0, 0].values.item() != 99.0
+    assert tagged.inputs.input_snapshot(tagged.layout.input_spec_named(name)) == first
+    assert tagged.inputs.open_input(spec.path)["CRPS"][0, 0].values.item() != 99.0
     missing = OcrStorage(
         root=str(root),
         environment="qa",
         input_overrides={name: {"uri": spec.path, "container": "icechunk", "tag": "v9"}},
     )
     with pytest.raises(InputDataError, match=r"with tag 'v9', got ref not found `?v9`?$"):
-        missing.open_input(spec.path)
-    assert tagged.region_input_versions("conditional_risk", [REGION]) == {REGION: versions[REGION]}
+        missing.inputs.open_input(spec.path)
+    assert tagged.fingerprints.region_input_versions("conditional_risk", [REGION]) == {
+        REGION: versions[REGION]
+    }
     assert inputs.exists()
 
 
@@ -178,17 +180,18 @@ def test_a_plain_zarr_input_is_versioned_by_content_not_mtime(tmp_path: Path) ->
     spec = SampleSpec(n_chunks_lat=2, n_chunks_lon=2, n_buildings=50)
     write_sample_data(storage, spec, container="zarr")
     assert (
-        storage.input_snapshot(storage.layout.input_spec_named("scott-et-al-2024-30m-4326")) is None
+        storage.inputs.input_snapshot(storage.layout.input_spec_named("scott-et-al-2024-30m-4326"))
+        is None
     )
     regions = ["y0_x0", "y1_x1"]
-    versions = storage.region_input_versions("conditional_risk", regions)
+    versions = storage.fingerprints.region_input_versions("conditional_risk", regions)
     # the same bytes written again (new mtimes): nothing changes
     write_sample_data(storage, spec, container="zarr")
-    assert storage.region_input_versions("conditional_risk", regions) == versions
+    assert storage.fingerprints.region_input_versions("conditional_risk", regions) == versions
     # one chunk's content changed: only the region reading it moves
     crps = zarr.open_array(f"{storage.layout.crps_rps}/CRPS", mode="r+")
     crps[0, 0] = 50.0
-    changed = storage.region_input_versions("conditional_risk", regions)
+    changed = storage.fingerprints.region_input_versions("conditional_risk", regions)
     assert changed["y0_x0"] != versions["y0_x0"]
     assert changed["y1_x1"] == versions["y1_x1"]
 
@@ -207,7 +210,7 @@ def test_an_undecodable_chunk_through_the_session_store_is_named(
     garbage = default_buffer_prototype().buffer.from_bytes(b"\x28\xb5\x2f\xfd not zstd at all")
     asyncio.run(session.store.set("CRPS/c/0/0", garbage))
     session.commit("a chunk that does not decode")
-    crps = storage.open_input(spec.path)["CRPS"]
+    crps = storage.inputs.open_input(spec.path)["CRPS"]
     with pytest.raises(InputDataError, match=r"CRPS/c/0/0") as refused:
         crps[:10, :10].compute()
     assert refused.value.asset == "conditional_risk"
@@ -217,14 +220,14 @@ def test_an_undecodable_chunk_through_the_session_store_is_named(
 def test_auto_container_reads_plain_zarr_and_icechunk_alike(tmp_path: Path, sample_storage) -> None:
     storage = OcrStorage(root=str(tmp_path / "data"), environment="qa")
     write_sample_data(storage, SampleSpec(), container="zarr")
-    plain = storage.open_input(storage.layout.crps_rps)["CRPS"].values
-    published = sample_storage.open_input(sample_storage.layout.crps_rps)["CRPS"].values
+    plain = storage.inputs.open_input(storage.layout.crps_rps)["CRPS"].values
+    published = sample_storage.inputs.open_input(sample_storage.layout.crps_rps)["CRPS"].values
     np.testing.assert_array_equal(plain, published)
 
 
 # --- layouts ---------------------------------------------------------------------------------
 def test_the_region_grid_comes_from_the_stored_coordinates(sample_storage, sample_grid) -> None:
-    ds = sample_storage.open_input(sample_storage.layout.crps_rps)
+    ds = sample_storage.inputs.open_input(sample_storage.layout.crps_rps)
     latitude = ds["latitude"].values
     assert np.all(np.diff(latitude) > 0)  # ascending, as published
     region = sample_grid.region(REGION)
@@ -239,9 +242,9 @@ def test_descending_latitude_is_refused_by_name(tmp_path: Path, sample_storage) 
     write_sample_data(storage, SampleSpec(n_chunks_lat=2, n_chunks_lon=2, n_buildings=50), "zarr")
     path = storage.layout.crps_rps
     flipped = xr.open_zarr(path, consolidated=False).isel(latitude=slice(None, None, -1)).load()
-    storage.write_zarr(flipped.drop_encoding(), path, None)
+    storage.raster.write_zarr(flipped.drop_encoding(), path, None)
     with pytest.raises(InputDataError, match=r"expected latitude ascending.*got descending") as e:
-        storage.region_grid()
+        storage.regions.region_grid()
     assert e.value.asset == "conditional_risk"
 
 
@@ -250,7 +253,7 @@ def test_the_real_step_gives_a_17_cell_blur(sample_storage, sample_grid) -> None
     (19 on a 1/3600° grid), through the real read of a region."""
     assert blur_kernel_size(GRID_STEP) == 17
     assert blur_kernel_size(1 / 3600) == 19
-    inputs = sample_storage.read_region_inputs(
+    inputs = sample_storage.regions.read_region_inputs(
         sample_grid, sample_grid.region(REGION), fields=(2011,), reference=False
     )
     sizes = []
@@ -269,10 +272,10 @@ def test_the_real_step_gives_a_17_cell_blur(sample_storage, sample_grid) -> None
 def test_the_unlabeled_wind_is_named_by_index(sample_storage) -> None:
     layout = sample_storage.layout
     spec = layout.input_spec_named("conus404-ffwi-p99-wind-direction-distribution-30m-4326")
-    session = sample_storage.icechunk_session(spec)
+    session = sample_storage.inputs.icechunk_session(spec)
     stored = xr.open_dataset(session.store, engine="zarr", consolidated=False)
     assert "wind_direction" not in stored.coords  # as published
-    wind = sample_storage.open_input(layout.wind)["wind_direction_distribution"]
+    wind = sample_storage.inputs.open_input(layout.wind)["wind_direction_distribution"]
     assert list(wind["wind_direction"].values) == list(DIRECTIONS)
     raw = stored["wind_direction_distribution"].values
     np.testing.assert_array_equal(wind.values, raw)
@@ -286,19 +289,19 @@ def _relabel_wind(storage: OcrStorage, labels: list[str]) -> None:
     )
     if order is not None:
         ds = ds.isel(wind_direction=order)
-    storage.write_zarr(ds.assign_coords(wind_direction=labels).drop_encoding(), path, None)
+    storage.raster.write_zarr(ds.assign_coords(wind_direction=labels).drop_encoding(), path, None)
 
 
 def test_labelled_wind_in_another_order_reads_the_same(tmp_path: Path) -> None:
     storage = OcrStorage(root=str(tmp_path / "data"), environment="qa")
     write_sample_data(storage, SampleSpec(n_chunks_lat=2, n_chunks_lon=2, n_buildings=50), "zarr")
-    unlabeled = storage.open_input(storage.layout.wind)["wind_direction_distribution"].values
+    unlabeled = storage.inputs.open_input(storage.layout.wind)["wind_direction_distribution"].values
     _relabel_wind(storage, ["S", "N", "NW", "E", "SE", "NE", "SW", "W"])
-    labelled = storage.open_input(storage.layout.wind)["wind_direction_distribution"].values
+    labelled = storage.inputs.open_input(storage.layout.wind)["wind_direction_distribution"].values
     np.testing.assert_array_equal(labelled, unlabeled)
     _relabel_wind(storage, ["N", "NE", "E", "SE", "S", "SW", "W", "NNW"])
     with pytest.raises(InputDataError, match="expected wind_direction labels"):
-        storage.open_input(storage.layout.wind)
+        storage.inputs.open_input(storage.layout.wind)
 
 
 # --- buildings -------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ def test_published_buildings_give_each_building_once(sample_storage, sample_grid
     per_building = rows.groupby("geometry")["block_geoid"].agg(["min", "size"])
     assert (per_building["size"] > 1).any()
     region = sample_grid.region(REGION)
-    read = sample_storage.read_buildings(region)
+    read = sample_storage.regions.read_buildings(region)
     assert {"GEOID", "state", "county"} <= set(read.columns)
     kept = read.iloc[merge_building_rows(shapely.to_wkb(read.geometry.values), read["GEOID"])]
     wkb = shapely.to_wkb(kept.geometry.values)
@@ -343,7 +346,7 @@ def test_published_buildings_give_each_building_once(sample_storage, sample_grid
 
 # --- census ----------------------------------------------------------------------------------
 def test_the_census_in_nad83_with_suffix_letters(sample_storage) -> None:
-    blocks = sample_storage.read_census("blocks")
+    blocks = sample_storage.inputs.read_census("blocks")
     assert blocks.crs.to_epsg() == 4269
     suffixed = [g for g in blocks["GEOID"] if len(g) == 16]
     assert suffixed and all(g[:15].isdigit() and g[15].isalpha() for g in suffixed)
@@ -387,12 +390,12 @@ def test_census_crs_and_block_geoids(
     if geoids:
         blocks.loc[blocks.index[: len(geoids)], "GEOID"] = geoids
     Path(path).unlink()
-    storage.write_geoparquet(blocks, path)
+    storage.vector.write_geoparquet(blocks, path)
     if problem is None:
-        storage.census_dataset("blocks")
+        storage.inputs.census_dataset("blocks")
         return
     with pytest.raises(InputDataError, match=problem) as refused:
-        storage.census_dataset("blocks")
+        storage.inputs.census_dataset("blocks")
     assert refused.value.asset == "census_boundaries"
 
 

@@ -46,7 +46,7 @@ def storage(tmp_path_factory) -> OcrStorage:
         chunk_lat=REGION[0],
         chunk_lon=REGION[1],
     )
-    storage.ensure_raster_store(grid)
+    storage.raster.ensure_raster_store(grid)
     rng = np.random.default_rng(27)
     for rid in grid.all_region_ids():
         region = grid.region(rid)
@@ -54,7 +54,7 @@ def storage(tmp_path_factory) -> OcrStorage:
         values[rng.random(REGION) < 0.3] = np.nan  # isolated gaps: 2 × 2 blocks partly NaN
         values[:64, :64] = np.nan  # whole blocks NaN
         values[rng.random(REGION) < 0.1] = 0
-        storage.write_region_window(
+        storage.raster.write_region_window(
             region, {v: values * (0.5 if v == "rps_2047" else 1) for v in RISK_VARIABLES}
         )
     return storage
@@ -75,7 +75,7 @@ def reference(storage, tmp_path_factory) -> str:
     """OCR's writer, as published, on the same store (its stored encoding left out) in the
     dask chunks the asset reads it in: a float32 mean's last bit depends on how the 2 × 2
     blocks fall across chunks."""
-    ds = storage.open_raster_store()[list(PYRAMID_VARIABLES)].drop_encoding()
+    ds = storage.raster.open_raster_store()[list(PYRAMID_VARIABLES)].drop_encoding()
     ds = ds.chunk({"latitude": SOURCE_CHUNK_PX, "longitude": SOURCE_CHUNK_PX})
     ds = ds.proj.assign_crs(spatial_ref=CRS.from_epsg(4326))
     pyramid = create_pyramid(

@@ -224,7 +224,7 @@ def test_centroids_are_the_rows_with_both_rps_positive_rounded_to_3_decimals(tmp
     columns["rps_2011"] = np.array([a for a, _ in rps], np.float32)
     columns["rps_2047"] = np.array([b for _, b in rps], np.float32)
     gdf = gpd.GeoDataFrame(columns, geometry=shapes, crs="EPSG:4326")
-    storage.write_geoparquet(gdf, storage.layout.consolidated_buildings)
+    storage.vector.write_geoparquet(gdf, storage.layout.consolidated_buildings)
     result = build_tileset(storage, TILESET_BY_ARCHIVE["building_centroids"], batch_rows=4)
     assert result["features"] == {"risk": 3}
 
@@ -288,14 +288,14 @@ def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_ta
         geometry=[shapely.affinity.translate(square, i, 0) for i in range(3)],
         crs="EPSG:4326",
     )
-    storage.write_geoparquet(gdf, storage.layout.consolidated_buildings)
+    storage.vector.write_geoparquet(gdf, storage.layout.consolidated_buildings)
     build_tileset(storage, TILESET_BY_ARCHIVE["buildings"])
     target = storage.layout.pmtiles("buildings")
     with open(target, "rb") as f:
         reader = Reader(MmapSource(f))
         before = dict(all_tiles(reader.get_bytes))
     moved = str(tmp_path / "again.pmtiles")
-    storage.put_pmtiles(target, moved, {"notice": "x" * 5000, "key_map": {"risk": {}}})
+    storage.vector.put_pmtiles(target, moved, {"notice": "x" * 5000, "key_map": {"risk": {}}})
     with open(moved, "rb") as f:
         reader = Reader(MmapSource(f))
         assert dict(all_tiles(reader.get_bytes)) == before
@@ -309,7 +309,7 @@ def test_metadata_is_added_without_touching_a_tile_and_bad_archives_leave_the_ta
     bad = tmp_path / "bad.pmtiles"
     bad.write_bytes(bytes(shuffled))
     with pytest.raises(ValueError, match=r"bad\.pmtiles: expected a PMTiles v3 archive laid out"):
-        storage.put_pmtiles(str(bad), moved, {})
+        storage.vector.put_pmtiles(str(bad), moved, {})
     assert Path(moved).read_bytes() == kept
 
 

@@ -93,7 +93,7 @@ def published(tmp_path_factory, sample_root) -> dict:
     for region in REGIONS:
         target = storage.layout.region_buildings(region)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        storage.fs.copy(local.layout.region_buildings(region), target)
+        storage.files.fs.copy(local.layout.region_buildings(region), target)
     buildings.consolidate_buildings(storage, list(REGIONS), storage.version)
     statistics.write_summary_statistics(storage)
     analysis_files.write_analysis_files(storage, storage.version)
@@ -271,7 +271,7 @@ def test_county_statistics_recomputed_independently(published):
     ).to_pandas()
     buildings_frame["county"] = buildings_frame["GEOID"].str[:5]
     stats = gpd.read_parquet(_stats_path(published, "counties")).set_index("GEOID")
-    census = storage.read_census("counties").set_index("GEOID")
+    census = storage.inputs.read_census("counties").set_index("GEOID")
     groups = dict(tuple(buildings_frame.groupby("county")))
     assert set(groups) == set(stats.index)
     for geoid, group in groups.items():

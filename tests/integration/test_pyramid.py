@@ -19,7 +19,7 @@ from pyproj import Transformer
 from ocr_assets.graph import PROFILES
 from ocr_assets.pyramid import PYRAMID_VARIABLES, write_pyramid
 from ocr_resources.compute import OcrCompute
-from ocr_resources.storage import OcrStorage
+from ocr_resources.storage import OcrStorage, RasterStore
 from ocr_science.pyramid import (
     TILE_SIZE,
     choose_level,
@@ -121,7 +121,7 @@ def small_store(root: str, scale_2047: float = 1.1) -> OcrStorage:
         chunk_lat=REGION[0],
         chunk_lon=REGION[1],
     )
-    storage.ensure_raster_store(grid)
+    storage.raster.ensure_raster_store(grid)
     rng = np.random.default_rng(7)
     for rid in grid.all_region_ids():
         region = grid.region(rid)
@@ -129,7 +129,7 @@ def small_store(root: str, scale_2047: float = 1.1) -> OcrStorage:
         values = (90 * rng.random(shape) ** 4).astype(np.float32)
         values[rng.random(shape) < 0.2] = np.nan
         values[rng.random(shape) < 0.1] = 0
-        storage.write_region_window(
+        storage.raster.write_region_window(
             region,
             {v: values * (scale_2047 if v == "rps_2047" else 1) for v in RISK_VARIABLES},
         )
@@ -144,7 +144,7 @@ def raster_storage(tmp_path_factory) -> OcrStorage:
 def test_a_small_grid_gets_the_levels_it_can_halve_into(raster_storage):
     result = write_pyramid(raster_storage, published_levels())
     assert result["levels"] == 8  # 240 px halves 7 times down to 1 px
-    tree = raster_storage.open_datatree(raster_storage.layout.pyramid)
+    tree = raster_storage.raster.open_datatree(raster_storage.layout.pyramid)
     assert sorted(tree.children, key=int) == [str(k) for k in range(8)]
     assert tree["7"]["rps_2011"].shape == (1, 3)
     assert set(tree["0"].data_vars) == set(PYRAMID_VARIABLES)
@@ -153,8 +153,8 @@ def test_a_small_grid_gets_the_levels_it_can_halve_into(raster_storage):
 def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
     write_pyramid(raster_storage, 3)
     path = raster_storage.layout.pyramid
-    before = raster_storage.open_datatree(path)["2"]["rps_2011"].values
-    read = OcrStorage.open_raster_store
+    before = raster_storage.raster.open_datatree(path)["2"]["rps_2011"].values
+    read = RasterStore.open_raster_store
 
     def failing_read(self):
         """The store as read, its rps_2047 failing when a chunk is computed (mid-write)."""
@@ -166,10 +166,10 @@ def test_a_failed_write_keeps_the_previous_pyramid(raster_storage, monkeypatch):
         broken = dask.array.map_blocks(fail, store["rps_2047"].data, dtype=np.float32)
         return store.assign(rps_2047=(store["rps_2047"].dims, broken))
 
-    monkeypatch.setattr(OcrStorage, "open_raster_store", failing_read)
+    monkeypatch.setattr(RasterStore, "open_raster_store", failing_read)
     with pytest.raises(OSError, match="disk gone"):
         write_pyramid(raster_storage, 5)
-    after = raster_storage.open_datatree(path)
+    after = raster_storage.raster.open_datatree(path)
     assert sorted(after.children, key=int) == ["0", "1", "2"]
     np.testing.assert_array_equal(after["2"]["rps_2011"].values, before)
     leftovers = [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".tmp")]
@@ -203,7 +203,7 @@ def test_a_graph_step_computes_on_the_clusters_workers(raster_storage):
     assert distributed == threaded
     level0 = distributed["level0_max"]
     assert set(level0) == {"rps_2011", "rps_2047"}
-    store = raster_storage.open_raster_store()
+    store = raster_storage.raster.open_raster_store()
     for name, value in level0.items():
         assert value == pytest.approx(float(store[name].max(skipna=True)))
 

@@ -59,19 +59,19 @@ def _window(region, seed: int) -> dict[str, np.ndarray]:
 def _write(spec: dict, region_id: str, seed: int, barrier=None) -> str:
     """One writer process: the template if missing, then its region; the region's snapshot."""
     storage = OcrStorage(**spec)
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     if barrier is not None:
         barrier.wait()  # every writer starts its template check at once
-    storage.ensure_raster_store(grid)
+    storage.raster.ensure_raster_store(grid)
     region = grid.region(region_id)
-    return storage.write_region_window(region, _window(region, seed))
+    return storage.raster.write_region_window(region, _window(region, seed))
 
 
 def _ensure(spec: dict, barrier) -> str:
     storage = OcrStorage(**spec)
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     barrier.wait()
-    return storage.ensure_raster_store(grid)
+    return storage.raster.ensure_raster_store(grid)
 
 
 def _write_then_die(spec: dict, region_id: str) -> None:
@@ -79,9 +79,9 @@ def _write_then_die(spec: dict, region_id: str) -> None:
     commit, as an OOM kill or a lost VM would."""
     icechunk.Session.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     storage = OcrStorage(**spec)
-    grid = storage.region_grid()
+    grid = storage.regions.region_grid()
     region = grid.region(region_id)
-    storage.write_region_window(region, _window(region, 99))
+    storage.raster.write_region_window(region, _window(region, 99))
 
 
 def _independent_repo(storage: OcrStorage) -> icechunk.Repository:
@@ -124,8 +124,8 @@ def test_concurrent_region_commits_lose_nothing(spec):
     assert messages[-2:] == [TEMPLATE_MESSAGE, "Repository initialized"]
     assert Counter(r for m in messages for r in committed_region_ids(m)) == Counter(REGIONS)
     assert len(messages) == len(REGIONS) + 2  # nothing else was committed
-    assert storage.committed_regions() == dict(zip(REGIONS, snapshots, strict=True))
-    grid = storage.region_grid()
+    assert storage.raster.committed_regions() == dict(zip(REGIONS, snapshots, strict=True))
+    grid = storage.regions.region_grid()
     for seed, region_id in enumerate(REGIONS):
         region = grid.region(region_id)
         window = ds.isel(latitude=region.lat_slice, longitude=region.lon_slice)
@@ -147,8 +147,8 @@ def test_racing_first_writers_commit_one_template(spec):
 
 def test_killed_region_writer_leaves_no_data(spec):
     storage = OcrStorage(**spec)
-    grid = storage.region_grid()
-    template = storage.ensure_raster_store(grid)
+    grid = storage.regions.region_grid()
+    template = storage.raster.ensure_raster_store(grid)
     killed = multiprocessing.get_context("spawn").Process(
         target=_write_then_die, args=(spec, "y1_x1")
     )
@@ -161,7 +161,7 @@ def test_killed_region_writer_leaves_no_data(spec):
     assert np.isnan(ds.isel(latitude=region.lat_slice, longitude=region.lon_slice).to_array()).all()
     # the next writer is not held up by the dead one (a local root's commit lock died with it)
     snapshot = _write(spec, "y1_x1", 3)
-    assert storage.committed_regions() == {"y1_x1": snapshot}
+    assert storage.raster.committed_regions() == {"y1_x1": snapshot}
     assert _independent_repo(storage).lookup_branch("main") == snapshot != template
 
 
@@ -169,8 +169,8 @@ def test_stored_layout_is_the_published_one(env_root):
     """docs/published.md §4.1: variables, dims, dtype, one chunk per region, NaN fill, attributes,
     coordinates without ``spatial_ref``, as an independent reader sees them."""
     storage = OcrStorage(root=env_root, version="1.2.3")
-    grid = storage.region_grid()
-    storage.ensure_raster_store(grid)
+    grid = storage.regions.region_grid()
+    storage.raster.ensure_raster_store(grid)
     ds, _ = _read(storage)
     assert set(ds.data_vars) == set(RISK_VARIABLES) and len(ds.data_vars) == len(RISK_VARIABLES)
     assert set(ds.coords) == {"latitude", "longitude"} and "spatial_ref" not in ds.variables
@@ -196,26 +196,26 @@ def test_stored_layout_is_the_published_one(env_root):
         assert np.isnan(var.encoding["fill_value"])
         assert var.attrs == {}  # as observed: the stored variables carry no attributes
     # our own reader gives the same lazy dataset, in stored chunks and template order
-    ours = storage.open_raster_store()
+    ours = storage.raster.open_raster_store()
     assert list(ours.data_vars) == list(RISK_VARIABLES)
     assert ours["rps_2011"].chunks == ds["rps_2011"].chunks
 
 
 def test_a_region_whose_commit_is_missing_is_not_committed(env_root):
     storage = OcrStorage(root=env_root)
-    grid = storage.region_grid()
-    template = storage.ensure_raster_store(grid)
+    grid = storage.regions.region_grid()
+    template = storage.raster.ensure_raster_store(grid)
     first = _write({"root": env_root}, "y1_x1", 1)
     _write({"root": env_root}, "y1_x2", 2)
-    assert set(storage.committed_regions()) == {"y1_x1", "y1_x2"}
+    assert set(storage.raster.committed_regions()) == {"y1_x1", "y1_x2"}
     _independent_repo(storage).reset_branch("main", first)
-    assert storage.committed_regions() == {"y1_x1": first}
+    assert storage.raster.committed_regions() == {"y1_x1": first}
     _independent_repo(storage).reset_branch("main", template)
-    assert storage.committed_regions() == {}
+    assert storage.raster.committed_regions() == {}
     # a region written twice: its latest commit counts
     _write({"root": env_root}, "y1_x1", 1)
     again = _write({"root": env_root}, "y1_x1", 5)
-    assert storage.committed_regions() == {"y1_x1": again}
+    assert storage.raster.committed_regions() == {"y1_x1": again}
 
 
 def test_commit_messages_parse_as_published():
@@ -266,7 +266,7 @@ def test_a_tree_is_copied_into_place_on_s3_concurrently_metadata_last(s3_endpoin
 
     storage = OcrStorage(root=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=s3_endpoint)
     target = f"{storage.root}/tree.zarr"
-    fs = storage.fs
+    fs = storage.files.fs
     fs.pipe({f"{target}/stale/c/0": b"old", f"{target}/zarr.json": b"{}"})
     fresh = {f"{target}/zarr.json": b'{"root": 1}'}
     for level in range(3):
@@ -286,7 +286,7 @@ def test_a_tree_is_copied_into_place_on_s3_concurrently_metadata_last(s3_endpoin
             in_flight[0] -= 1
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_cp_file", counted)
-    with storage.atomic_path(target) as tmp:
+    with storage.files.atomic_path(target) as tmp:
         fs.pipe({tmp + key[len(target) :]: value for key, value in fresh.items()})
     assert most[0] > 1, "copied one object at a time"
     kinds = [p.rsplit("/", 1)[-1] == "zarr.json" for p in started]

@@ -227,8 +227,8 @@ def test_a_replaced_pyramid_is_read_again(pyramid, monkeypatch):
 
 def test_tiles_on_s3_read_through_the_storage_filesystem(pyramid, s3_endpoint):  # noqa: F811
     storage = OcrStorage(root=f"s3://{BUCKET}/tiles", environment="qa", endpoint_url=s3_endpoint)
-    storage.fs.put(pyramid, storage.fs_path(storage.layout.pyramid), recursive=True)
-    tiles = PyramidTiles(storage.fs, storage.fs_path(storage.layout.pyramid))
+    storage.files.fs.put(pyramid, storage.files.fs_path(storage.layout.pyramid), recursive=True)
+    tiles = PyramidTiles(storage.files.fs, storage.files.fs_path(storage.layout.pyramid))
     local = PyramidTiles(fsspec.filesystem("file"), pyramid)
     assert tiles.png("rps_2047", ZOOM, *TILE) == local.png("rps_2047", ZOOM, *TILE)
 

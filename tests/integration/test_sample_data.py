@@ -26,7 +26,7 @@ def _values(storage: OcrStorage) -> dict[str, str]:
     found = {}
     for spec in storage.layout.input_specs():
         if spec.is_raster:
-            ds = storage.open_input(spec.path)
+            ds = storage.inputs.open_input(spec.path)
             for name, variable in ds.variables.items():
                 found[f"{spec.name}/{name}"] = hashlib.sha256(
                     np.ascontiguousarray(variable.values).tobytes()
@@ -54,7 +54,7 @@ def test_same_seed_gives_identical_inputs(tmp_path, sample_storage):
 def test_rasters_follow_the_input_conventions(sample_storage):
     layout = sample_storage.layout
     scott, wind, ref, bp = (
-        sample_storage.open_input(p)
+        sample_storage.inputs.open_input(p)
         for p in (layout.crps_rps, layout.wind, layout.bp_30m(2011), layout.bp_270m(2011))
     )
     for ds in (scott, wind, ref, bp):

@@ -104,8 +104,8 @@ def test_wipe_cannot_escape_the_environment_prefix_with_crafted_roots(tmp_path, 
         path.write_text("data")
     storage = OcrStorage(root=crafted.format(base=tmp_path), environment="qa")
     with pytest.raises(PermissionError, match="not this environment's prefix"):
-        storage.wipe_environment()
+        storage.files.wipe_environment()
     assert neighbour.exists() and mine.exists()
-    wiped = OcrStorage(root=str(tmp_path / "other"), environment="qa").wipe_environment()
+    wiped = OcrStorage(root=str(tmp_path / "other"), environment="qa").files.wipe_environment()
     assert wiped == [str(mine.parent)]
     assert neighbour.exists() and not mine.exists()

@@ -160,7 +160,7 @@ def test_a_value_that_cannot_be_summed_exactly_is_refused_by_name(value, shown):
 def _digests(storage: OcrStorage) -> dict[str, str]:
     return {
         level: hashlib.sha256(
-            storage.fs.cat_file(storage.layout.region_summary_stats(level))
+            storage.files.fs.cat_file(storage.layout.region_summary_stats(level))
         ).hexdigest()
         for level in CENSUS_LEVELS
     }
@@ -215,7 +215,7 @@ def _grid_census(storage: OcrStorage, n_blocks: int) -> np.ndarray:
     for level, (columns, geometry) in units.items():
         names = {"NAME": [f"{level} {i}" for i in range(len(geometry))]}
         frame = gpd.GeoDataFrame(columns | names, geometry=geometry, crs="EPSG:4326")
-        storage.write_geoparquet(frame, storage.layout.census(level))
+        storage.vector.write_geoparquet(frame, storage.layout.census(level))
     return block
 
 

@@ -25,7 +25,7 @@ from ocr_jobs.definitions import build_definitions, build_resources
 from ocr_jobs.jobs import REGION_JOB
 from ocr_resources.layout import CENSUS_LEVELS
 from ocr_resources.settings import OcrSettings
-from ocr_resources.storage import OcrStorage
+from ocr_resources.storage import OcrStorage, VectorStore
 from ocr_resources.storage.geoparquet import GeoParquetWriter
 from ocr_science.parallel import thread_limit
 from tests import legacy_outputs as legacy
@@ -49,8 +49,8 @@ def storages(tmp_path_factory, sample_root) -> dict[str, OcrStorage]:
     new = build_resources(settings)["storage"]
     buildings.consolidate_buildings(new, list(REGIONS), VERSION)
     old = OcrStorage(root=str(root), environment="legacy")
-    old.fs.makedirs(os.path.dirname(old.layout.consolidated_buildings), exist_ok=True)
-    old.fs.copy(new.layout.consolidated_buildings, old.layout.consolidated_buildings)
+    old.files.fs.makedirs(os.path.dirname(old.layout.consolidated_buildings), exist_ok=True)
+    old.files.fs.copy(new.layout.consolidated_buildings, old.layout.consolidated_buildings)
     return {"new": new, "old": old}
 
 
@@ -86,7 +86,7 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
     assert consolidated > 200
     batches: dict[str, int] = {}
     writes: dict[int, int] = {}
-    real_iter, real_write = OcrStorage.iter_batches, GeoParquetWriter.write
+    real_iter, real_write = VectorStore.iter_batches, GeoParquetWriter.write
 
     def counting_iter(self, path, *args, **kwargs):
         for batch in real_iter(self, path, *args, **kwargs):
@@ -97,7 +97,7 @@ def test_streamed_outputs_equal_the_whole_table_writers(storages, monkeypatch):
         writes[id(self)] = writes.get(id(self), 0) + 1
         return real_write(self, batch)
 
-    monkeypatch.setattr(OcrStorage, "iter_batches", counting_iter)
+    monkeypatch.setattr(VectorStore, "iter_batches", counting_iter)
     monkeypatch.setattr(GeoParquetWriter, "write", counting_write)
 
     # statistics: same rows in the same order, same columns and types, same geo metadata
@@ -156,11 +156,13 @@ def test_partitioned_copy_holds_the_consolidated_rows_county_by_county(storages,
     new = storages["new"]
     copy = OcrStorage(root=new.root, environment="partitioned")
     for region in REGIONS:
-        copy.fs.makedirs(os.path.dirname(copy.layout.region_buildings(region)), exist_ok=True)
-        copy.fs.copy(new.layout.region_buildings(region), copy.layout.region_buildings(region))
+        copy.files.fs.makedirs(os.path.dirname(copy.layout.region_buildings(region)), exist_ok=True)
+        copy.files.fs.copy(
+            new.layout.region_buildings(region), copy.layout.region_buildings(region)
+        )
     result = buildings.consolidate_buildings(copy, list(REGIONS), VERSION, batch_rows=7)
     lay = copy.layout
-    files = sorted(copy.fs.glob(f"{lay.partitioned_buildings}/*/*/*.parquet"))
+    files = sorted(copy.files.fs.glob(f"{lay.partitioned_buildings}/*/*/*.parquet"))
     con = duckdb.connect()
     counties = con.sql(
         "SELECT DISTINCT substr(GEOID, 1, 5) FROM read_parquet($p)",

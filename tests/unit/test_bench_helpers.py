@@ -121,7 +121,7 @@ def test_design_chunking_lays_the_sample_out_as_the_real_inputs(tmp_path):
         p: xr.open_zarr(p, consolidated=False).load() for p in (layout.wind, layout.bp_270m(2011))
     }
     design_chunking(storage)
-    storage.check_inputs()  # still every input as documented
+    storage.inputs.check_inputs()  # still every input as documented
     wind = xr.open_zarr(layout.wind, consolidated=False)
     assert wind[WIND_VARIABLE].encoding["chunks"] == (WIND_STORE_CHUNK, WIND_STORE_CHUNK, 8)
     assert (

@@ -16,7 +16,7 @@ def test_every_building_in_exactly_one_region(sample_storage, sample_grid):
     for rid in sample_grid.all_region_ids():
         region = sample_grid.region(rid)
         rasters = {name: np.ones(region.shape, np.float32) for name in RISK_VARIABLES}
-        tagged = sample_storage.read_buildings(region)  # one row per (building, block)
+        tagged = sample_storage.regions.read_buildings(region)  # one row per (building, block)
         read = tagged.iloc[
             merge_building_rows(shapely.to_wkb(tagged.geometry.values), tagged["GEOID"])
         ]
@@ -46,7 +46,7 @@ def test_points_on_shared_edges_go_to_the_north_east_region():
 
 def test_missing_values_drop_rows_and_are_counted(sample_storage, sample_grid):
     region = sample_grid.region("y1_x1")
-    buildings = sample_storage.read_buildings(region)
+    buildings = sample_storage.regions.read_buildings(region)
     rasters = {name: np.ones(region.shape, np.float32) for name in RISK_VARIABLES}
     full, _ = region_buildings_table(sample_grid, region, rasters, buildings)
     rasters["bp_2047"][:60] = np.nan  # southern half missing

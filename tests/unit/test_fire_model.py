@@ -44,7 +44,7 @@ def test_halo_is_sufficient_pixel_values_match_a_larger_window():
 
 def test_region_rasters_on_the_sample(sample_storage, sample_grid):
     region = sample_grid.region("y1_x1")
-    inputs = sample_storage.read_region_inputs(sample_grid, region)
+    inputs = sample_storage.regions.read_region_inputs(sample_grid, region)
     out = compute_region_rasters(inputs)
     assert set(out) == {
         "rps_2011",
@@ -67,7 +67,7 @@ def test_region_rasters_on_the_sample(sample_storage, sample_grid):
         assert (bp == 0).mean() < (out[f"bp_{year}_riley"] == 0).mean()
     assert np.nanmean(out["bp_2047"]) > np.nanmean(out["bp_2011"])
     # reference variables are copied from the inputs unchanged
-    crps = sample_storage.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"]
+    crps = sample_storage.inputs.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"]
     np.testing.assert_array_equal(
         out["crps_scott"], crps.values[region.lat_slice, region.lon_slice]
     )

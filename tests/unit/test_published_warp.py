@@ -125,7 +125,9 @@ def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sample_subset(sample_storage, sample_grid):
     region = sample_grid.region("y0_x0")  # a region where a boundary pixel moves
-    inputs = sample_storage.read_region_inputs(sample_grid, region, fields=(2011,), reference=False)
+    inputs = sample_storage.regions.read_region_inputs(
+        sample_grid, region, fields=(2011,), reference=False
+    )
     subset = subset_projected(inputs.bp_270m[2011], inputs.bounds)
     return inputs, subset
 
@@ -169,7 +171,9 @@ def test_region_at_the_grids_edge_uses_the_uncut_subset(sample_storage, sample_g
     """The 30 m window of a corner region is cut at the grid's edge; its 270 m subset is not
     (region bounds ± 0.15°), which changes H × W and so the tiles."""
     region = sample_grid.region("y0_x0")
-    inputs = sample_storage.read_region_inputs(sample_grid, region, fields=(2011,), reference=False)
+    inputs = sample_storage.regions.read_region_inputs(
+        sample_grid, region, fields=(2011,), reference=False
+    )
     assert inputs.bounds == region.bounds(HALO_DEG)
     cut = window_edges(inputs.latitude, inputs.longitude)
     assert inputs.bounds[0] < cut[0] and inputs.bounds[1] < cut[1]  # the window is cut

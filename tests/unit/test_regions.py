@@ -57,12 +57,14 @@ def test_window_adds_halo_and_is_cut_at_grid_edge():
 
 
 def test_valid_ids_are_a_strict_subset_and_match_the_shipped_list(sample_storage, sample_grid):
-    valid = sample_storage.valid_region_ids()
+    valid = sample_storage.regions.valid_region_ids()
     assert 12 <= len(valid) < len(sample_grid.all_region_ids())
     assert valid == load_valid_region_ids("sample")
     assert len(load_valid_region_ids("conus")) == 405
     # independent check: a region is valid iff its CRPS window has a finite value
-    crps = sample_storage.open_input(sample_storage.layout.crps_rps, ("CRPS",))["CRPS"].values
+    crps = sample_storage.inputs.open_input(sample_storage.layout.crps_rps, ("CRPS",))[
+        "CRPS"
+    ].values
     for rid in sample_grid.all_region_ids():
         r = sample_grid.region(rid)
         assert (rid in valid) == bool(np.isfinite(crps[r.lat_slice, r.lon_slice]).any())
