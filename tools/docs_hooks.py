@@ -20,8 +20,6 @@ Every record file under ``bench/`` is also published with the site (``bench/<nam
 table's source is one click away. Nothing here reads the network or writes outside the site.
 """
 
-from __future__ import annotations
-
 import ast
 import io
 import json
@@ -30,6 +28,7 @@ import sys
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,183 +318,78 @@ def conus() -> str:
 # ---------------------------------------------------------------------------------- bench records
 
 
-def bench_run() -> str:
-    name = "run_results.jsonl"
-    rows = []
-    for r in records(name):
-        stages = r.get("field_stages_s") or {}
-        rows.append(
-            (
-                r.get("when"),
-                r.get("size"),
-                " × ".join(str(v) for v in r.get("window", [])),
-                _num(get(r, "stages.field.wall_s"), 2),
-                _num(get(r, "stages.field.cpu_s"), 1),
-                _num(get(r, "stages.field.peak_rss_gib"), 2),
-                " · ".join(f"{k} {v:.2f}" for k, v in stages.items()),
-                get(r, "check.max_relative_error"),
-                r.get("note"),
-            )
-        )
-    header = [
-        "when",
-        "size",
-        "window (px)",
-        "field wall s",
-        "CPU s",
-        "peak RSS GiB",
-        "field stages, s",
-        "max rel. diff. from reference",
-        "note",
+@dataclass(frozen=True)
+class Column:
+    """A column of a record table: its header and how a row's value is read."""
+
+    header: str
+    value: Callable[[dict[str, Any]], Any]
+
+
+def col(header: str, path: str, digits: int | None = None) -> Column:
+    """The value at ``path`` (``"a.b"``) of a row, as a number of ``digits`` decimals when
+    given."""
+    if digits is None:
+        return Column(header, lambda row: get(row, path))
+    return Column(header, lambda row: _num(get(row, path), digits))
+
+
+def _one_row(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [record]
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """A table of a record file under ``bench/``: each record gives ``rows`` (by default the
+    record itself), each row a cell per column."""
+
+    file: str
+    columns: tuple[Column, ...]
+    rows: Callable[[dict[str, Any]], list[dict[str, Any]]] = _one_row
+    after: str = ""  # a sentence after the source line
+
+    def __call__(self) -> str:
+        rows = [row for record in records(self.file) for row in self.rows(record)]
+        cells = [[c.value(row) for c in self.columns] for row in rows]
+        text = table([c.header for c in self.columns], cells) + "\n\n" + source(self.file)
+        return text + (f" {self.after}" if self.after else "")
+
+
+def _joined(path: str, separator: str = " / ") -> Callable[[dict[str, Any]], str]:
+    return lambda row: separator.join(str(v) for v in get(row, path) or [])
+
+
+def _field_stages(row: dict[str, Any]) -> str:
+    return " · ".join(f"{k} {v:.2f}" for k, v in (row.get("field_stages_s") or {}).items())
+
+
+def _region_runs(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A region-path record's runs, each with its record's fields."""
+    return [{**record, **run} for run in record.get("runs", [])]
+
+
+def _writer_medians(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A raster-write summary's median figures, one row per writer."""
+    if record.get("step") != "summary":
+        return []
+    return [
+        {**record, "writer": w, **(get(record, f"median.{w}") or {})} for w in ("shard", "icechunk")
     ]
-    return table(header, rows) + "\n\n" + source(name)
 
 
-def bench_region_path() -> str:
-    name = "region_path_results.jsonl"
-    rows = []
-    for r in records(name):
-        for run in r.get("runs", []):
-            rows.append(
-                (
-                    r.get("when"),
-                    r.get("chunking"),
-                    r.get("size"),
-                    r.get("region"),
-                    run.get("mode"),
-                    _num(run.get("wall_s")),
-                    _num(run.get("before_run_s")),
-                    _num(run.get("own_work_s")),
-                    _num(run.get("peak_rss_gib") or run.get("tree_peak_rss_gib"), 2),
-                    r.get("note"),
-                )
-            )
-    header = [
-        "when",
-        "chunking",
-        "size",
-        "region",
-        "run",
-        "whole command s",
-        "before the run s",
-        "region's own work s",
-        "peak RSS GiB",
-        "note",
-    ]
-    return table(header, rows) + "\n\n" + source(name)
+def _scale_runs(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A phases 02/03 run (records without a configuration are the runs' own summaries)."""
+    if "config" not in record:
+        return []
+    return [{**record, "run_label": (record.get("note") or "").split(":")[0]}]
 
 
-def bench_ui_path() -> str:
-    name = "ui_path_results.jsonl"
-    rows = []
-    for r in records(name):
-        rows.append(
-            (
-                r.get("when"),
-                r.get("size"),
-                len(r.get("regions", [])),
-                get(r, "ui_backfill.runs"),
-                _num(get(r, "deploy.wall_s")),
-                _num(get(r, "ui_backfill.launch_to_last_region_s")),
-                _num(get(r, "ui_backfill.wall_s")),
-                _num(r.get("ui_over_deploy"), 2),
-                r.get("note"),
-            )
-        )
-    header = [
-        "when",
-        "size",
-        "regions",
-        "runs",
-        "`ocr deploy` s",
-        "UI: launch → last region s",
-        "UI: launch → backfill done s",
-        "UI / deploy",
-        "note",
-    ]
-    return table(header, rows) + "\n\n" + source(name)
+def _scale_step(step: str) -> Column:
+    def cell(row: dict[str, Any]) -> str | None:
+        s = get(row, f"run.steps.{step}") or {}
+        return f"{_num(s.get('wall_s'))} s / {_num(s.get('ours_anon_mib'), 0)} MiB" if s else None
 
-
-def bench_raster_tiles() -> str:
-    name = "raster_tiles_results.jsonl"
-    rows = []
-    for r in records(name):
-        rows.append(
-            (
-                r.get("date"),
-                r.get("zooms"),
-                get(r, "cold.tiles"),
-                _num(r.get("server_start_seconds")),
-                _num(get(r, "cold.median_ms")),
-                _num(get(r, "cold.p95_ms")),
-                _num(get(r, "warm.median_ms")),
-                _num(get(r, "warm.p95_ms")),
-                _num(get(r, "warm.max_ms")),
-                r.get("note"),
-            )
-        )
-    header = [
-        "date",
-        "zooms",
-        "tiles",
-        "server start s",
-        "cold median ms",
-        "cold p95 ms",
-        "warm median ms",
-        "warm p95 ms",
-        "warm max ms",
-        "note",
-    ]
-    return table(header, rows) + "\n\n" + source(name)
-
-
-def bench_raster_write() -> str:
-    name = "raster_write_results.jsonl"
-    rows = []
-    for r in records(name):
-        if r.get("step") != "summary":
-            continue
-        for writer in ("shard", "icechunk"):
-            m = get(r, f"median.{writer}") or {}
-            rows.append(
-                (
-                    r.get("run"),
-                    writer,
-                    r.get("repeats"),
-                    _num(m.get("cold_s"), 2),
-                    _num(m.get("warm_s"), 2),
-                    _num(m.get("peak_rss_gib"), 2),
-                    _num((m.get("stored_bytes_per_region") or 0) / 2**20, 0),
-                )
-            )
-    header = [
-        "run",
-        "writer",
-        "repeats",
-        "cold s (median)",
-        "warm s (median)",
-        "peak RSS GiB",
-        "stored MiB per region",
-    ]
-    return table(header, rows) + "\n\n" + source(name)
-
-
-def bench_s3_swap() -> str:
-    name = "s3_swap_results.jsonl"
-    rows = [
-        (
-            r.get("when"),
-            r.get("objects"),
-            r.get("connections"),
-            _num(r.get("serial_s")),
-            _num(r.get("batched_s")),
-            _num(r.get("speedup")),
-            r.get("server"),
-        )
-        for r in records(name)
-    ]
-    header = ["when", "objects", "connections", "one by one s", "batched s", "speed-up", "server"]
-    return table(header, rows) + "\n\n" + source(name)
+    return Column(f"`{step}` wall / own anon peak", cell)
 
 
 SCALE_STEPS = (
@@ -507,44 +401,112 @@ SCALE_STEPS = (
     "building_pmtiles",
 )
 
-
-def bench_scale() -> str:
-    name = "scale_results.jsonl"
-    rows = []
-    for r in records(name):
-        if "config" not in r:
-            continue
-        steps = get(r, "run.steps") or {}
-        row = [
-            (r.get("note") and r["note"].split(":")[0]) or "",
-            r.get("config"),
-            _num(get(r, "run.run_s")),
-            _num(get(r, "run.tree_peak_anon_mib"), 0),
-        ]
-        for step in SCALE_STEPS:
-            s = steps.get(step) or {}
-            row.append(
-                None
-                if not s
-                else f"{_num(s.get('wall_s'))} s / {_num(s.get('ours_anon_mib'), 0)} MiB"
-            )
-        rows.append(row)
-    header = [
-        "run",
-        "buildings × blocks",
-        "run s",
-        "tree anon peak MiB",
-        *(f"`{s}` wall / own anon peak" for s in SCALE_STEPS),
-    ]
-    return (
-        table(header, rows)
-        + "\n\n"
-        + source(name)
-        + (
-            " The full output of the runs, per step and check, is in "
-            "[`bench/scale_results.txt`](bench/scale_results.txt)."
-        )
-    )
+# The tables of record files whose rows are records (or parts of one): one row each.
+RECORD_TABLES: dict[str, RecordTable] = {
+    "bench-run": RecordTable(
+        "run_results.jsonl",
+        (
+            col("when", "when"),
+            col("size", "size"),
+            Column("window (px)", _joined("window", " × ")),
+            col("field wall s", "stages.field.wall_s", 2),
+            col("CPU s", "stages.field.cpu_s", 1),
+            col("peak RSS GiB", "stages.field.peak_rss_gib", 2),
+            Column("field stages, s", _field_stages),
+            col("max rel. diff. from reference", "check.max_relative_error"),
+            col("note", "note"),
+        ),
+    ),
+    "bench-region-path": RecordTable(
+        "region_path_results.jsonl",
+        (
+            col("when", "when"),
+            col("chunking", "chunking"),
+            col("size", "size"),
+            col("region", "region"),
+            col("run", "mode"),
+            col("whole command s", "wall_s", 1),
+            col("before the run s", "before_run_s", 1),
+            col("region's own work s", "own_work_s", 1),
+            Column(
+                "peak RSS GiB",
+                lambda row: _num(row.get("peak_rss_gib") or row.get("tree_peak_rss_gib"), 2),
+            ),
+            col("note", "note"),
+        ),
+        rows=_region_runs,
+    ),
+    "bench-ui-path": RecordTable(
+        "ui_path_results.jsonl",
+        (
+            col("when", "when"),
+            col("size", "size"),
+            Column("regions", lambda row: len(row.get("regions", []))),
+            col("runs", "ui_backfill.runs"),
+            col("`ocr deploy` s", "deploy.wall_s", 1),
+            col("UI: launch → last region s", "ui_backfill.launch_to_last_region_s", 1),
+            col("UI: launch → backfill done s", "ui_backfill.wall_s", 1),
+            col("UI / deploy", "ui_over_deploy", 2),
+            col("note", "note"),
+        ),
+    ),
+    "bench-raster-tiles": RecordTable(
+        "raster_tiles_results.jsonl",
+        (
+            col("date", "date"),
+            col("zooms", "zooms"),
+            col("tiles", "cold.tiles"),
+            col("server start s", "server_start_seconds", 1),
+            col("cold median ms", "cold.median_ms", 1),
+            col("cold p95 ms", "cold.p95_ms", 1),
+            col("warm median ms", "warm.median_ms", 1),
+            col("warm p95 ms", "warm.p95_ms", 1),
+            col("warm max ms", "warm.max_ms", 1),
+            col("note", "note"),
+        ),
+    ),
+    "bench-raster-write": RecordTable(
+        "raster_write_results.jsonl",
+        (
+            col("run", "run"),
+            col("writer", "writer"),
+            col("repeats", "repeats"),
+            col("cold s (median)", "cold_s", 2),
+            col("warm s (median)", "warm_s", 2),
+            col("peak RSS GiB", "peak_rss_gib", 2),
+            Column(
+                "stored MiB per region",
+                lambda row: _num((row.get("stored_bytes_per_region") or 0) / 2**20, 0),
+            ),
+        ),
+        rows=_writer_medians,
+    ),
+    "bench-s3-swap": RecordTable(
+        "s3_swap_results.jsonl",
+        (
+            col("when", "when"),
+            col("objects", "objects"),
+            col("connections", "connections"),
+            col("one by one s", "serial_s", 1),
+            col("batched s", "batched_s", 1),
+            col("speed-up", "speedup", 1),
+            col("server", "server"),
+        ),
+    ),
+    "bench-scale": RecordTable(
+        "scale_results.jsonl",
+        (
+            col("run", "run_label"),
+            col("buildings × blocks", "config"),
+            col("run s", "run.run_s", 1),
+            col("tree anon peak MiB", "run.tree_peak_anon_mib", 0),
+            *(_scale_step(step) for step in SCALE_STEPS),
+        ),
+        rows=_scale_runs,
+        after="The full output of the runs, per step and check, is in "
+        "[`bench/scale_results.txt`](bench/scale_results.txt).",
+    ),
+}
 
 
 def bench_pyramid() -> str:
@@ -640,13 +602,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "layout": layout,
     "profiles": profiles,
     "conus": conus,
-    "bench-run": bench_run,
-    "bench-region-path": bench_region_path,
-    "bench-ui-path": bench_ui_path,
-    "bench-raster-tiles": bench_raster_tiles,
-    "bench-raster-write": bench_raster_write,
-    "bench-s3-swap": bench_s3_swap,
-    "bench-scale": bench_scale,
+    **RECORD_TABLES,
     "bench-pyramid": bench_pyramid,
 }
 
