@@ -35,6 +35,8 @@ from ocr_resources.storage import OcrStorage
 from ocr_science.regions import sort_region_ids
 from tests.sample_inputs import link_inputs
 
+pytestmark = pytest.mark.slow
+
 REGIONS = ("y1_x2", "y1_x1")  # given out of order: the consolidation orders them itself
 
 
@@ -149,8 +151,6 @@ import sys, time
 from pathlib import Path
 from ocr_assets.tiles import TILESET_BY_ARCHIVE, build_pmtiles
 from ocr_resources.storage import OcrStorage
-
-pytestmark = pytest.mark.slow
 
 def hang():
     Path(sys.argv[2]).write_text("writing layers")
