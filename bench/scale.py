@@ -49,6 +49,9 @@ from typing import Any
 import psutil
 
 SAMPLE_SECONDS = 0.05
+# recorded process names are relative to the checkout (".venv/bin/python …"): a record names
+# nothing outside the repository
+CHECKOUT = str(Path(__file__).resolve().parents[1]) + "/"
 MIB = 2**20
 GIB = 2**30
 DOWNSTREAM_ASSETS = (
@@ -164,7 +167,8 @@ class TreeSampler:
                     cpu = proc.cpu_times()
                     if proc.pid not in self.names:
                         self.parent[proc.pid] = proc.ppid()
-                        self.names[proc.pid] = " ".join(proc.cmdline()[:4])[-90:]
+                        command = " ".join(proc.cmdline()[:4]).replace(CHECKOUT, "")
+                        self.names[proc.pid] = command[-90:]
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
             self.cpu_seen[proc.pid] = cpu.user + cpu.system
