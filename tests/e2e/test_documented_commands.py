@@ -20,6 +20,7 @@ import typer
 import zarr
 
 from ocr_assets.graph import PROFILES
+from ocr_assets.tiles import TILESET_BY_ARCHIVE
 from ocr_jobs.serve import missing_vendor_files
 from ocr_resources.sample_data import SampleSpec, write_sample_data
 from ocr_resources.settings import load_settings
@@ -31,6 +32,8 @@ from tests.sample_inputs import link_inputs
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+# the archives `ocr serve` names, in the tilesets' order
+ARCHIVES = ", ".join(TILESET_BY_ARCHIVE)
 # every page on disk (the generated parts are markers in them, filled in when the site is built)
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # the pages that show commands to type: the README and the how-to pages (and the home page)
@@ -335,7 +338,7 @@ SMOKE = [
     # "ready" with the three archives, no server started
     Smoke(
         ("serve", "--check"),
-        ("ready: buildings, building_centroids, regions of production",),
+        (f"ready: {ARCHIVES} of production",),
         page=True,
     ),
     # "points it back at an earlier version whose outputs exist, without recomputing"
@@ -413,7 +416,7 @@ def test_serve_open_opens_the_page_it_serves(deployed, tmp_path):
     finally:
         server.terminate()
         out, _ = server.communicate(timeout=30)
-    assert f"serving buildings, building_centroids, regions of production at {url}" in out, out
+    assert f"serving {ARCHIVES} of production at {url}" in out, out
 
 
 # --- ocr deploy --dry-run -------------------------------------------------------------------

@@ -314,6 +314,6 @@ def test_ocr_serve_check_says_whether_the_map_can_be_served(tmp_path, storage):
     empty.write_text(f"OCR_ENVIRONMENT=local\nOCR_STORAGE_ROOT={tmp_path / 'nothing'}\n")
     runner = CliRunner()
     ok = runner.invoke(app, ["serve", "--env-file", str(ready), "--check"])
-    assert ok.exit_code == 0 and "ready: buildings, building_centroids, regions" in ok.output
+    assert ok.exit_code == 0 and f"ready: {', '.join(TILESET_BY_ARCHIVE)} " in ok.output
     missing = runner.invoke(app, ["serve", "--env-file", str(empty), "--check"])
     assert missing.exit_code == 1 and "make run" in missing.output
