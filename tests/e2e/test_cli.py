@@ -52,3 +52,33 @@ def test_regions_refresh_check_passes_on_the_sample(tmp_path, sample_root):
     )
     assert result.exit_code == 0, result.output
     assert "20 valid of 30 regions" in result.output
+
+
+def test_the_optional_assets_table_gives_the_deploy_command_its_flags():
+    """One flag per row of OPTIONAL_ASSETS, listed by --help; the command gets the keys of
+    those given, in the table's order, and its own options as before."""
+    import typer
+
+    from ocr_assets.constants import OPTIONAL_ASSETS
+    from ocr_jobs.cli.deploy import with_optional_asset_flags
+
+    calls = []
+
+    @with_optional_asset_flags
+    def command(region: str = "", optional_assets: tuple[str, ...] = ()) -> None:
+        calls.append((region, optional_assets))
+
+    one = typer.Typer()
+    one.command()(command)
+    last = OPTIONAL_ASSETS[-1]
+    assert runner.invoke(one, ["--region", "y1_x1", last.flag]).exit_code == 0
+    everything = [o.flag for o in reversed(OPTIONAL_ASSETS)]
+    assert runner.invoke(one, everything).exit_code == 0
+    assert runner.invoke(one, []).exit_code == 0
+    assert calls == [
+        ("y1_x1", (last.key,)),
+        ("", tuple(o.key for o in OPTIONAL_ASSETS)),
+        ("", ()),
+    ]
+    shown = runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"}).output
+    assert all(o.flag in shown for o in OPTIONAL_ASSETS), shown
