@@ -13,18 +13,16 @@ from ocr_resources.compute import ComputeProfile
 
 # the modules that define their assets and checks with decorators at module level
 _STEP_MODULES = (buildings, statistics, analysis_files, pyramid)
-
-
-def _step_profiles() -> dict[str, ComputeProfile]:
-    """Each phase 02/03 asset's profile, read back from the op tags its declaration set."""
-    steps = [*dg.load_assets_from_modules(_STEP_MODULES), *TILESET_ASSETS]
-    return dict(ComputeProfile.from_tags(dict(a.op.tags)) for a in steps)
-
+# phases 02/03: the same definitions in every code location built from this module
+_STEP_ASSETS = [*dg.load_assets_from_modules(_STEP_MODULES), *TILESET_ASSETS]
 
 # Every heavy asset's compute profile by key, in graph order: the region step first. Stated
-# where each asset is declared; gathered here for the docs, the cost model and Coiled's
-# software environment (one CPU architecture for all).
-PROFILES: dict[str, ComputeProfile] = {REGION_RASTER: REGION_PROFILE, **_step_profiles()}
+# where each asset is declared (read back from the op tags its declaration set); gathered here
+# for the docs, the cost model and Coiled's software environment (one CPU architecture).
+PROFILES: dict[str, ComputeProfile] = {
+    REGION_RASTER: REGION_PROFILE,
+    **dict(ComputeProfile.from_tags(dict(a.op.tags)) for a in _STEP_ASSETS),
+}
 
 
 def asset_definitions(
@@ -35,8 +33,7 @@ def asset_definitions(
     return [
         *build_input_assets(partitions),
         build_region_assets(partitions, max_retries, regions_per_run, model_variant),
-        *dg.load_assets_from_modules(_STEP_MODULES),
-        *TILESET_ASSETS,
+        *_STEP_ASSETS,
     ]
 
 

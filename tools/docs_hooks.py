@@ -21,6 +21,7 @@ table's source is one click away. Nothing here reads the network or writes outsi
 """
 
 import ast
+import functools
 import io
 import json
 import re
@@ -196,7 +197,9 @@ def settings() -> str:
 # ---------------------------------------------------------------------------------- Dagster
 
 
+@functools.cache
 def _definitions() -> Any:
+    """The code location's definitions, built once per build (three pages read them)."""
     from ocr_jobs.definitions import build_definitions
     from ocr_resources.settings import load_settings
 
@@ -204,7 +207,9 @@ def _definitions() -> Any:
 
 
 def _group_order(key: Any, graph: Any) -> tuple[int, str]:
-    groups = ["inputs", "phase01_regions", "phase02_aggregation", "phase03_tiles"]
+    from ocr_assets.constants import INPUTS_GROUP, PHASE01_GROUP, PHASE02_GROUP, PHASE03_GROUP
+
+    groups = [INPUTS_GROUP, PHASE01_GROUP, PHASE02_GROUP, PHASE03_GROUP]
     group = graph.get(key).group_name
     return (groups.index(group) if group in groups else len(groups), key.to_user_string())
 
@@ -634,6 +639,7 @@ def render(markdown: str) -> str:
 
 def on_config(config: Any) -> Any:
     _checkout_first()  # MkDocs restores sys.path after loading this module
+    _definitions.cache_clear()  # each build (mkdocs serve rebuilds) reads the code anew
     return config
 
 
